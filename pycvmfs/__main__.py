@@ -1,0 +1,3 @@
+from pycvmfs.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The `pycvmfs` command: parse arguments, call library functions, print results."""

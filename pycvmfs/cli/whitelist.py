@@ -1,0 +1,35 @@
+"""`pycvmfs whitelist sign`: re-sign `.cvmfswhitelist` with the master key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pycvmfs.publisher.keys import load_keys
+from pycvmfs.publisher.storage import LocalStorage
+from pycvmfs.publisher.whitelist_sign import DEFAULT_WHITELIST_DAYS, write_whitelist
+
+
+@click.group("whitelist")
+def whitelist() -> None:
+    """Manage the certificate whitelist."""
+
+
+@whitelist.command("sign")
+@click.option("--keys-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--repo", "fqrn", required=True)
+@click.option("--storage", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--days", default=DEFAULT_WHITELIST_DAYS, show_default=True,
+              type=click.IntRange(min=1))
+def sign(keys_dir: Path, fqrn: str, storage: Path, days: int) -> None:
+    """Sign a whitelist listing the repository certificate, valid for --days."""
+    keys = load_keys(fqrn, keys_dir)
+    target = LocalStorage(storage)
+    target.create_layout()
+    with target.lock():
+        expires = write_whitelist(target, fqrn, keys, days)
+    click.echo(f"signed whitelist of {fqrn}, valid until {expires:%Y-%m-%d %H:%M} UTC")
+
+
+COMMANDS = [whitelist]

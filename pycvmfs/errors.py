@@ -1,0 +1,135 @@
+"""One exception tree for all of pycvmfs.
+
+PycvmfsError
+ ├─ NotFoundError          no such path, tag or object                    -> ENOENT
+ ├─ IntegrityError         data that must not be trusted                   -> EIO
+ │   ├─ HashMismatchError      object bytes do not hash to their name
+ │   ├─ SizeMismatchError      decompressed size differs from the catalog
+ │   ├─ DecompressionError     corrupt or oversized zlib stream
+ │   ├─ CatalogError           catalog database unreadable or not CVMFS
+ │   └─ LetterError            a signed letter (manifest/whitelist) is wrong
+ │       ├─ LetterMalformedError   no `--` separator, no hash line, bad lines
+ │       ├─ MissingFieldError      a required key/line is absent
+ │       ├─ LetterHashError        body does not hash to the printed hash line
+ │       ├─ SignatureError         RSA signature does not verify
+ │       ├─ WhitelistExpiredError  whitelist past its expiry hour
+ │       ├─ NameMismatchError      letter names another repository
+ │       ├─ RootMismatchError      manifest R is not MD5("")
+ │       ├─ OutdatedError          manifest T older than one already seen
+ │       ├─ CertificateError       certificate object unreadable
+ │       └─ FingerprintNotListedError  certificate not on the whitelist
+ ├─ FetchError             every source failed for an object              -> EIO
+ ├─ PublishError           the publisher refuses an input                 (CLI only)
+ │   └─ LockError              another publisher holds the storage lock
+ └─ ConfigError            bad configuration or keys                       (CLI only)
+
+Each error's message names the cause (path, URL, repository, dates) so the CLI can
+print it verbatim.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class PycvmfsError(Exception):
+    """Base of every error pycvmfs raises on purpose."""
+
+
+class NotFoundError(PycvmfsError):
+    pass
+
+
+class IntegrityError(PycvmfsError):
+    pass
+
+
+class HashMismatchError(IntegrityError):
+    pass
+
+
+class SizeMismatchError(IntegrityError):
+    pass
+
+
+class DecompressionError(IntegrityError):
+    pass
+
+
+class CatalogError(IntegrityError):
+    pass
+
+
+class LetterError(IntegrityError):
+    pass
+
+
+class LetterMalformedError(LetterError):
+    pass
+
+
+class MissingFieldError(LetterError):
+    pass
+
+
+class LetterHashError(LetterError):
+    pass
+
+
+class SignatureError(LetterError):
+    pass
+
+
+class WhitelistExpiredError(LetterError):
+    pass
+
+
+class NameMismatchError(LetterError):
+    pass
+
+
+class RootMismatchError(LetterError):
+    pass
+
+
+class OutdatedError(LetterError):
+    pass
+
+
+class CertificateError(LetterError):
+    pass
+
+
+class FingerprintNotListedError(LetterError):
+    pass
+
+
+class FetchError(PycvmfsError):
+    pass
+
+
+class PublishError(PycvmfsError):
+    pass
+
+
+class LockError(PublishError):
+    pass
+
+
+class ConfigError(PycvmfsError):
+    pass
+
+
+ERRNO: dict[type[PycvmfsError], int] = {
+    NotFoundError: errno.ENOENT,
+    IntegrityError: errno.EIO,
+    FetchError: errno.EIO,
+}
+
+
+def errno_for(exc: BaseException) -> int:
+    """The errno a filesystem should answer for `exc` (EIO for anything unknown)."""
+    for cls in type(exc).__mro__:
+        if cls in ERRNO:
+            return ERRNO[cls]
+    return errno.EIO

@@ -1,0 +1,1 @@
+"""Pure CernVM-FS formats: bytes in, values out. No files, sockets, sqlite3 or threads."""

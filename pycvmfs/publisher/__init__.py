@@ -1,0 +1,1 @@
+"""Publisher: turn a directory tree into signed CernVM-FS repository revisions."""

@@ -1,0 +1,223 @@
+"""One publish: a source tree becomes the next signed revision of a repository.
+
+Order (fact sheet 15.2): content objects, catalogs bottom-up, history, certificate,
+then `.cvmfspublished` last, written by atomic rename. Until that rename the
+previous revision stays the one served; a crash, Ctrl-C or full disk before it
+leaves only unreferenced objects, which the next publish simply reuses. A flock on
+the storage keeps a second publisher out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Protocol
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pycvmfs.errors import PublishError
+from pycvmfs.format.catalog import DEFAULT_TTL_SECONDS
+from pycvmfs.format.compression import Compression, make_object, open_object
+from pycvmfs.format.hashes import ContentHash, Suffix
+from pycvmfs.format.history import Tag
+from pycvmfs.format.manifest import Manifest, sign_manifest, verify_manifest
+from pycvmfs.publisher.catalog_writer import (
+    DIGEST_PROPERTY,
+    CatalogContext,
+    CatalogWriter,
+    PreviousCatalog,
+)
+from pycvmfs.publisher.history_writer import history_image, next_tags, read_tags
+from pycvmfs.publisher.keys import RepositoryKeys, load_keys
+from pycvmfs.publisher.pipeline import ContentPipeline, FileContent, Settings
+from pycvmfs.publisher.sqlite_image import read_sqlite_rows
+from pycvmfs.publisher.storage import MANIFEST_NAME, TXN_DIR, WHITELIST_NAME, LocalStorage
+from pycvmfs.publisher.tree_walk import Node, TreeWalker
+from pycvmfs.publisher.whitelist_sign import DEFAULT_WHITELIST_DAYS, write_whitelist
+
+MAX_METADATA_OBJECT_BYTES = 1 << 30  # bound for inflating our own catalogs/history
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOptions:
+    fqrn: str
+    source: Path
+    storage: Path
+    keys_dir: Path
+    settings: Settings = field(default_factory=Settings)
+    tag: str | None = None
+    ttl_seconds: int | None = None
+    owner: tuple[int, int] | None = None
+    timestamp: int | None = None  # fixed publish time (SOURCE_DATE_EPOCH) for reproducibility
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    manifest: Manifest
+    files: int
+    bytes_in: int
+    objects_written: int
+    bytes_written: int
+    catalogs_written: list[str]
+    seconds: float
+    whitelist_note: str = ""
+
+
+class PublishProgress(Protocol):
+    """What a progress display gets told; called from worker threads."""
+
+    def begin(self, total_files: int, total_bytes: int) -> None: ...
+
+    def advance(self, files: int, nbytes: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousRevision:
+    """What the publish builds on: the current manifest and its catalogs and tags."""
+
+    manifest: Manifest
+    catalogs: dict[str, PreviousCatalog]
+    tags: dict[str, Tag]
+
+
+def publish(options: PublishOptions, progress: PublishProgress | None = None) -> PublishResult:
+    started = time.monotonic()
+    storage = LocalStorage(options.storage)
+    try:
+        storage.root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PublishError(f"cannot create storage {storage.root}: {exc.strerror}") from exc
+    with storage.lock():
+        storage.create_layout()
+        storage.clean_temporaries()
+        keys = load_keys(options.fqrn, options.keys_dir)
+        previous = load_previous(storage, options.fqrn, keys)
+        if options.tag is not None and previous is not None:
+            next_tags(previous.tags, _placeholder_tag(), options.tag)  # refuse early
+        root = TreeWalker(options.source).walk()
+        pipeline = ContentPipeline(storage, options.settings)
+        files = list(_regular_files(root))
+        if progress is not None:
+            progress.begin(len(files), sum(f.st.st_size for f in files))
+        with storage.transaction():  # a failure removes the objects written so far
+            contents = pipeline.run(files, progress.advance if progress is not None else None)
+            manifest, catalogs = _write_revision(storage, options, keys, previous, root,
+                                                 contents)
+            whitelist_note = _ensure_whitelist(storage, options.fqrn, keys, options.timestamp)
+            storage.put_file(MANIFEST_NAME, sign_manifest(manifest, keys.signing_key))
+    stats = pipeline.stats
+    return PublishResult(manifest, stats.files, stats.bytes_in, stats.objects_written,
+                         stats.bytes_written, catalogs, time.monotonic() - started,
+                         whitelist_note)
+
+
+def _write_revision(storage: LocalStorage, options: PublishOptions, keys: RepositoryKeys,
+                    previous: PreviousRevision | None, root: Node,
+                    contents: dict[tuple[int, int], FileContent]) -> tuple[Manifest, list[str]]:
+    revision = previous.manifest.revision + 1 if previous else 1
+    now = options.timestamp if options.timestamp is not None else int(time.time())
+    timestamp = max(now, (previous.manifest.timestamp or 0) if previous else 0)
+    context = CatalogContext(revision, timestamp, options.ttl_seconds, options.owner)
+    writer = CatalogWriter(storage, options.settings, contents, context,
+                           previous.catalogs.get if previous else (lambda path: None))
+    root_ref = writer.write(root)
+    head = Tag("trunk", str(root_ref.content_hash), revision, timestamp, size=root_ref.size)
+    tags = next_tags(previous.tags if previous else {}, head, options.tag)
+    image = history_image(tags, options.fqrn,
+                          str(previous.manifest.history) if previous and previous.manifest.history
+                          else None, storage.path_of(TXN_DIR))
+    history_hash = _put_metadata(storage, options, image, Suffix.HISTORY)
+    cert_hash = _put_metadata(storage, options, keys.certificate_pem, Suffix.CERTIFICATE)
+    manifest = Manifest(
+        root_hash=root_ref.content_hash, revision=revision,
+        ttl_seconds=options.ttl_seconds or DEFAULT_TTL_SECONDS,
+        root_catalog_size=root_ref.size, fqrn=options.fqrn, certificate=cert_hash,
+        history=history_hash, timestamp=timestamp,
+    )
+    return manifest, writer.written
+
+
+def _put_metadata(storage: LocalStorage, options: PublishOptions, data: bytes,
+                  suffix: Suffix) -> ContentHash:
+    """Certificates and histories are always zlib, whatever the file compression."""
+    content_hash, stored = make_object(data, options.settings.algorithm, Compression.ZLIB)
+    storage.put_object(content_hash, stored, suffix)
+    return content_hash
+
+
+def load_previous(storage: LocalStorage, fqrn: str,
+                  keys: RepositoryKeys) -> PreviousRevision | None:
+    """The storage's current revision, verified with our own certificate."""
+    raw = storage.read_file(MANIFEST_NAME)
+    if raw is None:
+        return None
+    try:
+        manifest = verify_manifest(raw, keys.certificate, fqrn=fqrn)
+    except PublishError:
+        raise
+    except Exception as exc:
+        raise PublishError(f"existing {storage.root / MANIFEST_NAME} does not verify with "
+                           f"the keys of {fqrn}: {exc}") from exc
+    catalogs: dict[str, PreviousCatalog] = {}
+    pending = [("", manifest.root_hash)]
+    while pending:
+        path, content_hash = pending.pop()
+        image = _read_metadata(storage, content_hash, Suffix.CATALOG)
+        props = dict(read_sqlite_rows(image, "SELECT key, value FROM properties"))
+        catalogs[path] = PreviousCatalog(content_hash, len(image), int(props.get("revision", 0)),
+                                         str(props.get(DIGEST_PROPERTY, "")))
+        for child, text, _size in read_sqlite_rows(image,
+                                                   "SELECT path, sha1, size FROM nested_catalogs"):
+            pending.append((str(child), ContentHash.parse(str(text))))
+    tags: dict[str, Tag] = {}
+    if manifest.history is not None:
+        tags = read_tags(_read_metadata(storage, manifest.history, Suffix.HISTORY))
+    return PreviousRevision(manifest, catalogs, tags)
+
+
+def _read_metadata(storage: LocalStorage, content_hash: ContentHash, suffix: Suffix) -> bytes:
+    stored = storage.read_object(content_hash, suffix)
+    return open_object(stored, content_hash, Compression.ZLIB,
+                       max_size=MAX_METADATA_OBJECT_BYTES, what=f"stored object {suffix.value}")
+
+
+def _ensure_whitelist(storage: LocalStorage, fqrn: str, keys: RepositoryKeys,
+                      timestamp: int | None) -> str:
+    """Sign a whitelist on first publish; warn when the existing one runs out soon."""
+    existing = storage.read_file(WHITELIST_NAME)
+    if existing is None:
+        if keys.master_key is None:
+            return (f"no {WHITELIST_NAME} and no master key: clients cannot mount "
+                    f"until one is signed with `pycvmfs whitelist sign`")
+        now = datetime.fromtimestamp(timestamp, UTC) if timestamp is not None else None
+        expires = write_whitelist(storage, fqrn, keys, DEFAULT_WHITELIST_DAYS, now=now)
+        return f"signed a new whitelist valid until {expires:%Y-%m-%d %H:%M} UTC"
+    from pycvmfs.format.whitelist import parse_whitelist
+
+    try:
+        whitelist = parse_whitelist(existing)[0]
+    except Exception as exc:
+        return f"warning: existing whitelist is unreadable ({exc}); re-sign it"
+    left = whitelist.expires - datetime.now(UTC)
+    if left <= timedelta(0):
+        return f"warning: the whitelist expired on {whitelist.expires:%Y-%m-%d %H:%M} UTC; " \
+               "clients refuse to mount until it is re-signed (`pycvmfs whitelist sign`)"
+    if left < timedelta(days=3):
+        return f"warning: the whitelist expires on {whitelist.expires:%Y-%m-%d %H:%M} UTC"
+    return ""
+
+
+def _regular_files(root: Node) -> Iterator[Node]:
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for child in node.children:
+            if child.is_dir:
+                stack.append(child)
+            elif child.is_regular:
+                yield child
+
+
+def _placeholder_tag() -> Tag:
+    return Tag("trunk", "", 0, 0)

@@ -1,0 +1,225 @@
+"""Read a source directory into a tree of nodes, checking every name on the way.
+
+Nothing is hashed here: the walk records what each entry is (lstat, link target,
+stored `user.*` xattrs), which directories start nested catalogs (`.cvmfscatalog`
+markers and `.cvmfsdirtab` patterns), and every input it must refuse. Problems are
+collected, not raised one by one, so the user sees all of them at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pycvmfs.errors import PublishError
+from pycvmfs.format.xattr_blob import MAX_ATTRIBUTES, MAX_KEY_BYTES, MAX_VALUE_BYTES
+
+CATALOG_MARKER = ".cvmfscatalog"
+DIRTAB_NAME = ".cvmfsdirtab"
+RESERVED_ROOT_NAMES = {".cvmfs"}  # the reference client uses /.cvmfs for snapshots
+MAX_PROBLEMS_SHOWN = 20
+
+
+@dataclass(slots=True)
+class Node:
+    """One source entry. `path` is the repository path ('' for the root)."""
+
+    path: str
+    name: str
+    source: str  # filesystem path (str with surrogateescape, as os returns it)
+    st: os.stat_result
+    symlink: str = ""
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    children: list[Node] = field(default_factory=list)
+    nested_root: bool = False
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.st.st_mode)
+
+    @property
+    def is_regular(self) -> bool:
+        return stat.S_ISREG(self.st.st_mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.st.st_mode)
+
+    @property
+    def inode_key(self) -> tuple[int, int]:
+        return self.st.st_dev, self.st.st_ino
+
+
+@dataclass(frozen=True, slots=True)
+class DirtabRule:
+    pattern: str
+    negated: bool
+
+    def matches(self, path: str) -> bool:
+        """Absolute patterns match whole paths component by component (`*` never
+        crosses a `/`); relative ones match the last component only."""
+        if not self.pattern.startswith("/"):
+            return fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], self.pattern)
+        wanted = self.pattern.rstrip("/").split("/")
+        parts = path.split("/")
+        return len(parts) == len(wanted) and all(
+            fnmatch.fnmatchcase(part, glob) for part, glob in zip(parts, wanted, strict=True))
+
+
+def parse_dirtab(text: str) -> list[DirtabRule]:
+    """`.cvmfsdirtab`: one glob per line, `! glob` excludes, `#` starts a comment."""
+    rules = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        negated = line.startswith("!")
+        pattern = line[1:].strip() if negated else line
+        if pattern:
+            rules.append(DirtabRule(pattern, negated))
+    return rules
+
+
+def dirtab_selects(rules: list[DirtabRule], path: str) -> bool:
+    """True when a positive rule matches and no exclusion matches the path."""
+    if any(r.negated and r.matches(path) for r in rules):
+        return False
+    return any(not r.negated and r.matches(path) for r in rules)
+
+
+class TreeWalker:
+    """Walk a source tree; `walk()` returns the root node or raises PublishError."""
+
+    def __init__(self, source_dir: Path | str) -> None:
+        self.source_dir = os.fspath(Path(source_dir).absolute())
+        self.problems: list[str] = []
+        self._rules: list[DirtabRule] = []
+
+    def walk(self) -> Node:
+        try:
+            st = os.lstat(self.source_dir)
+        except OSError as exc:
+            raise PublishError(f"cannot read source {self.source_dir}: {exc.strerror}") from exc
+        if not stat.S_ISDIR(st.st_mode):
+            raise PublishError(f"source {self.source_dir} is not a directory")
+        self._rules = self._load_dirtab()
+        root = Node("", "", self.source_dir, st, xattrs=self._xattrs(self.source_dir, ""))
+        root.nested_root = True
+        self._fill(root)
+        if any(c.name == CATALOG_MARKER for c in root.children):
+            self.problems.append(f"/{CATALOG_MARKER}: a catalog marker in the repository root "
+                                 "is not allowed (the root always has its own catalog)")
+        if self.problems:
+            shown = self.problems[:MAX_PROBLEMS_SHOWN]
+            more = len(self.problems) - len(shown)
+            tail = f"\n  ... and {more} more" if more > 0 else ""
+            raise PublishError("refusing to publish, the source has problems:\n  "
+                               + "\n  ".join(shown) + tail)
+        return root
+
+    def _load_dirtab(self) -> list[DirtabRule]:
+        try:
+            with open(os.path.join(self.source_dir, DIRTAB_NAME), encoding="utf-8") as fh:
+                return parse_dirtab(fh.read())
+        except FileNotFoundError:
+            return []
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PublishError(f"cannot read /{DIRTAB_NAME}: {exc}") from exc
+
+    def _fill(self, directory: Node) -> None:
+        stack = [directory]
+        while stack:
+            node = stack.pop()
+            for child in self._scan(node):
+                node.children.append(child)
+                if child.is_dir:
+                    stack.append(child)
+            node.children.sort(key=lambda n: n.name.encode("utf-8", "surrogateescape"))
+            if node.path and (
+                any(c.name == CATALOG_MARKER and c.is_regular for c in node.children)
+                or dirtab_selects(self._rules, node.path)
+            ):
+                node.nested_root = True
+
+    def _scan(self, directory: Node) -> list[Node]:
+        try:
+            entries = list(os.scandir(directory.source))
+        except OSError as exc:
+            self.problems.append(f"{directory.path or '/'}: cannot list directory: "
+                                 f"{exc.strerror}")
+            return []
+        nodes = []
+        for entry in entries:
+            path = f"{directory.path}/{entry.name}"
+            if not self._name_ok(path, entry.name, directory.path == ""):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # vanished between listing and stat: not part of this snapshot
+            except OSError as exc:
+                self.problems.append(f"{path}: cannot stat: {exc.strerror}")
+                continue
+            node = Node(path, entry.name, entry.path, st)
+            if stat.S_ISLNK(st.st_mode):
+                node.symlink = self._readlink(node)
+            else:
+                node.xattrs = self._xattrs(entry.path, path)
+            if stat.S_ISREG(st.st_mode) and not os.access(entry.path, os.R_OK):
+                self.problems.append(f"{path}: file is not readable (permission denied)")
+            nodes.append(node)
+        return nodes
+
+    def _name_ok(self, path: str, name: str, in_root: bool) -> bool:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            self.problems.append(f"{shown}: file name is not valid UTF-8")
+            return False
+        if in_root and name in RESERVED_ROOT_NAMES:
+            self.problems.append(f"{path}: name is reserved for CernVM-FS in the root")
+            return False
+        return True
+
+    def _readlink(self, node: Node) -> str:
+        try:
+            target = os.readlink(node.source)
+        except OSError as exc:
+            self.problems.append(f"{node.path}: cannot read symlink: {exc.strerror}")
+            return ""
+        try:
+            target.encode("utf-8")
+        except UnicodeEncodeError:
+            self.problems.append(f"{node.path}: symlink target is not valid UTF-8")
+        return target
+
+    def _xattrs(self, source: str, path: str) -> dict[str, bytes]:
+        try:
+            names = [n for n in os.listxattr(source, follow_symlinks=False)
+                     if n.startswith("user.")]
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.ENOENT):
+                return {}
+            self.problems.append(f"{path or '/'}: cannot list xattrs: {exc.strerror}")
+            return {}
+        result: dict[str, bytes] = {}
+        for name in sorted(names):
+            try:
+                value = os.getxattr(source, name, follow_symlinks=False)
+            except OSError as exc:
+                self.problems.append(f"{path or '/'}: cannot read xattr {name}: {exc.strerror}")
+                continue
+            if len(name.encode()) > MAX_KEY_BYTES or len(value) > MAX_VALUE_BYTES:
+                self.problems.append(
+                    f"{path or '/'}: xattr {name} is too long to store (name and value "
+                    f"are limited to {MAX_KEY_BYTES} bytes)")
+                continue
+            result[name] = value
+        if len(result) > MAX_ATTRIBUTES:
+            self.problems.append(f"{path or '/'}: more than {MAX_ATTRIBUTES} xattrs")
+        return result

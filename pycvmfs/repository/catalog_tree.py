@@ -1,0 +1,170 @@
+"""Path -> (entry, catalog) across nested catalogs, loading children on demand.
+
+The tree owns which catalogs are attached and the walk of fact sheet 6.13; it knows nothing
+about downloading: `load(hash, mountpoint)` hands it an opened `Catalog` (style R13), so the
+same tree serves the no-FUSE reader, the FUSE client and unit tests that write catalogs with
+the publisher.
+
+Walk (6.13): for a path P, start in the deepest attached catalog whose mountpoint is a proper
+path-prefix of P (so a mountpoint itself is answered by its parent's entry, flag 2). If P is
+not there, find the nested catalog whose mountpoint M has P == M or P under M/, attach it
+and repeat. Listing a mountpoint lists the child catalog.
+
+Thread-safety: all methods may be called from any thread. Attaching is single-flight: when
+several threads need the same nested catalog, one loads it and the others wait for that
+result; lookups in already attached catalogs never wait for a load.
+
+Caveats: bind mountpoints (snapshot links to other root catalogs, whose paths would need
+rewriting) are listed by `Catalog.nested_catalogs()` but not entered: descending into one
+raises PycvmfsError. Catalogs stay attached until `close()` (no detach on memory pressure).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import NamedTuple
+
+from pycvmfs.errors import CatalogError, NotFoundError, PycvmfsError
+from pycvmfs.format.catalog import DirEntry
+from pycvmfs.format.hashes import ContentHash
+from pycvmfs.repository.catalog import Catalog, NestedRef
+
+CatalogLoader = Callable[[ContentHash, str], Catalog]
+ROOT_PREFIXES = ("", "/")  # a root catalog has no root_prefix (some writers store "/")
+
+
+class Resolved(NamedTuple):
+    """A path's entry and the catalog that holds it (the parent's, for a mountpoint)."""
+
+    entry: DirEntry
+    catalog: Catalog
+
+
+def _under(path: str, mountpoint: str) -> bool:
+    return path == mountpoint or path.startswith(mountpoint + "/")
+
+
+class CatalogTree:
+    """Attached catalogs of one root catalog, keyed by mountpoint ('' is the root)."""
+
+    def __init__(self, root_hash: ContentHash, load: CatalogLoader) -> None:
+        self.root_hash = root_hash
+        self._load = load
+        self._lock = threading.Lock()
+        self._inflight: dict[str, Future[Catalog]] = {}
+        root = load(root_hash, "")
+        if root.root_prefix not in ROOT_PREFIXES:
+            root.close()
+            raise CatalogError(f"root catalog {root_hash} has root_prefix "
+                               f"{root.root_prefix!r}: it is a nested catalog")
+        self._attached: dict[str, Catalog] = {"": root}
+
+    @property
+    def root(self) -> Catalog:
+        return self._attached[""]
+
+    def attached(self) -> dict[str, Catalog]:
+        """Snapshot of the attached catalogs by mountpoint."""
+        with self._lock:
+            return dict(self._attached)
+
+    def _containing(self, path: str) -> Catalog:
+        """Deepest attached catalog whose mountpoint is a proper prefix of `path`."""
+        prefix = path
+        while prefix:
+            prefix = prefix.rsplit("/", 1)[0]
+            catalog = self._attached.get(prefix)
+            if catalog is not None:
+                return catalog
+        return self._attached[""]
+
+    def resolve(self, path: str) -> Resolved | None:
+        """Entry for absolute `path` ('' = root, '/a/b' otherwise), or None."""
+        catalog = self._containing(path)
+        while True:
+            entry = catalog.lookup(path)
+            if entry is not None:
+                return Resolved(entry, catalog)
+            ref = _nested_for(catalog, path)
+            if ref is None:
+                return None
+            catalog = self._attach(catalog, ref)
+
+    def lookup(self, path: str) -> Resolved:
+        """Like `resolve`, but NotFoundError instead of None."""
+        found = self.resolve(path)
+        if found is None:
+            raise NotFoundError(f"{path or '/'}: no such file or directory")
+        return found
+
+    def listing_catalog(self, path: str, resolved: Resolved) -> Catalog:
+        """The catalog holding the children of directory `path` (the child at a mountpoint)."""
+        entry, catalog = resolved
+        mountpoint = entry.is_nested_mountpoint or entry.is_bind_mountpoint
+        if not mountpoint or catalog.root_prefix == path:
+            return catalog
+        for ref in catalog.nested_catalogs():
+            if ref.path == path:
+                return self._attach(catalog, ref)
+        raise CatalogError(f"{path}: marked as a nested catalog mountpoint, but catalog "
+                           f"{catalog.content_hash or catalog.path} lists no catalog there")
+
+    def listdir(self, path: str) -> list[tuple[str, DirEntry]]:
+        """(name, entry) of the non-hidden children of directory `path`, database order."""
+        resolved = self.lookup(path)
+        if not resolved.entry.is_dir:
+            raise NotFoundError(f"{path or '/'}: not a directory")
+        return self.listing_catalog(path, resolved).listdir(path)
+
+    def _attach(self, parent: Catalog, ref: NestedRef) -> Catalog:
+        """Attach the child `ref` of `parent` once, however many threads ask for it."""
+        with self._lock:
+            catalog = self._attached.get(ref.path)
+            if catalog is not None:
+                return catalog
+            future = self._inflight.get(ref.path)
+            leader = future is None
+            if future is None:
+                future = self._inflight[ref.path] = Future()
+        if not leader:
+            return future.result()
+        try:
+            catalog = self._load_child(parent, ref)
+            with self._lock:
+                self._attached[ref.path] = catalog
+            future.set_result(catalog)
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                del self._inflight[ref.path]
+        return catalog
+
+    def _load_child(self, parent: Catalog, ref: NestedRef) -> Catalog:
+        if any(bind.path == ref.path for bind in parent.bind_mountpoints()):
+            raise PycvmfsError(f"{ref.path}: bind mountpoints (links to other root catalogs) "
+                               "are not supported yet")
+        catalog = self._load(ref.hash, ref.path)
+        if catalog.root_prefix != ref.path:
+            catalog.close()
+            raise CatalogError(f"nested catalog {ref.hash} mounted at {ref.path} has "
+                               f"root_prefix {catalog.root_prefix!r}")
+        return catalog
+
+    def close(self) -> None:
+        """Close every attached catalog; the tree is unusable afterwards."""
+        with self._lock:
+            catalogs, self._attached = list(self._attached.values()), {}
+        for catalog in catalogs:
+            catalog.close()
+
+
+def _nested_for(catalog: Catalog, path: str) -> NestedRef | None:
+    """The direct child catalog of `catalog` whose mountpoint is `path` or above it."""
+    for ref in catalog.nested_catalogs():
+        if _under(path, ref.path):
+            return ref
+    return None

@@ -1,0 +1,158 @@
+"""The trust chain: why a root catalog hash may be believed (fact sheet 2.4, 3.4).
+
+Order, as the reference client's `manifest_fetch.cc`:
+1. fetch `.cvmfspublished`, parse it, check N (name), R (root path) and T (not outdated);
+2. fetch the certificate object X (`data/..X`, or `.cvmfsalt-..X` when A=yes) and verify its
+   content hash while opening it;
+3. verify the manifest letter: body hash, then the RSA signature with the certificate's key;
+4. fetch `.cvmfswhitelist`, verify expiry, name, hash and the master-key signature;
+5. the certificate's fingerprint must be on the whitelist.
+Only then is the manifest's root catalog hash trusted; everything below it is
+content-addressed and verified by hash.
+
+The checks themselves are the pure functions of `format.manifest`, `format.whitelist` and
+`format.certificates`; this module only fetches, orders and adds context: every error keeps
+its class and names the repository and the source it came from.
+
+Thread-safety: stateless functions; safe from any thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from pycvmfs.errors import ConfigError, MissingFieldError, PycvmfsError
+from pycvmfs.format.certificates import certificate_from_object, load_public_key
+from pycvmfs.format.hashes import ContentHash, Suffix
+from pycvmfs.format.manifest import Manifest, check_manifest, parse_manifest, verify_manifest
+from pycvmfs.format.whitelist import Whitelist, check_certificate_listed, verify_whitelist
+from pycvmfs.repository.source import ObjectSource
+
+MANIFEST_PATH = ".cvmfspublished"
+WHITELIST_PATH = ".cvmfswhitelist"
+PUBLIC_KEY_GLOB = "*.pub"
+
+@dataclass(frozen=True, slots=True)
+class TrustedManifest:
+    """A manifest that passed the whole chain, with the evidence that made it trusted."""
+
+    manifest: Manifest
+    certificate: x509.Certificate
+    whitelist: Whitelist
+    fqrn: str
+    source: str  # ObjectSource.describe() of where it was fetched
+    raw_manifest: bytes
+
+    @property
+    def root_hash(self) -> ContentHash:
+        return self.manifest.root_hash
+
+    @property
+    def revision(self) -> int:
+        return self.manifest.revision
+
+    @property
+    def history(self) -> ContentHash | None:
+        return self.manifest.history
+
+    @property
+    def timestamp(self) -> int | None:
+        return self.manifest.timestamp
+
+
+@contextmanager
+def error_context(fqrn: str, source: ObjectSource) -> Iterator[None]:
+    """Re-raise pycvmfs errors with the same class, naming repository and source.
+
+    Also used by `repository.Repository` for catalog and data objects."""
+    try:
+        yield
+    except PycvmfsError as exc:
+        message = f"{exc} [repository {fqrn}, source {source.describe()}]"
+        try:
+            wrapped = type(exc)(message)
+        except Exception:  # an error class with another constructor: keep the original
+            raise exc from None
+        raise wrapped from exc
+
+
+def establish_trust(
+    source: ObjectSource,
+    fqrn: str,
+    public_keys: Sequence[rsa.RSAPublicKey],
+    *,
+    now: dt.datetime,
+    min_timestamp: int | None = None,
+) -> TrustedManifest:
+    """Run the chain (module docstring) against `source`; `now` decides whitelist expiry.
+
+    A naive `now` is taken as UTC. Raises the specific LetterError subclass, NotFoundError
+    or FetchError of the step that failed."""
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=dt.UTC)
+    if not public_keys:
+        raise ConfigError(f"repository {fqrn}: no public keys given to verify the whitelist")
+    with error_context(fqrn, source):
+        raw = source.fetch(MANIFEST_PATH)
+        parsed, _letter = parse_manifest(raw)
+        check_manifest(parsed, fqrn=fqrn, min_timestamp=min_timestamp)
+        certificate = fetch_certificate(source, parsed)
+        manifest = verify_manifest(raw, certificate, fqrn=fqrn, min_timestamp=min_timestamp)
+        raw_whitelist = source.fetch(WHITELIST_PATH)
+        whitelist = verify_whitelist(raw_whitelist, public_keys, fqrn=fqrn, now=now)
+        check_certificate_listed(whitelist, certificate)
+    return TrustedManifest(manifest=manifest, certificate=certificate, whitelist=whitelist,
+                           fqrn=fqrn, source=source.describe(), raw_manifest=raw)
+
+
+def fetch_certificate(source: ObjectSource, manifest: Manifest) -> x509.Certificate:
+    """Object X from `data/` (or `.cvmfsalt-` when A=yes), hash-verified and parsed."""
+    expected = manifest.certificate
+    if expected is None:
+        raise MissingFieldError(f"manifest of {manifest.fqrn}: no certificate hash (X)")
+    path = (expected.alt_path(Suffix.CERTIFICATE) if manifest.alt_paths
+            else expected.object_path(Suffix.CERTIFICATE))
+    stored = source.fetch(path)
+    return certificate_from_object(stored, expected, what=f"certificate object {path}")
+
+
+# --- public keys (the files clients are configured with) ------------------------------------
+
+
+def key_files(locations: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Each location is a `.pub` file or a directory whose `*.pub` files are all taken."""
+    files: list[Path] = []
+    for location in locations:
+        path = Path(location)
+        if path.is_dir():
+            files += sorted(path.glob(PUBLIC_KEY_GLOB))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ConfigError(f"public key {path}: no such file or directory")
+    return files
+
+
+def load_public_keys(locations: Iterable[str | os.PathLike[str]]) -> list[rsa.RSAPublicKey]:
+    """Load every key of `key_files(locations)`; ConfigError naming where it looked if none."""
+    locations = list(locations)
+    files = key_files(locations)
+    if not files:
+        looked = ", ".join(str(Path(p)) for p in locations) or "(no location given)"
+        raise ConfigError(f"no public keys ({PUBLIC_KEY_GLOB}) found in {looked}")
+    keys = []
+    for file in files:
+        try:
+            pem = file.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"public key {file}: {exc.strerror or exc}") from exc
+        keys.append(load_public_key(pem, what=f"public key {file}"))
+    return keys

@@ -1,0 +1,175 @@
+"""Real servers for integration tests, started on a free loopback port and always stopped.
+
+`Nginx` serves a document root like a Stratum-1 (the configuration from
+`shared/docs/machine-notes.md`). It writes its configuration, logs and document root into a
+fresh world-traversable temporary directory (workers run as `nobody` when the tests run as
+root), starts `nginx` in the foreground with `subprocess.Popen`, waits until the port
+answers, and on exit terminates exactly the process it started.
+
+    with Nginx() as server:
+        server.publish("cvmfs/oracle.local", ORACLE_REPO)   # symlink into the docroot
+        url = server.url + "/cvmfs/oracle.local"
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+NGINX_START_TIMEOUT_SECONDS = 10.0  # measured ready time is ~0.12 s; generous for busy CI
+NGINX_STOP_TIMEOUT_SECONDS = 5.0
+START_ATTEMPTS = 3  # a free port can be taken between probing and nginx binding it
+MIME_TYPES = Path("/etc/nginx/mime.types")
+
+_CONFIG = """\
+daemon off;
+worker_processes 1;
+pid {run}/nginx.pid;
+error_log {run}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+  {mime}
+  default_type application/octet-stream;
+  access_log {run}/access.log;
+  sendfile on;
+  client_body_temp_path {run}/tmp/body;
+  proxy_temp_path {run}/tmp/proxy;
+  fastcgi_temp_path {run}/tmp/fastcgi;
+  uwsgi_temp_path {run}/tmp/uwsgi;
+  scgi_temp_path {run}/tmp/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    root {docroot};
+    location /cvmfs/ {{ expires 3d; }}
+    location ~ /\\.cvmfs(published|whitelist)$ {{ expires 61s; }}
+  }}
+}}
+"""
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float, alive: subprocess.Popen[bytes]) -> bool:
+    """True once 127.0.0.1:port accepts connections; False if `alive` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if alive.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+class Nginx:
+    """One nginx master process serving `self.docroot` on 127.0.0.1:`self.port`."""
+
+    def __init__(self) -> None:
+        binary = nginx_binary()
+        if binary is None:
+            raise RuntimeError("nginx is not installed")
+        self.binary = binary
+        self.base = Path(tempfile.mkdtemp(prefix="pycvmfs-nginx-"))
+        self.base.chmod(0o755)  # workers (nobody) must traverse to the docroot
+        self.run = self.base / "run"
+        self.docroot = self.base / "docroot"
+        for directory in (self.run / "tmp", self.docroot):
+            directory.mkdir(parents=True)
+            directory.chmod(0o755)
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def publish(self, relative: str, target: Path) -> str:
+        """Symlink DOCROOT/relative -> target; returns the URL that serves it."""
+        link = self.docroot / relative
+        link.parent.mkdir(parents=True, exist_ok=True)
+        for parent in [link.parent, *link.parent.parents]:
+            if parent == self.docroot.parent:
+                break
+            parent.chmod(0o755)
+        target = Path(target).resolve()
+        if os.geteuid() == 0 and not world_readable(target):
+            raise RuntimeError(f"nginx workers run as nobody and cannot reach {target}: make "
+                               "every directory on the way world-traversable (o+x)")
+        link.symlink_to(target)
+        return f"{self.url}/{relative}"
+
+    def _write_config(self) -> Path:
+        mime = f"include {MIME_TYPES};" if MIME_TYPES.is_file() else ""
+        config = self.run / "nginx.conf"
+        config.write_text(_CONFIG.format(run=self.run, mime=mime, port=self.port,
+                                         docroot=self.docroot))
+        return config
+
+    def start(self) -> None:
+        for _ in range(START_ATTEMPTS):
+            self.port = free_port()
+            config = self._write_config()
+            self.process = subprocess.Popen(
+                [self.binary, "-c", str(config), "-e", str(self.run / "error.log"),
+                 "-p", str(self.run)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            if wait_for_port(self.port, NGINX_START_TIMEOUT_SECONDS, self.process):
+                return
+            self._terminate()
+        raise RuntimeError(f"nginx did not start: {self.error_log()}")
+
+    def error_log(self) -> str:
+        log = self.run / "error.log"
+        return log.read_text(errors="replace") if log.exists() else "(no error log)"
+
+    def _terminate(self) -> None:
+        """Stop the one master process this object started (its workers follow it)."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=NGINX_STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def stop(self) -> None:
+        self._terminate()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> Nginx:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def world_readable(path: Path) -> bool:
+    """Whether every directory from / to `path` can be traversed by others."""
+    path = path.resolve()
+    return all(os.stat(p).st_mode & 0o001 for p in [path, *path.parents] if p.is_dir())

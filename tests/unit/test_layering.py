@@ -1,0 +1,46 @@
+"""The architecture as a test: pure formats import no I/O, the publisher and the reader
+share `format/` and nothing else (style guide R1)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "pycvmfs"
+
+FORBIDDEN = {
+    "pycvmfs.format": {"socket", "sqlite3", "urllib3", "requests", "threading", "subprocess",
+                       "pycvmfs.network", "pycvmfs.cache", "pycvmfs.repository", "pycvmfs.fs",
+                       "pycvmfs.publisher", "pycvmfs.cli"},
+    "pycvmfs.publisher": {"pycvmfs.network", "pycvmfs.cache", "pycvmfs.repository",
+                          "pycvmfs.fs", "pycvmfs.cli", "urllib3"},
+    "pycvmfs.repository": {"pycvmfs.publisher", "pycvmfs.fs", "pycvmfs.cli"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_forbidden_imports() -> None:
+    offences = []
+    for source in PACKAGE.rglob("*.py"):
+        module = ".".join(source.relative_to(PACKAGE.parent).with_suffix("").parts)
+        for layer, forbidden in FORBIDDEN.items():
+            if module == layer or module.startswith(layer + "."):
+                for name in _imports(source):
+                    if any(name == f or name.startswith(f + ".") for f in forbidden):
+                        offences.append(f"{module} imports {name}")
+    assert offences == []
+
+
+def test_format_does_no_file_io() -> None:
+    for source in (PACKAGE / "format").rglob("*.py"):
+        text = source.read_text()
+        assert "open(" not in text.replace("open_object(", ""), source
