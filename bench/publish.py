@@ -30,12 +30,13 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -205,26 +206,45 @@ def write_tree(root: Path, plans: list[FilePlan], seed: int, words: TextSource) 
                 fh.write(piece)
 
 
-def tree_summary(plans: list[FilePlan]) -> dict[str, object]:
-    by_class = {c: [p.size for p in plans if p.size_class == c]
-                for c in ("small", "medium", "large")}
-    return {
-        "files": len(plans),
-        "dirs": len({p.path.rsplit("/", 1)[0] for p in plans}),
-        "bytes": sum(p.size for p in plans),
-        "text_bytes": sum(p.size for p in plans if p.kind == "text"),
-        "classes": {c: [len(v), sum(v)] for c, v in by_class.items()},
-        "chunked_files": sum(1 for p in plans if p.size > 4 * MIB),
-    }
+@dataclass(frozen=True, slots=True)
+class TreeSummary:
+    files: int
+    dirs: int
+    bytes: int
+    text_bytes: int
+    classes: dict[str, tuple[int, int]]  # size class -> (files, bytes)
+    chunked_files: int  # above the default 4 MiB minimum chunk size
+
+    @classmethod
+    def of(cls, plans: list[FilePlan]) -> TreeSummary:
+        by_class = {c: [p.size for p in plans if p.size_class == c]
+                    for c in ("small", "medium", "large")}
+        return cls(
+            files=len(plans),
+            dirs=len({p.path.rsplit("/", 1)[0] for p in plans}),
+            bytes=sum(p.size for p in plans),
+            text_bytes=sum(p.size for p in plans if p.kind == "text"),
+            classes={c: (len(v), sum(v)) for c, v in by_class.items()},
+            chunked_files=sum(1 for p in plans if p.size > 4 * MIB),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> TreeSummary:
+        raw = json.loads(path.read_text())
+        raw["classes"] = {c: (int(n), int(b)) for c, (n, b) in raw["classes"].items()}
+        return cls(**raw)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=1))
 
 
-def ensure_tree(workdir: Path, spec: TreeSpec) -> tuple[Path, dict[str, object]]:
+def ensure_tree(workdir: Path, spec: TreeSpec) -> tuple[Path, TreeSummary]:
     """The cached tree for `spec` (generated on first use), plus its summary."""
     root = workdir / spec.name
     meta_path = workdir / f"{spec.name}.json"
     restore_modified(workdir, spec)
     if root.is_dir() and meta_path.is_file():
-        return root, json.loads(meta_path.read_text())
+        return root, TreeSummary.load(meta_path)
     words = TextSource(spec.seed)
     plans = plan_tree(spec, words)
     partial = workdir / f"{spec.name}.partial"
@@ -234,8 +254,8 @@ def ensure_tree(workdir: Path, spec: TreeSpec) -> tuple[Path, dict[str, object]]
     started = time.perf_counter()
     write_tree(partial, plans, spec.seed, words)
     partial.rename(root)
-    summary = tree_summary(plans)
-    meta_path.write_text(json.dumps(summary, indent=1))
+    summary = TreeSummary.of(plans)
+    summary.save(meta_path)
     print(f"  generated in {time.perf_counter() - started:.1f} s", flush=True)
     return root, summary
 
@@ -283,7 +303,8 @@ def restore_modified(workdir: Path, spec: TreeSpec) -> None:
 class Step:
     name: str
     seconds: float
-    cpu_seconds: float
+    cpu_seconds: float  # user+sys of the child
+    other_cpu_seconds: float | None  # CPU used by everything else meanwhile (/proc/stat)
     input_bytes: int
     files: int
     output: str
@@ -296,24 +317,44 @@ class Step:
     def cpu_use(self) -> float:
         return self.cpu_seconds / self.seconds
 
+    @property
+    def other_use(self) -> float | None:
+        return None if self.other_cpu_seconds is None else self.other_cpu_seconds / self.seconds
+
 
 def _child_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
+def _system_busy() -> float | None:
+    """CPU seconds all processes spent busy since boot (Linux), None where unknown."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy = sum(fields[:8]) - idle  # guest time is already counted in user
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def run_timed(name: str, argv: list[str], input_bytes: int, files: int) -> Step:
-    """sync, then run `argv` to completion; wall time and the child's CPU seconds."""
+    """sync, then run `argv` to completion; wall time and CPU of the child and of others."""
     subprocess.run(["sync"], check=True)
-    cpu_before = _child_cpu()
+    cpu_before, busy_before = _child_cpu(), _system_busy()
     started = time.perf_counter()
     proc = subprocess.run(argv, cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    cpu = _child_cpu() - cpu_before
+    cpu, busy_after = _child_cpu() - cpu_before, _system_busy()
+    other = None
+    if busy_before is not None and busy_after is not None:
+        other = max(0.0, busy_after - busy_before - cpu)
     if proc.returncode != 0:
         sys.exit(f"step {name!r} failed ({proc.returncode}): {' '.join(argv)}\n"
                  f"{proc.stdout}{proc.stderr}")
-    return Step(name, seconds, cpu, input_bytes, files, (proc.stdout + proc.stderr).strip())
+    return Step(name, seconds, cpu, other, input_bytes, files,
+                (proc.stdout + proc.stderr).strip())
 
 
 def child_env() -> dict[str, str]:
@@ -346,7 +387,8 @@ src, fqrn, storage, keys = sys.argv[1:5]
 r = publish(PublishOptions(fqrn=fqrn, source=Path(src), storage=Path(storage),
                            keys_dir=Path(keys), settings=Settings(chunking=DEFAULT_CHUNK_PARAMS)))
 print(f"published revision {r.manifest.revision}: {r.files} files, {r.bytes_in / 1e6:.1f} MB "
-      f"in {r.seconds:.1f} s; {r.objects_written} new objects ({r.bytes_written / 1e6:.1f} MB stored)")
+      f"in {r.seconds:.1f} s; {r.objects_written} new objects "
+      f"({r.bytes_written / 1e6:.1f} MB stored)")
 """
 
 
@@ -363,10 +405,11 @@ def keys_argv(mode: str, keys_dir: Path) -> list[str]:
     return [sys.executable, "-c", _LIBRARY_KEYS, FQRN, str(keys_dir)]
 
 
-def publish_argv(mode: str, source: Path, storage: Path, keys_dir: Path) -> list[str]:
+def publish_argv(mode: str, source: Path, storage: Path, keys_dir: Path,
+                 extra: list[str]) -> list[str]:
     if mode == "cli":
         return [sys.executable, "-m", "pycvmfs", "publish", str(source), "--repo", FQRN,
-                "--storage", str(storage), "--keys-dir", str(keys_dir)]
+                "--storage", str(storage), "--keys-dir", str(keys_dir), *extra]
     return [sys.executable, "-c", _LIBRARY_PUBLISH, str(source), FQRN, str(storage),
             str(keys_dir)]
 
@@ -374,64 +417,113 @@ def publish_argv(mode: str, source: Path, storage: Path, keys_dir: Path) -> list
 # -- the benchmark -------------------------------------------------------------------
 
 
-def run_benchmark(args: argparse.Namespace, source: Path, summary: dict[str, object],
-                  mode: str) -> list[Step]:
-    spec = TreeSpec(args.files, args.total_mb, args.seed)
-    run_dir = args.workdir / "run"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    copy, storage, keys_dir = run_dir / "cp-copy", run_dir / "storage", run_dir / "keys"
-    total, files = int(summary["bytes"]), int(summary["files"])  # type: ignore[call-overload]
-    warm_page_cache(source)
-    steps = [run_timed("cp -a (baseline)", ["cp", "-a", str(source), str(copy)], total, files)]
-    if not args.keep:
+@dataclass(frozen=True, slots=True)
+class Bench:
+    """Everything one round needs."""
+
+    spec: TreeSpec
+    workdir: Path
+    source: Path
+    run_dir: Path
+    total_bytes: int
+    files: int
+    publish_cmd: list[str]
+    modify_percent: float
+    keep: bool
+
+
+def run_round(bench: Bench) -> list[Step]:
+    """cp -a, first publish into empty storage, republish, republish after changes."""
+    copy, storage = bench.run_dir / "cp-copy", bench.run_dir / "storage"
+    total, files = bench.total_bytes, bench.files
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.rmtree(storage, ignore_errors=True)
+    warm_page_cache(bench.source)
+    steps = [run_timed("cp -a (baseline)", ["cp", "-a", str(bench.source), str(copy)],
+                       total, files)]
+    if not bench.keep:
         shutil.rmtree(copy)
-    subprocess.run(keys_argv(mode, keys_dir), cwd=REPO_ROOT, env=child_env(), check=True,
-                   capture_output=True)
-    publish_cmd = publish_argv(mode, source, storage, keys_dir)
-    steps.append(run_timed("publish (first)", publish_cmd, total, files))
-    steps.append(run_timed("republish, nothing changed", publish_cmd, total, files))
-    if args.modify_percent > 0:
+    steps.append(run_timed("publish (first)", bench.publish_cmd, total, files))
+    steps.append(run_timed("republish, nothing changed", bench.publish_cmd, total, files))
+    if bench.modify_percent > 0:
         try:
-            added = modify_files(args.workdir, spec, source, args.modify_percent / 100)
-            warm_page_cache(source)
-            name = f"republish, {args.modify_percent:g}% files changed"
-            steps.append(run_timed(name, publish_cmd, total + added, files))
+            added = modify_files(bench.workdir, bench.spec, bench.source,
+                                 bench.modify_percent / 100)
+            warm_page_cache(bench.source)
+            name = f"republish, {bench.modify_percent:g}% files changed"
+            steps.append(run_timed(name, bench.publish_cmd, total + added, files))
         finally:
-            restore_modified(args.workdir, spec)
-    if not args.keep:
-        shutil.rmtree(run_dir, ignore_errors=True)
+            restore_modified(bench.workdir, bench.spec)
     return steps
 
 
-def print_tree(source: Path, summary: dict[str, object]) -> None:
-    classes: dict[str, list[int]] = summary["classes"]  # type: ignore[assignment]
-    total = int(summary["bytes"])  # type: ignore[call-overload]
-    text = int(summary["text_bytes"])  # type: ignore[call-overload]
+def run_benchmark(args: argparse.Namespace, source: Path, summary: TreeSummary,
+                  mode: str) -> list[list[Step]]:
+    """Create keys (untimed), then `args.rounds` rounds; storage is removed unless --keep."""
+    run_dir = args.workdir / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    keys_dir = run_dir / "keys"
+    subprocess.run(keys_argv(mode, keys_dir), cwd=REPO_ROOT, env=child_env(), check=True,
+                   capture_output=True)
+    bench = Bench(
+        spec=TreeSpec(args.files, args.total_mb, args.seed), workdir=args.workdir,
+        source=source, run_dir=run_dir, total_bytes=summary.bytes, files=summary.files,
+        publish_cmd=publish_argv(mode, source, run_dir / "storage", keys_dir,
+                                 shlex.split(args.publish_args)),
+        modify_percent=args.modify_percent, keep=args.keep,
+    )
+    try:
+        return [run_round(bench) for _ in range(args.rounds)]
+    finally:
+        if not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def print_tree(source: Path, summary: TreeSummary) -> None:
+    total, text = summary.bytes, summary.text_bytes
     print(f"source tree: {source}")
-    print(f"  {summary['files']} files in {summary['dirs']} directories, {total / MB:.1f} MB "
+    print(f"  {summary.files} files in {summary.dirs} directories, {total / MB:.1f} MB "
           f"({100 * text / total:.0f}% text-like, {100 - 100 * text / total:.0f}% random bytes); "
-          f"{summary['chunked_files']} files above the 4 MiB minimum chunk size")
-    for name, (count, nbytes) in classes.items():
+          f"{summary.chunked_files} files above the 4 MiB minimum chunk size")
+    for name, (count, nbytes) in summary.classes.items():
         print(f"  {name:>6}: {count:6d} files, {nbytes / MB:8.1f} MB")
 
 
-def print_results(steps: list[Step], mode: str) -> None:
+def print_table(steps: list[Step]) -> None:
     baseline = steps[0].seconds
-    print(f"\npublisher invoked via {'the CLI (python -m pycvmfs)' if mode == 'cli' else 'the library (python -c)'}; "
-          "source tree in page cache for every step (read once before timing); sync before each step")
-    header = f"{'step':<30} {'seconds':>8} {'MB/s in':>8} {'files/s':>8} {'x cp -a':>8} " \
-             f"{'CPU s':>7} {'CPU use':>8}"
+    header = (f"{'step':<30} {'seconds':>8} {'MB/s in':>8} {'files/s':>8} {'x cp -a':>8} "
+              f"{'CPU s':>7} {'CPU use':>8} {'others':>7}")
     print(header)
     print("-" * len(header))
     for s in steps:
+        others = "?" if s.other_use is None else f"{s.other_use:.2f}c"
         print(f"{s.name:<30} {s.seconds:8.2f} {s.mb_per_s:8.1f} {s.files / s.seconds:8.0f} "
-              f"{s.seconds / baseline:8.2f} {s.cpu_seconds:7.2f} {s.cpu_use:7.2f}c")
-    print(f"(CPU use = child user+sys CPU seconds / wall seconds; {os.cpu_count()} cores here)")
-    for s in steps[1:]:
+              f"{s.seconds / baseline:8.2f} {s.cpu_seconds:7.2f} {s.cpu_use:7.2f}c {others:>7}")
+    print(f"(CPU use = user+sys CPU seconds of the child / wall seconds; others = CPU busy "
+          f"outside the child meanwhile, from /proc/stat; {os.cpu_count()} cores here)")
+
+
+def print_results(rounds: list[list[Step]], mode: str) -> None:
+    via = "the CLI (python -m pycvmfs)" if mode == "cli" else "the library (python -c)"
+    print(f"\npublisher invoked via {via}; the source tree is in the page cache for every "
+          "step (read once before timing); sync runs before each timed step")
+    best = [min(column, key=lambda s: s.seconds) for column in zip(*rounds, strict=True)]
+    if len(rounds) > 1:
+        print(f"fastest of {len(rounds)} rounds per step:")
+    print_table(best)
+    if len(rounds) > 1:
+        for column in zip(*rounds, strict=True):
+            print(f"  {column[0].name:<30} rounds: "
+                  + ", ".join(f"{s.seconds:.2f} s" for s in column))
+    for s in best[1:]:
         for line in s.output.splitlines():
             print(f"  [{s.name}] {line}")
-    first = steps[1]
+    busy = [s.name for s in best if s.other_use is not None and s.other_use > 0.2]
+    if busy:
+        print(f"warning: other processes used CPU during: {', '.join(busy)} -- "
+              "figures are disturbed; re-run on a quiet machine or with --rounds 3")
+    first = best[1]
     verdict = "PASS" if first.mb_per_s >= TARGET_MB_S else "FAIL"
     print(f"\ntarget: >= {TARGET_MB_S:.0f} MB/s of input on 2 cores: first publish "
           f"{first.mb_per_s:.1f} MB/s -> {verdict}")
@@ -449,11 +541,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="percent of files to change for the third step (0 skips it)")
     parser.add_argument("--mode", choices=("auto", "cli", "library"), default="auto",
                         help="run `python -m pycvmfs` or the library via `python -c`")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the whole sequence; the table shows each step's fastest")
+    parser.add_argument("--publish-args", default="", metavar="ARGS",
+                        help='extra options for `pycvmfs publish`, e.g. "--compression none"')
     parser.add_argument("--keep", action="store_true",
                         help="keep storage, keys and the cp copy (under WORKDIR/run)")
     args = parser.parse_args(argv)
-    if args.files < 1 or args.total_mb < 1:
-        parser.error("--files and --total-mb must be positive")
+    if args.files < 1 or args.total_mb < 1 or args.rounds < 1:
+        parser.error("--files, --total-mb and --rounds must be positive")
     return args
 
 
@@ -467,9 +563,10 @@ def main(argv: list[str] | None = None) -> int:
         if mode == "library":
             print("note: `python -m pycvmfs` does not start; calling the library instead")
     source, summary = ensure_tree(args.workdir, TreeSpec(args.files, args.total_mb, args.seed))
+    if args.publish_args and mode != "cli":
+        sys.exit("--publish-args needs the CLI (--mode cli)")
     print_tree(source, summary)
-    steps = run_benchmark(args, source, summary, mode)
-    print_results(steps, mode)
+    print_results(run_benchmark(args, source, summary, mode), mode)
     return 0
 
 

@@ -24,24 +24,24 @@ READABLE_SCHEMA_REVISIONS = range(0, 8)  # schema 2.5 revisions the reader under
 DEFAULT_TTL_SECONDS = 240  # client default when the root catalog has no TTL property
 DIRECTORY_SIZE = 4096
 
-DDL = (
+DDL = (  # the reference publisher's statements, spacing included
     "CREATE TABLE properties (key TEXT, value TEXT, "
-    "CONSTRAINT pk_properties PRIMARY KEY (key));",
+    "CONSTRAINT pk_properties PRIMARY KEY (key))",
     "CREATE TABLE catalog (md5path_1 INTEGER, md5path_2 INTEGER, parent_1 INTEGER, "
     "parent_2 INTEGER, hardlinks INTEGER, hash BLOB, size INTEGER, mode INTEGER, "
     "mtime INTEGER, mtimens INTEGER, flags INTEGER, name TEXT, symlink TEXT, uid INTEGER, "
-    "gid INTEGER, xattr BLOB, CONSTRAINT pk_catalog PRIMARY KEY (md5path_1, md5path_2));",
-    "CREATE INDEX idx_catalog_parent ON catalog (parent_1, parent_2);",
+    "gid INTEGER, xattr BLOB,  CONSTRAINT pk_catalog PRIMARY KEY (md5path_1, md5path_2))",
+    "CREATE INDEX idx_catalog_parent ON catalog (parent_1, parent_2)",
     "CREATE TABLE chunks (md5path_1 INTEGER, md5path_2 INTEGER, offset INTEGER, "
-    "size INTEGER, hash BLOB, CONSTRAINT pk_chunks PRIMARY KEY "
-    "(md5path_1, md5path_2, offset, size), FOREIGN KEY (md5path_1, md5path_2) "
-    "REFERENCES catalog(md5path_1, md5path_2));",
+    "size INTEGER,  hash BLOB,  CONSTRAINT pk_chunks PRIMARY KEY "
+    "(md5path_1, md5path_2, offset, size),  FOREIGN KEY (md5path_1, md5path_2) "
+    "REFERENCES    catalog(md5path_1, md5path_2))",
     "CREATE TABLE nested_catalogs (path TEXT, sha1 TEXT, size INTEGER, "
-    "CONSTRAINT pk_nested_catalogs PRIMARY KEY (path));",
+    "CONSTRAINT pk_nested_catalogs PRIMARY KEY (path))",
     "CREATE TABLE bind_mountpoints (path TEXT, sha1 TEXT, size INTEGER, "
-    "CONSTRAINT pk_bind_mountpoints PRIMARY KEY (path));",
+    "CONSTRAINT pk_bind_mountpoints PRIMARY KEY (path))",
     "CREATE TABLE statistics (counter TEXT, value INTEGER, "
-    "CONSTRAINT pk_statistics PRIMARY KEY (counter));",
+    "CONSTRAINT pk_statistics PRIMARY KEY (counter))",
 )
 
 # Column order used by INSERT and by the reader's SELECTs (by name, so order of the

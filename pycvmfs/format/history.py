@@ -9,18 +9,18 @@ HISTORY_SCHEMA_REVISION = 3
 TRUNK = "trunk"
 TRUNK_PREVIOUS = "trunk-previous"
 
-HISTORY_DDL = (
+HISTORY_DDL = (  # the reference's statements, spacing included
     "CREATE TABLE properties (key TEXT, value TEXT, "
-    "CONSTRAINT pk_properties PRIMARY KEY (key));",
-    "CREATE TABLE branches (branch TEXT, parent TEXT, initial_revision INTEGER, "
-    "CONSTRAINT pk_branch PRIMARY KEY (branch), FOREIGN KEY (parent) REFERENCES "
-    "branches (branch), CHECK ((branch <> '') OR (parent IS NULL)), "
-    "CHECK ((branch = '') OR (parent IS NOT NULL)));",
-    "CREATE TABLE tags (name TEXT, hash TEXT, revision INTEGER, timestamp INTEGER, "
-    "channel INTEGER, description TEXT, size INTEGER, branch TEXT, "
-    "CONSTRAINT pk_tags PRIMARY KEY (name), FOREIGN KEY (branch) REFERENCES branches (branch));",
-    "CREATE TABLE recycle_bin (hash TEXT, flags INTEGER, "
-    "CONSTRAINT pk_hash PRIMARY KEY (hash));",
+    "CONSTRAINT pk_properties PRIMARY KEY (key))",
+    "CREATE TABLE branches (branch TEXT, parent TEXT, initial_revision INTEGER,  "
+    "CONSTRAINT pk_branch PRIMARY KEY (branch),   FOREIGN KEY (parent) REFERENCES "
+    "branches (branch),   CHECK ((branch <> '') OR (parent IS NULL)),   "
+    "CHECK ((branch = '') OR (parent IS NOT NULL)))",
+    "CREATE TABLE tags (name TEXT, hash TEXT, revision INTEGER,   timestamp INTEGER, "
+    "channel INTEGER, description TEXT, size INTEGER,   branch TEXT, "
+    "CONSTRAINT pk_tags PRIMARY KEY (name),   FOREIGN KEY (branch) REFERENCES branches (branch))",
+    "CREATE TABLE recycle_bin (hash TEXT, flags INTEGER,   "
+    "CONSTRAINT pk_hash PRIMARY KEY (hash))",
 )
 INITIAL_BRANCH_ROW = ("", None, 0)
 TAG_COLUMNS = ("name", "hash", "revision", "timestamp", "channel", "description", "size", "branch")
