@@ -6,7 +6,7 @@ DEMO_FQRN := demo.pycvmfs.org
 DEMO_KEY  := testdata/keys/$(DEMO_FQRN).pub
 DEMO_OUT  ?= /tmp/pycvmfs-demo
 
-.PHONY: setup demo test test-fast test-slow testdata bench clean
+.PHONY: setup demo lint test test-fast test-slow testdata bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,11 @@ demo: setup
 	@echo "== freshly published copy in $(DEMO_OUT)/repo is identical to the bundled one:"
 	diff -r testdata/repo $(DEMO_OUT)/repo && echo "identical"
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check pycvmfs tests bench testdata
+	$(VENV)/bin/mypy
+
+test: setup lint
 	$(PY) -m pytest -q
 
 test-fast: setup

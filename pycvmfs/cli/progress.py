@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
+import threading
 from types import TracebackType
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
-    MofNCompleteColumn,
     Progress,
     TaskID,
     TextColumn,
@@ -19,20 +19,25 @@ from rich.progress import (
 
 
 class PublishProgressBar:
-    """Files and bytes done, MB/s and time left; a no-op when not on a terminal."""
+    """One line: files done of total, bytes done of total, MB/s and time left.
 
-    def __init__(self, label: str = "publishing") -> None:
-        self._enabled = sys.stderr.isatty()
+    A no-op when stderr is not a terminal (logs and pipes stay clean). `advance` is
+    called from worker threads."""
+
+    def __init__(self, label: str = "publishing", *, force: bool = False) -> None:
+        self._enabled = force or sys.stderr.isatty()
         self._progress: Progress | None = None
-        self._files: TaskID | None = None
-        self._bytes: TaskID | None = None
+        self._task: TaskID | None = None
         self._label = label
+        self._files = 0
+        self._lock = threading.Lock()
 
     def __enter__(self) -> PublishProgressBar:
         if self._enabled:
             self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                TextColumn("{task.description} "
+                           "{task.fields[files]}/{task.fields[files_total]} files"),
+                BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
                 console=Console(stderr=True), transient=True,
             )
             self._progress.__enter__()
@@ -45,10 +50,12 @@ class PublishProgressBar:
 
     def begin(self, total_files: int, total_bytes: int) -> None:
         if self._progress is not None:
-            self._files = self._progress.add_task(f"{self._label} files", total=total_files)
-            self._bytes = self._progress.add_task(f"{self._label} bytes", total=total_bytes)
+            self._task = self._progress.add_task(self._label, total=total_bytes, files=0,
+                                                 files_total=total_files)
 
     def advance(self, files: int, nbytes: int) -> None:
-        if self._progress is not None and self._files is not None and self._bytes is not None:
-            self._progress.update(self._files, advance=files)
-            self._progress.update(self._bytes, advance=nbytes)
+        if self._progress is None or self._task is None:
+            return
+        with self._lock:
+            self._files += files
+            self._progress.update(self._task, advance=nbytes, files=self._files)

@@ -20,7 +20,7 @@ from pycvmfs.format.xattr_blob import decode_xattrs, encode_xattrs
 
 SCHEMA_VERSION = "2.5"
 SCHEMA_REVISION = 7
-READABLE_SCHEMA_REVISIONS = range(0, 8)  # schema 2.5 revisions the reader understands
+READABLE_SCHEMA_REVISIONS = range(8)  # schema 2.5 revisions the reader understands
 DEFAULT_TTL_SECONDS = 240  # client default when the root catalog has no TTL property
 DIRECTORY_SIZE = 4096
 
@@ -202,34 +202,40 @@ def entry_to_row(entry: DirEntry, path: str) -> tuple[object, ...]:
     )
 
 
+def _int(row: Mapping[str, object], key: str) -> int:
+    """An INTEGER column; NULL or absent (old schema revisions) reads as 0."""
+    value = row.get(key)
+    return int(value) if isinstance(value, int | float | str) else 0
+
+
 def row_to_entry(row: Mapping[str, object]) -> DirEntry:
     """Map a catalog row (by column name; `mtimens`/`xattr` may be absent) to a DirEntry.
 
     `row` may be a dict or an `sqlite3.Row` (which has `keys()` but no `get`)."""
     if not isinstance(row, dict):
         row = {key: row[key] for key in row.keys()}  # noqa: SIM118 - sqlite3.Row
-    flags = int(row["flags"])  # type: ignore[call-overload]
+    flags = _int(row, "flags")
     algorithm = _algorithm_from_flags(flags)
-    raw_hash = row["hash"]
+    raw_hash = row.get("hash")
     content_hash = None
     if isinstance(raw_hash, bytes | bytearray | memoryview) and len(raw_hash) > 0:
         content_hash = ContentHash(algorithm, bytes(raw_hash))
-    group, linkcount = decode_hardlinks(int(row["hardlinks"] or 0))  # type: ignore[call-overload]
+    group, linkcount = decode_hardlinks(_int(row, "hardlinks"))
     compression_value = (flags & COMPRESSION_MASK) >> COMPRESSION_SHIFT
     xattr_blob = row.get("xattr")
     return DirEntry(
-        name=str(row["name"] or ""),
-        mode=int(row["mode"]),  # type: ignore[call-overload]
-        size=int(row["size"] or 0),  # type: ignore[call-overload]
-        mtime=int(row["mtime"] or 0),  # type: ignore[call-overload]
-        mtimens=int(row.get("mtimens") or 0),  # type: ignore[call-overload]
+        name=str(row.get("name") or ""),
+        mode=_int(row, "mode"),
+        size=_int(row, "size"),
+        mtime=_int(row, "mtime"),
+        mtimens=_int(row, "mtimens"),
         flags=flags,
-        uid=int(row["uid"] or 0),  # type: ignore[call-overload]
-        gid=int(row["gid"] or 0),  # type: ignore[call-overload]
+        uid=_int(row, "uid"),
+        gid=_int(row, "gid"),
         linkcount=linkcount,
         hardlink_group=group,
         content_hash=content_hash,
-        symlink=str(row["symlink"] or ""),
+        symlink=str(row.get("symlink") or ""),
         xattrs=tuple(sorted(decode_xattrs(xattr_blob).items())) if xattr_blob else (),
         hash_algorithm=algorithm,
         compression=Compression(compression_value) if compression_value in (0, 1)

@@ -56,7 +56,7 @@ _NAMES = {
 _BY_TEXT_LENGTH = {a.text_length: a for a in Algorithm}
 
 
-class Suffix(str, enum.Enum):
+class Suffix(enum.StrEnum):
     """Object-type suffix appended to object names (fact sheet 1.3)."""
 
     NONE = ""
@@ -68,7 +68,7 @@ class Suffix(str, enum.Enum):
 
 
 class _Hashlib(Protocol):
-    def update(self, data: bytes, /) -> None: ...
+    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
 
 
 class Hasher:
@@ -85,10 +85,8 @@ class Hasher:
 
     def finish(self) -> ContentHash:
         h = self._h
-        if self.algorithm is Algorithm.SHAKE128:
-            digest = h.digest(20)  # type: ignore[attr-defined]
-        else:
-            digest = h.digest()  # type: ignore[attr-defined]
+        shake = self.algorithm is Algorithm.SHAKE128
+        digest = h.digest(20) if shake else h.digest()  # type: ignore[attr-defined]
         return ContentHash(self.algorithm, digest)
 
 

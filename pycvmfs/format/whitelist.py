@@ -107,7 +107,8 @@ def _timestamp(text: str, what: str) -> dt.datetime:
         if not text.isascii() or not text.isdigit():
             raise ValueError(text)
         parts = (text[0:4], text[4:6], text[6:8], text[8:10], text[10:12], text[12:14])
-        return dt.datetime(*map(int, parts), tzinfo=dt.UTC)
+        year, month, day, hour, minute, second = map(int, parts)
+        return dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.UTC)
     except ValueError:
         raise LetterMalformedError(f"{what}: {text!r} is not a YYYYMMDDhhmmss time") from None
 

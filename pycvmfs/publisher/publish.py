@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Protocol
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 from pycvmfs.errors import PublishError
 from pycvmfs.format.catalog import DEFAULT_TTL_SECONDS
@@ -164,7 +164,8 @@ def load_previous(storage: LocalStorage, fqrn: str,
     while pending:
         path, content_hash = pending.pop()
         image = _read_metadata(storage, content_hash, Suffix.CATALOG)
-        props = dict(read_sqlite_rows(image, "SELECT key, value FROM properties"))
+        props = {str(k): str(v) for k, v in
+                 read_sqlite_rows(image, "SELECT key, value FROM properties")}
         catalogs[path] = PreviousCatalog(content_hash, len(image), int(props.get("revision", 0)),
                                          str(props.get(DIGEST_PROPERTY, "")))
         for child, text, _size in read_sqlite_rows(image,

@@ -7,6 +7,7 @@ rollback-journal mode (never WAL) and committed before their bytes are taken.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import tempfile
@@ -41,10 +42,8 @@ def sqlite_image(tmp_dir: Path, ddl: Iterable[str], inserts: Iterable[Insert]) -
     except OSError as exc:
         raise PublishError(f"cannot write database {tmp}: {exc.strerror}") from exc
     finally:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
 
 
 def read_sqlite_rows(image: bytes, sql: str) -> list[tuple[object, ...]]:

@@ -48,10 +48,8 @@ class LocalStorage:
             yield
         except BaseException:
             for path in self._created:
-                try:
+                with contextlib.suppress(OSError):
                     path.unlink()
-                except OSError:
-                    pass
             raise
         finally:
             self._created = None
@@ -185,7 +183,5 @@ def _describe_write_error(target: Path, exc: OSError) -> str:
 
 
 def _unlink_quietly(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pycvmfs.cli.main import main
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import Algorithm
 from tests.publish_helpers import (
@@ -18,6 +19,7 @@ from tests.publish_helpers import (
     open_repository,
     run_publish,
 )
+from tests.servers import Nginx, nginx_binary
 
 
 def _kind(mode: int) -> str:
@@ -118,3 +120,28 @@ def test_chunked_file_reads_across_chunk_boundaries(tmp_path: Path, keys: Keys) 
         assert sum(p.size for p in pieces) == len(expected)
         for offset, size in ((0, 10), (16_000, 70_000), (len(expected) - 5, 100)):
             assert repo.read_range("/big.bin", offset, size) == expected[offset:offset + size]
+
+
+@pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed")
+def test_published_repository_served_by_nginx(tmp_path: Path, keys: Keys,
+                                              capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    """Publish, serve the storage as a Stratum-1, read back over HTTP with the CLI."""
+    source = make_full_tree(tmp_path / "src")
+    storage = tmp_path / "repo"
+    run_publish(source, storage, keys, tag="first")
+    storage.chmod(0o755)
+    for parent in storage.parents:  # nginx workers run as nobody
+        if parent == Path(tmp_path.anchor):
+            break
+        parent.chmod(parent.stat().st_mode | 0o005)
+    with Nginx() as server:
+        url = server.publish(f"cvmfs/{keys.fqrn}", storage)
+        common = ["--keys", str(keys.public_key_file)]
+        assert main(["ls", "-lR", url, *common]) == 0
+        listing = capsysbinary.readouterr().out.decode().splitlines()
+        assert main(["cat", url, "/big.bin", *common, "--tag", "first"]) == 0
+        assert capsysbinary.readouterr().out == (source / "big.bin").read_bytes()
+    view = source_view(source)
+    assert len(listing) == len(view) + sum(path.count("\n") for path in view)
+    assert any(line.startswith("/plain.txt\tf\t0o644\t11\t2\t") and "user.foo=626172" in line
+               for line in listing)
