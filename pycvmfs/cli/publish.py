@@ -41,11 +41,14 @@ def _owner(value: str | None) -> tuple[int, int] | None:
 @click.option("--chunk-sizes", default=None, metavar="MIN,AVG,MAX",
               help="Content-defined chunking sizes (default 4M,8M,16M).")
 @click.option("--no-chunking", is_flag=True, help="Store every file as one object.")
+@click.option("--always-compress", is_flag=True,
+              help="Compress every file, also those whose first 64 KiB zlib cannot shrink "
+                   "(by default they are stored raw, flagged per file).")
 @click.option("--owner", default=None, metavar="UID:GID", help="Record this owner for all.")
 def publish_command(source_dir: Path, fqrn: str, storage: Path, keys_dir: Path,
                     tag: str | None, hash_name: str, compression_name: str,
                     ttl: int | None, chunk_sizes: str | None, no_chunking: bool,
-                    owner: str | None) -> None:
+                    always_compress: bool, owner: str | None) -> None:
     """Publish SOURCE_DIR as the next revision of the repository in --storage."""
     try:
         chunking = None if no_chunking else (
@@ -56,7 +59,8 @@ def publish_command(source_dir: Path, fqrn: str, storage: Path, keys_dir: Path,
     options = PublishOptions(
         fqrn=fqrn, source=source_dir, storage=storage, keys_dir=keys_dir,
         settings=Settings(Algorithm.from_name(hash_name),
-                          Compression.from_name(compression_name), chunking),
+                          Compression.from_name(compression_name), chunking,
+                          store_incompressible_raw=not always_compress),
         tag=tag, ttl_seconds=ttl, owner=_owner(owner),
         timestamp=int(epoch) if epoch and epoch.isdigit() else None,
     )

@@ -145,6 +145,7 @@ class CatalogWriter:
         st = node.st
         flags = type_flags(st.st_mode)
         size, content_hash, symlink = st.st_size, None, ""
+        compression = Compression.ZLIB
         if node.is_dir:
             size = DIRECTORY_SIZE
             linkcount = 2 + sum(1 for c in node.children if c.is_dir)
@@ -153,6 +154,7 @@ class CatalogWriter:
         elif node.is_regular:
             content = self.contents[node.inode_key]
             size, content_hash = content.size, content.content_hash
+            compression = content.compression
             flags |= Flags.CHUNKED if content.chunks else 0
         elif node.is_symlink:
             symlink = node.symlink
@@ -166,7 +168,7 @@ class CatalogWriter:
             linkcount=linkcount, hardlink_group=group, content_hash=content_hash,
             symlink=symlink, xattrs=tuple(sorted(node.xattrs.items())),
             hash_algorithm=self.settings.algorithm,
-            compression=self.settings.compression if node.is_regular else Compression.ZLIB,
+            compression=compression,
         )
 
     # -- output --------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -24,6 +25,13 @@ from pycvmfs.publisher.storage import LocalStorage
 from pycvmfs.publisher.tree_walk import Node
 
 READ_BLOCK_BYTES = 4 << 20  # block size for chunked files; bounds memory per worker
+# Files at least this big are probed: when zlib (level 1) cannot shrink their first
+# PROBE_BYTES by INCOMPRESSIBLE_RATIO, they are stored raw and flagged so per file
+# (catalog flags bits 11-13). Deflating random data costs a core ~20 ms/MB for nothing,
+# and the clients then skip inflating it too. Small files are always compressed, as the
+# reference publisher does.
+PROBE_BYTES = 64 << 10
+INCOMPRESSIBLE_RATIO = 0.97
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +41,17 @@ class Settings:
     algorithm: Algorithm = Algorithm.SHA1
     compression: Compression = Compression.ZLIB
     chunking: ChunkParams | None = None  # None: never chunk
+    store_incompressible_raw: bool = True  # see PROBE_BYTES
+
+    def compression_for(self, sample: bytes) -> Compression:
+        """The compression of a file whose first bytes are `sample`."""
+        if (self.compression is Compression.NONE or not self.store_incompressible_raw
+                or len(sample) < PROBE_BYTES):
+            return self.compression
+        probe = sample[:PROBE_BYTES]
+        if len(zlib.compress(probe, 1)) > INCOMPRESSIBLE_RATIO * len(probe):
+            return Compression.NONE
+        return self.compression
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +61,7 @@ class FileContent:
     size: int
     content_hash: ContentHash | None  # None for chunked files
     chunks: tuple[ChunkRow, ...] = ()
+    compression: Compression = Compression.ZLIB
 
 
 @dataclass(slots=True)
@@ -72,10 +92,13 @@ class ContentPipeline:
         unique: dict[tuple[int, int], Node] = {}
         for node in nodes:
             unique.setdefault(node.inode_key, node)
+        # Largest first: a big file read and compressed in one thread must not be the
+        # last job while the other cores idle (longest-processing-time-first scheduling).
+        order = sorted(unique.items(), key=lambda item: item[1].st.st_size, reverse=True)
         results: dict[tuple[int, int], FileContent] = {}
         with ThreadPoolExecutor(self.workers, thread_name_prefix="publish") as pool:
             futures: dict[Future[FileContent], tuple[int, int]] = {
-                pool.submit(self._process, node, progress): key for key, node in unique.items()
+                pool.submit(self._process, node, progress): key for key, node in order
             }
             done, pending = wait(futures, return_when=FIRST_EXCEPTION)
             for fut in pending:
@@ -110,7 +133,9 @@ class ContentPipeline:
             params = self.settings.chunking
             if params is None or node.st.st_size <= params.min_size:
                 data = _read_all(fd, node.st.st_size + 1)
-                content = FileContent(len(data), self._put(data, Suffix.NONE))
+                compression = self.settings.compression_for(data)
+                content = FileContent(len(data), self._put(data, Suffix.NONE, compression),
+                                      compression=compression)
             else:
                 content = self._store_chunked(fd, params)
             _check_unchanged(node, os.fstat(fd), read_size=content.size)
@@ -123,29 +148,36 @@ class ContentPipeline:
         buffer = bytearray()
         buffer_start = 0
         chunks: list[ChunkRow] = []
+        compression: Compression | None = None
 
         def emit(cuts: list[int]) -> None:
             nonlocal buffer, buffer_start
+            assert compression is not None
             for cut in cuts:
                 piece = bytes(buffer[: cut - buffer_start])
-                chunks.append(ChunkRow(buffer_start, len(piece), self._put(piece, Suffix.PARTIAL)))
+                content_hash = self._put(piece, Suffix.PARTIAL, compression)
+                chunks.append(ChunkRow(buffer_start, len(piece), content_hash))
                 del buffer[: cut - buffer_start]
                 buffer_start = cut
 
         while block := os.read(fd, READ_BLOCK_BYTES):
+            if compression is None:  # one compression for all chunks of a file
+                compression = self.settings.compression_for(block)
             buffer += block
             emit(chunker.feed(block))
+        compression = compression or self.settings.compression
         emit(chunker.finish())
         total = buffer_start + len(buffer)
         if not chunks:  # a single piece is stored as a plain object (fact sheet 13.7)
-            return FileContent(total, self._put(bytes(buffer), Suffix.NONE))
+            return FileContent(total, self._put(bytes(buffer), Suffix.NONE, compression),
+                               compression=compression)
         if buffer:
-            chunks.append(ChunkRow(buffer_start, len(buffer), self._put(bytes(buffer),
-                                                                        Suffix.PARTIAL)))
-        return FileContent(total, None, tuple(chunks))
+            content_hash = self._put(bytes(buffer), Suffix.PARTIAL, compression)
+            chunks.append(ChunkRow(buffer_start, len(buffer), content_hash))
+        return FileContent(total, None, tuple(chunks), compression)
 
-    def _put(self, data: bytes, suffix: Suffix) -> ContentHash:
-        content_hash, stored = make_object(data, self.settings.algorithm, self.settings.compression)
+    def _put(self, data: bytes, suffix: Suffix, compression: Compression) -> ContentHash:
+        content_hash, stored = make_object(data, self.settings.algorithm, compression)
         if self.storage.put_object(content_hash, stored, suffix):
             with self._lock:
                 self.stats.objects_written += 1

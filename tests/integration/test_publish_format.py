@@ -111,7 +111,8 @@ def test_flags_and_hashes_of_entries(published: Path, tmp_path: Path) -> None:
                           "WHERE md5path_1=? AND md5path_2=?", md5path(path)).fetchone()
 
     flags, digest, size, _ = row("/big.bin")
-    assert flags == Flags.FILE | Flags.CHUNKED and digest is None and size == 300_000
+    raw = 1 << 11  # random bytes: stored uncompressed, flagged so (bits 11-13)
+    assert flags == Flags.FILE | Flags.CHUNKED | raw and digest is None and size == 300_000
     chunks = db.execute("SELECT offset, size, hash FROM chunks ORDER BY offset").fetchall()
     assert chunks[0][0] == 0 and sum(c[1] for c in chunks) == 300_000
     for _, _, chunk_hash in chunks:
@@ -121,3 +122,33 @@ def test_flags_and_hashes_of_entries(published: Path, tmp_path: Path) -> None:
     flags, digest, size, _ = row("/empty")
     assert flags == Flags.FILE and size == 0
     assert digest.hex() == "e8ec3d88b62ebf526e4e5a4ff6162a3aa48a6b78"  # zlib('')
+
+
+def test_incompressible_files_stored_raw(tmp_path: Path, keys: Keys) -> None:
+    """Random data is flagged `none` per file (chunks too); text stays zlib; small files
+    are always zlib; `store_incompressible_raw=False` compresses everything."""
+    from pycvmfs.format.compression import Compression
+    from pycvmfs.format.hashes import Algorithm
+    from pycvmfs.publisher.pipeline import Settings
+    from pycvmfs.publisher.publish import PublishOptions, publish
+    from tests.publish_helpers import SMALL_CHUNKS, open_repository, pseudo_random
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "random.bin").write_bytes(pseudo_random(5, 200_000))  # chunked
+    (source / "random-small.bin").write_bytes(pseudo_random(6, 1000))
+    (source / "text.txt").write_bytes(b"compressible line\n" * 20_000)
+    for always, expected in ((False, Compression.NONE), (True, Compression.ZLIB)):
+        storage = tmp_path / f"repo-{always}"
+        settings = Settings(Algorithm.SHA1, Compression.ZLIB, SMALL_CHUNKS,
+                            store_incompressible_raw=not always)
+        publish(PublishOptions(keys.fqrn, source, storage, keys.keys_dir, settings))
+        with open_repository(storage, keys) as repo:
+            entry = repo.lookup("/random.bin")
+            assert entry.is_chunked and entry.compression is expected
+            assert repo.read("/random.bin") == pseudo_random(5, 200_000)
+            assert repo.lookup("/random-small.bin").compression is Compression.ZLIB
+            assert repo.lookup("/text.txt").compression is Compression.ZLIB
+            _, pieces = repo.pieces("/random.bin")
+            stored = (storage / pieces[0].hash.object_path("P")).read_bytes()
+            assert (stored == pseudo_random(5, 200_000)[:pieces[0].size]) is (not always)
