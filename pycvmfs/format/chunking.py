@@ -109,7 +109,12 @@ def _as_uint8(data: BytesLike) -> npt.NDArray[np.uint8]:
 def _window_hits(
     history: npt.NDArray[np.uint8], block: npt.NDArray[np.uint8], params: ChunkParams
 ) -> npt.NDArray[np.intp]:
-    """Indices ``i`` into ``block`` where ``abs(W - MAGIC) < T``.
+    """Indices ``i`` into ``block`` where ``abs(W - MAGIC) < T`` or ``W == 0xFFFFFFFF``.
+
+    The second case is the reference's: it computes ``abs(int32(W) - MAGIC)`` in wrapping
+    32-bit arithmetic, which for ``W == 0xFFFFFFFF`` is ``abs(INT32_MIN)``, still negative,
+    hence "below" every threshold (checked against the reference chunk detector built
+    from source: it is the only value of W where the two formulations differ).
 
     ``history`` holds the (at most 31) bytes preceding ``block``; fewer only at file start,
     where missing bytes count as zero. Works in slices so temporaries stay small.
@@ -117,6 +122,7 @@ def _window_hits(
     threshold = params.threshold
     lo = np.uint32(MAGIC - threshold + 1)  # band [lo, lo + width) == |W - MAGIC| < T
     width = np.uint32(2 * threshold - 1)
+    all_ones = np.uint32((0xFFFFFFFF - int(lo)) & 0xFFFFFFFF)  # W == 0xFFFFFFFF after the shift
     cap = min(len(block), _SLICE) + _HISTORY
     x = np.empty(cap, dtype=np.uint32)
     tmp = np.empty(cap, dtype=np.uint32)
@@ -135,7 +141,7 @@ def _window_hits(
             np.bitwise_xor(x[m:n], tmp[: n - m], out=x[m:n])
         w = x[h:n]
         np.subtract(w, lo, out=w)  # wraps modulo 2**32 by design
-        found.append(np.flatnonzero(w < width) + start)
+        found.append(np.flatnonzero((w < width) | (w == all_ones)) + start)
     if not found:
         return np.empty(0, dtype=np.intp)
     return np.concatenate(found)

@@ -46,7 +46,8 @@ def reference_cuts(data: bytes, params: ChunkParams) -> list[int]:
     while True:
         cut = None
         for p in range(start + params.min_size, min(start + params.max_size, len(data))):
-            if abs(window[p] - 0x7FFFFFFF) < threshold:
+            # the reference's wrapping int32 abs() also cuts where W == 0xFFFFFFFF
+            if abs(window[p] - 0x7FFFFFFF) < threshold or window[p] == 0xFFFFFFFF:
                 cut = p
                 break
         if cut is None:
@@ -355,3 +356,14 @@ def test_params_validation() -> None:
         ChunkParams(64.0, 128, 256)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         ChunkParams(True, 128, 256)
+
+
+def test_all_ones_window_cuts_like_the_reference() -> None:
+    """A run of 0x01 bytes makes W == 0xFFFFFFFF, where the reference's wrapping
+    `abs(INT32_MIN)` is negative and cuts: 20 MB of 0x01 cut at every min (4 MiB), as the
+    reference chunk detector (built from source) does."""
+    data = b"\x01" * 20_000_000
+    assert cut_points(data, DEFAULT_CHUNK_PARAMS) == [4194304, 8388608, 12582912, 16777216]
+    small = ChunkParams(64, 128, 256)
+    assert cut_points(b"\x01" * 300, small) == reference_cuts(b"\x01" * 300, small) == [64, 128,
+                                                                                      192, 256]
