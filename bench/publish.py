@@ -17,7 +17,11 @@ Fairness
     The source tree is read once before timing, so it is in the page cache for every
     step (cp and publish alike); `sync` runs before each timed step so no step pays
     for the dirty pages of the previous one. Neither timing includes a final sync of
-    its own output. CPU seconds are user+sys of the child, from RUSAGE_CHILDREN.
+    its own output. CPU seconds are user+sys of the child, from RUSAGE_CHILDREN;
+    "others" is the CPU everything else used meanwhile (/proc/stat), so a disturbed
+    run shows itself. `--rounds N` repeats the sequence and keeps each step's fastest.
+    The "CPU-bound ceiling" (input MB / (CPU s / cores)) is what the first publish
+    would reach with every core busy; unlike wall time it hardly depends on other load.
 
 The tree is generated deterministically from `--seed` and cached under `--workdir`
 for re-runs; storage, keys and the copy are removed at the end unless `--keep`.

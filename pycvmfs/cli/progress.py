@@ -5,17 +5,10 @@ from __future__ import annotations
 import sys
 import threading
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:  # rich is imported only when a terminal will show it (startup time)
+    from rich.progress import Progress, TaskID
 
 
 class PublishProgressBar:
@@ -34,6 +27,16 @@ class PublishProgressBar:
 
     def __enter__(self) -> PublishProgressBar:
         if self._enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             self._progress = Progress(
                 TextColumn("{task.description} "
                            "{task.fields[files]}/{task.fields[files_total]} files"),

@@ -21,7 +21,7 @@ from pycvmfs.format.catalog import ChunkRow
 from pycvmfs.format.chunking import ChunkParams, StreamingChunker
 from pycvmfs.format.compression import Compression, make_object
 from pycvmfs.format.hashes import Algorithm, ContentHash, Suffix
-from pycvmfs.publisher.storage import LocalStorage
+from pycvmfs.publisher.storage import LocalStorage, ObjectWriter
 from pycvmfs.publisher.tree_walk import Node
 
 READ_BLOCK_BYTES = 4 << 20  # block size for chunked files; bounds memory per worker
@@ -78,10 +78,12 @@ ProgressCallback = Callable[[int, int], None]  # (files done, bytes done) increm
 class ContentPipeline:
     """Stores the content of regular files; one `FileContent` per distinct inode."""
 
-    def __init__(self, storage: LocalStorage, settings: Settings, workers: int | None = None):
+    def __init__(self, storage: LocalStorage, settings: Settings, workers: int | None = None,
+                 read_block_bytes: int = READ_BLOCK_BYTES):
         self.storage = storage
         self.settings = settings
         self.workers = workers or max(2, os.cpu_count() or 2)
+        self.read_block_bytes = read_block_bytes
         self.stats = PipelineStats()
         self._lock = threading.Lock()
 
@@ -132,7 +134,7 @@ class ContentPipeline:
             _check_unchanged(node, os.fstat(fd))
             params = self.settings.chunking
             if params is None or node.st.st_size <= params.min_size:
-                data = _read_all(fd, node.st.st_size + 1)
+                data = _read_all(fd, node.st.st_size + 1, self.read_block_bytes)
                 compression = self.settings.compression_for(data)
                 content = FileContent(len(data), self._put(data, Suffix.NONE, compression),
                                       compression=compression)
@@ -144,37 +146,50 @@ class ContentPipeline:
             os.close(fd)
 
     def _store_chunked(self, fd: int, params: ChunkParams) -> FileContent:
+        """Stream a big file through the chunker into one ObjectWriter per chunk: the
+        bytes of a block go straight to the compressor, no chunk is assembled in memory."""
         chunker = StreamingChunker(params)
-        buffer = bytearray()
-        buffer_start = 0
         chunks: list[ChunkRow] = []
-        compression: Compression | None = None
-
-        def emit(cuts: list[int]) -> None:
-            nonlocal buffer, buffer_start
-            assert compression is not None
-            for cut in cuts:
-                piece = bytes(buffer[: cut - buffer_start])
-                content_hash = self._put(piece, Suffix.PARTIAL, compression)
-                chunks.append(ChunkRow(buffer_start, len(piece), content_hash))
-                del buffer[: cut - buffer_start]
-                buffer_start = cut
-
-        while block := os.read(fd, READ_BLOCK_BYTES):
-            if compression is None:  # one compression for all chunks of a file
-                compression = self.settings.compression_for(block)
-            buffer += block
-            emit(chunker.feed(block))
-        compression = compression or self.settings.compression
-        emit(chunker.finish())
-        total = buffer_start + len(buffer)
+        writer: ObjectWriter | None = None
+        compression = self.settings.compression
+        offset = 0  # file offset of the current block
+        try:
+            while block := os.read(fd, self.read_block_bytes):
+                if writer is None:  # first block: one compression for all chunks
+                    compression = self.settings.compression_for(block)
+                    writer = self._writer(compression)
+                view, position = memoryview(block), 0
+                for cut in chunker.feed(block):
+                    writer.write(view[position : cut - offset])
+                    position = cut - offset
+                    chunks.append(self._commit(writer, Suffix.PARTIAL, cut - writer.size))
+                    writer = self._writer(compression)
+                writer.write(view[position:])
+                offset += len(block)
+            if chunker.finish():
+                raise AssertionError("the streaming chunker decides every cut on arrival")
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        if writer is None:  # the file became empty: refused later by the size check
+            return FileContent(0, self._put(b"", Suffix.NONE, compression), (), compression)
         if not chunks:  # a single piece is stored as a plain object (fact sheet 13.7)
-            return FileContent(total, self._put(bytes(buffer), Suffix.NONE, compression),
+            return FileContent(offset, self._commit(writer, Suffix.NONE, 0).content_hash,
                                compression=compression)
-        if buffer:
-            content_hash = self._put(bytes(buffer), Suffix.PARTIAL, compression)
-            chunks.append(ChunkRow(buffer_start, len(buffer), content_hash))
-        return FileContent(total, None, tuple(chunks), compression)
+        chunks.append(self._commit(writer, Suffix.PARTIAL, offset - writer.size))
+        return FileContent(offset, None, tuple(chunks), compression)
+
+    def _writer(self, compression: Compression) -> ObjectWriter:
+        return ObjectWriter(self.storage, self.settings.algorithm, compression)
+
+    def _commit(self, writer: ObjectWriter, suffix: Suffix, start: int) -> ChunkRow:
+        content_hash, written = writer.commit(suffix)
+        if written:
+            with self._lock:
+                self.stats.objects_written += 1
+                self.stats.bytes_written += writer.stored
+        return ChunkRow(start, writer.size, content_hash)
 
     def _put(self, data: bytes, suffix: Suffix, compression: Compression) -> ContentHash:
         content_hash, stored = make_object(data, self.settings.algorithm, compression)
@@ -185,11 +200,11 @@ class ContentPipeline:
         return content_hash
 
 
-def _read_all(fd: int, limit: int) -> bytes:
+def _read_all(fd: int, limit: int, block_bytes: int) -> bytes:
     parts = []
     remaining = limit
     while remaining > 0:
-        block = os.read(fd, min(remaining, READ_BLOCK_BYTES))
+        block = os.read(fd, min(remaining, block_bytes))
         if not block:
             break
         parts.append(block)

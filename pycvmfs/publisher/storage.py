@@ -13,15 +13,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import os
-import tempfile
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
 from pycvmfs.errors import LockError, PublishError
-from pycvmfs.format.hashes import ContentHash, Suffix
+from pycvmfs.format.compression import ZLIB_LEVEL, Compression
+from pycvmfs.format.hashes import Algorithm, ContentHash, Hasher, Suffix
 
 LOCK_NAME = ".cvmfs_publish.lock"
 MANIFEST_NAME = ".cvmfspublished"
@@ -34,7 +36,13 @@ class LocalStorage:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        self._created: list[Path] | None = None
+        self._root = os.fspath(self.root)  # plain strings on the hot path, not pathlib
+        self._txn = os.path.join(self._root, TXN_DIR)
+        self._names = itertools.count()
+        mask = os.umask(0o022)  # read the umask (set back at once)
+        os.umask(mask)
+        self._fix_mode = bool(mask & 0o644)  # fchmod only when the umask would hide bits
+        self._created: list[str] | None = None
         self._created_lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -49,7 +57,7 @@ class LocalStorage:
         except BaseException:
             for path in self._created:
                 with contextlib.suppress(OSError):
-                    path.unlink()
+                    os.unlink(path)
             raise
         finally:
             self._created = None
@@ -67,17 +75,56 @@ class LocalStorage:
         return self.root / relative
 
     def has_object(self, content_hash: ContentHash, suffix: Suffix = Suffix.NONE) -> bool:
-        return (self.root / content_hash.object_path(suffix)).exists()
+        return os.path.exists(self._object_path(content_hash, suffix))
+
+    def _object_path(self, content_hash: ContentHash, suffix: Suffix) -> str:
+        return os.path.join(self._root, content_hash.object_path(suffix))
 
     def put_object(
         self, content_hash: ContentHash, stored: bytes | memoryview, suffix: Suffix = Suffix.NONE
     ) -> bool:
         """Store an object unless it is already there; True when bytes were written."""
-        relative = content_hash.object_path(suffix)
-        target = self.root / relative
-        if target.exists():
+        target = self._object_path(content_hash, suffix)
+        if os.path.exists(target):
             return False
-        self.put_file(relative, stored, sync=False)
+        fd, tmp = self.open_temporary()
+        try:
+            _write_all(fd, stored)
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(tmp)
+            raise
+        return self.commit_temporary(fd, tmp, content_hash, suffix, checked=True)
+
+    def open_temporary(self) -> tuple[int, str]:
+        """A new file in data/txn (mode 0644 whatever the umask: web servers read it)."""
+        while True:
+            tmp = os.path.join(self._txn, f"obj.{os.getpid()}.{next(self._names)}")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                if self._fix_mode:
+                    os.fchmod(fd, 0o644)
+                return fd, tmp
+            except FileExistsError:
+                continue  # a leftover of a crashed process with the same pid
+            except OSError as exc:
+                raise PublishError(_describe_write_error(Path(tmp), exc)) from exc
+
+    def commit_temporary(self, fd: int, tmp: str, content_hash: ContentHash,
+                         suffix: Suffix, *, checked: bool = False) -> bool:
+        """Close `fd` and rename `tmp` to the object's name, unless the object exists
+        already (then the temporary is dropped; `checked`: the caller just looked). True
+        when a new object appeared."""
+        target = self._object_path(content_hash, suffix)
+        try:
+            os.close(fd)
+            if not checked and os.path.exists(target):
+                os.unlink(tmp)
+                return False
+            os.rename(tmp, target)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            raise PublishError(_describe_write_error(Path(target), exc)) from exc
         if self._created is not None:
             with self._created_lock:
                 self._created.append(target)
@@ -85,19 +132,19 @@ class LocalStorage:
 
     def put_file(self, relative: str, data: bytes | memoryview, *, sync: bool = True) -> None:
         """Write `data` to `relative` atomically (temp file in data/txn, then rename)."""
-        target = self.root / relative
-        fd, tmp = tempfile.mkstemp(prefix="put.", dir=self.root / TXN_DIR)
+        target = os.path.join(self._root, relative)
+        fd, tmp = self.open_temporary()
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+            try:
+                _write_all(fd, data)
                 if sync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)  # served by web servers running as another user
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, target)
         except OSError as exc:
             _unlink_quietly(tmp)
-            raise PublishError(_describe_write_error(target, exc)) from exc
+            raise PublishError(_describe_write_error(Path(target), exc)) from exc
         except BaseException:
             _unlink_quietly(tmp)
             raise
@@ -180,6 +227,55 @@ def _describe_write_error(target: Path, exc: OSError) -> str:
     if exc.errno == errno.EDQUOT:
         return f"disk quota exceeded while writing {target}"
     return f"cannot write {target}: {exc.strerror or exc}"
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class ObjectWriter:
+    """Streams one object into storage: compress, hash the stored bytes and write them
+    as they come, so a 16 MiB chunk is never held (or copied) whole; its name is known
+    only at `commit`. Not thread-safe: one writer per worker."""
+
+    def __init__(self, storage: LocalStorage, algorithm: Algorithm,
+                 compression: Compression) -> None:
+        self._storage = storage
+        self._fd, self._tmp = storage.open_temporary()
+        self._deflate = zlib.compressobj(ZLIB_LEVEL) if compression is Compression.ZLIB \
+            else None
+        self._hasher = Hasher(algorithm)
+        self.size = 0  # uncompressed bytes written
+        self.stored = 0  # bytes as stored
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.size += len(data)
+        self._out(self._deflate.compress(data) if self._deflate is not None else data)
+
+    def _out(self, stored: bytes | memoryview) -> None:
+        if stored:
+            self._hasher.update(stored)
+            self.stored += len(stored)
+            try:
+                _write_all(self._fd, stored)
+            except OSError as exc:
+                self.abort()
+                raise PublishError(_describe_write_error(Path(self._tmp), exc)) from exc
+
+    def commit(self, suffix: Suffix) -> tuple[ContentHash, bool]:
+        """(content hash, whether a new object appeared)."""
+        if self._deflate is not None:
+            self._out(self._deflate.flush())
+        content_hash = self._hasher.finish()
+        return content_hash, self._storage.commit_temporary(self._fd, self._tmp, content_hash,
+                                                            suffix)
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        _unlink_quietly(self._tmp)
 
 
 def _unlink_quietly(path: str) -> None:

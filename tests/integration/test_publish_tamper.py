@@ -31,6 +31,11 @@ def _flip(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
+def _in_timestamp(storage: Path) -> int:
+    """A digit of the manifest's T line (a flipped low bit keeps it a digit)."""
+    return (storage / ".cvmfspublished").read_bytes().index(b"\nT") + 3
+
+
 def _in_fingerprint(storage: Path) -> int:
     """An offset inside the last fingerprint line of the whitelist body."""
     return (storage / ".cvmfswhitelist").read_bytes().index(b"\n--\n") - 3
@@ -43,7 +48,8 @@ def _object(storage: Path, what: str) -> Path:
 
 
 TAMPERS: list[tuple[str, Callable[[Path], None], type[Exception], str]] = [
-    ("manifest body", lambda s: _flip(s / ".cvmfspublished", 3), LetterHashError, "manifest"),
+    ("manifest body", lambda s: _flip(s / ".cvmfspublished", _in_timestamp(s)),
+     LetterHashError, "manifest"),
     ("manifest signature", lambda s: _flip(s / ".cvmfspublished", -5), SignatureError,
      "manifest"),
     ("whitelist body", lambda s: _flip(s / ".cvmfswhitelist", _in_fingerprint(s)),
