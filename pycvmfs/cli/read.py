@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import os
 import stat as stat_module
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -178,7 +179,7 @@ def cat(repo: str, keys: tuple[Path, ...], fqrn: str | None, tag: str | None,
         now: dt.datetime | None, path: str) -> None:
     """Write the content of file PATH to standard output (every object verified)."""
     with open_repository(repo, keys, fqrn, tag, now) as repository:
-        out = click.get_binary_stream("stdout")
+        out = sys.stdout.buffer
         for block in repository.iter_read(path):
             out.write(block)
         out.flush()

@@ -27,10 +27,18 @@ def read_tags(image: bytes) -> dict[str, Tag]:
     return {tag.name: tag for tag in map(Tag.from_row, rows)}
 
 
+def check_new_tag(previous: dict[str, Tag], named: str) -> None:
+    """Refuse a tag name that exists or is reserved, before any work is done."""
+    if named in previous or named in (TRUNK, TRUNK_PREVIOUS):
+        raise PublishError(f"tag {named!r} already exists; choose another name")
+    if not named.strip() or "\n" in named:
+        raise PublishError(f"tag name {named!r} is not usable")
+
+
 def next_tags(previous: dict[str, Tag], head: Tag, named: str | None) -> dict[str, Tag]:
     """Tags of the new revision; `head` is the new trunk (name ignored)."""
-    if named is not None and (named in previous or named in (TRUNK, TRUNK_PREVIOUS)):
-        raise PublishError(f"tag {named!r} already exists; choose another name")
+    if named is not None:
+        check_new_tag(previous, named)
     tags = dict(previous)
     old_trunk = previous.get(TRUNK)
     if old_trunk is not None:

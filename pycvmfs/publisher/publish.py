@@ -28,7 +28,7 @@ from pycvmfs.publisher.catalog_writer import (
     CatalogWriter,
     PreviousCatalog,
 )
-from pycvmfs.publisher.history_writer import history_image, next_tags, read_tags
+from pycvmfs.publisher.history_writer import check_new_tag, history_image, next_tags, read_tags
 from pycvmfs.publisher.keys import RepositoryKeys, load_keys
 from pycvmfs.publisher.pipeline import ContentPipeline, FileContent, Settings
 from pycvmfs.publisher.sqlite_image import read_sqlite_rows
@@ -93,8 +93,8 @@ def publish(options: PublishOptions, progress: PublishProgress | None = None) ->
         storage.clean_temporaries()
         keys = load_keys(options.fqrn, options.keys_dir)
         previous = load_previous(storage, options.fqrn, keys)
-        if options.tag is not None and previous is not None:
-            next_tags(previous.tags, _placeholder_tag(), options.tag)  # refuse early
+        if options.tag is not None:
+            check_new_tag(previous.tags if previous else {}, options.tag)
         root = TreeWalker(options.source).walk()
         pipeline = ContentPipeline(storage, options.settings)
         files = list(_regular_files(root))
@@ -219,6 +219,3 @@ def _regular_files(root: Node) -> Iterator[Node]:
             elif child.is_regular:
                 yield child
 
-
-def _placeholder_tag() -> Tag:
-    return Tag("trunk", "", 0, 0)
