@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO_KEYS = Keys("demo.pycvmfs.org", ROOT / "testdata" / "keys")
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(not CVMFS2 or not os.access(CVMFS2, os.X_OK),
                        reason="no reference client (set PYCVMFS_REFERENCE_CVMFS2)"),
     pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root"),

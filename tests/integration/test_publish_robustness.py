@@ -56,6 +56,7 @@ def test_second_publisher_is_refused(tmp_path: Path, keys: Keys) -> None:
     run_publish(tmp_path / "src", storage, keys)  # lock released: works again
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_interrupted_publish_keeps_previous_revision(tmp_path: Path, keys: Keys,
                                                      sig: signal.Signals) -> None:
