@@ -45,10 +45,13 @@ def _owner(value: str | None) -> tuple[int, int] | None:
               help="Compress every file, also those whose first 64 KiB zlib cannot shrink "
                    "(by default they are stored raw, flagged per file).")
 @click.option("--owner", default=None, metavar="UID:GID", help="Record this owner for all.")
+@click.option("--rehash", is_flag=True,
+              help="Read every file; by default files whose size and mtime match the previous "
+                   "revision (and whose objects are stored) are not read again.")
 def publish_command(source_dir: Path, fqrn: str, storage: Path, keys_dir: Path,
                     tag: str | None, hash_name: str, compression_name: str,
                     ttl: int | None, chunk_sizes: str | None, no_chunking: bool,
-                    always_compress: bool, owner: str | None) -> None:
+                    always_compress: bool, owner: str | None, rehash: bool) -> None:
     """Publish SOURCE_DIR as the next revision of the repository in --storage."""
     try:
         chunking = None if no_chunking else (
@@ -62,7 +65,7 @@ def publish_command(source_dir: Path, fqrn: str, storage: Path, keys_dir: Path,
                           Compression.from_name(compression_name), chunking,
                           store_incompressible_raw=not always_compress),
         tag=tag, ttl_seconds=ttl, owner=_owner(owner),
-        timestamp=int(epoch) if epoch and epoch.isdigit() else None,
+        timestamp=int(epoch) if epoch and epoch.isdigit() else None, rehash=rehash,
     )
     with PublishProgressBar() as bar:
         result = publish(options, bar)
@@ -72,6 +75,9 @@ def publish_command(source_dir: Path, fqrn: str, storage: Path, keys_dir: Path,
     click.echo(f"  {result.files} files, {result.bytes_in / 1e6:.1f} MB in {result.seconds:.1f} s "
                f"({rate:.1f} MB/s, {result.files / max(result.seconds, 1e-9):.0f} files/s); "
                f"{result.objects_written} new objects ({result.bytes_written / 1e6:.1f} MB stored)")
+    if result.files_unchanged:
+        click.echo(f"  {result.files_unchanged} unchanged files not read again "
+                   "(size and mtime as in the previous revision; --rehash reads all)")
     click.echo(f"  catalogs written: {', '.join(result.catalogs_written)}")
     if tag:
         click.echo(f"  tagged {tag!r}")

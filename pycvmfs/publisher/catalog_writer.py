@@ -38,6 +38,7 @@ from pycvmfs.publisher.storage import TXN_DIR, LocalStorage
 from pycvmfs.publisher.tree_walk import Node
 
 DIGEST_PROPERTY = "pycvmfs_digest"
+SETTINGS_PROPERTY = "pycvmfs_settings"  # root only: how contents were stored (see previous.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +192,10 @@ class CatalogWriter:
             properties["previous_revision"] = str(previous.content_hash)
         if mount.path:
             properties["root_prefix"] = mount.path
-        elif self.context.ttl_seconds is not None:
-            properties["TTL"] = str(self.context.ttl_seconds)
+        else:
+            properties[SETTINGS_PROPERTY] = self.settings.fingerprint()
+            if self.context.ttl_seconds is not None:
+                properties["TTL"] = str(self.context.ttl_seconds)
         raw = self._sqlite_bytes(rows, properties)
         content_hash, stored = make_object(raw, self.settings.algorithm, Compression.ZLIB)
         self.storage.put_object(content_hash, stored, Suffix.CATALOG)

@@ -43,6 +43,11 @@ class Settings:
     chunking: ChunkParams | None = None  # None: never chunk
     store_incompressible_raw: bool = True  # see PROBE_BYTES
 
+    def fingerprint(self) -> str:
+        """Everything that decides how a file's bytes become objects."""
+        return (f"{self.algorithm.name},{self.compression.name},{self.chunking},"
+                f"raw-incompressible={self.store_incompressible_raw}")
+
     def compression_for(self, sample: bytes) -> Compression:
         """The compression of a file whose first bytes are `sample`."""
         if (self.compression is Compression.NONE or not self.store_incompressible_raw
@@ -68,19 +73,24 @@ class FileContent:
 class PipelineStats:
     files: int = 0
     bytes_in: int = 0
+    files_unchanged: int = 0  # known from the previous revision, not read again
     objects_written: int = 0
     bytes_written: int = 0
 
 
 ProgressCallback = Callable[[int, int], None]  # (files done, bytes done) increments
+# What the previous revision knew about a file: None (read it) or its content.
+KnownContent = Callable[[Node], "FileContent | None"]
 
 
 class ContentPipeline:
     """Stores the content of regular files; one `FileContent` per distinct inode."""
 
     def __init__(self, storage: LocalStorage, settings: Settings, workers: int | None = None,
-                 read_block_bytes: int = READ_BLOCK_BYTES):
+                 read_block_bytes: int = READ_BLOCK_BYTES,
+                 known: KnownContent = lambda node: None):
         self.storage = storage
+        self.known = known
         self.settings = settings
         self.workers = workers or max(2, os.cpu_count() or 2)
         self.read_block_bytes = read_block_bytes
@@ -113,8 +123,12 @@ class ContentPipeline:
         return results
 
     def _process(self, node: Node, progress: ProgressCallback | None) -> FileContent:
+        known = self.known(node)
+        if known is not None:
+            with self._lock:
+                self.stats.files_unchanged += 1
         try:
-            content = self._store_file(node)
+            content = known or self._store_file(node)
         except FileNotFoundError:
             raise PublishError(f"{node.path}: file vanished while being published") from None
         except PublishError:

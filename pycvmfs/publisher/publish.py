@@ -17,21 +17,16 @@ from pathlib import Path
 from typing import Protocol
 
 from pycvmfs.errors import PublishError
-from pycvmfs.format.catalog import DEFAULT_TTL_SECONDS
-from pycvmfs.format.compression import Compression, make_object, open_object
+from pycvmfs.format.catalog import DEFAULT_TTL_SECONDS, md5path
+from pycvmfs.format.compression import Compression, make_object
 from pycvmfs.format.hashes import ContentHash, Suffix
 from pycvmfs.format.history import Tag
-from pycvmfs.format.manifest import Manifest, sign_manifest, verify_manifest
-from pycvmfs.publisher.catalog_writer import (
-    DIGEST_PROPERTY,
-    CatalogContext,
-    CatalogWriter,
-    PreviousCatalog,
-)
-from pycvmfs.publisher.history_writer import check_new_tag, history_image, next_tags, read_tags
+from pycvmfs.format.manifest import Manifest, sign_manifest
+from pycvmfs.publisher.catalog_writer import CatalogContext, CatalogWriter
+from pycvmfs.publisher.history_writer import check_new_tag, history_image, next_tags
 from pycvmfs.publisher.keys import RepositoryKeys, load_keys
-from pycvmfs.publisher.pipeline import ContentPipeline, FileContent, Settings
-from pycvmfs.publisher.sqlite_image import read_sqlite_rows
+from pycvmfs.publisher.pipeline import ContentPipeline, FileContent, KnownContent, Settings
+from pycvmfs.publisher.previous import PreviousRevision, load_previous
 from pycvmfs.publisher.storage import MANIFEST_NAME, TXN_DIR, WHITELIST_NAME, LocalStorage
 from pycvmfs.publisher.tree_walk import Node, TreeWalker
 from pycvmfs.publisher.whitelist_sign import DEFAULT_WHITELIST_DAYS, write_whitelist
@@ -50,6 +45,7 @@ class PublishOptions:
     ttl_seconds: int | None = None
     owner: tuple[int, int] | None = None
     timestamp: int | None = None  # fixed publish time (SOURCE_DATE_EPOCH) for reproducibility
+    rehash: bool = False  # read every file, also those the previous revision vouches for
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +57,7 @@ class PublishResult:
     bytes_written: int
     catalogs_written: list[str]
     seconds: float
+    files_unchanged: int = 0
     whitelist_note: str = ""
 
 
@@ -70,15 +67,6 @@ class PublishProgress(Protocol):
     def begin(self, total_files: int, total_bytes: int) -> None: ...
 
     def advance(self, files: int, nbytes: int) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class PreviousRevision:
-    """What the publish builds on: the current manifest and its catalogs and tags."""
-
-    manifest: Manifest
-    catalogs: dict[str, PreviousCatalog]
-    tags: dict[str, Tag]
 
 
 def publish(options: PublishOptions, progress: PublishProgress | None = None) -> PublishResult:
@@ -96,7 +84,8 @@ def publish(options: PublishOptions, progress: PublishProgress | None = None) ->
         if options.tag is not None:
             check_new_tag(previous.tags if previous else {}, options.tag)
         root = TreeWalker(options.source).walk()
-        pipeline = ContentPipeline(storage, options.settings)
+        pipeline = ContentPipeline(storage, options.settings,
+                                   known=_known_contents(storage, options, previous))
         files = list(_regular_files(root))
         if progress is not None:
             progress.begin(len(files), sum(f.st.st_size for f in files))
@@ -109,7 +98,27 @@ def publish(options: PublishOptions, progress: PublishProgress | None = None) ->
     stats = pipeline.stats
     return PublishResult(manifest, stats.files, stats.bytes_in, stats.objects_written,
                          stats.bytes_written, catalogs, time.monotonic() - started,
-                         whitelist_note)
+                         files_unchanged=stats.files_unchanged, whitelist_note=whitelist_note)
+
+
+def _known_contents(storage: LocalStorage, options: PublishOptions,
+                    previous: PreviousRevision | None) -> KnownContent:
+    """Contents of unchanged files from the previous revision (see publisher.previous)."""
+    if (previous is None or options.rehash
+            or previous.settings != options.settings.fingerprint()):
+        return lambda node: None
+    files = previous.files
+
+    def known(node: Node) -> FileContent | None:
+        entry = files.get(md5path(node.path))
+        if (entry is None or entry.content.size != node.st.st_size
+                or entry.mtime_ns != node.st.st_mtime_ns):
+            return None
+        if not all(storage.has_object(h, suffix) for h, suffix in entry.objects()):
+            return None
+        return entry.content
+
+    return known
 
 
 def _write_revision(storage: LocalStorage, options: PublishOptions, keys: RepositoryKeys,
@@ -144,43 +153,6 @@ def _put_metadata(storage: LocalStorage, options: PublishOptions, data: bytes,
     content_hash, stored = make_object(data, options.settings.algorithm, Compression.ZLIB)
     storage.put_object(content_hash, stored, suffix)
     return content_hash
-
-
-def load_previous(storage: LocalStorage, fqrn: str,
-                  keys: RepositoryKeys) -> PreviousRevision | None:
-    """The storage's current revision, verified with our own certificate."""
-    raw = storage.read_file(MANIFEST_NAME)
-    if raw is None:
-        return None
-    try:
-        manifest = verify_manifest(raw, keys.certificate, fqrn=fqrn)
-    except PublishError:
-        raise
-    except Exception as exc:
-        raise PublishError(f"existing {storage.root / MANIFEST_NAME} does not verify with "
-                           f"the keys of {fqrn}: {exc}") from exc
-    catalogs: dict[str, PreviousCatalog] = {}
-    pending = [("", manifest.root_hash)]
-    while pending:
-        path, content_hash = pending.pop()
-        image = _read_metadata(storage, content_hash, Suffix.CATALOG)
-        props = {str(k): str(v) for k, v in
-                 read_sqlite_rows(image, "SELECT key, value FROM properties")}
-        catalogs[path] = PreviousCatalog(content_hash, len(image), int(props.get("revision", 0)),
-                                         str(props.get(DIGEST_PROPERTY, "")))
-        for child, text, _size in read_sqlite_rows(image,
-                                                   "SELECT path, sha1, size FROM nested_catalogs"):
-            pending.append((str(child), ContentHash.parse(str(text))))
-    tags: dict[str, Tag] = {}
-    if manifest.history is not None:
-        tags = read_tags(_read_metadata(storage, manifest.history, Suffix.HISTORY))
-    return PreviousRevision(manifest, catalogs, tags)
-
-
-def _read_metadata(storage: LocalStorage, content_hash: ContentHash, suffix: Suffix) -> bytes:
-    stored = storage.read_object(content_hash, suffix)
-    return open_object(stored, content_hash, Compression.ZLIB,
-                       max_size=MAX_METADATA_OBJECT_BYTES, what=f"stored object {suffix.value}")
 
 
 def _ensure_whitelist(storage: LocalStorage, fqrn: str, keys: RepositoryKeys,

@@ -13,6 +13,7 @@ import sqlite3
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pycvmfs.errors import PublishError
 
@@ -46,7 +47,7 @@ def sqlite_image(tmp_dir: Path, ddl: Iterable[str], inserts: Iterable[Insert]) -
             os.unlink(tmp)
 
 
-def read_sqlite_rows(image: bytes, sql: str) -> list[tuple[object, ...]]:
+def read_sqlite_rows(image: bytes, sql: str) -> list[tuple[Any, ...]]:
     """Run one query over a database given as bytes (in memory: no disk space needed)."""
     db = sqlite3.connect(":memory:")
     try:

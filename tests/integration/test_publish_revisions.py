@@ -91,3 +91,48 @@ def test_publish_of_unchanged_tree_writes_no_content(tmp_path: Path, keys: Keys)
     # only the new root catalog and history objects may be new
     assert result.objects_written == 0
     assert count == len(os.listdir(storage / "data" / "00"))
+
+
+def test_unchanged_files_not_read_again(tmp_path: Path, keys: Keys) -> None:
+    source, storage = make_full_tree(tmp_path / "src"), tmp_path / "repo"
+    first = run_publish(source, storage, keys)
+    assert first.files_unchanged == 0
+    second = run_publish(source, storage, keys)
+    assert second.files_unchanged == second.files > 0
+    # same size, new mtime: read again
+    (source / "plain.txt").write_text("PLAIN TEXT\n")
+    third = run_publish(source, storage, keys)
+    assert third.files_unchanged == third.files - 1
+    # same size and mtime restored by hand: only --rehash notices
+    stamp = (source / "medium.bin").stat().st_mtime_ns
+    (source / "medium.bin").write_bytes(b"\x00" * 12_000)
+    os.utime(source / "medium.bin", ns=(stamp, stamp))
+    run_publish(source, storage, keys)
+    with open_repository(storage, keys) as repo:
+        assert repo.read("/medium.bin") != b"\x00" * 12_000
+        assert repo.read("/plain.txt") == b"PLAIN TEXT\n"
+    from pycvmfs.publisher.pipeline import Settings
+    from pycvmfs.publisher.publish import PublishOptions, publish
+    from tests.publish_helpers import SMALL_CHUNKS
+
+    options = PublishOptions(keys.fqrn, source, storage, keys.keys_dir,
+                             Settings(chunking=SMALL_CHUNKS), rehash=True)
+    assert publish(options).files_unchanged == 0
+    with open_repository(storage, keys) as repo:
+        assert repo.read("/medium.bin") == b"\x00" * 12_000
+
+
+def test_changed_settings_or_missing_objects_read_again(tmp_path: Path, keys: Keys) -> None:
+    from pycvmfs.format.hashes import Algorithm
+
+    source, storage = make_full_tree(tmp_path / "src"), tmp_path / "repo"
+    run_publish(source, storage, keys)
+    assert run_publish(source, storage, keys, algorithm=Algorithm.SHAKE128).files_unchanged == 0
+    with open_repository(storage, keys) as repo:
+        victim = repo.lookup("/exec.sh").content_hash
+        assert victim is not None and victim.algorithm is Algorithm.SHAKE128
+    (storage / victim.object_path()).unlink()  # e.g. removed by a garbage collection
+    result = run_publish(source, storage, keys, algorithm=Algorithm.SHAKE128)
+    assert result.files_unchanged == result.files - 1
+    with open_repository(storage, keys) as repo:
+        assert repo.read("/exec.sh") == b"#!/bin/sh\necho hi\n"

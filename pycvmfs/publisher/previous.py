@@ -1,0 +1,123 @@
+"""The revision a publish builds on: its manifest (verified with our own certificate),
+its catalogs (to keep unchanged ones), its tags, and what it knows about every file.
+
+The file index lets a republish skip reading files that did not change: a regular file
+whose size and nanosecond mtime equal the previous revision's entry at the same path,
+published with the same settings and whose objects are all still in the storage, gets
+the previous hash and chunks without being read (rsync's quick check). `--rehash`
+turns this off for the rare edit that keeps size and mtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pycvmfs.errors import PublishError
+from pycvmfs.format.catalog import (
+    COMPRESSION_MASK,
+    COMPRESSION_SHIFT,
+    HASH_ALGO_MASK,
+    HASH_ALGO_SHIFT,
+    ChunkRow,
+    Flags,
+)
+from pycvmfs.format.compression import Compression, open_object
+from pycvmfs.format.hashes import Algorithm, ContentHash, Suffix
+from pycvmfs.format.history import Tag
+from pycvmfs.format.manifest import Manifest, verify_manifest
+from pycvmfs.publisher.catalog_writer import DIGEST_PROPERTY, SETTINGS_PROPERTY, PreviousCatalog
+from pycvmfs.publisher.history_writer import read_tags
+from pycvmfs.publisher.keys import RepositoryKeys
+from pycvmfs.publisher.pipeline import FileContent
+from pycvmfs.publisher.sqlite_image import read_sqlite_rows
+from pycvmfs.publisher.storage import MANIFEST_NAME, LocalStorage
+
+MAX_METADATA_OBJECT_BYTES = 1 << 30  # bound for inflating our own catalogs/history
+Md5Path = tuple[int, int]
+
+_FILES_SQL = (f"SELECT md5path_1, md5path_2, size, mtime, mtimens, flags, hash FROM catalog "
+              f"WHERE flags & {int(Flags.FILE)} AND NOT flags & {int(Flags.LINK | Flags.SPECIAL)}")
+_CHUNKS_SQL = "SELECT md5path_1, md5path_2, offset, size, hash FROM chunks ORDER BY offset"
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousFile:
+    """A regular file as the previous revision recorded it."""
+
+    mtime_ns: int
+    content: FileContent
+
+    def objects(self) -> list[tuple[ContentHash, Suffix]]:
+        if self.content.content_hash is not None:
+            return [(self.content.content_hash, Suffix.NONE)]
+        return [(c.content_hash, Suffix.PARTIAL) for c in self.content.chunks]
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousRevision:
+    """What the publish builds on: the current manifest and its catalogs, tags, files."""
+
+    manifest: Manifest
+    catalogs: dict[str, PreviousCatalog]
+    tags: dict[str, Tag]
+    files: dict[Md5Path, PreviousFile]
+    settings: str  # SETTINGS_PROPERTY of the previous root catalog ('' when unknown)
+
+
+def load_previous(storage: LocalStorage, fqrn: str,
+                  keys: RepositoryKeys) -> PreviousRevision | None:
+    """The storage's current revision, verified with our own certificate."""
+    raw = storage.read_file(MANIFEST_NAME)
+    if raw is None:
+        return None
+    try:
+        manifest = verify_manifest(raw, keys.certificate, fqrn=fqrn)
+    except Exception as exc:
+        raise PublishError(f"existing {storage.root / MANIFEST_NAME} does not verify with "
+                           f"the keys of {fqrn}: {exc}") from exc
+    catalogs: dict[str, PreviousCatalog] = {}
+    files: dict[Md5Path, PreviousFile] = {}
+    settings = ""
+    pending = [("", manifest.root_hash)]
+    while pending:
+        path, content_hash = pending.pop()
+        image = _read_metadata(storage, content_hash, Suffix.CATALOG)
+        props = {str(k): str(v) for k, v in
+                 read_sqlite_rows(image, "SELECT key, value FROM properties")}
+        catalogs[path] = PreviousCatalog(content_hash, len(image), int(props.get("revision", 0)),
+                                         props.get(DIGEST_PROPERTY, ""))
+        if path == "":
+            settings = props.get(SETTINGS_PROPERTY, "")
+        files.update(_files_of(image))
+        for child, text, _size in read_sqlite_rows(image,
+                                                   "SELECT path, sha1, size FROM nested_catalogs"):
+            pending.append((str(child), ContentHash.parse(str(text))))
+    tags: dict[str, Tag] = {}
+    if manifest.history is not None:
+        tags = read_tags(_read_metadata(storage, manifest.history, Suffix.HISTORY))
+    return PreviousRevision(manifest, catalogs, tags, files, settings)
+
+
+def _files_of(image: bytes) -> dict[Md5Path, PreviousFile]:
+    chunks: dict[Md5Path, list[tuple[int, int, bytes]]] = {}
+    for p1, p2, offset, size, digest in read_sqlite_rows(image, _CHUNKS_SQL):
+        chunks.setdefault((int(p1), int(p2)), []).append((int(offset), int(size), bytes(digest)))
+    files: dict[Md5Path, PreviousFile] = {}
+    for p1, p2, size, mtime, mtimens, flags, digest in read_sqlite_rows(image, _FILES_SQL):
+        key = (int(p1), int(p2))
+        flag_bits = int(flags)
+        algorithm = Algorithm(((flag_bits & HASH_ALGO_MASK) >> HASH_ALGO_SHIFT) + 1)
+        compression = Compression((flag_bits & COMPRESSION_MASK) >> COMPRESSION_SHIFT)
+        rows = tuple(ChunkRow(o, s, ContentHash(algorithm, d)) for o, s, d in chunks.get(key, []))
+        whole = ContentHash(algorithm, bytes(digest)) if digest else None
+        if whole is None and not rows:
+            continue
+        mtime_ns = int(mtime) * 10**9 + int(mtimens or 0)
+        files[key] = PreviousFile(mtime_ns, FileContent(int(size), whole, rows, compression))
+    return files
+
+
+def _read_metadata(storage: LocalStorage, content_hash: ContentHash, suffix: Suffix) -> bytes:
+    stored = storage.read_object(content_hash, suffix)
+    return open_object(stored, content_hash, Compression.ZLIB,
+                       max_size=MAX_METADATA_OBJECT_BYTES, what=f"stored object {suffix.value}")
