@@ -1,0 +1,107 @@
+"""mfusepy adapter: the path-based libfuse API (libfuse 3 or 2, ctypes), multi-threaded.
+
+The portable fallback where pyfuse3 cannot be built. Only translation happens here:
+paths to inodes through `RepositoryVFS.lookup_path`, `FsError` to `FuseOSError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import mfusepy
+
+from pycvmfs.fs.vfs import Attr, FsError, RepositoryVFS
+
+log = logging.getLogger(__name__)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _boundary(func: _F) -> _F:
+    """The one place errors become errno: FsError as is, anything else EIO, logged once."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FsError as exc:
+            raise mfusepy.FuseOSError(exc.errno) from None
+        except Exception:
+            log.exception("unexpected error in %s", func.__name__)
+            raise mfusepy.FuseOSError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _stat(attr: Attr) -> dict[str, int]:
+    return {
+        "st_ino": attr.ino, "st_mode": attr.mode, "st_nlink": attr.nlink,
+        "st_uid": attr.uid, "st_gid": attr.gid, "st_size": attr.size,
+        "st_atime": attr.mtime_ns, "st_mtime": attr.mtime_ns, "st_ctime": attr.mtime_ns,
+        "st_blocks": attr.blocks, "st_blksize": 4096, "st_rdev": attr.rdev,
+    }
+
+
+class MfusepyOperations(mfusepy.Operations):  # type: ignore[misc]
+    """Read-only operations; write calls are not implemented, so the kernel gets EROFS
+    from the `ro` mount option."""
+
+    use_ns = True
+
+    def __init__(self, vfs: RepositoryVFS) -> None:
+        self.vfs = vfs
+
+    @_boundary
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+        return _stat(self.vfs.lookup_path(path))
+
+    @_boundary
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        attr = self.vfs.lookup_path(path)
+        entries: list[tuple[str, dict[str, int], int]] = [(".", _stat(attr), 0), ("..", {}, 0)]
+        entries += [(name, _stat(child), 0) for name, child in self.vfs.readdir(attr.ino)]
+        return entries
+
+    @_boundary
+    def readlink(self, path: str) -> str:
+        return self.vfs.readlink(self.vfs.lookup_path(path).ino).decode(
+            "utf-8", "surrogateescape")
+
+    @_boundary
+    def open(self, path: str, flags: int) -> int:
+        return self.vfs.open(self.vfs.lookup_path(path).ino, flags)
+
+    @_boundary
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return self.vfs.read(fh, offset, size)
+
+    @_boundary
+    def release(self, path: str, fh: int) -> int:
+        self.vfs.release(fh)
+        return 0
+
+    @_boundary
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        return self.vfs.getxattr(self.vfs.lookup_path(path).ino, name)
+
+    @_boundary
+    def listxattr(self, path: str) -> list[str]:
+        return self.vfs.listxattr(self.vfs.lookup_path(path).ino)
+
+    @_boundary
+    def statfs(self, path: str) -> dict[str, int]:
+        s = self.vfs.statfs()
+        return {"f_bsize": s.block_size, "f_frsize": s.block_size, "f_blocks": s.blocks,
+                "f_bfree": s.blocks_free, "f_bavail": s.blocks_free, "f_files": s.files,
+                "f_ffree": s.files_free, "f_namemax": s.name_max}
+
+
+def serve(vfs: RepositoryVFS, mountpoint: str, *, fsname: str, options: dict[str, Any]) -> None:
+    """Mount and run until unmounted (blocks; libfuse's thread pool serves requests)."""
+    mfusepy.FUSE(MfusepyOperations(vfs), mountpoint, foreground=True, ro=True, nothreads=False,
+                 fsname=fsname, use_ino=True, **options)
+
+

@@ -1,0 +1,128 @@
+"""pyfuse3 adapter: the low-level inode API (libfuse 3, trio), the default backend.
+
+READDIRPLUS answers attributes with the names, which is what makes a cold `ls -l` or
+`find` fast. Every call that may block (catalog loads, object downloads) runs in a
+worker thread: a blocking call in an async handler would stall the whole mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from pycvmfs.fs.vfs import Attr, FsError, RepositoryVFS
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+WORKER_THREADS = 16  # like libfuse's default pool: slow downloads don't block lookups
+
+
+class Pyfuse3Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, vfs: RepositoryVFS, entry_timeout: float) -> None:
+        super().__init__()
+        self.vfs = vfs
+        self.entry_timeout = entry_timeout
+        self._limiter = trio.CapacityLimiter(WORKER_THREADS)
+        self._dirs: dict[int, list[tuple[str, Attr]]] = {}
+        self._next_dir = 1
+
+    async def _call(self, func: Callable[..., _T], *args: Any) -> _T:
+        """The boundary: run in a worker thread, FsError -> FUSEError, others -> EIO."""
+        try:
+            result: _T = await trio.to_thread.run_sync(func, *args, limiter=self._limiter)
+            return result
+        except FsError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except Exception:
+            log.exception("unexpected error in %s", getattr(func, "__name__", func))
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino, e.st_mode, e.st_nlink = attr.ino, attr.mode, attr.nlink
+        e.st_uid, e.st_gid, e.st_size, e.st_rdev = attr.uid, attr.gid, attr.size, attr.rdev
+        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = attr.mtime_ns
+        e.st_blksize, e.st_blocks = 4096, attr.blocks
+        e.entry_timeout = e.attr_timeout = self.entry_timeout
+        return e
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
+        text = name.decode("utf-8", "surrogateescape")
+        try:
+            return self._entry(await self._call(self.vfs.lookup, parent_inode, text))
+        except pyfuse3.FUSEError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            negative = pyfuse3.EntryAttributes()  # cached by the kernel like a hit
+            negative.st_ino = 0
+            negative.entry_timeout = self.entry_timeout
+            return negative
+
+    async def getattr(self, inode: int, ctx: Any = None) -> Any:
+        return self._entry(await self._call(self.vfs.getattr, inode))
+
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        return await self._call(self.vfs.readlink, inode)
+
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        listing = await self._call(self.vfs.readdir_with_dots, inode)
+        handle, self._next_dir = self._next_dir, self._next_dir + 1
+        self._dirs[handle] = listing
+        return handle
+
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        listing = self._dirs.get(fh, [])
+        for index in range(start_id, len(listing)):
+            name, attr = listing[index]
+            if not pyfuse3.readdir_reply(token, name.encode("utf-8", "surrogateescape"),
+                                         self._entry(attr), index + 1):
+                return
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    async def open(self, inode: int, flags: int, ctx: Any) -> Any:
+        handle = await self._call(self.vfs.open, inode, flags)
+        return pyfuse3.FileInfo(fh=handle, keep_cache=True)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self._call(self.vfs.read, fh, off, size)
+
+    async def release(self, fh: int) -> None:
+        self.vfs.release(fh)
+
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        return await self._call(self.vfs.getxattr, inode, name.decode("utf-8", "surrogateescape"))
+
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        names = await self._call(self.vfs.listxattr, inode)
+        return [n.encode("utf-8", "surrogateescape") for n in names]
+
+    async def statfs(self, ctx: Any) -> Any:
+        s = await self._call(self.vfs.statfs)
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = out.f_frsize = s.block_size
+        out.f_blocks, out.f_bfree, out.f_bavail = s.blocks, s.blocks_free, s.blocks_free
+        out.f_files, out.f_ffree, out.f_favail = s.files, s.files_free, s.files_free
+        out.f_namemax = s.name_max
+        return out
+
+
+def serve(vfs: RepositoryVFS, mountpoint: str, *, fsname: str, entry_timeout: float) -> None:
+    """Mount and run the trio loop until unmounted (blocks)."""
+    options = set(pyfuse3.default_options) | {f"fsname={fsname}", "ro", "nodev"}
+    options.discard("default_permissions")
+    pyfuse3.init(Pyfuse3Operations(vfs, entry_timeout), mountpoint, options)
+    try:
+        trio.run(pyfuse3.main)
+    finally:
+        pyfuse3.close(unmount=True)

@@ -1,0 +1,103 @@
+"""Real FUSE mounts of the demo repository through both adapters (pyfuse3, mfusepy):
+listing as the reader shows it, hardlinks sharing an inode, `.`/`..`, variant symlinks,
+stored xattrs, chunked reads, executing a script, read-only errors."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.publish_helpers import Keys, open_repository
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "testdata" / "repo"
+DEMO_KEYS = Keys("demo.pycvmfs.org", ROOT / "testdata" / "keys")
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
+                                reason="needs /dev/fuse and root")
+
+
+def _importable(name: str) -> bool:
+    try:
+        __import__(name)
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(params=["pyfuse3", "mfusepy"])
+def mounted(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    backend = request.param
+    if not _importable(backend):
+        pytest.skip(f"{backend} is not installed")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = dict(os.environ, DEMO_ARCH="aarch64")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pycvmfs.fs.mount", str(DEMO), str(mnt), "--fqrn",
+         DEMO_KEYS.fqrn, "--keys", str(DEMO_KEYS.public_key_file), "--backend", backend],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not os.path.ismount(mnt):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out, err = proc.communicate(timeout=5)
+            pytest.fail(f"mount failed: {err.decode()}")
+        time.sleep(0.05)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+        proc.communicate(timeout=20)
+
+
+def test_listing_matches_reader(mounted: Path) -> None:
+    seen = {}
+    for dirpath, dirnames, filenames in os.walk(mounted):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            content = ""
+            if stat.S_ISREG(st.st_mode):
+                content = hashlib.sha1(Path(full).read_bytes()).hexdigest()
+            seen["/" + os.path.relpath(full, mounted)] = (
+                stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), int(st.st_mtime), content)
+    expected = {}
+    with open_repository(DEMO, DEMO_KEYS) as repo:
+        for path, entry in repo.walk():
+            content = hashlib.sha1(repo.read(path)).hexdigest() if entry.is_regular else ""
+            expected[path] = (stat.S_IFMT(entry.mode), stat.S_IMODE(entry.mode), entry.mtime,
+                              content)
+    assert seen == expected
+
+
+def test_posix_semantics(mounted: Path) -> None:
+    guide, hard = os.stat(mounted / "docs/guide.txt"), os.stat(mounted / "docs/guide-hardlink.txt")
+    assert guide.st_ino == hard.st_ino and guide.st_nlink == 2
+    listing = subprocess.run(["ls", "-a", str(mounted / "docs")], capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert listing[:2] == [".", ".."] and "guide.txt" in listing
+    assert os.readlink(mounted / "links/arch-lib") == "aarch64/lib"  # from the environment
+    assert os.lstat(mounted / "links/arch-lib").st_size == len("aarch64/lib")
+    assert os.getxattr(mounted / "docs/notes.txt", "user.author") == b"pycvmfs"
+    data = (mounted / "data/random.bin").read_bytes()
+    assert len(data) == 1_500_000
+    with open(mounted / "data/random.bin", "rb") as fh:  # across a chunk boundary
+        fh.seek(143_900)
+        assert fh.read(100) == data[143_900:144_000]
+    run = subprocess.run([str(mounted / "bin/hello.sh")], capture_output=True, text=True)
+    assert run.stdout == "hello from the demo repository\n"
+    assert stat.S_ISFIFO(os.lstat(mounted / "special/fifo").st_mode)
+    with pytest.raises(OSError) as info:
+        (mounted / "new-file").write_text("x")
+    assert info.value.errno == errno.EROFS
+    with pytest.raises(FileNotFoundError):
+        os.stat(mounted / "docs/missing")
