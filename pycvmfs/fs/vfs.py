@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pycvmfs.errors import NotFoundError, PycvmfsError
 from pycvmfs.format.catalog import DirEntry
 from pycvmfs.format.symlinks import expand_symlink
+from pycvmfs.fs import magic_xattrs
+from pycvmfs.fs.magic_xattrs import ClientStats, NetworkInfo, XattrContext
 from pycvmfs.repository.repository import Repository
 
 ROOT_INODE = 1
@@ -67,6 +69,7 @@ class MountOptions:
     claim_ownership: bool = True  # CVMFS_CLAIM_OWNERSHIP: show the mounting user as owner
     world_readable: bool = False  # CVMFS_WORLD_READABLE
     environment: Mapping[str, str] | None = None  # for $(VAR) symlinks; None: os.environ
+    magic_xattrs_visibility: str = "rootonly"  # CVMFS_MAGIC_XATTRS_VISIBILITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +85,16 @@ class StatFs:
 class RepositoryVFS:
     """Inode view of a repository. See the module docstring for the contract."""
 
-    def __init__(self, repository: Repository, options: MountOptions = MountOptions(),
-                 capacity: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
+    def __init__(self, repository: Repository, options: MountOptions | None = None,
+                 capacity: Callable[[], tuple[int, int]] = lambda: (0, 0),
+                 stats: ClientStats | None = None,
+                 network: NetworkInfo | None = None,
+                 expires: Callable[[], str] = lambda: "never (fixed root catalog)") -> None:
         self.repository = repository
-        self.options = options
+        self.options = options or MountOptions()
+        self.stats = stats or ClientStats()
+        self.network = network or NetworkInfo()
+        self._expires = expires
         self._capacity = capacity  # (bytes total, bytes used) of the cache, for statfs
         self._lock = threading.Lock()
         self._paths: dict[int, str] = {ROOT_INODE: ""}
@@ -167,6 +176,8 @@ class RepositoryVFS:
         _, entry = self._resolve(path)
         if not entry.is_dir:
             raise FsError(errno.ENOTDIR, f"{path}: not a directory")
+        with self.stats.lock:
+            self.stats.ndiropen += 1
         try:
             children = self.repository.listdir(path)
         except PycvmfsError as exc:
@@ -214,6 +225,8 @@ class RepositoryVFS:
         with self._lock:
             handle = next(self._next_handle)
             self._handles[handle] = path
+        with self.stats.lock:
+            self.stats.nopen += 1
         return handle
 
     def read(self, handle: int, offset: int, size: int) -> bytes:
@@ -224,6 +237,7 @@ class RepositoryVFS:
         try:
             return self.repository.read_range(path, offset, size)
         except PycvmfsError as exc:  # hash mismatch, fetch failure: never wrong bytes
+            self.stats.io_error()
             raise FsError(errno.EIO, str(exc)) from exc
 
     def release(self, handle: int) -> None:
@@ -232,15 +246,36 @@ class RepositoryVFS:
 
     # --- extended attributes and statfs ----------------------------------------------
     def listxattr(self, ino: int) -> list[str]:
+        """Stored xattrs, plus the magic names on the root (by default) or everywhere."""
         _, entry = self._resolve(self.path_of(ino))
-        return [name for name, _ in entry.xattrs]
+        names = [name for name, _ in entry.xattrs]
+        visibility = self.options.magic_xattrs_visibility
+        if visibility == "always" or (visibility == "rootonly" and ino == ROOT_INODE):
+            names += [n for n in magic_xattrs.names() if n not in names]
+        return names
 
     def getxattr(self, ino: int, name: str) -> bytes:
-        _, entry = self._resolve(self.path_of(ino))
+        """Magic attributes shadow stored ones and are gettable on every entry."""
+        path = self.path_of(ino)
+        _, entry = self._resolve(path)
+        if magic_xattrs.is_magic(name):
+            context = XattrContext(self.repository, self.stats, self.network, path, entry,
+                                   self._expires, self.inode_max)
+            try:
+                value = magic_xattrs.get(name, context)
+            except PycvmfsError as exc:
+                raise FsError(errno.EIO, str(exc)) from exc
+            if value is None:
+                raise FsError(errno.ENODATA)
+            return value
         for key, value in entry.xattrs:
             if key == name:
                 return value
         raise FsError(errno.ENODATA)
+
+    def inode_max(self) -> int:
+        with self._lock:
+            return max(self._paths)
 
     def statfs(self) -> StatFs:
         total, used = self._capacity()

@@ -101,3 +101,50 @@ def test_posix_semantics(mounted: Path) -> None:
     assert info.value.errno == errno.EROFS
     with pytest.raises(FileNotFoundError):
         os.stat(mounted / "docs/missing")
+
+
+ISSUE_MAGIC_XATTRS = ("fqrn", "revision", "root_hash", "hash", "lhash", "chunks",
+                      "chunk_list", "compression", "host", "host_list", "proxy", "timeout",
+                      "expires", "nioerr", "rx", "speed", "ndownload", "nopen", "hitrate",
+                      "pid", "uptime", "version", "tag", "catalog_counters", "repo_counters",
+                      "usedfd", "inode_max", "rawlink")
+
+
+def test_magic_xattrs(mounted: Path) -> None:
+    with open_repository(DEMO, DEMO_KEYS) as repo:
+        revision, root_hash = repo.revision, str(repo.root_hash)
+        guide_hash = str(repo.lookup("/docs/guide.txt").content_hash)
+    listed = set(os.listxattr(mounted))
+    assert {f"user.{n}" for n in ISSUE_MAGIC_XATTRS} <= listed  # listed on the root
+    assert os.listxattr(mounted / "docs/notes.txt") == ["user.author"]  # stored ones only
+    guide = mounted / "docs/guide.txt"
+    assert os.getxattr(guide, "user.revision") == str(revision).encode()
+    assert os.getxattr(guide, "user.root_hash") == root_hash.encode()
+    assert os.getxattr(guide, "user.fqrn") == b"demo.pycvmfs.org"
+    assert os.getxattr(guide, "user.hash") == guide_hash.encode()
+    assert os.getxattr(guide, "user.chunks") == b"1"
+    assert os.getxattr(mounted / "data/random.bin", "user.chunks") == b"12"
+    assert os.getxattr(mounted / "data/random.bin", "user.compression") == b"none"
+    assert os.getxattr(guide, "user.compression") == b"zlib"
+    chunk_list = os.getxattr(mounted / "data/random.bin", "user.chunk_list").decode()
+    assert chunk_list.startswith("hash,offset,size\n") and chunk_list.count("\n") == 13
+    # Linux refuses user.* attributes on symlinks before asking the filesystem, so
+    # user.rawlink is checked on the core itself (test_vfs_rawlink).
+    assert os.getxattr(mounted, "user.pid").isdigit()
+    counters = os.getxattr(mounted / "data/random.bin", "user.catalog_counters").decode()
+    assert "catalog_mountpoint: /data\n" in counters and "regular,3\n" in counters
+    with pytest.raises(OSError) as info:
+        os.getxattr(mounted / "docs", "user.hash")  # directories have no hash
+    assert info.value.errno == errno.ENODATA
+    for name in ISSUE_MAGIC_XATTRS:
+        if name not in ("hash", "lhash", "chunks", "chunk_list", "compression", "rawlink"):
+            os.getxattr(mounted / "docs/notes.txt", f"user.{name}")  # gettable everywhere
+
+
+def test_vfs_rawlink() -> None:
+    from pycvmfs.fs.vfs import RepositoryVFS
+
+    with open_repository(DEMO, DEMO_KEYS) as repo:
+        vfs = RepositoryVFS(repo)
+        ino = vfs.lookup_path("/links/arch-lib").ino
+        assert vfs.getxattr(ino, "user.rawlink") == b"$(DEMO_ARCH:-x86_64)/lib"
