@@ -15,6 +15,7 @@ path table); the reference bounds this with per-catalog inode ranges.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import itertools
 import os
@@ -28,7 +29,7 @@ from pycvmfs.format.catalog import DirEntry
 from pycvmfs.format.symlinks import expand_symlink
 from pycvmfs.fs import magic_xattrs
 from pycvmfs.fs.magic_xattrs import ClientStats, NetworkInfo, XattrContext
-from pycvmfs.repository.repository import Repository
+from pycvmfs.repository.repository import Piece, Repository
 
 ROOT_INODE = 1
 BLOCK_SIZE = 4096
@@ -82,6 +83,25 @@ class StatFs:
     name_max: int = 255
 
 
+class _OpenFile:
+    """An open regular file: its chunk list and the object read last, so sequential
+    reads of a chunk fetch and inflate it once (one buffer per handle)."""
+
+    def __init__(self, path: str, entry: DirEntry, pieces: list[Piece]) -> None:
+        self.path, self.entry, self.pieces = path, entry, pieces
+        self.offsets = [p.offset for p in pieces]
+        self._lock = threading.Lock()
+        self._index = -1
+        self._data = b""
+
+    def piece_data(self, index: int, repository: Repository) -> bytes:
+        with self._lock:
+            if index != self._index:
+                self._data = repository.load_piece(self.path, self.entry, self.pieces[index])
+                self._index = index
+            return self._data
+
+
 class RepositoryVFS:
     """Inode view of a repository. See the module docstring for the contract."""
 
@@ -101,7 +121,7 @@ class RepositoryVFS:
         self._inodes: dict[str, int] = {"": ROOT_INODE}
         self._groups: dict[tuple[str, int], int] = {}
         self._next_inode = itertools.count(ROOT_INODE + 1)
-        self._handles: dict[int, str] = {}
+        self._handles: dict[int, _OpenFile] = {}
         self._next_handle = itertools.count(1)
 
     # --- names and inodes ------------------------------------------------------------
@@ -222,23 +242,36 @@ class RepositoryVFS:
             raise FsError(errno.EISDIR)
         if not stat.S_ISREG(entry.mode):
             raise FsError(errno.EINVAL)
+        try:
+            _, pieces = self.repository.pieces(path)
+        except PycvmfsError as exc:
+            raise FsError(errno.EIO, str(exc)) from exc
         with self._lock:
             handle = next(self._next_handle)
-            self._handles[handle] = path
+            self._handles[handle] = _OpenFile(path, entry, pieces)
         with self.stats.lock:
             self.stats.nopen += 1
         return handle
 
     def read(self, handle: int, offset: int, size: int) -> bytes:
         with self._lock:
-            path = self._handles.get(handle)
-        if path is None:
+            opened = self._handles.get(handle)
+        if opened is None:
             raise FsError(errno.EBADF)
+        end = min(offset + size, opened.entry.size)
+        out = []
+        index = bisect.bisect_right(opened.offsets, offset) - 1
         try:
-            return self.repository.read_range(path, offset, size)
+            while offset < end and 0 <= index < len(opened.pieces):
+                piece = opened.pieces[index]
+                data = opened.piece_data(index, self.repository)
+                out.append(data[offset - piece.offset : end - piece.offset])
+                offset = piece.offset + piece.size
+                index += 1
         except PycvmfsError as exc:  # hash mismatch, fetch failure: never wrong bytes
             self.stats.io_error()
             raise FsError(errno.EIO, str(exc)) from exc
+        return b"".join(out)
 
     def release(self, handle: int) -> None:
         with self._lock:

@@ -312,7 +312,8 @@ class Repository:
         _check_tiling(canonical, entry.size, pieces)
         return entry, pieces
 
-    def _load(self, path: str, entry: DirEntry, piece: Piece) -> bytes:
+    def load_piece(self, path: str, entry: DirEntry, piece: Piece) -> bytes:
+        """One object of a file, fetched, verified and inflated."""
         kind = "chunk" if piece.suffix is Suffix.PARTIAL else "file"
         return self._objects.get(piece.hash, piece.suffix, compression=entry.compression,
                                  expected_size=piece.size,
@@ -325,14 +326,14 @@ class Repository:
             raise ValueError("block must be positive")
         entry, pieces = self.pieces(path)
         for piece in pieces:
-            data = self._load(path, entry, piece)
+            data = self.load_piece(path, entry, piece)
             for start in range(0, len(data), block):
                 yield data[start:start + block]
 
     def read(self, path: str) -> bytes:
         """The whole file (every object verified)."""
         entry, pieces = self.pieces(path)
-        return b"".join(self._load(path, entry, piece) for piece in pieces)
+        return b"".join(self.load_piece(path, entry, piece) for piece in pieces)
 
     def read_range(self, path: str, offset: int, size: int) -> bytes:
         """Up to `size` bytes from `offset`; loads only the objects that overlap."""
@@ -346,7 +347,7 @@ class Repository:
         out = []
         while index < len(pieces) and pieces[index].offset < end:
             piece = pieces[index]
-            data = self._load(path, entry, piece)
+            data = self.load_piece(path, entry, piece)
             out.append(data[max(offset - piece.offset, 0):min(end - piece.offset, piece.size)])
             index += 1
         return b"".join(out)
