@@ -19,6 +19,7 @@ PycvmfsError
  │       ├─ CertificateError       certificate object unreadable
  │       └─ FingerprintNotListedError  certificate not on the whitelist
  ├─ FetchError             every source failed for an object              -> EIO
+ ├─ CacheFullError         the cache quota cannot make room (pinned)       -> ENOSPC
  ├─ PublishError           the publisher refuses an input                 (CLI only)
  │   └─ LockError              another publisher holds the storage lock
  └─ ConfigError            bad configuration or keys                       (CLI only)
@@ -108,6 +109,10 @@ class FetchError(PycvmfsError):
     pass
 
 
+class CacheFullError(PycvmfsError):
+    """The quota cannot make room: object bigger than limit/2, or pinned bytes too high."""
+
+
 class PublishError(PycvmfsError):
     pass
 
@@ -124,6 +129,7 @@ ERRNO: dict[type[PycvmfsError], int] = {
     NotFoundError: errno.ENOENT,
     IntegrityError: errno.EIO,
     FetchError: errno.EIO,
+    CacheFullError: errno.ENOSPC,
 }
 
 

@@ -1,0 +1,31 @@
+"""Client cache: content-addressed store, LRU quota, eviction planner, breadcrumb.
+
+Knows nothing of catalogs, FUSE or the network (style guide R1); `fetcher.py` (to come)
+is the one module allowed to join it with `pycvmfs.network`.
+"""
+
+from __future__ import annotations
+
+from pycvmfs.cache.breadcrumb import Breadcrumb, read_breadcrumb, write_breadcrumb
+from pycvmfs.cache.errors import CacheFullError
+from pycvmfs.cache.eviction import EvictionEntry, plan_eviction
+from pycvmfs.cache.host import CacheConfig, CacheHost
+from pycvmfs.cache.quota import NoopQuota, ObjectKind, Quota, SqliteLruQuota
+from pycvmfs.cache.store import ObjectStore, Txn
+
+__all__ = [
+    "Breadcrumb",
+    "CacheConfig",
+    "CacheFullError",
+    "CacheHost",
+    "EvictionEntry",
+    "NoopQuota",
+    "ObjectKind",
+    "ObjectStore",
+    "Quota",
+    "SqliteLruQuota",
+    "Txn",
+    "plan_eviction",
+    "read_breadcrumb",
+    "write_breadcrumb",
+]
