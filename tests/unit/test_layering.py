@@ -20,6 +20,7 @@ FORBIDDEN = {
                       "pycvmfs.publisher"},
     "pycvmfs.fs": {"pycvmfs.publisher", "pycvmfs.cli"},
 }
+CONFIG_MODULES = ("pycvmfs.config", "pycvmfs.config_defaults", "pycvmfs.config_shell")
 
 
 def _imports(path: Path) -> set[str]:
@@ -48,3 +49,10 @@ def test_format_does_no_file_io() -> None:
     for source in (PACKAGE / "format").rglob("*.py"):
         text = source.read_text()
         assert "open(" not in text.replace("open_object(", ""), source
+
+
+def test_config_depends_on_errors_only() -> None:
+    for module in CONFIG_MODULES:
+        source = PACKAGE.parent / (module.replace(".", "/") + ".py")
+        ours = {n for n in _imports(source) if n.startswith("pycvmfs")}
+        assert ours <= {"pycvmfs.errors", *CONFIG_MODULES}, module
