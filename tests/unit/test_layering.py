@@ -19,6 +19,8 @@ FORBIDDEN = {
     "pycvmfs.cache": {"pycvmfs.network", "pycvmfs.repository", "pycvmfs.fs", "pycvmfs.cli",
                       "pycvmfs.publisher"},
     "pycvmfs.fs": {"pycvmfs.publisher", "pycvmfs.cli"},
+    "pycvmfs.network": {"pycvmfs.cache", "pycvmfs.repository", "pycvmfs.fs", "pycvmfs.cli",
+                        "pycvmfs.publisher"},
 }
 CONFIG_MODULES = ("pycvmfs.config", "pycvmfs.config_defaults", "pycvmfs.config_shell")
 

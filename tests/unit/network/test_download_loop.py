@@ -1,0 +1,116 @@
+"""The download loop over MockTransport: attempts, no-cache headers, FetchError, statistics."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+
+import pytest
+
+from pycvmfs.errors import FetchError
+from pycvmfs.format.compression import Compression, make_object
+from pycvmfs.network.download import Downloader, DownloadSettings
+from pycvmfs.network.failover import RouteState
+from pycvmfs.network.failure import ErrorKind
+from pycvmfs.network.proxies import DIRECT, ProxyChoice, parse_proxies
+from pycvmfs.network.sink import MemoryDestination, MemorySink, VerifyingSink
+from pycvmfs.network.transport import MockTransport
+
+DATA = b"payload " * 1000
+DIGEST, STORED = make_object(DATA)
+PATH = DIGEST.object_path()
+HOSTS = ["http://s1/cvmfs/r", "http://s2/cvmfs/r"]
+Reply = tuple[int, Mapping[str, str], bytes]
+
+
+def downloader(handler: MockTransport, proxies: str = "DIRECT") -> tuple[Downloader, list[float]]:
+    slept: list[float] = []
+    state = RouteState(HOSTS, parse_proxies(proxies), rng=random.Random(1))
+    return Downloader(handler, state, DownloadSettings(max_retries=1), sleep=slept.append,
+                      clock=lambda: 0.0, rng=random.Random(2)), slept
+
+
+def sink() -> tuple[VerifyingSink, MemoryDestination]:
+    out = MemoryDestination()
+    return VerifyingSink(DIGEST, Compression.ZLIB, out, expected_size=len(DATA)), out
+
+
+def test_corrupt_on_first_host_then_no_cache_then_next_host() -> None:
+    def handler(url: str, proxy: ProxyChoice, headers: Mapping[str, str]) -> Reply:
+        return 200, {}, (STORED if url.startswith(HOSTS[1]) else STORED[:-1] + b"!")
+
+    transport = MockTransport(handler)
+    dl, slept = downloader(transport)
+    target, out = sink()
+    result = dl.download(PATH, target)
+    assert out.getvalue() == DATA and result.url == f"{HOSTS[1]}/{PATH}"
+    headers = [r[2] for r in transport.requests]
+    assert headers[0]["Pragma"] == "" and "Cache-Control" not in headers[0]
+    assert headers[1]["Pragma"] == "no-cache" and headers[1]["Cache-Control"] == "no-cache"
+    assert headers[0]["User-Agent"].startswith("cvmfs Fuse pycvmfs/")
+    assert [r[0].split("/cvmfs")[0] for r in transport.requests] == [
+        "http://s1", "http://s1", "http://s2"]
+    assert len(result.attempts) == 2 and slept == []
+    stats = dl.statistics()
+    assert stats.downloads == 1 and stats.errors == 2
+    assert stats.bytes_received == 3 * len(STORED)
+
+
+def test_everything_corrupt_raises_fetch_error_listing_attempts() -> None:
+    def handler(url: str, proxy: ProxyChoice, headers: Mapping[str, str]) -> Reply:
+        return 200, {}, STORED[:-1] + b"!"
+
+    dl, _ = downloader(MockTransport(handler))
+    target, _ = sink()
+    with pytest.raises(FetchError) as info:
+        dl.download(PATH, target)
+    message = str(info.value)
+    assert "all 3 attempts failed" in message
+    assert message.count("corrupted data") == 3 and "via DIRECT" in message
+    assert "http://s2/cvmfs/r/" + PATH in message
+
+
+def test_connection_errors_are_retried_with_backoff_sleep() -> None:
+    calls: list[str] = []
+
+    def handler(url: str, proxy: ProxyChoice, headers: Mapping[str, str]) -> Reply:
+        calls.append(url)
+        if len(calls) <= 2:
+            raise MockTransport.Error(ErrorKind.CONNECT)
+        return 200, {}, STORED
+
+    dl, slept = downloader(MockTransport(handler))
+    target, out = sink()
+    dl.download(PATH, target)
+    assert out.getvalue() == DATA and len(slept) == 1 and 0 <= slept[0] <= 2.0
+    assert calls[1] == calls[0] != calls[2]
+
+
+def test_memory_sink_with_expected_hash_and_proxy_failover() -> None:
+    def handler(url: str, proxy: ProxyChoice, headers: Mapping[str, str]) -> Reply:
+        if proxy is not DIRECT and str(proxy).startswith("http://p1"):
+            return 503, {"X-Squid-Error": "ERR_CONNECT_FAIL 111"}, b""
+        return 200, {}, STORED
+
+    dl, _ = downloader(MockTransport(handler), "http://p1:3128;http://p2:3128")
+    raw = MemorySink()
+    for _ in range(2):  # the switch is global: the second download goes straight to p2
+        result = dl.download(PATH, raw, expected=DIGEST)
+        assert raw.getvalue() == STORED and result.proxy == "http://p2:3128"
+    assert dl.statistics().errors <= 1 and dl.statistics().downloads == 2
+
+
+def test_memory_sink_hash_mismatch_is_bad_data() -> None:
+    def handler(url: str, proxy: ProxyChoice, headers: Mapping[str, str]) -> Reply:
+        return 200, {}, b"not it"
+
+    dl, _ = downloader(MockTransport(handler))
+    with pytest.raises(FetchError, match="corrupted data"):
+        dl.download(PATH, MemorySink(), expected=DIGEST)
+
+
+def test_statistics_speed() -> None:
+    from pycvmfs.network.download import Statistics
+
+    assert Statistics(1000, 1, 0, 2.0).speed == 500.0
+    assert Statistics(0, 0, 0, 0.0).speed == 0.0
