@@ -17,9 +17,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from pycvmfs.cli import keys, publish, read, whitelist
+    from pycvmfs.cli import keys, mount, publish, read, whitelist
 
-    for module in (keys, publish, whitelist, read):
+    for module in (keys, publish, whitelist, read, mount):
         for command in module.COMMANDS:
             cli.add_command(command)
 
