@@ -37,6 +37,8 @@ from urllib.parse import quote
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from pycvmfs.cache.fetcher import Fetcher
+from pycvmfs.cache.quota import ObjectKind
 from pycvmfs.errors import CatalogError, ConfigError, NotFoundError, PycvmfsError
 from pycvmfs.format.catalog import DirEntry, total_counters
 from pycvmfs.format.compression import Compression, open_object
@@ -135,6 +137,32 @@ class _Objects:
             return Catalog(path, content_hash=content_hash)
 
 
+class _CachedObjects(_Objects):
+    """Objects through the client cache: downloaded once, verified while streaming, served
+    from `<cache>/XX/...` afterwards; catalogs are opened in place and pinned."""
+
+    def __init__(self, source: ObjectSource, fqrn: str, workdir: _Workdir,
+                 fetcher: Fetcher) -> None:
+        super().__init__(source, fqrn, workdir)
+        self.fetcher = fetcher
+
+    def get(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
+            compression: Compression = Compression.ZLIB,
+            expected_size: int | None = None, max_size: int = 1 << 32) -> bytes:
+        with error_context(self.fqrn, self.source), \
+                self.fetcher.fetch(content_hash, suffix, compression,
+                                   expected_size=expected_size) as fh:
+            return fh.read()
+
+    def database(self, content_hash: ContentHash, suffix: Suffix, what: str) -> Path:
+        with error_context(self.fqrn, self.source), \
+                self.fetcher.fetch(content_hash, suffix, Compression.ZLIB,
+                                   kind=ObjectKind.CATALOG) as fh:
+            path = Path(fh.name)
+            self.fetcher.host.pin(content_hash, path.stat().st_size)
+        return path
+
+
 class _History:
     """The tag database (object H), downloaded on first use and queried read-only."""
 
@@ -200,6 +228,7 @@ class Repository:
         tag: str | None = None,
         root_hash: ContentHash | str | None = None,
         workdir: str | os.PathLike[str] | None = None,
+        fetcher: Fetcher | None = None,
         min_timestamp: int | None = None,
     ) -> Repository:
         """Verify the trust chain, pick the root catalog and attach it.
@@ -215,7 +244,8 @@ class Repository:
                                   min_timestamp=min_timestamp)
         work = _Workdir(workdir)
         try:
-            objects = _Objects(source, fqrn, work)
+            objects = (_Objects(source, fqrn, work) if fetcher is None
+                       else _CachedObjects(source, fqrn, work, fetcher))
             history = _History(objects, trusted.history)
             chosen = history.tag(tag) if tag is not None else None
             root = _root_hash(trusted, chosen, root_hash)

@@ -3,6 +3,7 @@ chain over HTTP, a background mount that is ready when the command returns, `umo
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -38,7 +39,8 @@ def test_mount_from_configuration(tmp_path: Path) -> None:
         (config_root / "config.d" / f"{FQRN}.conf").write_text(
             f"CVMFS_SERVER_URL={url.rsplit('/', 1)[0]}/@fqrn@\n"
             f"CVMFS_PUBLIC_KEY={ROOT / 'testdata' / 'keys' / f'{FQRN}.pub'}\n"
-            f"CVMFS_CACHE_BASE={tmp_path / 'cache'}\n")
+            f"CVMFS_CACHE_BASE={tmp_path / 'cache'}\n"
+            "CVMFS_MAX_RETRIES=0\nCVMFS_TIMEOUT_DIRECT=2\n")
         done = _pycvmfs("mount", FQRN, str(mnt), "-o", "CVMFS_HTTP_PROXY=DIRECT", env=env)
         assert done.returncode == 0, done.stderr
         try:
@@ -49,6 +51,15 @@ def test_mount_from_configuration(tmp_path: Path) -> None:
             assert len((mnt / "data" / "random.bin").read_bytes()) == 1_500_000
             again = _pycvmfs("mount", FQRN, str(mnt), env=env)
             assert again.returncode == 1 and "already a mount point" in again.stderr
+            cached = [p for p in (tmp_path / "cache" / "shared").glob("??/*") if p.is_file()]
+            assert len(cached) >= 12 + 2  # the 12 chunks, catalogs
+            assert os.statvfs(mnt).f_blocks > 0  # df shows the cache quota
+            server.stop()  # the network is gone: cached content still reads
+            assert (mnt / "README.txt").read_text().endswith("revision 2: updated\n")
+            assert len((mnt / "data" / "random.bin").read_bytes()) == 1_500_000
+            with pytest.raises(OSError) as info:  # never cached: fails fast with EIO
+                (mnt / "docs" / "guide.txt").read_bytes()
+            assert info.value.errno == errno.EIO
         finally:
             done = _pycvmfs("umount", str(mnt), env=env)
         assert done.returncode == 0, done.stderr

@@ -1,0 +1,78 @@
+"""Store-or-download: the one joint between the cache and the network (style guide R1, R9).
+
+`fetch` serves a cache hit directly; on a miss exactly one thread downloads the object
+(concurrent requests for the same hash wait for it), streaming the compressed bytes
+through a `VerifyingSink` into a cache transaction that becomes visible only after the
+hash, the inflation and the size all check out.
+
+Thread-safety: `fetch` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from typing import BinaryIO
+
+from pycvmfs.cache.host import CacheHost
+from pycvmfs.cache.quota import ObjectKind
+from pycvmfs.format.compression import Compression
+from pycvmfs.format.hashes import ContentHash, Suffix
+from pycvmfs.network.download import Downloader
+from pycvmfs.network.sink import VerifyingSink
+
+MAX_UNSIZED_OBJECT_BYTES = 1 << 30  # catalogs and histories: no size in any catalog
+
+
+class Fetcher:
+    """Objects by content hash, from the cache or the network; see the module docstring."""
+
+    def __init__(self, host: CacheHost, downloader: Downloader) -> None:
+        self.host = host
+        self.downloader = downloader
+        self._lock = threading.Lock()
+        self._inflight: dict[ContentHash, Future[None]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def fetch(self, content_hash: ContentHash, suffix: Suffix, compression: Compression, *,
+              expected_size: int | None = None,
+              kind: ObjectKind = ObjectKind.REGULAR) -> BinaryIO:
+        """The decompressed object opened for reading (the caller closes it)."""
+        while True:
+            cached = self.host.open(content_hash)
+            if cached is not None:
+                with self._lock:
+                    self.hits += 1
+                return cached
+            with self._lock:
+                waiting = self._inflight.get(content_hash)
+                leader = waiting is None
+                if leader:
+                    waiting = self._inflight[content_hash] = Future()
+                    self.misses += 1
+            assert waiting is not None
+            if not leader:
+                waiting.result()  # the leader's error, if any, is ours too
+                continue
+            try:
+                self._download(content_hash, suffix, compression, expected_size, kind)
+                waiting.set_result(None)
+            except BaseException as exc:
+                waiting.set_exception(exc)
+                raise
+            finally:
+                with self._lock:
+                    del self._inflight[content_hash]
+
+    def _download(self, content_hash: ContentHash, suffix: Suffix, compression: Compression,
+                  expected_size: int | None, kind: ObjectKind) -> None:
+        txn = self.host.begin(content_hash, size_hint=expected_size)
+        try:
+            sink = VerifyingSink(content_hash, compression, txn, expected_size=expected_size,
+                                 max_size=MAX_UNSIZED_OBJECT_BYTES)
+            self.downloader.download("/" + content_hash.object_path(suffix), sink)
+        except BaseException:
+            txn.abort()
+            raise
+        self.host.commit(txn, expected_size=expected_size, kind=kind)
