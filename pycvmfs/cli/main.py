@@ -17,9 +17,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from pycvmfs.cli import keys, mount, publish, read, whitelist
+    from pycvmfs.cli import cache, keys, mount, publish, read, whitelist
 
-    for module in (keys, publish, whitelist, read, mount):
+    for module in (keys, publish, whitelist, read, mount, cache):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -21,7 +21,8 @@ from pycvmfs.errors import ConfigError
 READY_TIMEOUT_S = 60.0  # trust chain + root catalog over a slow link
 
 
-def _overrides(options: tuple[str, ...]) -> dict[str, str]:
+def overrides_of(options: tuple[str, ...]) -> dict[str, str]:
+    """`-o K=V,K2=V2 -o K3=V3` -> a dict (later wins)."""
     result: dict[str, str] = {}
     for option in options:
         for item in option.split(","):
@@ -53,7 +54,7 @@ def mount(fqrn: str, mountpoint: Path, options: tuple[str, ...],
         raise ConfigError(f"mount point {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
         raise ConfigError(f"{mountpoint} is already a mount point")
-    overrides = _overrides(options)
+    overrides = overrides_of(options)
     config = load_config(fqrn, extra_files=config_files, overrides=overrides)
     if not foreground:
         _mount_in_background(fqrn, mountpoint, options, config_files, backend)

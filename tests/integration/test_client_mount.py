@@ -64,6 +64,13 @@ def test_mount_from_configuration(tmp_path: Path) -> None:
             done = _pycvmfs("umount", str(mnt), env=env)
         assert done.returncode == 0, done.stderr
         assert not os.path.ismount(mnt)
+    status = _pycvmfs("cache", "status", FQRN, env=env)  # found through the configuration
+    assert status.returncode == 0 and "objects" in status.stdout, status.stderr
+    verify = _pycvmfs("cache", "verify", "--dir", str(tmp_path / "cache" / "shared"), env=env)
+    assert verify.returncode == 0 and "consistent" in verify.stdout, verify.stdout
+    cleaned = _pycvmfs("cache", "clean", FQRN, env=env)
+    assert cleaned.returncode == 0 and "freed" in cleaned.stdout
+    assert not [p for p in (tmp_path / "cache" / "shared").glob("??/*") if p.is_file()]
 
 
 def test_mount_errors_are_clear(tmp_path: Path) -> None:
