@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 NGINX_START_TIMEOUT_SECONDS = 10.0  # measured ready time is ~0.12 s; generous for busy CI
 NGINX_STOP_TIMEOUT_SECONDS = 5.0
@@ -77,7 +79,41 @@ def wait_for_port(port: int, timeout: float, alive: subprocess.Popen[bytes]) -> 
     return False
 
 
-class Nginx:
+def stop_process(process: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
+    """Stop one process this harness started: `sig`, then SIGKILL after `timeout`."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class ServerContext:
+    """`with Server() as s:` starts it and always stops it (also when start fails)."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class Nginx(ServerContext):
     """One nginx master process serving `self.docroot` on 127.0.0.1:`self.port`."""
 
     def __init__(self) -> None:
@@ -142,31 +178,11 @@ class Nginx:
     def _terminate(self) -> None:
         """Stop the one master process this object started (its workers follow it)."""
         process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=NGINX_STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, signal.SIGTERM, NGINX_STOP_TIMEOUT_SECONDS)
 
     def stop(self) -> None:
         self._terminate()
         shutil.rmtree(self.base, ignore_errors=True)
-
-    def __enter__(self) -> Nginx:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
 
 def world_readable(path: Path) -> bool:

@@ -20,9 +20,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
-from tests.servers import free_port, wait_for_port
+from tests.servers import ServerContext, free_port, stop_process, wait_for_port
 
 SQUID_START_TIMEOUT_SECONDS = 15.0  # measured ready time ~0.35 s
 SQUID_STOP_TIMEOUT_SECONDS = 10.0  # SIGINT + shutdown_lifetime 1 s: ~2 s measured
@@ -52,7 +51,7 @@ def squid_binary() -> str | None:
     return shutil.which("squid")
 
 
-class Squid:
+class Squid(ServerContext):
     """One `squid -N` process listening on 127.0.0.1:`self.port`."""
 
     @staticmethod
@@ -122,28 +121,8 @@ class Squid:
     def kill(self) -> None:
         """Stop the one process this object started: SIGINT, wait, SIGKILL as a last resort."""
         process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=SQUID_STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, signal.SIGINT, SQUID_STOP_TIMEOUT_SECONDS)
 
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.run, ignore_errors=True)
-
-    def __enter__(self) -> Squid:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()

@@ -25,7 +25,8 @@ FORBIDDEN = {
 CONFIG_MODULES = ("pycvmfs.config", "pycvmfs.config_defaults", "pycvmfs.config_shell")
 
 
-def _imports(path: Path) -> set[str]:
+def imports_of(path: Path) -> set[str]:
+    """Absolute module names a source file imports."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -38,13 +39,13 @@ def _imports(path: Path) -> set[str]:
 ALLOWED = {("pycvmfs.cache.fetcher", "pycvmfs.network")}  # the one joint, named
 
 
-def test_forbidden_imports() -> None:
+def test_forbiddenimports_of() -> None:
     offences = []
     for source in PACKAGE.rglob("*.py"):
         module = ".".join(source.relative_to(PACKAGE.parent).with_suffix("").parts)
         for layer, forbidden in FORBIDDEN.items():
             if module == layer or module.startswith(layer + "."):
-                for name in _imports(source):
+                for name in imports_of(source):
                     hit = next((f for f in forbidden
                                 if name == f or name.startswith(f + ".")), None)
                     if hit is not None and (module, hit) not in ALLOWED:
@@ -61,5 +62,5 @@ def test_format_does_no_file_io() -> None:
 def test_config_depends_on_errors_only() -> None:
     for module in CONFIG_MODULES:
         source = PACKAGE.parent / (module.replace(".", "/") + ".py")
-        ours = {n for n in _imports(source) if n.startswith("pycvmfs")}
+        ours = {n for n in imports_of(source) if n.startswith("pycvmfs")}
         assert ours <= {"pycvmfs.errors", *CONFIG_MODULES}, module
