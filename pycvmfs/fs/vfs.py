@@ -15,7 +15,6 @@ path table); the reference bounds this with per-catalog inode ranges.
 
 from __future__ import annotations
 
-import bisect
 import errno
 import itertools
 import os
@@ -29,7 +28,7 @@ from pycvmfs.format.catalog import DirEntry
 from pycvmfs.format.symlinks import expand_symlink
 from pycvmfs.fs import magic_xattrs
 from pycvmfs.fs.magic_xattrs import ClientStats, NetworkInfo, XattrContext
-from pycvmfs.repository.repository import Piece, Repository
+from pycvmfs.repository.repository import Piece, Repository, read_pieces
 
 ROOT_INODE = 1
 BLOCK_SIZE = 4096
@@ -89,7 +88,6 @@ class _OpenFile:
 
     def __init__(self, path: str, entry: DirEntry, pieces: list[Piece]) -> None:
         self.path, self.entry, self.pieces = path, entry, pieces
-        self.offsets = [p.offset for p in pieces]
         self._lock = threading.Lock()
         self._index = -1
         self._data = b""
@@ -200,13 +198,16 @@ class RepositoryVFS:
             self.stats.ndiropen += 1
         try:
             children = self.repository.listdir(path)
+            # every child lives in the catalog that lists them (a mountpoint's entry too):
+            # one catalog for all hardlink keys instead of one more lookup per child
+            tree = self.repository.tree
+            prefix = tree.listing_catalog(path, tree.lookup(path)).root_prefix
         except PycvmfsError as exc:
             raise FsError(errno.EIO, str(exc)) from exc
         out = []
         for name, child in children:
             child_path = f"{path}/{name}"
-            _, catalog = self.repository.resolve(child_path)
-            child_ino = self._inode_for(child_path, catalog.root_prefix, child)
+            child_ino = self._inode_for(child_path, prefix, child)
             out.append((name, self.attr(child_ino, child, child_path)))
         return out
 
@@ -258,20 +259,12 @@ class RepositoryVFS:
             opened = self._handles.get(handle)
         if opened is None:
             raise FsError(errno.EBADF)
-        end = min(offset + size, opened.entry.size)
-        out = []
-        index = bisect.bisect_right(opened.offsets, offset) - 1
         try:
-            while offset < end and 0 <= index < len(opened.pieces):
-                piece = opened.pieces[index]
-                data = opened.piece_data(index, self.repository)
-                out.append(data[offset - piece.offset : end - piece.offset])
-                offset = piece.offset + piece.size
-                index += 1
+            return read_pieces(opened.pieces, offset, min(offset + size, opened.entry.size),
+                               lambda index: opened.piece_data(index, self.repository))
         except PycvmfsError as exc:  # hash mismatch, fetch failure: never wrong bytes
             self.stats.io_error()
             raise FsError(errno.EIO, str(exc)) from exc
-        return b"".join(out)
 
     def release(self, handle: int) -> None:
         with self._lock:

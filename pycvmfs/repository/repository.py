@@ -29,7 +29,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
@@ -70,6 +70,22 @@ def normalize_path(path: str) -> str:
     if any(part in (".", "..") for part in parts):
         raise NotFoundError(f"{path}: '.' and '..' are not resolved; use a canonical path")
     return "/" + "/".join(parts) if parts else ""
+
+
+def read_pieces(pieces: Sequence[Piece], offset: int, end: int,
+                load: Callable[[int], bytes]) -> bytes:
+    """Bytes [offset, end) of a file made of `pieces`, loading only the overlapping ones
+    (`load(i)` gives the content of piece i)."""
+    if offset >= end:
+        return b""
+    index = bisect.bisect_right([p.offset for p in pieces], offset) - 1
+    out = []
+    while 0 <= index < len(pieces) and pieces[index].offset < end:
+        piece = pieces[index]
+        data = load(index)
+        out.append(data[max(offset - piece.offset, 0):min(end - piece.offset, piece.size)])
+        index += 1
+    return b"".join(out)
 
 
 def apparent_size(entry: DirEntry) -> int:
@@ -370,17 +386,8 @@ class Repository:
         if offset < 0 or size < 0:
             raise ValueError("offset and size must not be negative")
         entry, pieces = self.pieces(path)
-        end = min(offset + size, entry.size)
-        if offset >= end:
-            return b""
-        index = bisect.bisect_right([p.offset for p in pieces], offset) - 1
-        out = []
-        while index < len(pieces) and pieces[index].offset < end:
-            piece = pieces[index]
-            data = self.load_piece(path, entry, piece)
-            out.append(data[max(offset - piece.offset, 0):min(end - piece.offset, piece.size)])
-            index += 1
-        return b"".join(out)
+        return read_pieces(pieces, offset, min(offset + size, entry.size),
+                           lambda index: self.load_piece(path, entry, pieces[index]))
 
     # --- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:

@@ -148,3 +148,11 @@ def test_vfs_rawlink() -> None:
         vfs = RepositoryVFS(repo)
         ino = vfs.lookup_path("/links/arch-lib").ino
         assert vfs.getxattr(ino, "user.rawlink") == b"$(DEMO_ARCH:-x86_64)/lib"
+
+
+def test_listing_attaches_no_nested_catalog(mounted: Path) -> None:
+    """`ls -l` of the root lists the /data mountpoint without loading its catalog."""
+    subprocess.run(["ls", "-li", str(mounted)], check=True, capture_output=True)
+    assert os.getxattr(mounted, "user.nclg") == b"1"
+    assert (mounted / "data" / "same-as-guide.txt").stat().st_size == 10690
+    assert os.getxattr(mounted, "user.nclg") == b"2"
