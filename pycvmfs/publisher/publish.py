@@ -31,8 +31,6 @@ from pycvmfs.publisher.storage import MANIFEST_NAME, TXN_DIR, WHITELIST_NAME, Lo
 from pycvmfs.publisher.tree_walk import Node, TreeWalker
 from pycvmfs.publisher.whitelist_sign import DEFAULT_WHITELIST_DAYS, write_whitelist
 
-MAX_METADATA_OBJECT_BYTES = 1 << 30  # bound for inflating our own catalogs/history
-
 
 @dataclass(frozen=True, slots=True)
 class PublishOptions:
