@@ -60,9 +60,9 @@ def unmount(mountpoint: str, *, lazy: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Development entry point until the configured `pycvmfs mount` lands (issue 3):
-    `python -m pycvmfs.fs.mount REPO_URL_OR_STORAGE MOUNTPOINT --fqrn NAME --keys K
-    [--tag T] [--backend B]`, in the foreground."""
+    """Mount a storage directory or URL directly, without configuration or cache (tests,
+    publishers checking their output): `python -m pycvmfs.fs.mount REPO_URL_OR_STORAGE
+    MOUNTPOINT --fqrn NAME --keys K [--tag T] [--backend B]`, in the foreground."""
     import argparse
     from pathlib import Path
 
