@@ -6,14 +6,19 @@ connection must not cross a fork)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from pycvmfs.cache.breadcrumb import Breadcrumb, read_breadcrumb, write_breadcrumb
 from pycvmfs.cache.fetcher import Fetcher
 from pycvmfs.cache.host import CacheConfig, CacheHost
 from pycvmfs.config import ClientConfig, symlink_environment
-from pycvmfs.errors import ConfigError
+from pycvmfs.errors import ConfigError, FetchError, OutdatedError
 from pycvmfs.format.certificates import load_public_key
-from pycvmfs.fs.magic_xattrs import NetworkInfo
+from pycvmfs.fs.magic_xattrs import CacheInfo, NetworkInfo
 from pycvmfs.fs.vfs import MountOptions, RepositoryVFS
 from pycvmfs.network.download import Downloader, DownloadSettings
 from pycvmfs.network.failover import RouteState
@@ -21,6 +26,10 @@ from pycvmfs.network.proxies import parse_proxies, parse_server_urls
 from pycvmfs.network.transport import Urllib3Transport
 from pycvmfs.repository.network_source import NetworkSource
 from pycvmfs.repository.repository import Repository
+from pycvmfs.repository.revisions import RevisionWatcher
+from pycvmfs.repository.trust import establish_trust
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -28,11 +37,17 @@ class Client:
     config: ClientConfig
     source: NetworkSource
     cache: CacheHost
-    repository: Repository
+    watcher: RevisionWatcher
     vfs: RepositoryVFS
 
+    @property
+    def repository(self) -> Repository:
+        """The revision being served right now."""
+        return self.watcher.current
+
     def close(self) -> None:
-        self.repository.close()
+        self.watcher.stop()
+        self.vfs.close()
         self.source.close()
         self.cache.close()
 
@@ -48,6 +63,60 @@ def downloader_for(config: ClientConfig) -> tuple[Downloader, RouteState]:
                                 backoff_init=config.backoff_init_s,
                                 backoff_max=config.backoff_max_s)
     return Downloader(Urllib3Transport(), route, settings), route
+
+
+class _Revisions:
+    """Where revisions come from: the server (trust chain every time), remembered in the
+    cache's breadcrumb so a later mount can start offline from the last one."""
+
+    def __init__(self, config: ClientConfig, source: NetworkSource, cache: CacheHost,
+                 fetcher: Fetcher, keys: list[rsa.RSAPublicKey]) -> None:
+        self.config, self.source, self.cache, self.fetcher = config, source, cache, fetcher
+        self.keys = keys
+        self.directory = cache.config.directory
+
+    def _remember(self, repository: Repository) -> None:
+        trusted = repository.trusted
+        if trusted is None or repository.fixed:
+            return
+        crumb = Breadcrumb(repository.root_hash, trusted.timestamp or 0, repository.revision)
+        try:
+            write_breadcrumb(self.directory, self.config.fqrn, crumb)
+        except OSError as exc:  # a hint for offline mounts, never worth failing a mount
+            log.warning("cannot write the breadcrumb in %s: %s", self.directory, exc)
+
+    def first(self) -> Repository:
+        """The revision to mount: as configured, else the newest the server proves, else
+        (server unreachable or older than what this cache saw) the breadcrumb's."""
+        c = self.config
+        fixed = c.repository_tag or c.repository_date or c.root_hash
+        crumb = None if fixed else read_breadcrumb(self.directory, c.fqrn)
+        try:
+            repository = Repository.open(
+                self.source, c.fqrn, self.keys, tag=c.repository_tag, date=c.repository_date,
+                root_hash=c.root_hash, fetcher=self.fetcher,
+                min_timestamp=crumb.timestamp if crumb is not None else None)
+        except (FetchError, OutdatedError) as exc:
+            if crumb is None or not self.cache.store.contains(crumb.catalog_hash):
+                raise
+            log.warning("%s: %s; mounting revision %d from the cache (offline)",
+                        c.fqrn, exc, crumb.revision)
+            return Repository.attach(self.source, c.fqrn, None, root_hash=crumb.catalog_hash,
+                                     fetcher=self.fetcher)
+        self._remember(repository)
+        return repository
+
+    def newer(self, current: Repository) -> Repository | None:
+        """The server's revision if it is newer than `current` (the TTL check)."""
+        known = current.trusted.timestamp if current.trusted is not None else None
+        trusted = establish_trust(self.source, self.config.fqrn, self.keys,
+                                  now=dt.datetime.now(dt.UTC), min_timestamp=known)
+        if trusted.root_hash == current.root_hash or trusted.revision <= current.revision:
+            return None
+        repository = Repository.attach(self.source, self.config.fqrn, trusted,
+                                       fetcher=self.fetcher)
+        self._remember(repository)
+        return repository
 
 
 def open_client(config: ClientConfig) -> Client:
@@ -68,8 +137,8 @@ def open_client(config: ClientConfig) -> Client:
     try:
         keys = [load_public_key(path.read_bytes(), what=str(path))
                 for path in config.public_key_files]
-        repository = Repository.open(source, config.fqrn, keys, tag=config.repository_tag,
-                                     fetcher=fetcher)
+        revisions = _Revisions(config, source, cache, fetcher, keys)
+        repository = revisions.first()
     except BaseException:
         source.close()
         cache.close()
@@ -78,13 +147,27 @@ def open_client(config: ClientConfig) -> Client:
                            world_readable=config.world_readable,
                            environment=symlink_environment(config),
                            magic_xattrs_visibility=str(config.magic_xattrs_visibility))
+
+    def transfers() -> tuple[int, int, float]:
+        s = downloader.statistics()
+        return s.bytes_received, s.downloads, s.seconds
+
     network = NetworkInfo(
         host=lambda: str(route.current()[0]), host_list=lambda: list(config.server_urls),
         proxy=lambda: str(route.current()[1]),
-        timeout_s=config.timeout_s, timeout_direct_s=config.timeout_direct_s)
+        timeout_s=config.timeout_s, timeout_direct_s=config.timeout_direct_s,
+        transfers=transfers)
+    cache_info = CacheInfo(hits_misses=lambda: (fetcher.hits, fetcher.misses),
+                           open_object=cache.store.open)
+
     def capacity() -> tuple[int, int]:
         used, total = cache.usage()
         return (total if total > 0 else used), used
 
-    vfs = RepositoryVFS(repository, options, capacity=capacity, network=network)
-    return Client(config, source, cache, repository, vfs)
+    max_ttl = config.max_ttl_minutes * 60.0 if config.max_ttl_minutes else None
+    watcher = RevisionWatcher(repository, revisions.newer, max_ttl_s=max_ttl,
+                              auto_update=config.auto_update)
+    vfs = RepositoryVFS(repository, options, capacity=capacity, network=network,
+                        expires=watcher.expires, cache=cache_info)
+    watcher.on_swap = vfs.set_repository
+    return Client(config, source, cache, watcher, vfs)

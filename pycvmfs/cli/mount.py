@@ -60,6 +60,7 @@ def mount(fqrn: str, mountpoint: Path, options: tuple[str, ...],
         _mount_in_background(fqrn, mountpoint, options, config_files, backend)
         return
     client = open_client(config)
+    client.watcher.start()
     try:
         serve(client.vfs, str(mountpoint), backend=backend,
               kcache_timeout_s=float(config.kcache_timeout_s))

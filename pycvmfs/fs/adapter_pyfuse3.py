@@ -3,10 +3,16 @@
 READDIRPLUS answers attributes with the names, which is what makes a cold `ls -l` or
 `find` fast. Every call that may block (catalog loads, object downloads) runs in a
 worker thread: a blocking call in an async handler would stall the whole mount.
+
+Kernel caches: entries, attributes and negative lookups are cached for
+`CVMFS_KCACHE_TIMEOUT`; the page cache is kept across opens (an inode's content never
+changes, see vfs.py). When a new revision is swapped in, every name handed to the kernel
+(negative ones too) is invalidated, so changes show at once instead of after the timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 from collections.abc import Callable
@@ -20,6 +26,7 @@ from pycvmfs.fs.vfs import Attr, FsError, RepositoryVFS
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 WORKER_THREADS = 16  # like libfuse's default pool: slow downloads don't block lookups
+MAX_TRACKED_NEGATIVES = 100_000  # negative entries remembered for invalidation
 
 
 class Pyfuse3Operations(pyfuse3.Operations):
@@ -34,6 +41,18 @@ class Pyfuse3Operations(pyfuse3.Operations):
         self._limiter = trio.CapacityLimiter(WORKER_THREADS)
         self._dirs: dict[int, list[tuple[str, Attr]]] = {}
         self._next_dir = 1
+        self._negatives: dict[tuple[int, bytes], None] = {}  # insertion-ordered, bounded
+        vfs.revision_listeners.append(self.invalidate_all)
+
+    def invalidate_all(self) -> None:
+        """Drop the kernel's names after a revision change. Runs in the revision watcher's
+        thread (never in a request handler: the call waits for related requests)."""
+        negatives, self._negatives = list(self._negatives), {}
+        known = [(parent, name.encode("utf-8", "surrogateescape"))
+                 for parent, name in self.vfs.known_entries()]
+        for parent, name in known + negatives:
+            with contextlib.suppress(OSError):  # ENOENT: the kernel had forgotten it
+                pyfuse3.invalidate_entry(parent, name)
 
     async def _call(self, func: Callable[..., _T], *args: Any) -> _T:
         """The boundary: run in a worker thread, FsError -> FUSEError, others -> EIO."""
@@ -52,7 +71,7 @@ class Pyfuse3Operations(pyfuse3.Operations):
         e.st_uid, e.st_gid, e.st_size, e.st_rdev = attr.uid, attr.gid, attr.size, attr.rdev
         e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = attr.mtime_ns
         e.st_blksize, e.st_blocks = 4096, attr.blocks
-        e.entry_timeout = e.attr_timeout = self.entry_timeout
+        e.entry_timeout = e.attr_timeout = self.vfs.entry_timeout(self.entry_timeout)
         return e
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
@@ -64,7 +83,10 @@ class Pyfuse3Operations(pyfuse3.Operations):
                 raise
             negative = pyfuse3.EntryAttributes()  # cached by the kernel like a hit
             negative.st_ino = 0
-            negative.entry_timeout = self.entry_timeout
+            negative.entry_timeout = self.vfs.entry_timeout(self.entry_timeout)
+            self._negatives[(parent_inode, name)] = None
+            if len(self._negatives) > MAX_TRACKED_NEGATIVES:
+                del self._negatives[next(iter(self._negatives))]
             return negative
 
     async def getattr(self, inode: int, ctx: Any = None) -> Any:
@@ -92,7 +114,8 @@ class Pyfuse3Operations(pyfuse3.Operations):
 
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
         handle = await self._call(self.vfs.open, inode, flags)
-        return pyfuse3.FileInfo(fh=handle, keep_cache=True)
+        direct = self.vfs.direct_io(handle)
+        return pyfuse3.FileInfo(fh=handle, keep_cache=not direct, direct_io=direct)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         return await self._call(self.vfs.read, fh, off, size)

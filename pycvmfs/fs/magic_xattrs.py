@@ -19,9 +19,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from pycvmfs import __version__
 from pycvmfs.format.catalog import COUNTER_FIELDS, DirEntry, total_counters
+from pycvmfs.format.hashes import ContentHash, Hasher
 from pycvmfs.repository.repository import Repository
 
 
@@ -41,13 +43,8 @@ class ClientStats:
     started: float = field(default_factory=time.monotonic)
     nioerr: int = 0
     last_ioerr: int = 0
-    rx_bytes: int = 0
-    download_seconds: float = 0.0
-    ndownload: int = 0
     nopen: int = 0
     ndiropen: int = 0
-    cache_hits: int = 0
-    cache_misses: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def io_error(self) -> None:
@@ -66,6 +63,15 @@ class NetworkInfo:
     proxy_list: Callable[[], list[str]] = lambda: ["DIRECT"]
     timeout_s: int = 5
     timeout_direct_s: int = 10
+    transfers: Callable[[], tuple[int, int, float]] = lambda: (0, 0, 0.0)  # bytes, n, seconds
+
+
+@dataclass(frozen=True, slots=True)
+class CacheInfo:
+    """What `user.hitrate` and `user.lhash` need from the local cache (none by default)."""
+
+    hits_misses: Callable[[], tuple[int, int]] = lambda: (0, 0)
+    open_object: Callable[[ContentHash], BinaryIO | None] = lambda content_hash: None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,7 @@ class XattrContext:
     repository: Repository
     stats: ClientStats
     network: NetworkInfo
+    cache: CacheInfo
     path: str
     entry: DirEntry
     expires: Callable[[], str]  # minutes until the next TTL check, or "never (...)"
@@ -145,7 +152,17 @@ def _hash(c: XattrContext) -> str:
 
 @magic_xattr("user.lhash", Flavor.WITH_HASH)
 def _lhash(c: XattrContext) -> str:
-    return "Not in cache"  # no local object cache yet: the reference's answer for a miss
+    """The hash of the object as it lies in the local cache (decompressed), computed."""
+    content_hash = c.entry.content_hash
+    assert content_hash is not None
+    cached = c.cache.open_object(content_hash)
+    if cached is None:
+        return "Not in cache"
+    hasher = Hasher(content_hash.algorithm)
+    with cached:
+        while block := cached.read(1 << 20):
+            hasher.update(block)
+    return str(hasher.finish())
 
 
 @magic_xattr("user.chunks", Flavor.REGULAR)
@@ -226,18 +243,18 @@ def _last_ioerr(c: XattrContext) -> str:
 
 @magic_xattr("user.rx")
 def _rx(c: XattrContext) -> str:
-    return str(c.stats.rx_bytes // 1024)
+    return str(c.network.transfers()[0] // 1024)
 
 
 @magic_xattr("user.speed")
 def _speed(c: XattrContext) -> str:
-    s = c.stats
-    return f"{s.rx_bytes / 1024 / s.download_seconds:.0f}" if s.download_seconds > 0 else "n/a"
+    received, _, seconds = c.network.transfers()
+    return f"{received / 1024 / seconds:.0f}" if seconds > 0 else "n/a"
 
 
 @magic_xattr("user.ndownload")
 def _ndownload(c: XattrContext) -> str:
-    return str(c.stats.ndownload)
+    return str(c.network.transfers()[1])
 
 
 @magic_xattr("user.nopen")
@@ -257,8 +274,8 @@ def _nclg(c: XattrContext) -> str:
 
 @magic_xattr("user.hitrate")
 def _hitrate(c: XattrContext) -> str:
-    total = c.stats.cache_hits + c.stats.cache_misses
-    return f"{100.0 * c.stats.cache_hits / total:.1f}" if total else "n/a"
+    hits, misses = c.cache.hits_misses()
+    return f"{100.0 * hits / (hits + misses):.1f}" if hits + misses else "n/a"
 
 
 @magic_xattr("user.usedfd")

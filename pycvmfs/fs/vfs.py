@@ -6,6 +6,12 @@ and stay stable for the life of the mount; the members of a hardlink group (same
 catalog, same group id) share one inode, as in the reference client. The root is
 inode 1 (FUSE_ROOT_ID).
 
+Revisions: `set_repository` swaps in a newer revision while mounted. A path keeps its
+inode as long as what it is stays the same (type, content hash, size, symlink target), so
+the kernel's page cache of unchanged files survives; anything that changed gets a fresh
+inode, so no stale page can ever be served for new content. Open handles keep the chunk
+list they opened with: a file already open reads its old bytes to the end.
+
 Thread-safety: every method may be called from several threads at once; the inode
 tables and open handles are guarded by one lock, repository calls run outside it.
 
@@ -16,22 +22,33 @@ path table); the reference bounds this with per-catalog inode ranges.
 from __future__ import annotations
 
 import errno
+import io
 import itertools
+import logging
 import os
 import stat
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from pycvmfs.errors import NotFoundError, PycvmfsError
 from pycvmfs.format.catalog import DirEntry
 from pycvmfs.format.symlinks import expand_symlink
 from pycvmfs.fs import magic_xattrs
-from pycvmfs.fs.magic_xattrs import ClientStats, NetworkInfo, XattrContext
+from pycvmfs.fs.magic_xattrs import CacheInfo, ClientStats, NetworkInfo, XattrContext
 from pycvmfs.repository.repository import Piece, Repository, read_pieces
 
+log = logging.getLogger(__name__)
 ROOT_INODE = 1
 BLOCK_SIZE = 4096
+OPEN_PIECES_PER_HANDLE = 4  # cache files one handle keeps open (current chunk + read-ahead)
+READ_AHEAD_PIECES = 2  # chunks fetched in the background ahead of a sequential reader
+PREFETCH_THREADS = 4
+DRAIN_S = 2.0  # after a swap, entries go to the kernel with timeout 0 for this long
+DIRECT_IO_FLAG = 0x10000  # catalog flag: serve this file with direct I/O
 
 
 class FsError(Exception):
@@ -82,22 +99,89 @@ class StatFs:
     name_max: int = 255
 
 
+class _Slot:
+    """One object of an open file: the cached file, and how many reads are using it."""
+
+    __slots__ = ("file", "uses", "retired")
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file, self.uses, self.retired = file, 0, False
+
+
 class _OpenFile:
-    """An open regular file: its chunk list and the object read last, so sequential
-    reads of a chunk fetch and inflate it once (one buffer per handle)."""
+    """An open regular file: the chunk list fixed at open, and the last few of its objects
+    held open as cache files (read with `pread`, never loaded whole into memory)."""
 
-    def __init__(self, path: str, entry: DirEntry, pieces: list[Piece]) -> None:
-        self.path, self.entry, self.pieces = path, entry, pieces
+    def __init__(self, ino: int, path: str, entry: DirEntry, pieces: list[Piece]) -> None:
+        self.ino, self.path, self.entry, self.pieces = ino, path, entry, pieces
         self._lock = threading.Lock()
-        self._index = -1
-        self._data = b""
+        self._slots: dict[int, _Slot] = {}  # insertion order = age
+        self.prefetched: set[int] = set()
 
-    def piece_data(self, index: int, repository: Repository) -> bytes:
+    def _acquire(self, index: int, repository: Repository) -> _Slot:
         with self._lock:
-            if index != self._index:
-                self._data = repository.load_piece(self.path, self.entry, self.pieces[index])
-                self._index = index
-            return self._data
+            slot = self._slots.get(index)
+            if slot is not None:
+                slot.uses += 1
+                return slot
+        # open (and maybe download) outside the lock: other pieces stay readable meanwhile
+        fresh = _Slot(repository.open_piece(self.path, self.entry, self.pieces[index]))
+        with self._lock:
+            slot = self._slots.setdefault(index, fresh)
+            slot.uses += 1
+            if slot is fresh:
+                self._retire_old_locked(keep=index)
+        if slot is not fresh:
+            fresh.file.close()
+        return slot
+
+    def _retire_old_locked(self, keep: int) -> None:
+        while len(self._slots) > OPEN_PIECES_PER_HANDLE:
+            oldest = next(i for i in self._slots if i != keep)
+            self._retire_locked(self._slots.pop(oldest))
+
+    @staticmethod
+    def _retire_locked(slot: _Slot) -> None:
+        slot.retired = True
+        if slot.uses == 0:
+            slot.file.close()
+
+    def _release(self, slot: _Slot) -> None:
+        with self._lock:
+            slot.uses -= 1
+            if slot.retired and slot.uses == 0:
+                slot.file.close()
+
+    def read_slice(self, index: int, start: int, stop: int, repository: Repository) -> bytes:
+        slot = self._acquire(index, repository)
+        try:
+            if isinstance(slot.file, io.BytesIO):  # a loader without a cache (direct mounts)
+                with slot.file.getbuffer() as view:
+                    return bytes(view[start:stop])
+            return os.pread(slot.file.fileno(), stop - start, start)
+        finally:
+            self._release(slot)
+
+    def close(self) -> None:
+        with self._lock:
+            for slot in self._slots.values():
+                self._retire_locked(slot)
+            self._slots.clear()
+
+
+def _prefetch(repository: Repository, entry: DirEntry, piece: Piece) -> None:
+    try:
+        repository.prefetch_piece(entry, piece)
+    except Exception as exc:  # the reader fetches it again and reports the error
+        log.debug("read-ahead of %s failed: %s", piece.hash, exc)
+
+
+def _identity(entry: DirEntry) -> int:
+    """What must stay equal for a path to keep its inode across revisions."""
+    if entry.is_dir:
+        return stat.S_IFDIR
+    return hash((stat.S_IFMT(entry.mode), str(entry.content_hash), entry.size, entry.symlink,
+                 entry.is_chunked))
 
 
 class RepositoryVFS:
@@ -107,20 +191,54 @@ class RepositoryVFS:
                  capacity: Callable[[], tuple[int, int]] = lambda: (0, 0),
                  stats: ClientStats | None = None,
                  network: NetworkInfo | None = None,
-                 expires: Callable[[], str] = lambda: "never (fixed root catalog)") -> None:
+                 expires: Callable[[], str] = lambda: "never (fixed root catalog)",
+                 cache: CacheInfo | None = None) -> None:
         self.repository = repository
         self.options = options or MountOptions()
         self.stats = stats or ClientStats()
         self.network = network or NetworkInfo()
+        self.cache = cache or CacheInfo()
         self._expires = expires
         self._capacity = capacity  # (bytes total, bytes used) of the cache, for statfs
         self._lock = threading.Lock()
         self._paths: dict[int, str] = {ROOT_INODE: ""}
-        self._inodes: dict[str, int] = {"": ROOT_INODE}
+        self._inodes: dict[str, tuple[int, int]] = {"": (ROOT_INODE, stat.S_IFDIR)}
         self._groups: dict[tuple[str, int], int] = {}
         self._next_inode = itertools.count(ROOT_INODE + 1)
         self._handles: dict[int, _OpenFile] = {}
         self._next_handle = itertools.count(1)
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._drain_until = 0.0
+        self.revision_listeners: list[Callable[[], None]] = []  # adapters drop kernel caches
+
+    # --- revisions -------------------------------------------------------------------
+    def set_repository(self, repository: Repository) -> None:
+        """Serve a newer revision from now on (see the module docstring)."""
+        with self._lock:
+            self.repository = repository
+            self._groups.clear()  # group numbers are per catalog revision
+            self._drain_until = time.monotonic() + DRAIN_S
+        for listener in self.revision_listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("dropping kernel caches after the revision change failed")
+
+    def entry_timeout(self, normal: float) -> float:
+        """The kernel cache timeout to send now: 0 right after a revision change, so an
+        answer computed from the old revision cannot outlive it."""
+        return 0.0 if time.monotonic() < self._drain_until else normal
+
+    def known_entries(self) -> Iterator[tuple[int, str]]:
+        """(parent inode, name) of every name handed to the kernel, for invalidation."""
+        with self._lock:
+            items = list(self._inodes.items())
+        for path, _ in items:
+            if path:
+                parent, name = path.rsplit("/", 1)
+                known = self._inodes.get(parent)
+                if known is not None:
+                    yield known[0], name
 
     # --- names and inodes ------------------------------------------------------------
     def path_of(self, ino: int) -> str:
@@ -131,10 +249,12 @@ class RepositoryVFS:
         return path
 
     def _inode_for(self, path: str, resolved_catalog: str, entry: DirEntry) -> int:
+        identity = _identity(entry)
         with self._lock:
-            ino = self._inodes.get(path)
-            if ino is not None:
-                return ino
+            known = self._inodes.get(path)
+            if known is not None and known[1] == identity:
+                return known[0]
+            ino = None
             group_key = (resolved_catalog, entry.hardlink_group)
             if entry.hardlink_group and not entry.is_dir:
                 ino = self._groups.get(group_key)
@@ -142,13 +262,14 @@ class RepositoryVFS:
                 ino = next(self._next_inode)
                 if entry.hardlink_group and not entry.is_dir:
                     self._groups[group_key] = ino
-            self._inodes[path] = ino
+            self._inodes[path] = (ino, identity)
             self._paths.setdefault(ino, path)
             return ino
 
     def _resolve(self, path: str) -> tuple[int, DirEntry]:
+        repository = self.repository
         try:
-            entry, catalog = self.repository.resolve(path)
+            entry, catalog = repository.resolve(path)
         except NotFoundError:
             raise FsError(errno.ENOENT, f"{path or '/'}: no such entry") from None
         except PycvmfsError as exc:
@@ -185,7 +306,13 @@ class RepositoryVFS:
 
     def getattr(self, ino: int) -> Attr:
         path = self.path_of(ino)
-        _, entry = self._resolve(path)
+        current, entry = self._resolve(path)
+        if current != ino:  # the path changed in a newer revision; `ino` is the old one
+            with self._lock:
+                opened = next((h for h in self._handles.values() if h.ino == ino), None)
+            if opened is None:  # the kernel re-looks the name up and gets the new inode
+                raise FsError(errno.ESTALE, f"{path}: replaced in a newer revision")
+            entry = opened.entry  # an open file: what it still reads
         return self.attr(ino, entry, path)
 
     def readdir(self, ino: int) -> list[tuple[str, Attr]]:
@@ -196,11 +323,12 @@ class RepositoryVFS:
             raise FsError(errno.ENOTDIR, f"{path}: not a directory")
         with self.stats.lock:
             self.stats.ndiropen += 1
+        repository = self.repository
         try:
-            children = self.repository.listdir(path)
+            children = repository.listdir(path)
             # every child lives in the catalog that lists them (a mountpoint's entry too):
             # one catalog for all hardlink keys instead of one more lookup per child
-            tree = self.repository.tree
+            tree = repository.tree
             prefix = tree.listing_catalog(path, tree.lookup(path)).root_prefix
         except PycvmfsError as exc:
             raise FsError(errno.EIO, str(exc)) from exc
@@ -249,26 +377,73 @@ class RepositoryVFS:
             raise FsError(errno.EIO, str(exc)) from exc
         with self._lock:
             handle = next(self._next_handle)
-            self._handles[handle] = _OpenFile(path, entry, pieces)
+            self._handles[handle] = _OpenFile(ino, path, entry, pieces)
         with self.stats.lock:
             self.stats.nopen += 1
         return handle
 
-    def read(self, handle: int, offset: int, size: int) -> bytes:
+    def direct_io(self, handle: int) -> bool:
+        """Whether the catalog asks for this file to bypass the page cache."""
+        return bool(self._handle(handle).entry.flags & DIRECT_IO_FLAG)
+
+    def _handle(self, handle: int) -> _OpenFile:
         with self._lock:
             opened = self._handles.get(handle)
         if opened is None:
             raise FsError(errno.EBADF)
+        return opened
+
+    def read(self, handle: int, offset: int, size: int) -> bytes:
+        opened = self._handle(handle)
+        repository = self.repository
+        touched: list[int] = []
+
+        def load(index: int, start: int, stop: int) -> bytes:
+            touched.append(index)
+            return opened.read_slice(index, start, stop, repository)
+
         try:
-            return read_pieces(opened.pieces, offset, min(offset + size, opened.entry.size),
-                               lambda index: opened.piece_data(index, self.repository))
+            data = read_pieces(opened.pieces, offset, min(offset + size, opened.entry.size),
+                               load)
         except PycvmfsError as exc:  # hash mismatch, fetch failure: never wrong bytes
             self.stats.io_error()
             raise FsError(errno.EIO, str(exc)) from exc
+        if touched:
+            self._read_ahead(opened, touched[-1], repository)
+        return data
+
+    def _read_ahead(self, opened: _OpenFile, index: int, repository: Repository) -> None:
+        """Fetch the next chunks of a chunked file in the background while this one is
+        read; errors are left for the real read to report."""
+        wanted = [i for i in range(index + 1, min(index + 1 + READ_AHEAD_PIECES,
+                                                  len(opened.pieces)))
+                  if i not in opened.prefetched]
+        if not wanted:
+            return
+        with self._lock:
+            if self._prefetcher is None:
+                self._prefetcher = ThreadPoolExecutor(PREFETCH_THREADS,
+                                                      thread_name_prefix="read-ahead")
+            prefetcher = self._prefetcher
+        for i in wanted:
+            opened.prefetched.add(i)
+            prefetcher.submit(_prefetch, repository, opened.entry, opened.pieces[i])
 
     def release(self, handle: int) -> None:
         with self._lock:
-            self._handles.pop(handle, None)
+            opened = self._handles.pop(handle, None)
+        if opened is not None:
+            opened.close()
+
+    def close(self) -> None:
+        """Stop read-ahead and close every handle (at unmount)."""
+        with self._lock:
+            prefetcher, self._prefetcher = self._prefetcher, None
+            handles, self._handles = list(self._handles.values()), {}
+        if prefetcher is not None:
+            prefetcher.shutdown(wait=True, cancel_futures=True)
+        for opened in handles:
+            opened.close()
 
     # --- extended attributes and statfs ----------------------------------------------
     def listxattr(self, ino: int) -> list[str]:
@@ -285,8 +460,8 @@ class RepositoryVFS:
         path = self.path_of(ino)
         _, entry = self._resolve(path)
         if magic_xattrs.is_magic(name):
-            context = XattrContext(self.repository, self.stats, self.network, path, entry,
-                                   self._expires, self.inode_max)
+            context = XattrContext(self.repository, self.stats, self.network, self.cache,
+                                   path, entry, self._expires, self.inode_max)
             try:
                 value = magic_xattrs.get(name, context)
             except PycvmfsError as exc:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import io
 import os
 import shutil
 import sqlite3
@@ -32,12 +33,13 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 from urllib.parse import quote
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pycvmfs.cache.fetcher import Fetcher
+from pycvmfs.cache.host import CacheHost
 from pycvmfs.cache.quota import ObjectKind
 from pycvmfs.errors import CatalogError, ConfigError, NotFoundError, PycvmfsError
 from pycvmfs.format.catalog import DirEntry, total_counters
@@ -73,17 +75,16 @@ def normalize_path(path: str) -> str:
 
 
 def read_pieces(pieces: Sequence[Piece], offset: int, end: int,
-                load: Callable[[int], bytes]) -> bytes:
+                load: Callable[[int, int, int], bytes]) -> bytes:
     """Bytes [offset, end) of a file made of `pieces`, loading only the overlapping ones
-    (`load(i)` gives the content of piece i)."""
+    (`load(i, start, stop)` gives bytes [start, stop) of piece i, relative to the piece)."""
     if offset >= end:
         return b""
     index = bisect.bisect_right([p.offset for p in pieces], offset) - 1
     out = []
     while 0 <= index < len(pieces) and pieces[index].offset < end:
         piece = pieces[index]
-        data = load(index)
-        out.append(data[max(offset - piece.offset, 0):min(end - piece.offset, piece.size)])
+        out.append(load(index, max(offset - piece.offset, 0), min(end - piece.offset, piece.size)))
         index += 1
     return b"".join(out)
 
@@ -142,6 +143,16 @@ class _Objects:
             return open_object(stored, content_hash, compression, expected_size=expected_size,
                                max_size=max_size, what=what)
 
+    def open(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
+             compression: Compression, expected_size: int) -> BinaryIO:
+        """The verified object as a readable file (in memory: this loader has no cache)."""
+        return io.BytesIO(self.get(content_hash, suffix, what=what, compression=compression,
+                                   expected_size=expected_size))
+
+    def prefetch(self, content_hash: ContentHash, suffix: Suffix, *,
+                 compression: Compression, expected_size: int) -> None:
+        """Warm a cache ahead of a read; nothing to warm without one."""
+
     def database(self, content_hash: ContentHash, suffix: Suffix, what: str) -> Path:
         data = self.get(content_hash, suffix, what=what, max_size=MAX_CATALOG_BYTES)
         return self.workdir.write(f"{content_hash}{suffix.value}", data)
@@ -170,6 +181,22 @@ class _CachedObjects(_Objects):
                                    expected_size=expected_size) as fh:
             return fh.read()
 
+    def open(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
+             compression: Compression, expected_size: int) -> BinaryIO:
+        """The cached file itself, counted as open so this process never evicts it while a
+        reader holds it (the descriptor would keep the bytes anyway; the quota should not
+        count them as free)."""
+        with error_context(self.fqrn, self.source):
+            fh = self.fetcher.fetch(content_hash, suffix, compression,
+                                    expected_size=expected_size)
+        return _OpenObject(fh, content_hash, self.fetcher.host)
+
+    def prefetch(self, content_hash: ContentHash, suffix: Suffix, *,
+                 compression: Compression, expected_size: int) -> None:
+        with error_context(self.fqrn, self.source):
+            self.fetcher.fetch(content_hash, suffix, compression,
+                               expected_size=expected_size).close()
+
     def database(self, content_hash: ContentHash, suffix: Suffix, what: str) -> Path:
         with error_context(self.fqrn, self.source), \
                 self.fetcher.fetch(content_hash, suffix, Compression.ZLIB,
@@ -177,6 +204,21 @@ class _CachedObjects(_Objects):
             path = Path(fh.name)
             self.fetcher.host.pin(content_hash, path.stat().st_size)
         return path
+
+
+class _OpenObject(io.BufferedReader):
+    """A cache file registered with the quota as open until closed."""
+
+    def __init__(self, fh: BinaryIO, content_hash: ContentHash, host: CacheHost) -> None:
+        super().__init__(io.FileIO(os.dup(fh.fileno()), "rb"))
+        fh.close()
+        self._hash, self._host = content_hash, host
+        host.open_ref(content_hash)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._host.close_ref(self._hash)
+        super().close()
 
 
 class _History:
@@ -217,16 +259,28 @@ class _History:
                                 f"available: {', '.join(names) or '(none)'}")
         return Tag.from_row(rows[0])
 
+    def tag_at(self, timestamp: int) -> Tag:
+        """The trunk tag of the highest revision published at or before `timestamp`."""
+        candidates = [t for t in self.tags() if t.branch == "" and t.timestamp <= timestamp]
+        if not candidates:
+            moment = dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat()
+            raise NotFoundError(f"repository {self._objects.fqrn}: no revision published "
+                                f"at or before {moment}")
+        return max(candidates, key=lambda t: t.revision)
+
 
 class Repository:
     """One revision of one repository, trusted and readable; a context manager.
 
     Build it with `Repository.open`. Paths are '' or '/' for the root, '/a/b' otherwise."""
 
-    def __init__(self, *, source: ObjectSource, trusted: TrustedManifest, tree: CatalogTree,
-                 objects: _Objects, history: _History, tag: Tag | None) -> None:
+    def __init__(self, *, source: ObjectSource, fqrn: str, trusted: TrustedManifest | None,
+                 tree: CatalogTree, objects: _Objects, history: _History, tag: Tag | None,
+                 fixed: bool) -> None:
         self.source = source
-        self.trusted = trusted
+        self._fqrn = fqrn
+        self.trusted = trusted  # None: an offline mount of a cached root catalog
+        self.fixed = fixed  # a tag, a date, a given root hash or offline: not the trunk
         self.tree = tree
         self.tag = tag
         self._objects = objects
@@ -242,6 +296,7 @@ class Repository:
         *,
         now: dt.datetime | None = None,
         tag: str | None = None,
+        date: str | None = None,
         root_hash: ContentHash | str | None = None,
         workdir: str | os.PathLike[str] | None = None,
         fetcher: Fetcher | None = None,
@@ -250,36 +305,62 @@ class Repository:
         """Verify the trust chain, pick the root catalog and attach it.
 
         `now` (default: current UTC) decides whitelist expiry. `tag` mounts a tagged root
-        catalog from the history database; `root_hash` a given one (the manifest is still
+        catalog from the history database, `date` (`YYYY-MM-DDTHH:MM:SSZ`) the newest trunk
+        tag published at or before it, `root_hash` a given catalog (the manifest is still
         verified: it proves the source serves this repository). Catalogs are written to a
         fresh directory inside `workdir` (default: the system temp dir), removed on close.
         `min_timestamp` rejects a manifest published before it (OutdatedError)."""
-        if tag is not None and root_hash is not None:
-            raise ConfigError("give either a tag or a root hash, not both")
+        if sum(x is not None for x in (tag, date, root_hash)) > 1:
+            raise ConfigError("give at most one of a tag, a date and a root hash")
         trusted = establish_trust(source, fqrn, public_keys, now=now or dt.datetime.now(dt.UTC),
                                   min_timestamp=min_timestamp)
+        return cls.attach(source, fqrn, trusted, tag=tag, date=date, root_hash=root_hash,
+                          workdir=workdir, fetcher=fetcher)
+
+    @classmethod
+    def attach(
+        cls,
+        source: ObjectSource,
+        fqrn: str,
+        trusted: TrustedManifest | None,
+        *,
+        tag: str | None = None,
+        date: str | None = None,
+        root_hash: ContentHash | str | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        fetcher: Fetcher | None = None,
+    ) -> Repository:
+        """Attach a root catalog of an already trusted manifest (the reload path), or,
+        with `trusted=None`, the given `root_hash` alone: an offline mount of a catalog the
+        cache verified when it was downloaded (no history, hence no tags)."""
+        if trusted is None and root_hash is None:
+            raise ConfigError("an untrusted attach needs the root catalog hash")
         work = _Workdir(workdir)
         try:
             objects = (_Objects(source, fqrn, work) if fetcher is None
                        else _CachedObjects(source, fqrn, work, fetcher))
-            history = _History(objects, trusted.history)
-            chosen = history.tag(tag) if tag is not None else None
+            history = _History(objects, trusted.history if trusted is not None else None)
+            chosen = (history.tag(tag) if tag is not None
+                      else history.tag_at(parse_repository_date(date)) if date is not None
+                      else None)
             root = _root_hash(trusted, chosen, root_hash)
             tree = CatalogTree(root, objects.load_catalog)
         except BaseException:
             work.cleanup()
             raise
-        return cls(source=source, trusted=trusted, tree=tree, objects=objects,
-                   history=history, tag=chosen)
+        return cls(source=source, fqrn=fqrn, trusted=trusted, tree=tree, objects=objects,
+                   history=history, tag=chosen,
+                   fixed=trusted is None or any(x is not None for x in (tag, date, root_hash)))
 
     # --- identity ------------------------------------------------------------------------
     @property
     def fqrn(self) -> str:
-        return self.trusted.fqrn
+        return self._fqrn
 
     @property
-    def manifest(self) -> Manifest:
-        return self.trusted.manifest
+    def manifest(self) -> Manifest | None:
+        """The verified manifest (None for an offline mount)."""
+        return self.trusted.manifest if self.trusted is not None else None
 
     @property
     def root_hash(self) -> ContentHash:
@@ -365,6 +446,18 @@ class Repository:
                                  expected_size=piece.size,
                                  what=f"{kind} of {path} at offset {piece.offset}")
 
+    def open_piece(self, path: str, entry: DirEntry, piece: Piece) -> BinaryIO:
+        """One object of a file as a readable file, verified (the FUSE read path)."""
+        kind = "chunk" if piece.suffix is Suffix.PARTIAL else "file"
+        return self._objects.open(piece.hash, piece.suffix, compression=entry.compression,
+                                  expected_size=piece.size,
+                                  what=f"{kind} of {path} at offset {piece.offset}")
+
+    def prefetch_piece(self, entry: DirEntry, piece: Piece) -> None:
+        """Bring one object into the cache (read-ahead); errors are the caller's to drop."""
+        self._objects.prefetch(piece.hash, piece.suffix, compression=entry.compression,
+                               expected_size=piece.size)
+
     def iter_read(self, path: str,
                   block: int = DEFAULT_READ_BLOCK_BYTES) -> Iterator[bytes]:
         """The file's bytes in blocks of at most `block` bytes, each object verified."""
@@ -387,7 +480,8 @@ class Repository:
             raise ValueError("offset and size must not be negative")
         entry, pieces = self.pieces(path)
         return read_pieces(pieces, offset, min(offset + size, entry.size),
-                           lambda index: self.load_piece(path, entry, pieces[index]))
+                           lambda index, start, stop:
+                           self.load_piece(path, entry, pieces[index])[start:stop])
 
     # --- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
@@ -410,7 +504,16 @@ class Repository:
                 f"from {self.source.describe()}>")
 
 
-def _root_hash(trusted: TrustedManifest, tag: Tag | None,
+def parse_repository_date(text: str) -> int:
+    """`CVMFS_REPOSITORY_DATE` (`YYYY-MM-DDTHH:MM:SSZ`, UTC) as a Unix timestamp."""
+    try:
+        moment = dt.datetime.strptime(text.strip(), "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        raise ConfigError(f"repository date {text!r}: expected YYYY-MM-DDTHH:MM:SSZ") from None
+    return int(moment.replace(tzinfo=dt.UTC).timestamp())
+
+
+def _root_hash(trusted: TrustedManifest | None, tag: Tag | None,
                given: ContentHash | str | None) -> ContentHash:
     if tag is not None:
         try:
@@ -422,7 +525,10 @@ def _root_hash(trusted: TrustedManifest, tag: Tag | None,
             return ContentHash.parse(given)
         except ValueError as exc:
             raise ConfigError(f"root hash: {exc}") from None
-    return given if given is not None else trusted.root_hash
+    if given is not None:
+        return given
+    assert trusted is not None  # attach() refuses an untrusted attach without a hash
+    return trusted.root_hash
 
 
 def _check_tiling(path: str, size: int, pieces: list[Piece]) -> None:
