@@ -23,7 +23,7 @@ from pycvmfs.fs.vfs import MountOptions, RepositoryVFS
 from pycvmfs.network.download import Downloader, DownloadSettings
 from pycvmfs.network.failover import RouteState
 from pycvmfs.network.proxies import parse_proxies, parse_server_urls
-from pycvmfs.network.transport import Urllib3Transport
+from pycvmfs.network.transport import Transport, Urllib3Transport
 from pycvmfs.repository.network_source import NetworkSource
 from pycvmfs.repository.repository import Repository
 from pycvmfs.repository.revisions import RevisionWatcher
@@ -52,7 +52,8 @@ class Client:
         self.cache.close()
 
 
-def downloader_for(config: ClientConfig) -> tuple[Downloader, RouteState]:
+def downloader_for(config: ClientConfig, transport: Transport | None = None
+                   ) -> tuple[Downloader, RouteState]:
     hosts = parse_server_urls(";".join(config.server_urls), config.max_servers)
     route = RouteState(hosts, parse_proxies(config.http_proxy, config.fallback_proxy),
                        proxy_reset_after=config.proxy_reset_after_s,
@@ -62,7 +63,7 @@ def downloader_for(config: ClientConfig) -> tuple[Downloader, RouteState]:
                                 max_retries=config.max_retries,
                                 backoff_init=config.backoff_init_s,
                                 backoff_max=config.backoff_max_s)
-    return Downloader(Urllib3Transport(), route, settings), route
+    return Downloader(transport or Urllib3Transport(), route, settings), route
 
 
 class _Revisions:
@@ -119,9 +120,10 @@ class _Revisions:
         return repository
 
 
-def open_client(config: ClientConfig) -> Client:
-    """Verify the trust chain and attach the root catalog; raises a named error if not."""
-    downloader, route = downloader_for(config)
+def open_client(config: ClientConfig, transport: Transport | None = None) -> Client:
+    """Verify the trust chain and attach the root catalog; raises a named error if not.
+    `transport` replaces the HTTP connection pool (tests without sockets)."""
+    downloader, route = downloader_for(config, transport)
     source = NetworkSource(downloader, ";".join(config.server_urls))
     directory = config.alien_cache or config.cache_dir
     try:

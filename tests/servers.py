@@ -157,19 +157,35 @@ class Nginx(ServerContext):
                                          docroot=self.docroot))
         return config
 
+    def _launch(self) -> bool:
+        """Start nginx on `self.port`; True once the port answers."""
+        config = self._write_config()
+        self.process = subprocess.Popen(
+            [self.binary, "-c", str(config), "-e", str(self.run / "error.log"),
+             "-p", str(self.run)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        if wait_for_port(self.port, NGINX_START_TIMEOUT_SECONDS, self.process):
+            return True
+        self._terminate()
+        return False
+
     def start(self) -> None:
         for _ in range(START_ATTEMPTS):
             self.port = free_port()
-            config = self._write_config()
-            self.process = subprocess.Popen(
-                [self.binary, "-c", str(config), "-e", str(self.run / "error.log"),
-                 "-p", str(self.run)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-            if wait_for_port(self.port, NGINX_START_TIMEOUT_SECONDS, self.process):
+            if self._launch():
                 return
-            self._terminate()
         raise RuntimeError(f"nginx did not start: {self.error_log()}")
+
+    def pause(self) -> None:
+        """Stop serving but keep the configuration: `resume` comes back on the same port
+        (a Stratum-1 that goes away and returns)."""
+        self._terminate()
+
+    def resume(self) -> None:
+        if not self._launch():
+            raise RuntimeError(f"nginx did not come back on port {self.port}: "
+                               f"{self.error_log()}")
 
     def error_log(self) -> str:
         log = self.run / "error.log"

@@ -77,6 +77,10 @@ def repository_options(func: _F) -> _F:
                      help="Repository name [default: last component of REPO if it has a dot, "
                      "else the name in the manifest]."),
         click.option("--tag", default=None, help="Read a tagged revision instead of trunk."),
+        click.option("--proxy", default="DIRECT", show_default=True,
+                     help="HTTP proxies for a URL, in CVMFS_HTTP_PROXY syntax "
+                     "('http://p1|http://p2;DIRECT'). REPO may list several ';'-separated "
+                     "Stratum-1 URLs for failover."),
         click.option("--now", default=None, hidden=True, callback=_parse_now,
                      help="Verify the whitelist as of this ISO 8601 time (debugging)."),
     ]
@@ -87,10 +91,10 @@ def repository_options(func: _F) -> _F:
 
 @contextmanager
 def open_repository(repo: str, keys: Iterable[Path], fqrn: str | None, tag: str | None,
-                    now: dt.datetime | None) -> Iterator[Repository]:
+                    now: dt.datetime | None, proxy: str = "DIRECT") -> Iterator[Repository]:
     """Source -> keys -> Repository.open; both are closed on exit."""
     public_keys = load_public_keys(keys)
-    source = open_source(repo)
+    source = open_source(repo, proxy=proxy)
     try:
         name = fqrn or default_fqrn(repo) or _manifest_name(source, repo)
         try:
@@ -149,10 +153,10 @@ def long_line(repository: Repository, path: str, entry: DirEntry) -> str:
 @click.option("-R", "--recursive", is_flag=True, help="List subdirectories recursively.")
 @click.option("-l", "--long", "long_format", is_flag=True,
               help="Tab-separated details; reads every listed file to print its SHA-1.")
-def ls(repo: str, keys: tuple[Path, ...], fqrn: str | None, tag: str | None,
+def ls(repo: str, keys: tuple[Path, ...], fqrn: str | None, tag: str | None, proxy: str,
        now: dt.datetime | None, path: str, recursive: bool, long_format: bool) -> None:
     """List PATH (default: the root) of a repository."""
-    with open_repository(repo, keys, fqrn, tag, now) as repository:
+    with open_repository(repo, keys, fqrn, tag, now, proxy) as repository:
         canonical = normalize_path(path)
         entry = repository.lookup(canonical)
         items: Iterable[tuple[str, DirEntry]]
@@ -175,10 +179,10 @@ def ls(repo: str, keys: tuple[Path, ...], fqrn: str | None, tag: str | None,
 @click.command("cat")
 @repository_options
 @click.argument("path")
-def cat(repo: str, keys: tuple[Path, ...], fqrn: str | None, tag: str | None,
+def cat(repo: str, keys: tuple[Path, ...], fqrn: str | None, tag: str | None, proxy: str,
         now: dt.datetime | None, path: str) -> None:
     """Write the content of file PATH to standard output (every object verified)."""
-    with open_repository(repo, keys, fqrn, tag, now) as repository:
+    with open_repository(repo, keys, fqrn, tag, now, proxy) as repository:
         out = sys.stdout.buffer
         for block in repository.iter_read(path):
             out.write(block)
@@ -218,10 +222,10 @@ def stat_lines(repository: Repository, path: str) -> list[str]:
 @click.command("stat")
 @repository_options
 @click.argument("path", default="/")
-def stat(repo: str, keys: tuple[Path, ...], fqrn: str | None, tag: str | None,
+def stat(repo: str, keys: tuple[Path, ...], fqrn: str | None, tag: str | None, proxy: str,
          now: dt.datetime | None, path: str) -> None:
     """Print the catalog fields of PATH."""
-    with open_repository(repo, keys, fqrn, tag, now) as repository:
+    with open_repository(repo, keys, fqrn, tag, now, proxy) as repository:
         for line in stat_lines(repository, path):
             _echo(line)
 

@@ -2,6 +2,13 @@
 
 The portable fallback where pyfuse3 cannot be built. Only translation happens here:
 paths to inodes through `RepositoryVFS.lookup_path`, `FsError` to `FuseOSError`.
+
+Limits of the path-based API, against the pyfuse3 adapter: libfuse, not we, numbers the
+kernel's inodes, one per path. After a revision change the kernel learns of it only when
+its entries and attributes expire (`CVMFS_KCACHE_TIMEOUT`), and a file kept open across
+the change shares that inode with the new content, so it may see the new size and pages.
+The page cache is dropped at every open (no `keep_cache`), so a fresh open never reads
+stale pages.
 """
 
 from __future__ import annotations

@@ -5,7 +5,11 @@ and verified by the repository; the on-disk cache joins in with `cache/fetcher.p
 from __future__ import annotations
 
 from pycvmfs.network.download import Downloader
+from pycvmfs.network.failover import RouteState
+from pycvmfs.network.proxies import parse_proxies, parse_server_urls
 from pycvmfs.network.sink import MemorySink
+from pycvmfs.network.transport import Urllib3Transport
+from pycvmfs.repository.source import check_relative
 
 MAX_OBJECT_BYTES = 1 << 31  # chunks are <= 16 MiB by default; whole files can be big
 
@@ -17,9 +21,16 @@ class NetworkSource:
         self.downloader = downloader
         self._description = description
 
+    @classmethod
+    def for_urls(cls, urls: str, *, proxy: str = "DIRECT") -> NetworkSource:
+        """A source over `;`-separated Stratum-1 URLs and `CVMFS_HTTP_PROXY`-style proxies,
+        with the client's default timeouts and retries (the no-FUSE reader's source)."""
+        route = RouteState(parse_server_urls(urls), parse_proxies(proxy, ""))
+        return cls(Downloader(Urllib3Transport(), route), urls)
+
     def fetch(self, path: str) -> bytes:
         sink = MemorySink(MAX_OBJECT_BYTES)
-        self.downloader.download("/" + path.lstrip("/"), sink)
+        self.downloader.download("/" + check_relative(path), sink)
         return sink.getvalue()
 
     def describe(self) -> str:

@@ -280,7 +280,7 @@ class Repository:
         self.source = source
         self._fqrn = fqrn
         self.trusted = trusted  # None: an offline mount of a cached root catalog
-        self.fixed = fixed  # a tag, a date, a given root hash or offline: not the trunk
+        self.fixed = fixed  # a tag, a date or a given root hash: never follows the trunk
         self.tree = tree
         self.tag = tag
         self._objects = objects
@@ -350,7 +350,8 @@ class Repository:
             raise
         return cls(source=source, fqrn=fqrn, trusted=trusted, tree=tree, objects=objects,
                    history=history, tag=chosen,
-                   fixed=trusted is None or any(x is not None for x in (tag, date, root_hash)))
+                   fixed=trusted is not None
+                   and any(x is not None for x in (tag, date, root_hash)))
 
     # --- identity ------------------------------------------------------------------------
     @property

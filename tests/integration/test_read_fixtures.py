@@ -47,6 +47,7 @@ from tests.fixtures_path import (
     requires_fixtures,
     unpack_legacy,
 )
+from tests.tree_listing import expected_lines, expected_sha1s
 
 pytestmark = requires_fixtures
 
@@ -59,19 +60,6 @@ NESTED_CATALOG = "1e578edef70663d51bc75f06dd1dd14990ddb804"  # /data/nested
 TAG_REV1 = "generic-2026-11-29T04:43:29.000Z"
 TAG_REV2 = "generic-2026-11-29T04:43:34.000Z"
 BIG = "/data/big20m.bin"
-
-
-def expected_lines(fixture_dir: Path) -> list[str]:
-    return (fixture_dir / "expected-trunk.tsv").read_text().splitlines()
-
-
-def expected_sha1s(name: str) -> dict[str, str]:
-    """`sha1sum` output (`sha1  ./path`) as {"/path": sha1}."""
-    out = {}
-    for line in (ORACLE / name).read_text().splitlines():
-        digest, path = line.split(maxsplit=1)
-        out[path.removeprefix(".")] = digest
-    return out
 
 
 def oracle_keys() -> list:

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from pycvmfs.cli.main import main
-from pycvmfs.errors import FetchError, NotFoundError
-from pycvmfs.repository.source import USER_AGENT, HttpSource, open_source
+from pycvmfs.errors import FetchError
+from pycvmfs.network.transport import USER_AGENT
+from pycvmfs.repository.network_source import NetworkSource
+from pycvmfs.repository.source import open_source
 from tests.fixtures_path import ORACLE, ORACLE_KEYS, ORACLE_REPO, requires_fixtures
 from tests.servers import Nginx, free_port, nginx_binary
 
@@ -37,10 +39,10 @@ def test_ls_long_recursive_over_http(base_url: str, capsys: pytest.CaptureFixtur
 
 def test_http_source_errors(base_url: str) -> None:
     source = open_source(base_url)
-    assert isinstance(source, HttpSource)
+    assert isinstance(source, NetworkSource)
     try:
         assert source.fetch(".cvmfswhitelist").startswith(b"2026")
-        with pytest.raises(NotFoundError, match="404"):
+        with pytest.raises(FetchError, match="404"):
             source.fetch("data/00/does-not-existC")
         with pytest.raises(FetchError, match="must be relative"):
             source.fetch("../../etc/passwd")
@@ -50,10 +52,17 @@ def test_http_source_errors(base_url: str) -> None:
 
 
 def test_connection_refused_is_fetch_error() -> None:
-    source = HttpSource(f"http://127.0.0.1:{free_port()}/cvmfs/none", connect_timeout=1.0)
+    source = open_source(f"http://127.0.0.1:{free_port()}/cvmfs/none")
     with pytest.raises(FetchError, match="127.0.0.1"):
         source.fetch(".cvmfspublished")
     source.close()
+
+
+def test_ring_of_urls_fails_over(base_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    ring = f"http://127.0.0.1:{free_port()}/cvmfs/oracle.local;{base_url}"
+    assert main(["ls", ring, "/", "--fqrn", "oracle.local", "--keys", str(ORACLE_KEYS),
+                 "--now", NOW_ARG]) == 0
+    assert "sw" in capsys.readouterr().out.split()
 
 
 def test_tag_over_http(base_url: str, capsysbinary: pytest.CaptureFixture[bytes]) -> None:

@@ -1,0 +1,169 @@
+"""Revisions through a real mount: a new revision published while mounted shows after the
+TTL (open files keep their old bytes, unchanged files keep their inode), fixed revisions
+(tag, date, root hash, CVMFS_AUTO_UPDATE=no) never move, and offline mounts from the
+breadcrumb recover when the Stratum-1 comes back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.mounting import cli_mount
+from tests.publish_helpers import Keys, run_publish
+from tests.servers import Nginx, nginx_binary
+
+pytestmark = [
+    pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
+                       reason="needs /dev/fuse and root"),
+    pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed"),
+]
+
+T1 = int(time.time()) - 3600  # manifest timestamps of revisions 1 and 2 (the whitelist
+T2 = T1 + 600  # expires relative to them)
+FIXED = b"never (fixed root catalog)"
+
+
+class Site:
+    """A repository published into a world-readable directory and served by nginx."""
+
+    def __init__(self, keys: Keys, server: Nginx, base: Path) -> None:
+        self.keys, self.server, self.base = keys, server, base
+        self.storage = base / "storage"
+        self.tree = base / "tree"
+        self.url = ""
+
+    def publish(self, files: dict[str, str], timestamp: int, ttl: int = 1) -> int:
+        shutil.rmtree(self.tree, ignore_errors=True)
+        for name, text in files.items():
+            path = self.tree / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            os.utime(path, (timestamp, timestamp))
+        result = run_publish(self.tree, self.storage, self.keys, ttl=ttl, timestamp=timestamp)
+        if not self.url:
+            self.url = self.server.publish(f"cvmfs/{self.keys.fqrn}", self.storage)
+        return result.manifest.revision
+
+    def env(self, cache: Path) -> dict[str, str]:
+        config_root = self.base / "etc"
+        config_root.mkdir(exist_ok=True)
+        return dict(os.environ, PYCVMFS_CONFIG_ROOT=str(config_root), HOME=str(self.base))
+
+    def options(self, cache: Path, **extra: str) -> dict[str, str]:
+        return {"CVMFS_SERVER_URL": self.url, "CVMFS_HTTP_PROXY": "DIRECT",
+                "CVMFS_PUBLIC_KEY": str(self.keys.public_key_file),
+                "CVMFS_CACHE_BASE": str(cache), "CVMFS_MAX_RETRIES": "0",
+                "CVMFS_TIMEOUT_DIRECT": "2", **extra}
+
+
+@pytest.fixture
+def site(keys: Keys) -> Iterator[Site]:
+    base = Path(tempfile.mkdtemp(prefix="pycvmfs-revisions-"))
+    base.chmod(0o755)  # nginx workers (nobody) read the storage
+    try:
+        with Nginx() as server:
+            yield Site(keys, server, base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def revision(mnt: Path) -> int:
+    return int(os.getxattr(mnt, "user.revision"))
+
+
+@pytest.mark.parametrize("backend", ["pyfuse3", "mfusepy"])
+def test_new_revision_shows_while_open_files_keep_old_bytes(site: Site, backend: str) -> None:
+    first = site.publish({"a.txt": "one, the first", "keep.txt": "unchanged",
+                          "dir/x.txt": "x"}, T1)
+    mnt, cache = site.base / "mnt", site.base / "cache"
+    mnt.mkdir()
+    # mfusepy cannot invalidate kernel entries: the change shows after the kernel timeout
+    extra = {"CVMFS_KCACHE_TIMEOUT": "1"} if backend == "mfusepy" else {}
+    with cli_mount(site.keys.fqrn, mnt, env=site.env(cache), options=site.options(cache, **extra),
+                   backend=backend):
+        assert revision(mnt) == first
+        assert (mnt / "a.txt").read_text() == "one, the first"
+        keep_ino = os.stat(mnt / "keep.txt").st_ino
+        assert not (mnt / "new.txt").exists()  # a negative entry the kernel now caches
+        with open(mnt / "a.txt", "rb") as opened:
+            assert opened.read(4) == b"one,"
+            second = site.publish({"a.txt": "two, the second one", "keep.txt": "unchanged",
+                                   "dir/x.txt": "x", "new.txt": "new"}, T2)
+            assert wait_for(lambda: revision(mnt) == second), "revision 2 never mounted"
+            if backend == "mfusepy":  # names and sizes the kernel holds expire after 1 s
+                time.sleep(1.5)
+            # pyfuse3 invalidated every name it handed out: the change shows at once
+            assert (mnt / "new.txt").exists()
+            assert (mnt / "a.txt").read_text() == "two, the second one"
+            if backend == "pyfuse3":  # mfusepy: one kernel inode per path, see its docstring
+                assert opened.read() == b" the first"  # the open file reads its old bytes
+        assert (mnt / "new.txt").read_text() == "new"
+        assert os.stat(mnt / "keep.txt").st_ino == keep_ino  # unchanged: same inode
+        assert (mnt / "keep.txt").read_text() == "unchanged"
+        assert sorted(os.listdir(mnt)) == ["a.txt", "dir", "keep.txt", "new.txt"]
+        expires = os.getxattr(mnt, "user.expires")
+        assert expires.isdigit()
+
+
+def test_fixed_revisions_never_move(site: Site) -> None:
+    site.publish({"a.txt": "one"}, T1)
+    site.publish({"a.txt": "two"}, T2)
+    mnt, cache = site.base / "mnt", site.base / "cache"
+    mnt.mkdir()
+    between = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T1 + 60))
+    cases = {"CVMFS_REPOSITORY_TAG": ("trunk-previous", "one"),
+             "CVMFS_REPOSITORY_DATE": (between, "one"),
+             "CVMFS_AUTO_UPDATE": ("no", "two")}
+    old_root = ""
+    for key, (value, content) in cases.items():
+        with cli_mount(site.keys.fqrn, mnt, env=site.env(cache),
+                       options=site.options(cache, **{key: value})):
+            assert (mnt / "a.txt").read_text() == content, key
+            assert os.getxattr(mnt, "user.expires") == FIXED, key
+            if key == "CVMFS_REPOSITORY_TAG":
+                assert os.getxattr(mnt, "user.tag") == b"trunk-previous"
+                old_root = os.getxattr(mnt, "user.root_hash").decode()
+    with cli_mount(site.keys.fqrn, mnt, env=site.env(cache),
+                   options=site.options(cache, CVMFS_ROOT_HASH=old_root)):
+        assert (mnt / "a.txt").read_text() == "one"
+        assert os.getxattr(mnt, "user.expires") == FIXED
+    with cli_mount(site.keys.fqrn, mnt, env=site.env(cache),
+                   options=site.options(cache, CVMFS_AUTO_UPDATE="no")):
+        site.publish({"a.txt": "three"}, T2 + 60)
+        time.sleep(2.5)  # more than the 1 s TTL: nothing may change
+        assert (mnt / "a.txt").read_text() == "two"
+
+
+def test_offline_mount_from_breadcrumb_then_recovery(site: Site) -> None:
+    first = site.publish({"a.txt": "one", "big.txt": "b" * 100_000}, T1)
+    mnt, cache = site.base / "mnt", site.base / "cache"
+    mnt.mkdir()
+    options = site.options(cache)
+    with cli_mount(site.keys.fqrn, mnt, env=site.env(cache), options=options):
+        assert (mnt / "a.txt").read_text() == "one"
+    site.server.pause()  # the Stratum-1 is gone: mount what the cache remembers
+    with cli_mount(site.keys.fqrn, mnt, env=site.env(cache), options=options):
+        assert revision(mnt) == first
+        assert (mnt / "a.txt").read_text() == "one"
+        with pytest.raises(OSError):  # never downloaded, no server
+            (mnt / "big.txt").read_bytes()
+        second = site.publish({"a.txt": "two", "big.txt": "b" * 100_000}, T2)
+        site.server.resume()  # back: the mount recovers and moves on
+        assert wait_for(lambda: revision(mnt) == second, timeout=30)
+        assert (mnt / "a.txt").read_text() == "two"
+        assert (mnt / "big.txt").read_bytes() == b"b" * 100_000

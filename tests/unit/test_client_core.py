@@ -1,0 +1,206 @@
+"""The client core without sockets or FUSE: `open_client` over a MockTransport that serves a
+published storage directory, then the filesystem core as the adapters drive it (reads from
+cache files with read-ahead, revision swaps, offline starts, fixed revisions, magic
+xattrs wired to the downloader and the cache)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pycvmfs.client import Client, open_client
+from pycvmfs.config import load_config
+from pycvmfs.errors import FetchError
+from pycvmfs.fs.vfs import ROOT_INODE, FsError
+from pycvmfs.network.failure import ErrorKind
+from pycvmfs.network.transport import MockTransport
+from tests.publish_helpers import Keys, pseudo_random, run_publish
+
+URL = "http://stratum1.test/cvmfs/test.pycvmfs.org"
+BIG = pseudo_random(7, 600_000)  # ~10 chunks of 16-64 KiB
+
+
+class Site:
+    """A storage directory served by a MockTransport that can go offline."""
+
+    def __init__(self, base: Path, keys: Keys) -> None:
+        self.base, self.keys = base, keys
+        self.storage = base / "storage"
+        self.online = True
+        self.transport = MockTransport(self._serve)
+
+    def _serve(self, url: str, proxy: object, headers: object) -> tuple[int, dict[str, str],
+                                                                        bytes]:
+        if not self.online:
+            raise MockTransport.Error(ErrorKind.CONNECT)
+        path = self.storage / url.removeprefix(URL + "/")
+        return (200, {}, path.read_bytes()) if path.is_file() else (404, {}, b"")
+
+    def publish(self, files: dict[str, bytes], timestamp: int) -> int:
+        tree = self.base / f"tree-{timestamp}"
+        for name, data in files.items():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            (tree / name).write_bytes(data)
+        return run_publish(tree, self.storage, self.keys, ttl=1,
+                           timestamp=timestamp).manifest.revision
+
+    def client(self, **overrides: str) -> Client:
+        (self.base / "etc").mkdir(exist_ok=True)
+        config = load_config(self.keys.fqrn, config_root=self.base / "etc", environ={},
+                             is_root=True, overrides={
+                                 "CVMFS_SERVER_URL": URL, "CVMFS_HTTP_PROXY": "DIRECT",
+                                 "CVMFS_PUBLIC_KEY": str(self.keys.public_key_file),
+                                 "CVMFS_CACHE_BASE": str(self.base / "cache"),
+                                 "CVMFS_MAX_RETRIES": "0", **overrides})
+        return open_client(config, transport=self.transport)
+
+
+T1 = int(time.time()) - 3600
+T2 = T1 + 600
+
+
+@pytest.fixture
+def site(tmp_path: Path, keys: Keys) -> Site:
+    return Site(tmp_path, keys)
+
+
+@pytest.fixture
+def client(site: Site) -> Iterator[Client]:
+    site.publish({"a.txt": b"one, the first", "keep.txt": b"unchanged", "big.bin": BIG}, T1)
+    opened = site.client()
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def _ino(client: Client, name: str) -> int:
+    return client.vfs.lookup(ROOT_INODE, name).ino
+
+
+def test_reads_come_from_cache_files_with_read_ahead(client: Client) -> None:
+    vfs = client.vfs
+    handle = vfs.open(_ino(client, "big.bin"), 0)
+    try:
+        for offset, size in [(0, 4096), (70_000, 100_000), (599_990, 4096), (600_000, 10)]:
+            assert vfs.read(handle, offset, size) == BIG[offset:offset + size]
+        _, pieces = client.repository.pieces("/big.bin")
+        assert len(pieces) > 3
+        # reading piece 0 asked for the next ones in the background
+        deadline = time.monotonic() + 5
+        while not client.cache.store.contains(pieces[1].hash) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert client.cache.store.contains(pieces[1].hash)
+    finally:
+        vfs.release(handle)
+    whole = b"".join(vfs.read(h, o, 65536) for h in [vfs.open(_ino(client, "big.bin"), 0)]
+                     for o in range(0, len(BIG), 65536))
+    assert whole == BIG
+
+
+def test_magic_xattrs_report_transfers_and_the_cache(client: Client) -> None:
+    vfs = client.vfs
+    ino = _ino(client, "a.txt")
+    assert vfs.getxattr(ino, "user.lhash") == b"Not in cache"
+    handle = vfs.open(ino, 0)
+    assert vfs.read(handle, 0, 100) == b"one, the first"
+    vfs.release(handle)
+    expected = hashlib.sha1(b"one, the first").hexdigest().encode()
+    assert vfs.getxattr(ino, "user.lhash") == expected  # decompressed, as cached
+    assert int(vfs.getxattr(ROOT_INODE, "user.ndownload")) >= 3  # manifest, ..., the file
+    assert int(vfs.getxattr(ROOT_INODE, "user.rx")) >= 0
+    assert vfs.getxattr(ROOT_INODE, "user.hitrate") != b"n/a"
+    assert vfs.getxattr(ROOT_INODE, "user.expires").isdigit()
+
+
+def test_new_revision_keeps_unchanged_inodes_and_open_files(site: Site,
+                                                            client: Client) -> None:
+    vfs = client.vfs
+    keep, old_a = _ino(client, "keep.txt"), _ino(client, "a.txt")
+    with pytest.raises(FsError):
+        vfs.lookup(ROOT_INODE, "new.txt")
+    handle = vfs.open(old_a, 0)
+    assert vfs.read(handle, 0, 4) == b"one,"
+    swapped = []
+    vfs.revision_listeners.append(lambda: swapped.append(True))
+    assert not client.watcher.check_now()  # nothing new yet
+    second = site.publish({"a.txt": b"two, the second one", "keep.txt": b"unchanged",
+                           "big.bin": BIG, "new.txt": b"new"}, T2)
+    assert client.watcher.check_now()
+    assert swapped == [True] and client.repository.revision == second
+    assert vfs.getxattr(ROOT_INODE, "user.revision") == str(second).encode()
+    assert _ino(client, "keep.txt") == keep  # same content: same inode, page cache kept
+    new_a = _ino(client, "a.txt")
+    assert new_a != old_a  # new content: a fresh inode, never stale pages
+    assert vfs.read(handle, 4, 100) == b" the first"  # the open file keeps its bytes
+    assert vfs.getattr(old_a).size == len(b"one, the first")
+    vfs.release(handle)
+    with pytest.raises(FsError) as info:
+        vfs.getattr(old_a)
+    assert info.value.errno == errno.ESTALE
+    assert vfs.getattr(new_a).size == len(b"two, the second one")
+    assert vfs.lookup(ROOT_INODE, "new.txt").size == 3
+
+
+def test_failed_check_keeps_serving_and_recovers(site: Site, client: Client) -> None:
+    handle = client.vfs.open(_ino(client, "a.txt"), 0)
+    assert client.vfs.read(handle, 0, 3) == b"one"
+    site.online = False
+    assert not client.watcher.check_now()
+    assert client.watcher.offline and "attempts failed" in client.watcher.last_error
+    assert client.vfs.read(handle, 0, 3) == b"one"  # cached: still served
+    with pytest.raises(FsError) as info:  # never cached: EIO, fast
+        client.vfs.read(client.vfs.open(_ino(client, "big.bin"), 0), 0, 10)
+    assert info.value.errno == errno.EIO
+    site.online = True
+    assert not client.watcher.check_now() and not client.watcher.offline
+
+
+def test_offline_start_from_the_breadcrumb(site: Site, client: Client) -> None:
+    first = client.repository.revision
+    handle = client.vfs.open(_ino(client, "a.txt"), 0)
+    client.vfs.read(handle, 0, 100)
+    client.close()
+    site.online = False
+    offline = site.client()
+    try:
+        assert offline.repository.trusted is None and offline.repository.revision == first
+        assert offline.watcher.enabled and offline.watcher.offline
+        ino = offline.vfs.lookup(ROOT_INODE, "a.txt").ino
+        assert offline.vfs.read(offline.vfs.open(ino, 0), 0, 100) == b"one, the first"
+        site.online = True
+        second = site.publish({"a.txt": b"back"}, T2)
+        assert offline.watcher.check_now() and offline.repository.revision == second
+    finally:
+        offline.close()
+
+
+def test_no_breadcrumb_and_no_server_is_an_error(site: Site) -> None:
+    site.publish({"a.txt": b"x"}, T1)
+    site.online = False
+    with pytest.raises(FetchError):
+        site.client()
+
+
+def test_fixed_revisions(site: Site) -> None:
+    site.publish({"a.txt": b"one"}, T1)
+    site.publish({"a.txt": b"two"}, T2)
+    between = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T1 + 1))
+    for overrides, content in [({"CVMFS_REPOSITORY_DATE": between}, b"one"),
+                               ({"CVMFS_REPOSITORY_TAG": "trunk-previous"}, b"one"),
+                               ({"CVMFS_AUTO_UPDATE": "no"}, b"two")]:
+        fixed = site.client(**overrides)
+        try:
+            ino = fixed.vfs.lookup(ROOT_INODE, "a.txt").ino
+            assert fixed.vfs.read(fixed.vfs.open(ino, 0), 0, 10) == content, overrides
+            assert fixed.watcher.expires() == "never (fixed root catalog)"
+        finally:
+            fixed.close()
+    too_early = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T1 - 10))
+    with pytest.raises(Exception, match="no revision published at or before"):
+        site.client(CVMFS_REPOSITORY_DATE=too_early)
