@@ -104,6 +104,7 @@ class Quota(Protocol):
     def remove(self, key: Key) -> None: ...
     def cleanup(self, target: int) -> int: ...
     def size(self) -> int: ...
+    def pinned(self) -> dict[str, int]: ...
     def pinned_size(self) -> int: ...
     def pin_pressure(self) -> bool: ...
     def capacity(self) -> int: ...
@@ -144,6 +145,9 @@ class NoopQuota:
 
     def size(self) -> int:
         return 0
+
+    def pinned(self) -> dict[str, int]:
+        return {}
 
     def pinned_size(self) -> int:
         return 0
@@ -479,10 +483,14 @@ class SqliteLruQuota:
         with self._mutex:
             return self._total_locked()
 
+    def pinned(self) -> dict[str, int]:
+        """Pinned key -> size, over live processes."""
+        with self._mutex:
+            return self._read_pins()[0]
+
     def pinned_size(self) -> int:
         """Bytes pinned by live processes (each pinned object counted once)."""
-        with self._mutex:
-            return sum(self._read_pins()[0].values())
+        return sum(self.pinned().values())
 
     def pin_pressure(self) -> bool:
         """True when clients should release pinned catalogs (reference: > 75 % of the

@@ -7,18 +7,26 @@ serves in this process until unmounted; Ctrl-C unmounts.
 
 from __future__ import annotations
 
+import logging
+import logging.handlers
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from pycvmfs.errors import ConfigError
 
+if TYPE_CHECKING:
+    from pycvmfs.config import ClientConfig
+
 READY_TIMEOUT_S = 60.0  # trust chain + root catalog over a slow link
+SYSLOG_SOCKET = "/dev/log"
+USYSLOG_BYTES = 500 * 1024  # the reference rotates its user syslog file at 500 kB
 
 
 def overrides_of(options: tuple[str, ...]) -> dict[str, str]:
@@ -43,9 +51,16 @@ def overrides_of(options: tuple[str, ...]) -> dict[str, str]:
               help="Extra configuration file(s), applied after the /etc/cvmfs hierarchy.")
 @click.option("--foreground", is_flag=True, help="Serve in this process until unmounted.")
 @click.option("--backend", default=None, help="FUSE binding: pyfuse3 or mfusepy.")
+@click.option("--detached", is_flag=True, hidden=True,
+              help="Set by the background mount for its serving process: log to files.")
 def mount(fqrn: str, mountpoint: Path, options: tuple[str, ...],
-          config_files: tuple[Path, ...], foreground: bool, backend: str | None) -> None:
-    """Mount repository FQRN at MOUNTPOINT (read-only, verified, on demand)."""
+          config_files: tuple[Path, ...], foreground: bool, backend: str | None,
+          detached: bool) -> None:
+    """Mount repository FQRN at MOUNTPOINT (read-only, verified, on demand).
+
+    Logs: CVMFS_USYSLOG=FILE (rotated), CVMFS_DEBUGLOG=FILE (everything), syslog when
+    /dev/log exists; a background mount without any of them logs to
+    CACHE_BASE/FQRN.log, a foreground one to stderr."""
     from pycvmfs.client import open_client
     from pycvmfs.config import load_config
     from pycvmfs.fs.mount import serve
@@ -59,6 +74,7 @@ def mount(fqrn: str, mountpoint: Path, options: tuple[str, ...],
     if not foreground:
         _mount_in_background(fqrn, mountpoint, options, config_files, backend)
         return
+    _configure_logging(config, detached)
     client = open_client(config)
     client.watcher.start()
     try:
@@ -68,10 +84,48 @@ def mount(fqrn: str, mountpoint: Path, options: tuple[str, ...],
         client.close()
 
 
+def _configure_logging(config: ClientConfig, detached: bool) -> None:
+    """Where the serving process logs (see `mount`'s help)."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)
+    form = logging.Formatter(f"%(asctime)s pycvmfs[{config.fqrn}] %(levelname)s %(message)s")
+    handlers: list[logging.Handler] = []
+    usyslog = config.settings.get("CVMFS_USYSLOG")
+    debuglog = config.settings.get("CVMFS_DEBUGLOG")
+    if not usyslog and detached and not os.path.exists(SYSLOG_SOCKET):
+        usyslog = str(config.cache_base / f"{config.fqrn}.log")
+    if usyslog:
+        handlers.append(_file_handler(usyslog, logging.INFO, rotate=True))
+    if debuglog:
+        handlers.append(_file_handler(debuglog, logging.DEBUG, rotate=False))
+    if os.path.exists(SYSLOG_SOCKET):
+        syslog = logging.handlers.SysLogHandler(SYSLOG_SOCKET)
+        syslog.setLevel(logging.INFO)
+        handlers.append(syslog)
+    if not detached:
+        stderr = logging.StreamHandler()
+        stderr.setLevel(logging.WARNING)
+        handlers.append(stderr)
+    for handler in handlers:
+        if handler.formatter is None:
+            handler.setFormatter(form)
+        root.addHandler(handler)
+
+
+def _file_handler(path: str, level: int, *, rotate: bool) -> logging.Handler:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler: logging.Handler = (
+        logging.handlers.RotatingFileHandler(path, maxBytes=USYSLOG_BYTES, backupCount=1)
+        if rotate else logging.FileHandler(path))
+    handler.setLevel(level)
+    return handler
+
+
 def _mount_in_background(fqrn: str, mountpoint: Path, options: tuple[str, ...],
                          config_files: tuple[Path, ...], backend: str | None) -> None:
     """Start `pycvmfs mount --foreground` detached; return when the mount is ready."""
-    command = [sys.executable, "-m", "pycvmfs", "mount", fqrn, str(mountpoint), "--foreground"]
+    command = [sys.executable, "-m", "pycvmfs", "mount", fqrn, str(mountpoint), "--foreground",
+               "--detached"]
     for option in options:
         command += ["-o", option]
     for path in config_files:

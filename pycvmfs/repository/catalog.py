@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
@@ -69,9 +70,11 @@ class Catalog:
     """A verified catalog database, read-only; see the module docstring for the contract."""
 
     def __init__(self, path: str | os.PathLike[str], *,
-                 content_hash: ContentHash | None = None) -> None:
+                 content_hash: ContentHash | None = None,
+                 on_release: Callable[[], None] | None = None) -> None:
         self.path = Path(path)
         self.content_hash = content_hash
+        self._on_release = on_release  # e.g. unpin it in the cache; called once
         self._lock = threading.Lock()
         self._conn = _connect(self.path)
         self._children: tuple[list[NestedRef], list[NestedRef]] | None = None
@@ -232,7 +235,16 @@ class Catalog:
         return int(value) if isinstance(value, int) else 0
 
     # --- lifecycle --------------------------------------------------------------------------
+    def release(self) -> None:
+        """Give up the claim on the database file (the cache may evict it); the open
+        connection keeps reading it until `close`. Idempotent."""
+        with self._lock:
+            on_release, self._on_release = self._on_release, None
+        if on_release is not None:
+            on_release()
+
     def close(self) -> None:
+        self.release()
         with self._lock:
             self._conn.close()
 

@@ -16,7 +16,12 @@ result; lookups in already attached catalogs never wait for a load.
 
 Caveats: bind mountpoints (snapshot links to other root catalogs, whose paths would need
 rewriting) are listed by `Catalog.nested_catalogs()` but not entered: descending into one
-raises PycvmfsError. Catalogs stay attached until `close()` (no detach on memory pressure).
+raises PycvmfsError.
+
+Pressure: `detach_nested` drops every nested catalog at once (the reference does the same
+when the cache is crowded with pinned catalogs); they are released at once (unpinned) but
+closed only at the next detach or at `close`, so a lookup already running in one finishes;
+the next lookup attaches them again.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class CatalogTree:
             raise CatalogError(f"root catalog {root_hash} has root_prefix "
                                f"{root.root_prefix!r}: it is a nested catalog")
         self._attached: dict[str, Catalog] = {"": root}
+        self._retired: list[Catalog] = []
 
     @property
     def root(self) -> Catalog:
@@ -154,10 +160,24 @@ class CatalogTree:
                                f"root_prefix {catalog.root_prefix!r}")
         return catalog
 
+    def detach_nested(self) -> int:
+        """Detach every nested catalog (see the module docstring); how many were."""
+        with self._lock:
+            detached = [c for path, c in self._attached.items() if path]
+            self._attached = {"": self._attached[""]}
+            retired, self._retired = self._retired, detached
+        for catalog in retired:
+            catalog.close()
+        for catalog in detached:
+            catalog.release()
+        return len(detached)
+
     def close(self) -> None:
         """Close every attached catalog; the tree is unusable afterwards."""
         with self._lock:
             catalogs, self._attached = list(self._attached.values()), {}
+            catalogs += self._retired
+            self._retired = []
         for catalog in catalogs:
             catalog.close()
 

@@ -172,6 +172,7 @@ class _CachedObjects(_Objects):
                  fetcher: Fetcher) -> None:
         super().__init__(source, fqrn, workdir)
         self.fetcher = fetcher
+        self.on_pressure: Callable[[], object] = lambda: None
 
     def get(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
             compression: Compression = Compression.ZLIB,
@@ -204,6 +205,20 @@ class _CachedObjects(_Objects):
             path = Path(fh.name)
             self.fetcher.host.pin(content_hash, path.stat().st_size)
         return path
+
+    def load_catalog(self, content_hash: ContentHash, mountpoint: str) -> Catalog:
+        """Catalogs stay pinned in the cache while attached; when the cache gets crowded
+        with pinned catalogs, `on_pressure` (the tree's `detach_nested`) gives them back."""
+        if self.fetcher.host.quota.pin_pressure():
+            self.on_pressure()
+        path = self.database(content_hash, Suffix.CATALOG, f"catalog of {mountpoint or '/'}")
+        with error_context(self.fqrn, self.source):
+            try:
+                return Catalog(path, content_hash=content_hash,
+                               on_release=lambda: self.fetcher.host.unpin(content_hash))
+            except BaseException:
+                self.fetcher.host.unpin(content_hash)
+                raise
 
 
 class _OpenObject(io.BufferedReader):
@@ -345,6 +360,8 @@ class Repository:
                       else None)
             root = _root_hash(trusted, chosen, root_hash)
             tree = CatalogTree(root, objects.load_catalog)
+            if isinstance(objects, _CachedObjects):
+                objects.on_pressure = tree.detach_nested
         except BaseException:
             work.cleanup()
             raise

@@ -160,6 +160,8 @@ def test_offline_mount_from_breadcrumb_then_recovery(site: Site) -> None:
     with cli_mount(site.keys.fqrn, mnt, env=site.env(cache), options=options):
         assert revision(mnt) == first
         assert (mnt / "a.txt").read_text() == "one"
+        log = (cache / f"{site.keys.fqrn}.log").read_text()  # no syslog here: a log file
+        assert "from the cache (offline)" in log and "connection" in log
         with pytest.raises(OSError):  # never downloaded, no server
             (mnt / "big.txt").read_bytes()
         second = site.publish({"a.txt": "two", "big.txt": "b" * 100_000}, T2)
@@ -167,3 +169,4 @@ def test_offline_mount_from_breadcrumb_then_recovery(site: Site) -> None:
         assert wait_for(lambda: revision(mnt) == second, timeout=30)
         assert (mnt / "a.txt").read_text() == "two"
         assert (mnt / "big.txt").read_bytes() == b"b" * 100_000
+        assert f"now serving revision {second}" in (cache / f"{site.keys.fqrn}.log").read_text()

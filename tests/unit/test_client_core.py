@@ -204,3 +204,28 @@ def test_fixed_revisions(site: Site) -> None:
     too_early = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T1 - 10))
     with pytest.raises(Exception, match="no revision published at or before"):
         site.client(CVMFS_REPOSITORY_DATE=too_early)
+
+
+def test_catalogs_stay_pinned_while_attached_and_are_released(site: Site) -> None:
+    site.publish({"a.txt": b"1", "sub/.cvmfscatalog": b"", "sub/f.txt": b"f"}, T1)
+    client = site.client()
+    try:
+        quota = client.cache.quota
+        root_only = quota.pinned_size()
+        assert root_only > 0
+        sub = client.vfs.lookup(ROOT_INODE, "sub").ino
+        assert client.vfs.lookup(sub, "f.txt").size == 1  # attaches /sub
+        assert quota.pinned_size() > root_only
+        assert client.repository.tree.detach_nested() == 1
+        assert quota.pinned_size() == root_only  # given back at once
+        assert client.vfs.lookup(sub, "f.txt").size == 1  # attached again on demand
+        first = set(quota.pinned())
+        assert len(first) == 2
+        site.publish({"a.txt": b"2", "sub/.cvmfscatalog": b"", "sub/f.txt": b"g"}, T2)
+        assert client.watcher.check_now()  # revision 1 retired, still open
+        site.publish({"a.txt": b"3"}, T2 + 60)
+        assert client.watcher.check_now()  # revision 1 closed: unpinned
+        assert not first & set(quota.pinned())
+        assert str(client.repository.root_hash) in quota.pinned()
+    finally:
+        client.close()
