@@ -229,3 +229,19 @@ def test_catalogs_stay_pinned_while_attached_and_are_released(site: Site) -> Non
         assert str(client.repository.root_hash) in quota.pinned()
     finally:
         client.close()
+
+
+def test_pinned_catalogs_are_given_back_under_pressure(site: Site) -> None:
+    files = {f"n{i:02}/.cvmfscatalog": b"" for i in range(30)}
+    files.update({f"n{i:02}/f.txt": str(i).encode() for i in range(30)})
+    site.publish(files, T1)
+    client = site.client(CVMFS_QUOTA_LIMIT="1")  # MB: far fewer than 30 pinned catalogs
+    try:
+        quota = client.cache.quota
+        for i in range(30):
+            directory = client.vfs.lookup(ROOT_INODE, f"n{i:02}").ino
+            assert client.vfs.lookup(directory, "f.txt").size == len(str(i))
+            assert quota.pinned_size() <= quota.capacity()
+        assert len(client.repository.tree.attached()) < 30
+    finally:
+        client.close()
