@@ -6,8 +6,10 @@ connection must not cross a fork)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import uuid
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -22,6 +24,7 @@ from pycvmfs.fs.magic_xattrs import CacheInfo, NetworkInfo
 from pycvmfs.fs.vfs import MountOptions, RepositoryVFS
 from pycvmfs.network.download import Downloader, DownloadSettings
 from pycvmfs.network.failover import RouteState
+from pycvmfs.network.geo import order_hosts, proxy_label
 from pycvmfs.network.proxies import parse_proxies, parse_server_urls
 from pycvmfs.network.transport import Transport, Urllib3Transport
 from pycvmfs.repository.network_source import NetworkSource
@@ -54,16 +57,49 @@ class Client:
 
 def downloader_for(config: ClientConfig, transport: Transport | None = None
                    ) -> tuple[Downloader, RouteState]:
-    hosts = parse_server_urls(";".join(config.server_urls), config.max_servers)
-    route = RouteState(hosts, parse_proxies(config.http_proxy, config.fallback_proxy),
-                       proxy_reset_after=config.proxy_reset_after_s,
-                       host_reset_after=config.host_reset_after_s)
+    """Proxies and the Stratum-1 ring (sorted by the Geo API when `CVMFS_USE_GEOAPI=yes`,
+    then cut to `CVMFS_MAX_SERVERS`) behind one downloader."""
+    transport = transport or Urllib3Transport()
+    proxies = parse_proxies(config.http_proxy, config.fallback_proxy)
+    hosts = parse_server_urls(";".join(config.server_urls))
+
+    def route_for(ring: tuple[str, ...]) -> RouteState:
+        return RouteState(ring, proxies, proxy_reset_after=config.proxy_reset_after_s,
+                          host_reset_after=config.host_reset_after_s)
+
+    route = route_for(hosts)
+    if config.use_geoapi:
+        proxy = route.current()[1]
+        order = order_hosts(transport, hosts, proxy=proxy,
+                            proxy_name=proxy_label(proxy, _cache_uuid(config),
+                                                   config.settings.get("CVMFS_PROXY_TEMPLATE")),
+                            timeout=config.timeout_s if proxies.regular else
+                            config.timeout_direct_s, low_speed_limit=config.low_speed_limit)
+        if order is not None:
+            route.order_hosts(order)
+            log.info("Geo API order of the Stratum-1s: %s", ", ".join(route.hosts))
+    if config.max_servers and len(route.hosts) > config.max_servers:
+        route = route_for(route.hosts[:config.max_servers])
     settings = DownloadSettings(timeout=config.timeout_s, timeout_direct=config.timeout_direct_s,
                                 low_speed_limit=config.low_speed_limit,
                                 max_retries=config.max_retries,
                                 backoff_init=config.backoff_init_s,
                                 backoff_max=config.backoff_max_s)
-    return Downloader(transport or Urllib3Transport(), route, settings), route
+    return Downloader(transport, route, settings), route
+
+
+def _cache_uuid(config: ClientConfig) -> str:
+    """The cache's stable random id (`<cache>/uuid`), which the Geo API gets for DIRECT
+    connections instead of a proxy name; a fresh one if the cache cannot keep it."""
+    path = (config.alien_cache or config.cache_dir) / "uuid"
+    try:
+        return path.read_text().strip() or str(uuid.uuid4())
+    except OSError:
+        fresh = str(uuid.uuid4())
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(fresh + "\n")
+        return fresh
 
 
 class _Revisions:

@@ -245,3 +245,27 @@ def test_pinned_catalogs_are_given_back_under_pressure(site: Site) -> None:
         assert len(client.repository.tree.attached()) < 30
     finally:
         client.close()
+
+
+def test_geo_api_sorts_the_ring_then_max_servers_cuts_it(tmp_path: Path) -> None:
+    from pycvmfs.client import downloader_for
+
+    asked: list[str] = []
+    key = tmp_path / "x.example.org.pub"
+    key.write_text("not needed to order hosts")
+
+    def geo(url: str, proxy: object, headers: object) -> tuple[int, dict[str, str], bytes]:
+        asked.append(url)
+        return 200, {}, b"3,1,2\n"
+
+    config = load_config("x.example.org", config_root=tmp_path, environ={}, is_root=True,
+                         overrides={"CVMFS_SERVER_URL": "http://a.test/cvmfs/@fqrn@;"
+                                    "http://b.test:8000/cvmfs/@fqrn@;http://c.test/cvmfs/@fqrn@",
+                                    "CVMFS_HTTP_PROXY": "DIRECT", "CVMFS_USE_GEOAPI": "yes",
+                                    "CVMFS_MAX_SERVERS": "2", "CVMFS_PUBLIC_KEY": str(key),
+                                    "CVMFS_CACHE_BASE": str(tmp_path / "cache")})
+    _, route = downloader_for(config, MockTransport(geo))
+    assert route.hosts == ("http://c.test/cvmfs/x.example.org",
+                           "http://a.test/cvmfs/x.example.org")
+    uuid = (config.cache_dir / "uuid").read_text().strip()
+    assert asked and asked[0].endswith(f"/api/v1.0/geo/{uuid}/a.test,b.test,c.test")
