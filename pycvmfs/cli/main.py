@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -9,24 +10,34 @@ import click
 from pycvmfs import __version__
 from pycvmfs.errors import PycvmfsError
 
+# command -> module under pycvmfs.cli; a module is imported only when its command runs
+# (`pycvmfs mount` need not load the publisher, numpy or the chunker)
+COMMAND_MODULES = {"keys": "keys", "publish": "publish", "whitelist": "whitelist",
+                   "ls": "read", "cat": "read", "stat": "read",
+                   "mount": "mount", "umount": "mount", "cache": "cache"}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module_name = COMMAND_MODULES.get(cmd_name)
+        if module_name is None:
+            return None
+        module = importlib.import_module(f"pycvmfs.cli.{module_name}")
+        command: click.Command = next(c for c in module.COMMANDS if c.name == cmd_name)
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pycvmfs")
 def cli() -> None:
     """CernVM-FS client and publisher."""
 
 
-def _register() -> None:
-    from pycvmfs.cli import cache, keys, mount, publish, read, whitelist
-
-    for module in (keys, publish, whitelist, read, mount, cache):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; library errors become one clear line on stderr and exit code 1."""
-    _register()
     try:
         cli.main(args=argv, prog_name="pycvmfs", standalone_mode=False)
     except PycvmfsError as exc:

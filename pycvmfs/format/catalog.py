@@ -69,6 +69,10 @@ class Flags(enum.IntFlag):
     DIRECT_IO = 0x10000
 
 
+_CHUNKED, _EXTERNAL, _HIDDEN = int(Flags.CHUNKED), int(Flags.EXTERNAL), int(Flags.HIDDEN)
+_NESTED_MOUNTPOINT, _NESTED_ROOT = int(Flags.NESTED_MOUNTPOINT), int(Flags.NESTED_ROOT)
+_BIND_MOUNTPOINT = int(Flags.BIND_MOUNTPOINT)
+
 HASH_ALGO_SHIFT = 8
 HASH_ALGO_MASK = 0x700
 COMPRESSION_SHIFT = 11
@@ -98,7 +102,14 @@ def decode_hardlinks(value: int) -> tuple[int, int]:
 
 
 def _algorithm_from_flags(flags: int) -> Algorithm:
-    return Algorithm(((flags & HASH_ALGO_MASK) >> HASH_ALGO_SHIFT) + 1)
+    return _ALGORITHMS.get(((flags & HASH_ALGO_MASK) >> HASH_ALGO_SHIFT) + 1) \
+        or Algorithm(((flags & HASH_ALGO_MASK) >> HASH_ALGO_SHIFT) + 1)  # raises ValueError
+
+
+# plain ints and lookup tables: entries are decoded by the hundred thousand, and IntFlag
+# arithmetic or Enum(value) calls cost microseconds each
+_ALGORITHMS = {a.value: a for a in Algorithm}
+_COMPRESSIONS = {c.value: c for c in Compression}
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,27 +146,27 @@ class DirEntry:
 
     @property
     def is_chunked(self) -> bool:
-        return bool(self.flags & Flags.CHUNKED)
+        return bool(self.flags & _CHUNKED)
 
     @property
     def is_external(self) -> bool:
-        return bool(self.flags & Flags.EXTERNAL)
+        return bool(self.flags & _EXTERNAL)
 
     @property
     def is_hidden(self) -> bool:
-        return bool(self.flags & Flags.HIDDEN)
+        return bool(self.flags & _HIDDEN)
 
     @property
     def is_nested_mountpoint(self) -> bool:
-        return bool(self.flags & Flags.NESTED_MOUNTPOINT)
+        return bool(self.flags & _NESTED_MOUNTPOINT)
 
     @property
     def is_nested_root(self) -> bool:
-        return bool(self.flags & Flags.NESTED_ROOT)
+        return bool(self.flags & _NESTED_ROOT)
 
     @property
     def is_bind_mountpoint(self) -> bool:
-        return bool(self.flags & Flags.BIND_MOUNTPOINT)
+        return bool(self.flags & _BIND_MOUNTPOINT)
 
     @property
     def rdev(self) -> int:
@@ -238,8 +249,7 @@ def row_to_entry(row: Mapping[str, object]) -> DirEntry:
         symlink=str(row.get("symlink") or ""),
         xattrs=tuple(sorted(decode_xattrs(xattr_blob).items())) if xattr_blob else (),
         hash_algorithm=algorithm,
-        compression=Compression(compression_value) if compression_value in (0, 1)
-        else Compression.ZLIB,
+        compression=_COMPRESSIONS.get(compression_value, Compression.ZLIB),
     )
 
 

@@ -93,10 +93,13 @@ class Pyfuse3Operations(pyfuse3.Operations):
         return self._entry(await self._call(self.vfs.getattr, inode))
 
     async def readlink(self, inode: int, ctx: Any) -> bytes:
-        return await self._call(self.vfs.readlink, inode)
+        cached = self.vfs.cached_link(inode)  # answered already: no hop to a worker thread
+        return cached if cached is not None else await self._call(self.vfs.readlink, inode)
 
     async def opendir(self, inode: int, ctx: Any) -> int:
-        listing = await self._call(self.vfs.readdir_with_dots, inode)
+        listing = self.vfs.cached_listing(inode)  # answered already: no worker thread
+        if listing is None:
+            listing = await self._call(self.vfs.readdir_with_dots, inode)
         handle, self._next_dir = self._next_dir, self._next_dir + 1
         self._dirs[handle] = listing
         return handle

@@ -29,6 +29,7 @@ import os
 import stat
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ ROOT_INODE = 1
 BLOCK_SIZE = 4096
 OPEN_PIECES_PER_HANDLE = 4  # cache files one handle keeps open (current chunk + read-ahead)
 READ_AHEAD_PIECES = 2  # chunks fetched in the background ahead of a sequential reader
-PREFETCH_THREADS = 4
+PREFETCH_THREADS = 2  # read-ahead downloads at once; more only fight over the GIL
+LISTING_CACHE_ENTRIES = 50_000  # directory entries kept answered (~250 bytes each)
 DRAIN_S = 2.0  # after a swap, entries go to the kernel with timeout 0 for this long
 DIRECT_IO_FLAG = 0x10000  # catalog flag: serve this file with direct I/O
 
@@ -169,6 +171,53 @@ class _OpenFile:
             self._slots.clear()
 
 
+class _ListingCache:
+    """Directory listings and symlink targets already answered, by inode, so a second walk
+    of a tree costs no catalog query. Bounded by the number of entries held (LRU), dropped
+    whole on a revision change; an answer computed from an older revision is not stored
+    (`generation`)."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._lock = threading.Lock()
+        self._listings: OrderedDict[int, list[tuple[str, Attr]]] = OrderedDict()
+        self._links: dict[int, bytes] = {}
+        self._held = 0
+        self.generation = 0
+
+    def listing(self, ino: int) -> list[tuple[str, Attr]] | None:
+        with self._lock:
+            found = self._listings.get(ino)
+            if found is not None:
+                self._listings.move_to_end(ino)
+            return found
+
+    def link(self, ino: int) -> bytes | None:
+        return self._links.get(ino)
+
+    def store(self, generation: int, ino: int, listing: list[tuple[str, Attr]],
+              links: dict[int, bytes]) -> None:
+        with self._lock:
+            if generation != self.generation or len(listing) > self._max:
+                return
+            old = self._listings.pop(ino, None)
+            self._held += len(listing) - (len(old) if old is not None else 0)
+            self._listings[ino] = listing
+            while self._held > self._max:
+                _, evicted = self._listings.popitem(last=False)
+                self._held -= len(evicted)
+            if len(self._links) > self._max:
+                self._links.clear()
+            self._links.update(links)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.generation += 1
+            self._listings.clear()
+            self._links.clear()
+            self._held = 0
+
+
 def _prefetch(repository: Repository, entry: DirEntry, piece: Piece) -> None:
     try:
         repository.prefetch_piece(entry, piece)
@@ -180,8 +229,8 @@ def _identity(entry: DirEntry) -> int:
     """What must stay equal for a path to keep its inode across revisions."""
     if entry.is_dir:
         return stat.S_IFDIR
-    return hash((stat.S_IFMT(entry.mode), str(entry.content_hash), entry.size, entry.symlink,
-                 entry.is_chunked))
+    digest = entry.content_hash.digest if entry.content_hash is not None else b""
+    return hash((stat.S_IFMT(entry.mode), digest, entry.size, entry.symlink, entry.is_chunked))
 
 
 class RepositoryVFS:
@@ -209,6 +258,7 @@ class RepositoryVFS:
         self._next_handle = itertools.count(1)
         self._prefetcher: ThreadPoolExecutor | None = None
         self._drain_until = 0.0
+        self._answered = _ListingCache(LISTING_CACHE_ENTRIES)
         self.revision_listeners: list[Callable[[], None]] = []  # adapters drop kernel caches
 
     # --- revisions -------------------------------------------------------------------
@@ -218,6 +268,7 @@ class RepositoryVFS:
             self.repository = repository
             self._groups.clear()  # group numbers are per catalog revision
             self._drain_until = time.monotonic() + DRAIN_S
+        self._answered.clear()
         for listener in self.revision_listeners:
             try:
                 listener()
@@ -317,37 +368,49 @@ class RepositoryVFS:
 
     def readdir(self, ino: int) -> list[tuple[str, Attr]]:
         """Children (without `.` and `..`), in a stable order."""
-        path = self.path_of(ino)
-        _, entry = self._resolve(path)
-        if not entry.is_dir:
-            raise FsError(errno.ENOTDIR, f"{path}: not a directory")
-        with self.stats.lock:
-            self.stats.ndiropen += 1
-        repository = self.repository
-        try:
-            children = repository.listdir(path)
-            # every child lives in the catalog that lists them (a mountpoint's entry too):
-            # one catalog for all hardlink keys instead of one more lookup per child
-            tree = repository.tree
-            prefix = tree.listing_catalog(path, tree.lookup(path)).root_prefix
-        except PycvmfsError as exc:
-            raise FsError(errno.EIO, str(exc)) from exc
-        out = []
-        for name, child in children:
-            child_path = f"{path}/{name}"
-            child_ino = self._inode_for(child_path, prefix, child)
-            out.append((name, self.attr(child_ino, child, child_path)))
-        return out
+        return self.readdir_with_dots(ino)[2 if ino != ROOT_INODE else 1:]
+
+    def cached_listing(self, ino: int) -> list[tuple[str, Attr]] | None:
+        """`readdir_with_dots` if it is already answered (never blocks: adapters may call
+        it on their event loop)."""
+        return self._answered.listing(ino)
 
     def readdir_with_dots(self, ino: int) -> list[tuple[str, Attr]]:
         """`.` and `..` (none for the repository root's parent) first, as the reference
         client lists them, then the children."""
+        with self.stats.lock:
+            self.stats.ndiropen += 1
+        cached = self._answered.listing(ino)
+        if cached is not None:
+            return cached
+        generation = self._answered.generation
         path = self.path_of(ino)
         dots = [(".", self.getattr(ino))]
         if path:
             parent = path.rsplit("/", 1)[0]
             dots.append(("..", self.lookup_path(parent or "/")))
-        return dots + self.readdir(ino)
+        repository = self.repository
+        try:
+            resolved = repository.resolve(path)
+            if not resolved.entry.is_dir:
+                raise FsError(errno.ENOTDIR, f"{path}: not a directory")
+            children = repository.listdir(path)
+            # every child lives in the catalog that lists them (a mountpoint's entry too):
+            # one catalog for all hardlink keys instead of one more lookup per child
+            prefix = repository.tree.listing_catalog(path, resolved).root_prefix
+        except PycvmfsError as exc:
+            raise FsError(errno.EIO, str(exc)) from exc
+        out = dots
+        links = {}
+        for name, child in children:
+            child_path = f"{path}/{name}"
+            child_ino = self._inode_for(child_path, prefix, child)
+            attr = self.attr(child_ino, child, child_path)
+            out.append((name, attr))
+            if child.is_symlink:
+                links[child_ino] = self.readlink_entry(child)
+        self._answered.store(generation, ino, out, links)
+        return out
 
     def readlink_entry(self, entry: DirEntry) -> bytes:
         environment = self.options.environment
@@ -355,7 +418,14 @@ class RepositoryVFS:
                                 environment if environment is not None else os.environ)
         return target.encode("utf-8", "surrogateescape")
 
+    def cached_link(self, ino: int) -> bytes | None:
+        """A symlink target already answered in a listing (never blocks)."""
+        return self._answered.link(ino)
+
     def readlink(self, ino: int) -> bytes:
+        cached = self._answered.link(ino)
+        if cached is not None:
+            return cached
         _, entry = self._resolve(self.path_of(ino))
         if not entry.is_symlink:
             raise FsError(errno.EINVAL, "not a symbolic link")

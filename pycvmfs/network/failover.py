@@ -176,13 +176,26 @@ def plan(state: RouteState, path: str, *, now: Callable[[], float], max_retries:
          backoff: Backoff | None = None, rng: random.Random | None = None) -> Plan:
     """Attempts for one object; `send` each attempt's Failure; StopIteration = give up.
 
-    Sending `Failure.OK` also ends the plan. Retries are counted per route (host + proxy)."""
+    Sending `Failure.OK` also ends the plan. Retries are counted per route (host + proxy).
+    The budget is this request's, but the route is shared, so it is counted against what
+    the request actually met: every host change it sees (its own switch, or another
+    thread's) counts as one host tried, and proxy failures blame the host only once every
+    proxy failed this request *on the current host* (distinct proxies, counted afresh on
+    each host). Otherwise a request that met a dead proxy on a host another thread had
+    just given up would blame the next, healthy host and turn the ring back to the dead
+    one. A cap on the number of failures guarantees the plan ends whatever other threads
+    do to the shared state."""
     backoff = backoff or Backoff()
     rng = rng or random.Random()
     route = state.route(now())
-    hosts_tried, proxies_tried, retries, delay, no_cache = 1, 1, 0, 0.0, False
+    hosts_tried, retries, delay, no_cache = 1, 0, 0.0, False
+    failed_proxies: set[ProxyChoice] = set()  # distinct proxies that failed on this host
+    failures_left = _failure_cap(state, max_retries)
     failure = yield _attempt(route, path, no_cache)
     while failure is not Failure.OK:
+        failures_left -= 1
+        if failures_left <= 0:
+            return
         if failure is Failure.BAD_DATA and not no_cache:
             no_cache = True
             failure = yield _attempt(route, path, no_cache)
@@ -192,17 +205,26 @@ def plan(state: RouteState, path: str, *, now: Callable[[], float], max_retries:
             delay = backoff.next(delay, rng)
             failure = yield _attempt(route, path, no_cache, delay)
             continue
-        if failure.is_proxy and proxies_tried < state.total_proxies:
-            proxies_tried += 1
+        if failure.is_proxy:
+            failed_proxies.add(route.proxy)
+        if failure.is_proxy and len(failed_proxies) < state.total_proxies:
             state.fail_proxy(route, now())
         elif hosts_tried < len(state.hosts):
             if failure.is_proxy:  # every proxy failed: blame the host, start proxies afresh
                 state.reset_proxies(route)
-                proxies_tried = 1
-            hosts_tried += 1
             state.fail_host(route, now())
         else:
             return
         retries, delay = 0, 0.0
-        route = state.route(now())
+        previous, route = route, state.route(now())
+        if route.host_generation != previous.host_generation:  # on another host now
+            hosts_tried += 1
+            failed_proxies.clear()
         failure = yield _attempt(route, path, no_cache)
+
+
+def _failure_cap(state: RouteState, max_retries: int) -> int:
+    """Twice what one request can meet without interference: on each host, every proxy
+    with its retries, plus the no-cache retry."""
+    per_host = state.total_proxies * (max(max_retries, 0) + 1) + 1
+    return 2 * len(state.hosts) * per_host + 1
