@@ -87,15 +87,20 @@ class CacheLock:
                 self._fd = -1
 
 
-def _start_time(pid: int) -> str | None:
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """Fields 3.. of /proc/PID/stat (state first), or None if it cannot be read."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
     except OSError:
         return None
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return fields[19].decode() if len(fields) > 19 else None
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def _start_time(pid: int) -> str | None:
+    fields = _stat_fields(pid)
+    return fields[19].decode() if fields is not None and len(fields) > 19 else None
 
 
 def owner_token(pid: int | None = None) -> str:
@@ -120,7 +125,10 @@ def owner_alive(token: str) -> bool:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
+    fields = _stat_fields(pid)
+    if fields and fields[0] in (b"Z", b"X"):  # killed, not yet reaped: it holds nothing
+        return False
     if not start:
         return True
-    current = _start_time(pid)
+    current = fields[19].decode() if fields is not None and len(fields) > 19 else None
     return current is None or current == start

@@ -89,6 +89,12 @@ def read_pieces(pieces: Sequence[Piece], offset: int, end: int,
     return b"".join(out)
 
 
+def catalog_name(content_hash: ContentHash, mountpoint: str) -> str:
+    """How errors name a catalog: `root catalog <hash>` or `catalog of /a/b <hash>`."""
+    return f"catalog of {mountpoint} {content_hash}" if mountpoint else \
+        f"root catalog {content_hash}"
+
+
 def apparent_size(entry: DirEntry) -> int:
     """st_size as the reference client reports it (13.3, 6.10): a symlink's is the length of
     its target (some writers, e.g. tarball ingestion, store 0 in the catalog)."""
@@ -159,7 +165,7 @@ class _Objects:
 
     def load_catalog(self, content_hash: ContentHash, mountpoint: str) -> Catalog:
         """The `CatalogTree` loader: download, verify, write, open read-only."""
-        path = self.database(content_hash, Suffix.CATALOG, f"catalog of {mountpoint or '/'}")
+        path = self.database(content_hash, Suffix.CATALOG, catalog_name(content_hash, mountpoint))
         with error_context(self.fqrn, self.source):
             return Catalog(path, content_hash=content_hash)
 
@@ -199,7 +205,7 @@ class _CachedObjects(_Objects):
                                expected_size=expected_size).close()
 
     def database(self, content_hash: ContentHash, suffix: Suffix, what: str) -> Path:
-        with error_context(self.fqrn, self.source), \
+        with error_context(self.fqrn, self.source, what), \
                 self.fetcher.fetch(content_hash, suffix, Compression.ZLIB,
                                    kind=ObjectKind.CATALOG) as fh:
             path = Path(fh.name)
@@ -211,7 +217,7 @@ class _CachedObjects(_Objects):
         with pinned catalogs, `on_pressure` (the tree's `detach_nested`) gives them back."""
         if self.fetcher.host.quota.pin_pressure():
             self.on_pressure()
-        path = self.database(content_hash, Suffix.CATALOG, f"catalog of {mountpoint or '/'}")
+        path = self.database(content_hash, Suffix.CATALOG, catalog_name(content_hash, mountpoint))
         with error_context(self.fqrn, self.source):
             try:
                 return Catalog(path, content_hash=content_hash,

@@ -69,14 +69,16 @@ class TrustedManifest:
 
 
 @contextmanager
-def error_context(fqrn: str, source: ObjectSource) -> Iterator[None]:
-    """Re-raise pycvmfs errors with the same class, naming repository and source.
+def error_context(fqrn: str, source: ObjectSource, what: str = "") -> Iterator[None]:
+    """Re-raise pycvmfs errors with the same class, naming repository and source (and
+    `what` was being loaded, e.g. "root catalog ...").
 
     Also used by `repository.Repository` for catalog and data objects."""
     try:
         yield
     except PycvmfsError as exc:
-        message = f"{exc} [repository {fqrn}, source {source.describe()}]"
+        prefix = f"{what}: " if what else ""
+        message = f"{prefix}{exc} [repository {fqrn}, source {source.describe()}]"
         try:
             wrapped = type(exc)(message)
         except Exception:  # an error class with another constructor: keep the original

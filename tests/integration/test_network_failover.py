@@ -1,14 +1,14 @@
 """Failover against real loopback servers: nginx Stratum-1s, two Squids, a stdlib fault server.
 
 Every case ends in a verified download or a FetchError listing the attempts; never wrong bytes.
-The fault server plays several "hosts" by path prefix: `/<mode>/cvmfs/test.repo/<object>` with
-mode `ok`, any status code (`500`, `404`, `429`), `corrupt` (last byte flipped), `short` (half
-the body, then close), `slow` (trickles below the limit) or `stall` (headers, then silence).
+The fault server (`tests/fault_server.py`) plays several "hosts" by path prefix:
+`/<mode>/cvmfs/test.repo/<object>` with mode `ok`, any status code (`500`, `404`, `429`),
+`corrupt` (last byte flipped), `short` (half the body, then close), `slow` (trickles below the
+limit) or `stall` (headers, then silence).
 """
 
 from __future__ import annotations
 
-import http.server
 import logging
 import random
 import shutil
@@ -30,6 +30,7 @@ from pycvmfs.network.failover import RouteState
 from pycvmfs.network.proxies import DIRECT, Proxy, parse_proxies
 from pycvmfs.network.sink import MemoryDestination, VerifyingSink
 from pycvmfs.network.transport import Urllib3Transport
+from tests.fault_server import FaultServer, loopback_sites, make_world_readable
 from tests.servers import Nginx, nginx_binary
 from tests.squid import Squid
 
@@ -68,81 +69,13 @@ def _objects(repo: Path) -> list[Obj]:
     return found
 
 
-class _FaultHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _FaultServer
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
-        self.server.requests.append((self.path, dict(self.headers), self.client_address[1]))
-        mode, _, rest = self.path.lstrip("/").partition("/")
-        prefix = f"cvmfs/{FQRN}/"
-        file = self.server.repo / rest.removeprefix(prefix)
-        if mode.isdigit() or not rest.startswith(prefix) or not file.is_file():
-            self._reply(int(mode) if mode.isdigit() else 404, b"no\n")
-            return
-        body = file.read_bytes()
-        if mode == "corrupt":
-            body = body[:-1] + bytes([body[-1] ^ 0xFF])
-        if mode == "short":  # full Content-Length, half the body, then the connection closes
-            self.close_connection = True
-            self._reply(200, body[: len(body) // 2], length=len(body))
-            return
-        if mode in ("slow", "stall"):
-            self._trickle(body, 50 if mode == "slow" else 0)
-            return
-        self._reply(200, body)
-
-    def _reply(self, status: int, body: bytes, length: int | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body) if length is None else length))
-        self.send_header("Cache-Control", "max-age=3600")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _trickle(self, body: bytes, step: int) -> None:
-        """`step` bytes every 0.25 s: 50 -> 200 B/s, far below a 1024 B/s limit yet never a
-        read-timeout stall; 0 -> headers, then silence for 3 s (the read timeout must fire)."""
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.flush()
-        if step == 0:
-            self.server.stopping.wait(3.0)
-            self.close_connection = True
-            return
-        try:
-            for i in range(0, len(body), step):
-                if self.server.stopping.wait(0.25):
-                    return
-                self.wfile.write(body[i : i + step])
-                self.wfile.flush()
-        except OSError:
-            return
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        """Quiet."""
-
-
-class _FaultServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, repo: Path) -> None:
-        super().__init__(("127.0.0.1", 0), _FaultHandler)
-        self.repo = repo
-        self.requests: list[tuple[str, dict[str, str], int]] = []  # path, headers, client port
-        self.stopping = threading.Event()
-
-    def url(self, mode: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/{mode}/cvmfs/{FQRN}"
-
-
 @dataclass
 class Rig:
     repo: Path
     s1: Nginx
     s2: Nginx
     squids: tuple[Squid, Squid]
-    fault: _FaultServer
+    fault: FaultServer
     objects: list[Obj]
     used: set[str] = field(default_factory=set)
 
@@ -171,32 +104,12 @@ def rig() -> Iterator[Rig]:
     base.chmod(0o755)
     repo = base / "repo"
     shutil.copytree(REPO_SOURCE, repo)
-    for path in [repo, *repo.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    fault = _FaultServer(repo)
-    thread = threading.Thread(target=fault.serve_forever, daemon=True)
-    thread.start()
+    make_world_readable(repo)
     try:
-        with Nginx() as s1, Nginx() as s2, Squid() as q1, Squid() as q2:
-            s1.publish(f"cvmfs/{FQRN}", repo)
-            s2.publish(f"cvmfs/{FQRN}", repo)
-            yield Rig(repo, s1, s2, (q1, q2), fault, _objects(repo))
-            _stop_all(q1, q2)
+        with loopback_sites({FQRN: repo}) as sites:
+            yield Rig(repo, sites.s1, sites.s2, sites.squids, sites.fault, _objects(repo))
     finally:
-        fault.stopping.set()
-        fault.shutdown()
-        fault.server_close()
-        thread.join()
         shutil.rmtree(base, ignore_errors=True)
-
-
-def _stop_all(*squids: Squid) -> None:
-    """Stop in parallel: each SIGINT shutdown takes ~2 s."""
-    threads = [threading.Thread(target=s.kill) for s in squids]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
 
 
 @pytest.fixture

@@ -54,3 +54,20 @@ def test_owner_tokens() -> None:
     assert not owner_alive(child.stdout.strip())
     for garbage in ("", "x", "-5", "0:1", "abc:def"):
         assert not owner_alive(garbage)
+
+
+def test_a_killed_process_not_yet_reaped_is_not_an_owner() -> None:
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    token = owner_token(child.pid)
+    deadline = time.monotonic() + 10
+    while owner_alive(token) and time.monotonic() < deadline:  # exits, stays a zombie
+        time.sleep(0.01)
+    try:
+        assert not owner_alive(token)
+        assert os.path.exists(f"/proc/{child.pid}")  # still there, unreaped
+    finally:
+        child.wait()

@@ -199,3 +199,23 @@ def test_stale_reset_is_ignored() -> None:
     assert state.route(0).proxy == P2
     state.reset_proxies(state.route(0))
     assert state.route(0).proxy == P1
+
+
+def test_a_host_switched_by_another_request_gets_a_fresh_proxy_budget() -> None:
+    """Two concurrent requests, the first Stratum-1 and then one proxy dead: B's late
+    failure on H1 finds the ring already moved to H2 by A; on H2, B meets the dead proxy
+    and must try the other proxy there, not blame the healthy H2 and turn the ring back
+    to the dead H1 (seen through a FUSE mount in test_client_faults)."""
+    state = make_state([H1, H2], f"{P1.url}|{P2.url}")
+    clock = Clock()
+    a = plan(state, PATH, now=clock, backoff=Backoff(0, 0))
+    b = plan(state, PATH, now=clock, backoff=Backoff(0, 0))
+    assert next(a).url.startswith(H1) and next(b).url.startswith(H1)
+    a.send(Failure.PROXY_HTTP)  # the proxy cannot reach H1 (X-Squid-Error)
+    assert a.send(Failure.PROXY_HTTP).url.startswith(H2)  # neither can the other: H2
+    on_h2 = b.send(Failure.PROXY_HTTP)  # B's answer from H1 arrives late
+    assert on_h2.url.startswith(H2)
+    assert b.send(Failure.PROXY_CONNECTION).proxy == on_h2.proxy  # the retry
+    other = b.send(Failure.PROXY_CONNECTION)  # that proxy is dead
+    assert other.url.startswith(H2) and other.proxy in (P1, P2) and other.proxy != on_h2.proxy
+    assert state.current()[0] == H2
