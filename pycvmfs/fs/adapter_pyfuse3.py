@@ -121,7 +121,8 @@ class Pyfuse3Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=handle, keep_cache=not direct, direct_io=direct)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self._call(self.vfs.read, fh, off, size)
+        cached = self.vfs.read_nowait(fh, off, size)  # in the page cache: no worker thread
+        return cached if cached is not None else await self._call(self.vfs.read, fh, off, size)
 
     async def release(self, fh: int) -> None:
         self.vfs.release(fh)

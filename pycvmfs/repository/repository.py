@@ -23,6 +23,7 @@ and bind mountpoints are refused with a PycvmfsError; symlink targets are return
 from __future__ import annotations
 
 import bisect
+import contextlib
 import datetime as dt
 import io
 import os
@@ -196,13 +197,16 @@ class _CachedObjects(_Objects):
         with error_context(self.fqrn, self.source):
             fh = self.fetcher.fetch(content_hash, suffix, compression,
                                     expected_size=expected_size)
+        _advise(fh, os.POSIX_FADV_SEQUENTIAL)
         return _OpenObject(fh, content_hash, self.fetcher.host)
 
     def prefetch(self, content_hash: ContentHash, suffix: Suffix, *,
                  compression: Compression, expected_size: int) -> None:
-        with error_context(self.fqrn, self.source):
-            self.fetcher.fetch(content_hash, suffix, compression,
-                               expected_size=expected_size).close()
+        """Download it if missing; if cached, have the kernel start reading it from disk."""
+        with error_context(self.fqrn, self.source), \
+                self.fetcher.fetch(content_hash, suffix, compression,
+                                   expected_size=expected_size) as fh:
+            _advise(fh, os.POSIX_FADV_WILLNEED)
 
     def database(self, content_hash: ContentHash, suffix: Suffix, what: str) -> Path:
         with error_context(self.fqrn, self.source, what), \
@@ -225,6 +229,12 @@ class _CachedObjects(_Objects):
             except BaseException:
                 self.fetcher.host.unpin(content_hash)
                 raise
+
+
+def _advise(fh: BinaryIO, advice: int) -> None:
+    """Page-cache hints for cache files (best effort: some filesystems refuse them)."""
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fh.fileno(), 0, 0, advice)
 
 
 class _OpenObject(io.BufferedReader):
