@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # `pycvmfs umount` needs none of the filesystem core
 log = logging.getLogger(__name__)
 BACKENDS = ("pyfuse3", "mfusepy")
 DEFAULT_KCACHE_TIMEOUT_S = 60.0  # CVMFS_KCACHE_TIMEOUT default
-READ_AHEAD_KB = 1024  # kernel read-ahead of the mount: 1 MiB requests instead of 128 KiB
+READ_AHEAD_KB = 4096  # kernel read-ahead of the mount: 1 MiB requests, several in flight
 MOUNT_WAIT_S = 30.0
 
 
