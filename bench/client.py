@@ -33,6 +33,16 @@ Fairness and caveats
     read-ahead (machine notes: then 1 MiB). Rows marked "(info)" and rows without a target
     are context, not goals.
 
+The reference client (`--reference-cvmfs2 PATH`, or $PYCVMFS_REFERENCE_CVMFS2)
+    The same three mounts and measurements (one function measures a mount, whichever client
+    made it) are repeated with CernVM-FS's own `cvmfs2`, on the same repository from the
+    same nginx, with its own cache, socket dir and mount point in the run's scratch dir
+    (config: CVMFS_SHARED_CACHE=no, CVMFS_QUOTA_LIMIT=-1, CVMFS_USER=root; the process
+    measured is the `user.pid` xattr of its mount root). Its rows ("walk cvmfs2, warm
+    (same mount)", ...) carry no targets; a final block lists "x cvmfs2" = pycvmfs seconds /
+    cvmfs2 seconds for each paired measurement (memory: MB / MB). In --json they are under
+    "reference_cvmfs2". Its mounts are unmounted with `fusermount3 -u` (then `-u -z`).
+
 The tree, the keys and the published repository are cached under `--workdir` (keyed by
 the sizes and seed) so re-runs skip the setup; the client cache and mount point are made
 fresh every run. Run from the repository root: `python bench/client.py [--quick]`.
@@ -54,7 +64,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -338,19 +348,73 @@ class Env:
         return self.run / "cache"
 
 
-class Mount:
-    """One background `pycvmfs mount`; always unmounted (and its process gone) on exit."""
+class ClientMount:
+    """One FUSE mount made by some client; always unmounted (its process gone) on exit.
 
-    def __init__(self, env: Env) -> None:
-        self.env = env
+    Subclasses mount in `_mount` and unmount in `_unmount`; `pid` is the mount process
+    (read from the `user.pid` xattr of the mount root, which both clients provide)."""
+
+    def __init__(self, mnt: Path, read_ahead_kb: int | None) -> None:
+        self.mnt = mnt
+        self.want_read_ahead_kb = read_ahead_kb
         self.pid = 0
         self.seconds = 0.0
         self.read_ahead_kb: int | None = None
 
-    def __enter__(self) -> Mount:
+    def __enter__(self) -> ClientMount:
+        if os.path.ismount(self.mnt):
+            raise RuntimeError(f"{self.mnt} is already mounted")
+        started = time.perf_counter()
+        try:
+            self._mount()
+            self.seconds = time.perf_counter() - started
+            self.pid = int(os.getxattr(self.mnt, "user.pid"))
+            self.read_ahead_kb = self._read_ahead(self.want_read_ahead_kb)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _mount(self) -> None:
+        raise NotImplementedError
+
+    def _unmount(self) -> None:
+        raise NotImplementedError
+
+    def _read_ahead(self, value: int | None) -> int | None:
+        """The mount's bdi read-ahead in KiB (set to `value` first if given)."""
+        dev = os.stat(self.mnt).st_dev
+        knob = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+        try:
+            if value is not None:
+                knob.write_text(f"{value}\n")
+            return int(knob.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def __exit__(self, *exc: object) -> None:
+        if os.path.ismount(self.mnt):
+            self._unmount()
+        deadline = time.monotonic() + EXIT_WAIT_S
+        while self.pid and pid_alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.pid and pid_alive(self.pid):  # the mount process this run started
+            print(f"warning: mount process {self.pid} still running; killing it")
+            os.kill(self.pid, signal.SIGKILL)
+
+    def memory_mb(self) -> tuple[float, float]:
+        return memory_mb(self.pid)
+
+
+class Mount(ClientMount):
+    """One background `pycvmfs mount`."""
+
+    def __init__(self, env: Env) -> None:
+        super().__init__(env.mnt, env.read_ahead_kb)
+        self.env = env
+
+    def _mount(self) -> None:
         env = self.env
-        if os.path.ismount(env.mnt):
-            raise RuntimeError(f"{env.mnt} is already mounted")
         options = {
             "CVMFS_SERVER_URL": env.url + "/cvmfs/@fqrn@",
             "CVMFS_HTTP_PROXY": "DIRECT",
@@ -363,45 +427,99 @@ class Mount:
             argv += ["-o", f"{key}={value}"]
         if env.backend:
             argv += ["--backend", env.backend]
-        started = time.perf_counter()
-        try:
-            pycvmfs(*argv, env=child_env(PYCVMFS_CONFIG_ROOT=str(env.run / "etc")),
-                    timeout=MOUNT_TIMEOUT_S)
-            self.seconds = time.perf_counter() - started
-            self.pid = int(os.getxattr(env.mnt, "user.pid"))
-            self.read_ahead_kb = self._read_ahead(env.read_ahead_kb)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+        pycvmfs(*argv, env=child_env(PYCVMFS_CONFIG_ROOT=str(env.run / "etc")),
+                timeout=MOUNT_TIMEOUT_S)
 
-    def _read_ahead(self, value: int | None) -> int | None:
-        """The mount's bdi read-ahead in KiB (set to `value` first if given)."""
-        dev = os.stat(self.env.mnt).st_dev
-        knob = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
-        try:
-            if value is not None:
-                knob.write_text(f"{value}\n")
-            return int(knob.read_text())
-        except (OSError, ValueError):
-            return None
+    def _unmount(self) -> None:
+        mnt = self.mnt
+        done = pycvmfs("umount", str(mnt), timeout=UMOUNT_TIMEOUT_S, check=False)
+        if done.returncode != 0 and os.path.ismount(mnt):
+            print(f"warning: umount failed ({done.stderr.strip()}); lazy unmount")
+            subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
 
-    def __exit__(self, *exc: object) -> None:
-        mnt = self.env.mnt
-        if os.path.ismount(mnt):
-            done = pycvmfs("umount", str(mnt), timeout=UMOUNT_TIMEOUT_S, check=False)
-            if done.returncode != 0 and os.path.ismount(mnt):
-                print(f"warning: umount failed ({done.stderr.strip()}); lazy unmount")
-                subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
-        deadline = time.monotonic() + EXIT_WAIT_S
-        while self.pid and pid_alive(self.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self.pid and pid_alive(self.pid):  # the mount process this run started
-            print(f"warning: mount process {self.pid} still running; killing it")
-            os.kill(self.pid, signal.SIGKILL)
 
-    def memory_mb(self) -> tuple[float, float]:
-        return memory_mb(self.pid)
+@dataclass(slots=True)
+class Reference:
+    """The reference CernVM-FS client `cvmfs2`: its own mount point, cache and sockets."""
+
+    binary: Path
+    dir: Path  # per-run scratch of the reference mounts
+    version: str = ""  # its `user.version` xattr, once mounted
+
+    @property
+    def mnt(self) -> Path:
+        return self.dir / "mnt"
+
+    @property
+    def cache(self) -> Path:
+        return self.dir / "cache"
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "cvmfs2.conf"
+
+    def write_config(self, env: Env) -> None:
+        """A config file that cvmfs2 reads alone (`-o config=`): no /etc/cvmfs needed."""
+        for d in (self.mnt, self.cache, self.dir / "sockets"):
+            d.mkdir(parents=True, exist_ok=True)
+        options = {
+            "CVMFS_SERVER_URL": env.url + "/cvmfs/@fqrn@",
+            "CVMFS_HTTP_PROXY": "DIRECT",
+            "CVMFS_PUBLIC_KEY": str(env.base / "keys" / f"{FQRN}.pub"),
+            "CVMFS_CACHE_BASE": str(self.cache),
+            "CVMFS_SHARED_CACHE": "no",
+            "CVMFS_RELOAD_SOCKETS": str(self.dir / "sockets"),
+            "CVMFS_USER": "root",
+            "CVMFS_CLAIM_OWNERSHIP": "no",
+            "CVMFS_CHECK_PERMISSIONS": "no",
+            "CVMFS_QUOTA_LIMIT": "-1",
+            "CVMFS_USE_GEOAPI": "no",
+            "CVMFS_SEND_INFO_HEADER": "no",
+            "CVMFS_TIMEOUT": "5",
+            "CVMFS_TIMEOUT_DIRECT": "5",
+            "CVMFS_MAX_RETRIES": "1",
+        }
+        self.config.write_text("".join(f"{k}={v}\n" for k, v in options.items()))
+
+    def env(self) -> dict[str, str]:
+        """cvmfs2 loads libcvmfs_fuse*_stub.so from CVMFS_LIBRARY_PATH (a build directory)."""
+        env = dict(os.environ)
+        if any(self.binary.parent.glob("libcvmfs_fuse*_stub.so")):
+            env["CVMFS_LIBRARY_PATH"] = str(self.binary.parent) + "/"
+        return env
+
+
+def unmount_fuse(mnt: Path) -> None:
+    """`fusermount3 -u`, then `fusermount3 -u -z` if the mount is still there."""
+    done = subprocess.run(["fusermount3", "-u", str(mnt)], check=False, capture_output=True,
+                          text=True, timeout=UMOUNT_TIMEOUT_S)
+    if done.returncode != 0 and os.path.ismount(mnt):
+        print(f"warning: fusermount3 -u failed ({done.stderr.strip()}); lazy unmount")
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False, capture_output=True,
+                       timeout=UMOUNT_TIMEOUT_S)
+
+
+class Cvmfs2Mount(ClientMount):
+    """One `cvmfs2` mount (it daemonizes; the FUSE process is found via `user.pid`)."""
+
+    def __init__(self, ref: Reference, read_ahead_kb: int | None) -> None:
+        super().__init__(ref.mnt, read_ahead_kb)
+        self.ref = ref
+
+    def _mount(self) -> None:
+        ref = self.ref
+        argv = [str(ref.binary), "-o", f"config={ref.config},allow_other,fsname=cvmfs2",
+                FQRN, str(ref.mnt)]
+        done = subprocess.run(argv, cwd=ref.binary.parent, env=ref.env(), capture_output=True,
+                              text=True, timeout=MOUNT_TIMEOUT_S)
+        if done.returncode != 0 or not os.path.ismount(ref.mnt):
+            raise RuntimeError(f"cvmfs2 mount failed ({done.returncode}):\n"
+                               f"{done.stdout}{done.stderr}")
+        with suppress(OSError):
+            ref.version = os.getxattr(ref.mnt, "user.version").decode().strip()
+
+    def _unmount(self) -> None:
+        unmount_fuse(self.mnt)
 
 
 # -- results -------------------------------------------------------------------------
@@ -436,9 +554,15 @@ class Row:
 class Results:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    reference: set[str] = field(default_factory=set)  # names of the cvmfs2 rows
+    reference_version: str = ""
+    pairs: list[tuple[Row, Row]] = field(default_factory=list)  # (pycvmfs, cvmfs2) rows
 
     def get(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
+
+    def find(self, name: str) -> Row | None:
+        return next((r for r in self.rows if r.name == name), None)
 
     def add(self, row: Row) -> Row:
         if row.baseline is not None:
@@ -504,16 +628,48 @@ def measure(results: Results, name: str, work: Callable[[], float], unit: str, *
 # -- the benchmark -------------------------------------------------------------------
 
 
-def run(env: Env, spec: Spec, results: Results, drop: bool, local_rounds: int) -> None:
+@dataclass(frozen=True, slots=True)
+class Client:
+    """One FUSE client as `bench_mounts` sees it; row names come from templates in which
+    {m} is the client ("mount" for pycvmfs, keeping the historic names), {M} its mount
+    ("mount" / "cvmfs2 mount") and {P} a prefix ("" / "cvmfs2 ")."""
+
+    mnt: Path
+    cache: Path
+    mount: Callable[[], ClientMount]
+    command: str  # what the mount seconds time
+    m: str = "mount"
+    M: str = "mount"
+    P: str = ""
+    judged: bool = True  # targets apply (pycvmfs only)
+
+    def label(self, template: str, **kw: Any) -> str:
+        return template.format(m=self.m, M=self.M, P=self.P, **kw)
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """What both clients are measured on, and the local rows they are compared with."""
+
+    src: Path
+    storage: Path
+    spec: Spec
+    drop: bool
+    big: Path
+    par: list[Path]
+    dropped: str
+    local_cold: str
+    local_walk: str
+    local_read: str
+    local_par: str
+
+
+def run(env: Env, spec: Spec, results: Results, drop: bool, local_rounds: int,
+        reference: Reference | None = None) -> None:
     src = env.base / "src"
     big = Path("data/big.bin")
     par = [Path(f"data/par/p{i}.bin") for i in range(spec.par_files)]
     dropped = "page cache dropped" if drop else "page cache NOT dropped"
-
-    def entries_match(local: str) -> Callable[[Row], bool]:
-        def check(row: Row) -> bool:
-            return row.amount == results.get(local).amount
-        return check
 
     def drop_now() -> None:
         drop_caches(drop)
@@ -531,86 +687,141 @@ def run(env: Env, spec: Spec, results: Results, drop: bool, local_rounds: int) -
     measure(results, f"{len(par)} readers local ({dropped})",
             lambda: read_parallel([src / p for p in par]), "bytes", rounds=rounds,
             before=drop_now)
-    local_walk = "walk local, warm"
-    local_read = f"seq read local ({dropped})"
-    local_par = f"{len(par)} readers local ({dropped})"
+    work = Work(src=src, storage=env.base / "storage", spec=spec, drop=drop, big=big, par=par,
+                dropped=dropped, local_cold=local_cold, local_walk="walk local, warm",
+                local_read=f"seq read local ({dropped})",
+                local_par=f"{len(par)} readers local ({dropped})")
 
-    warm_files(env.base / "storage" / "data")  # nginx serves from the page cache
-    shutil.rmtree(env.cache, ignore_errors=True)
-    print("mount 1, empty cache (everything from nginx):", flush=True)
-    with Mount(env) as m:
-        results.add(Row("mount, empty cache (trust chain + root catalog)", m.seconds, 1,
-                        "op", note="pycvmfs mount command until mounted"))
+    pycvmfs_rows = bench_mounts(results, work, Client(
+        mnt=env.mnt, cache=env.cache, mount=lambda: Mount(env),
+        command="pycvmfs mount command until mounted"))
+    if reference is None:
+        return
+    reference.write_config(env)
+    cvmfs2_rows = bench_mounts(results, work, Client(
+        mnt=reference.mnt, cache=reference.cache,
+        mount=lambda: Cvmfs2Mount(reference, env.read_ahead_kb),
+        command="cvmfs2 command until mounted", m="cvmfs2", M="cvmfs2 mount", P="cvmfs2 ",
+        judged=False))
+    results.reference = {row.name for row in cvmfs2_rows.values()}
+    results.reference_version = reference.version
+    results.pairs = [(row, cvmfs2_rows[key]) for key, row in pycvmfs_rows.items()
+                     if key in cvmfs2_rows]
+
+
+def bench_mounts(results: Results, work: Work, client: Client) -> dict[str, Row]:
+    """Three fresh mounts of `client`: empty cache, filled cache, filled cache in the page
+    cache. The rows it adds, keyed by their name template (the same for every client)."""
+    spec, src, big, par, drop, dropped = (work.spec, work.src, work.big, work.par, work.drop,
+                                          work.dropped)
+    mnt = client.mnt
+    rows: dict[str, Row] = {}
+
+    def keep(template: str, row: Row) -> Row:
+        rows[template] = row
+        return row
+
+    def add(template: str, seconds: float, amount: float, unit: str, *, target: str = "",
+            note: str = "", **kw: Any) -> Row:
+        row = results.add(Row(client.label(template, **kw), seconds, amount, unit,
+                              target=target if client.judged else "", note=note))
+        return keep(template, row)
+
+    def timed_row(template: str, fn: Callable[[], float], unit: str, m: ClientMount,
+                  baseline: str, *, target: str = "", check: Callable[[Row], bool] | None = None,
+                  entries: int | None = None, **kw: Any) -> Row:
+        """`measure` for this client: targets only if judged; a wrong entry count of an
+        unjudged client becomes a note (`entries`: the expected count)."""
+        row = measure(results, client.label(template, **kw), fn, unit, pid=m.pid,
+                      baseline=baseline, target=target if client.judged else "",
+                      check=check if client.judged else None)
+        if not client.judged and entries is not None and row.amount != entries:
+            results.notes.append(f"warning: {row.name} saw {row.amount:,.0f} entries, local "
+                                 f"{entries:,}")
+        return keep(template, row)
+
+    def entries_match(local: str) -> Callable[[Row], bool]:
+        def check(row: Row) -> bool:
+            return row.amount == results.get(local).amount
+        return check
+
+    local_entries = int(results.get(work.local_walk).amount)
+    warm_files(work.storage / "data")  # nginx serves from the page cache
+    shutil.rmtree(client.cache, ignore_errors=True)
+    print(client.label("{M} 1, empty cache (everything from nginx):"), flush=True)
+    with client.mount() as m:
+        add("{M}, empty cache (trust chain + root catalog)", m.seconds, 1, "op",
+            note=client.command)
         if m.read_ahead_kb is not None:
-            results.notes.append(f"mount bdi read_ahead_kb: {m.read_ahead_kb}")
-        measure(results, "seq read mount, cold (empty cache)",
-                lambda: read_file(env.mnt / big), "bytes", pid=m.pid, baseline=local_read,
-                target=f">= {TARGET_COLD_READ_MB_S:.0f} MB/s",
-                check=lambda r: r.amount / MB / r.seconds >= TARGET_COLD_READ_MB_S)
-        if not same_samples(src / big, env.mnt / big, spec.big_bytes):
-            raise RuntimeError("the mount returned different bytes than the local file")
-        measure(results, f"{len(par)} readers mount, cold",
-                lambda: read_parallel([env.mnt / p for p in par]), "bytes", pid=m.pid,
-                baseline=local_par)
-        measure(results, "walk mount, empty cache (catalog downloads)",
-                lambda: walk(env.mnt / "tree"), "entries", pid=m.pid, baseline=local_cold,
-                check=entries_match(local_walk), target="same entries")
+            results.notes.append(client.label(f"{{M}} bdi read_ahead_kb: {m.read_ahead_kb}"))
+        timed_row("seq read {m}, cold (empty cache)", lambda: read_file(mnt / big), "bytes", m,
+                  work.local_read, target=f">= {TARGET_COLD_READ_MB_S:.0f} MB/s",
+                  check=lambda r: r.amount / MB / r.seconds >= TARGET_COLD_READ_MB_S)
+        if not same_samples(src / big, mnt / big, spec.big_bytes):
+            raise RuntimeError(client.label("the {m} returned different bytes than the local "
+                                            "file"))
+        timed_row("{n} readers {m}, cold", lambda: read_parallel([mnt / p for p in par]),
+                  "bytes", m, work.local_par, n=len(par))
+        timed_row("walk {m}, empty cache (catalog downloads)", lambda: walk(mnt / "tree"),
+                  "entries", m, work.local_cold, check=entries_match(work.local_walk),
+                  target="same entries", entries=local_entries)
 
-    print("mount 2, catalogs and data cached:", flush=True)
-    with Mount(env) as m:
-        results.add(Row("mount, cache filled", m.seconds, 1, "op",
-                        note="pycvmfs mount command until mounted"))
+    print(client.label("{M} 2, catalogs and data cached:"), flush=True)
+    with client.mount() as m:
+        add("{M}, cache filled", m.seconds, 1, "op", note=client.command)
         drop_caches(drop)  # like the local cold walk: catalogs come from the disk cache
-        cold = measure(results, "walk mount, cold (catalogs cached)",
-                       lambda: walk(env.mnt / "tree"), "entries", pid=m.pid,
-                       baseline=local_cold, target=f"<= {TARGET_COLD_WALK_X:g}x local cold",
-                       check=lambda r: r.ratio is not None and r.ratio <= TARGET_COLD_WALK_X
-                       and r.amount == results.get(local_walk).amount)
-        results.notes.append(f"cold mount walk / warm local walk: "
-                             f"{cold.seconds / results.get(local_walk).seconds:.1f}x")
-        measure(results, "walk mount, warm (same mount)", lambda: walk(env.mnt / "tree"),
-                "entries", pid=m.pid, baseline=local_walk,
-                target=f"<= {TARGET_WARM_WALK_X:g}x local warm",
-                check=lambda r: r.ratio is not None and r.ratio <= TARGET_WARM_WALK_X
-                and r.amount == results.get(local_walk).amount)
+        cold = timed_row("walk {m}, cold (catalogs cached)", lambda: walk(mnt / "tree"),
+                         "entries", m, work.local_cold,
+                         target=f"<= {TARGET_COLD_WALK_X:g}x local cold",
+                         check=lambda r: r.ratio is not None and r.ratio <= TARGET_COLD_WALK_X
+                         and r.amount == results.get(work.local_walk).amount,
+                         entries=local_entries)
+        results.notes.append(client.label("cold {P}mount walk / warm local walk: ")
+                             + f"{cold.seconds / results.get(work.local_walk).seconds:.1f}x")
+        timed_row("walk {m}, warm (same mount)", lambda: walk(mnt / "tree"), "entries", m,
+                  work.local_walk, target=f"<= {TARGET_WARM_WALK_X:g}x local warm",
+                  check=lambda r: r.ratio is not None and r.ratio <= TARGET_WARM_WALK_X
+                  and r.amount == results.get(work.local_walk).amount, entries=local_entries)
         drop_caches(drop)
-        measure(results, f"seq read mount, warm ({dropped})", lambda: read_file(env.mnt / big),
-                "bytes", pid=m.pid, baseline=local_read,
-                target=f">= {TARGET_WARM_READ_SHARE:.0%} local MB/s",
-                check=lambda r: r.ratio is not None and 1 / r.ratio >= TARGET_WARM_READ_SHARE)
+        timed_row("seq read {m}, warm ({dropped})", lambda: read_file(mnt / big), "bytes", m,
+                  work.local_read, target=f">= {TARGET_WARM_READ_SHARE:.0%} local MB/s",
+                  check=lambda r: r.ratio is not None and 1 / r.ratio >= TARGET_WARM_READ_SHARE,
+                  dropped=dropped)
         drop_caches(drop)
-        measure(results, f"{len(par)} readers mount, warm ({dropped})",
-                lambda: read_parallel([env.mnt / p for p in par]), "bytes", pid=m.pid,
-                baseline=local_par)
+        timed_row("{n} readers {m}, warm ({dropped})",
+                  lambda: read_parallel([mnt / p for p in par]), "bytes", m, work.local_par,
+                  n=len(par), dropped=dropped)
         rss, hwm = m.memory_mb()
-        results.add(Row("mount 2 VmRSS at the end (info)", 0.0, rss, "MB",
-                        note=f"VmHWM {hwm:.1f} MB"))
+        add("{M} 2 VmRSS at the end (info)", 0.0, rss, "MB", note=f"VmHWM {hwm:.1f} MB")
 
-    print("mount 3, cache filled, cache files in the page cache:", flush=True)
-    with Mount(env) as m:
+    print(client.label("{M} 3, cache filled, cache files in the page cache:"), flush=True)
+    with client.mount() as m:
         rss0, _ = m.memory_mb()
-        results.add(Row("mount 3 VmRSS after mounting", 0.0, rss0, "MB"))
+        add("{M} 3 VmRSS after mounting", 0.0, rss0, "MB")
         if spec.many:
-            local_many = measure(results, "walk local many/ (info, page cache warm)",
-                                 lambda: walk(src / "many"), "entries")
-            measure(results, f"walk mount many/, {spec.many:,} new entries",
-                    lambda: walk(env.mnt / "many"), "entries", pid=m.pid,
-                    baseline=local_many.name, target="same entries",
-                    check=lambda r: r.amount == local_many.amount)
+            local_name = "walk local many/ (info, page cache warm)"
+            local_many = (results.find(local_name)
+                          or measure(results, local_name, lambda: walk(src / "many"), "entries"))
+            timed_row("walk {m} many/, {n:,} new entries", lambda: walk(mnt / "many"),
+                      "entries", m, local_many.name, target="same entries",
+                      check=lambda r: r.amount == local_many.amount,
+                      entries=int(local_many.amount), n=spec.many)
             rss, hwm = m.memory_mb()
             total = results.rows[-1].amount
-            results.add(Row(f"VmRSS after walking {total:,.0f} entries", 0.0, rss, "MB",
-                            target=f"<= {TARGET_RSS_MB:.0f} MB"))
-            results.rows[-1].passed = rss <= TARGET_RSS_MB
-            results.add(Row(f"VmHWM after walking {total:,.0f} entries", 0.0, hwm, "MB",
-                            target=f"<= {TARGET_RSS_MB:.0f} MB"))
-            results.rows[-1].passed = hwm <= TARGET_RSS_MB
-        warm_files(env.cache)  # the cache files in the page cache, as the local hot read
-        measure(results, "seq read mount, warm, page cache hot", lambda: read_file(env.mnt / big),
-                "bytes", pid=m.pid, baseline="seq read local, page cache hot")
+            row = add("{P}VmRSS after walking {total:,.0f} entries", 0.0, rss, "MB",
+                      target=f"<= {TARGET_RSS_MB:.0f} MB", total=total)
+            if client.judged:
+                row.passed = rss <= TARGET_RSS_MB
+            row = add("{P}VmHWM after walking {total:,.0f} entries", 0.0, hwm, "MB",
+                      target=f"<= {TARGET_RSS_MB:.0f} MB", total=total)
+            if client.judged:
+                row.passed = hwm <= TARGET_RSS_MB
+        warm_files(client.cache)  # the cache files in the page cache, as the local hot read
+        timed_row("seq read {m}, warm, page cache hot", lambda: read_file(mnt / big), "bytes",
+                  m, "seq read local, page cache hot")
         rss, hwm = m.memory_mb()
-        results.add(Row("mount 3 VmRSS after reading too (info)", 0.0, rss, "MB",
-                        note=f"VmHWM {hwm:.1f} MB"))
+        add("{M} 3 VmRSS after reading too (info)", 0.0, rss, "MB", note=f"VmHWM {hwm:.1f} MB")
+    return rows
 
 
 def print_table(results: Results) -> None:
@@ -641,6 +852,37 @@ def print_table(results: Results) -> None:
     failed = [r.name for r in judged if not r.passed]
     print(f"\n{len(judged) - len(failed)} of {len(judged)} targets met"
           + (f"; FAIL: {', '.join(failed)}" if failed else ""))
+    if results.pairs:
+        print_pairs(results)
+
+
+def x_reference(mine: Row, ref: Row) -> float | None:
+    """pycvmfs seconds / cvmfs2 seconds for the same work (per entry or byte, should the
+    amounts differ); for memory rows MB / MB."""
+    if mine.unit == "MB":
+        return mine.amount / ref.amount if ref.amount > 0 else None
+    if mine.unit == "op" or not (mine.amount and ref.amount):
+        return mine.seconds / ref.seconds if ref.seconds > 0 else None
+    per_ref = ref.seconds / ref.amount
+    return (mine.seconds / mine.amount) / per_ref if per_ref > 0 else None
+
+
+def print_pairs(results: Results) -> None:
+    header = (f"{'pycvmfs measurement (cvmfs2: same work)':<48} {'pycvmfs':>8} {'rate':>16} "
+              f"{'cvmfs2':>8} {'rate':>16} {'x cvmfs2':>9}")
+    print(f"\npycvmfs vs the reference client cvmfs2 {results.reference_version}".rstrip())
+    print(header)
+    print("-" * len(header))
+    for mine, ref in results.pairs:
+        if mine.unit == "MB":
+            a, b = f"{'':>8}", f"{'':>8}"
+        else:
+            a, b = f"{mine.seconds:8.2f}", f"{ref.seconds:8.2f}"
+        x = x_reference(mine, ref)
+        ratio = f"{x:8.2f}x" if x is not None else f"{'':>9}"
+        print(f"{mine.name:<48} {a} {mine.rate:>16} {b} {ref.rate:>16} {ratio}")
+    print("(x cvmfs2 = pycvmfs seconds / cvmfs2 seconds for the same work, both against the "
+          "same nginx and local rows; memory rows: pycvmfs MB / cvmfs2 MB)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -676,6 +918,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
                         help="also write the results as JSON")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--reference-cvmfs2", type=Path, metavar="PATH",
+                        default=Path(os.environ["PYCVMFS_REFERENCE_CVMFS2"])
+                        if os.environ.get("PYCVMFS_REFERENCE_CVMFS2") else None,
+                        help="also measure the reference client: mount the same repository "
+                             "from the same nginx with this cvmfs2 binary (a build directory "
+                             "with libcvmfs_fuse3_stub.so next to it works) and compare "
+                             "(default: $PYCVMFS_REFERENCE_CVMFS2 if set, else off)")
     args = parser.parse_args(argv)
     quick = {"entries": 300, "size_gb": 0.024, "parallel_mb": 1.0, "rss_entries": 1000,
              "local_rounds": 1}
@@ -689,16 +938,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if (args.entries < 20 or args.size_gb <= 0 or args.parallel_mb <= 0
             or args.rss_entries < 0 or args.local_rounds < 1):
         parser.error("sizes and rounds must be positive (--entries at least 20)")
+    ref = args.reference_cvmfs2
+    if ref is not None:
+        args.reference_cvmfs2 = ref = ref.absolute()
+        if not (ref.is_file() and os.access(ref, os.X_OK)):
+            parser.error(f"--reference-cvmfs2: {ref} is not an executable file")
     return args
 
 
-def preflight() -> str | None:
+def preflight(reference: bool = False) -> str | None:
     if os.geteuid() != 0:
         return "needs root (FUSE mounts as root, drop_caches)"
     if not os.path.exists("/dev/fuse"):
         return "needs /dev/fuse"
     if shutil.which("nginx") is None:
         return "needs nginx"
+    if reference and shutil.which("fusermount3") is None:
+        return "--reference-cvmfs2 needs fusermount3"
     return None
 
 
@@ -708,7 +964,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    problem = preflight()
+    problem = preflight(args.reference_cvmfs2 is not None)
     if problem:
         print(f"bench/client.py: {problem}", file=sys.stderr)
         return 2
@@ -726,9 +982,14 @@ def main(argv: list[str] | None = None) -> int:
     base = ensure_repository(workdir, spec, args.chunk_sizes)
     info = json.loads((base / "ready.json").read_text())
     run_dir = workdir / "run"
+    reference = (Reference(args.reference_cvmfs2, run_dir / "cvmfs2")
+                 if args.reference_cvmfs2 is not None else None)
+    ref_mnt = run_dir / "cvmfs2" / "mnt"
     if run_dir.exists():
         if os.path.ismount(run_dir / "mnt"):
             subprocess.run(["umount", "-l", str(run_dir / "mnt")], check=False)
+        if os.path.ismount(ref_mnt):  # left by a killed run
+            subprocess.run(["fusermount3", "-u", "-z", str(ref_mnt)], check=False)
         shutil.rmtree(run_dir)
     for d in (run_dir / "mnt", run_dir / "etc"):
         d.mkdir(parents=True)
@@ -751,20 +1012,34 @@ def main(argv: list[str] | None = None) -> int:
             env = Env(base=base, run=run_dir, url=server.url, backend=args.backend,
                       quota_mb=int(info["storage_bytes"] * 1.5 / MIB) + 1024,
                       read_ahead_kb=args.read_ahead_kb)
-            run(env, spec, results, drop, args.local_rounds)
+            run(env, spec, results, drop, args.local_rounds, reference)
     finally:
         if os.path.ismount(run_dir / "mnt"):  # a Mount's own exit failed: last resort
             subprocess.run(["umount", "-l", str(run_dir / "mnt")], check=False)
+        if os.path.ismount(ref_mnt):  # a Cvmfs2Mount's own exit failed: last resort
+            unmount_fuse(ref_mnt)
         shutil.rmtree(run_dir, ignore_errors=True)
     print(f"(measured in {time.perf_counter() - started:.1f} s)")
     print_table(results)
     if args.json:
-        args.json.write_text(json.dumps({
+        report: dict[str, Any] = {
             "spec": asdict(spec), "backend": backend, "drop_caches": drop,
             "read_ahead_kb": args.read_ahead_kb, "storage_bytes": info["storage_bytes"],
             "notes": results.notes,
-            "rows": [dict(asdict(r), rate=r.rate) for r in results.rows],
-        }, indent=1))
+            "rows": [dict(asdict(r), rate=r.rate) for r in results.rows
+                     if r.name not in results.reference],
+        }
+        if reference is not None:
+            report["reference_cvmfs2"] = {
+                "binary": str(reference.binary), "version": reference.version,
+                "rows": [dict(asdict(r), rate=r.rate) for r in results.rows
+                         if r.name in results.reference],
+                "pairs": [{"pycvmfs": a.name, "cvmfs2": b.name, "unit": a.unit,
+                           "pycvmfs_seconds": a.seconds, "cvmfs2_seconds": b.seconds,
+                           "pycvmfs_amount": a.amount, "cvmfs2_amount": b.amount,
+                           "x_cvmfs2": x_reference(a, b)} for a, b in results.pairs],
+            }
+        args.json.write_text(json.dumps(report, indent=1))
     failed = any(r.passed is False for r in results.rows)
     return 1 if args.strict and failed else 0
 

@@ -20,9 +20,13 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+import pytest
 
 NGINX_START_TIMEOUT_SECONDS = 10.0  # measured ready time is ~0.12 s; generous for busy CI
 NGINX_STOP_TIMEOUT_SECONDS = 5.0
@@ -57,6 +61,26 @@ http {{
 
 def nginx_binary() -> str | None:
     return shutil.which("nginx")
+
+
+# Tests that mount through a configured client served by a local nginx.
+NEEDS_FUSE_AND_NGINX = [
+    pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
+                       reason="needs /dev/fuse and root"),
+    pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed"),
+]
+
+
+@contextmanager
+def shared_scratch(prefix: str) -> Iterator[Path]:
+    """A fresh directory that other users may traverse (nginx workers run as nobody;
+    pytest's tmp_path is 0700 root), removed on exit."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def free_port() -> int:

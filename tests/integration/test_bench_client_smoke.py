@@ -4,38 +4,30 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.servers import nginx_binary
+from tests.servers import NEEDS_FUSE_AND_NGINX, shared_scratch
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE_BUDGET_S = 20.0
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
-                       reason="needs /dev/fuse and root"),
-    pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed"),
+    *NEEDS_FUSE_AND_NGINX,
 ]
 
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     """Outside pytest's 0700 tmp_path: nginx workers (nobody) must reach the storage."""
-    path = Path(tempfile.mkdtemp(prefix="pycvmfs-bench-smoke-"))
-    path.chmod(0o755)
-    try:
+    with shared_scratch("pycvmfs-bench-smoke-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_quick_run_prints_the_table(workdir: Path) -> None:

@@ -33,7 +33,7 @@ import pytest
 from pycvmfs.format.chunking import ChunkParams
 from tests.fault_server import Sites, loopback_sites, make_world_readable
 from tests.publish_helpers import Keys, open_repository, pseudo_random, run_publish
-from tests.servers import Nginx, nginx_binary
+from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, shared_scratch
 from tests.squid import Squid
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,9 +51,7 @@ UNMOUNT_WAIT_S = 15.0
 PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
 
 pytestmark = [
-    pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
-                       reason="needs /dev/fuse and root"),
-    pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed"),
+    *NEEDS_FUSE_AND_NGINX,
     pytest.mark.skipif(Squid.available() is not None, reason=str(Squid.available())),
 ]
 
@@ -94,9 +92,7 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(keys: Keys) -> Iterator[Site]:
-    base = Path(tempfile.mkdtemp(prefix="pycvmfs-faults-"))
-    base.chmod(0o755)  # nginx workers (nobody) must reach the storage
-    try:
+    with shared_scratch("pycvmfs-faults-") as base:  # nginx workers (nobody) read it
         tree, storage = base / "tree", base / "storage"
         contents = {f"/text/t{i:03}.txt": pseudo_random(1000 + i, 3000).hex().encode()
                     for i in range(TEXT_FILES)}
@@ -114,8 +110,6 @@ def site(keys: Keys) -> Iterator[Site]:
                 chunk_sizes[path] = [p.size for p in pieces]
         with loopback_sites({keys.fqrn: storage}) as sites:
             yield Site(keys, storage, sites, contents, objects, chunk_sizes)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _tampered_copy(storage: Path, edits: dict[str, bytes]) -> Path:

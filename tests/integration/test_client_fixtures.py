@@ -16,7 +16,6 @@ import os
 import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from tests.fixtures_path import (
 )
 from tests.mounting import ROOT, CliMount, cli_mount
 from tests.publish_helpers import Keys, run_publish
-from tests.servers import Nginx, nginx_binary
+from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, shared_scratch
 from tests.tree_listing import (
     expected_lines,
     expected_sha1s,
@@ -47,9 +46,7 @@ from tests.tree_listing import (
 )
 
 pytestmark = [
-    pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
-                       reason="needs /dev/fuse and root"),
-    pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed"),
+    *NEEDS_FUSE_AND_NGINX,
 ]
 
 BACKENDS = ["pyfuse3", "mfusepy"]
@@ -80,12 +77,8 @@ class Served:
 @pytest.fixture(scope="module")
 def workdir() -> Iterator[Path]:
     """A world-traversable scratch directory (nginx workers run as nobody)."""
-    base = Path(tempfile.mkdtemp(prefix="pycvmfs-client-fixtures-"))
-    base.chmod(0o755)
-    try:
+    with shared_scratch("pycvmfs-client-fixtures-") as base:
         yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

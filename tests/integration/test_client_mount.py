@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import Nginx, nginx_binary
+from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx
 
 ROOT = Path(__file__).resolve().parents[2]
 FQRN = "demo.pycvmfs.org"
 
 pytestmark = [
-    pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
-                       reason="needs /dev/fuse and root"),
-    pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed"),
+    *NEEDS_FUSE_AND_NGINX,
 ]
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,12 +15,10 @@ import pytest
 
 from tests.mounting import cli_mount
 from tests.publish_helpers import Keys, run_publish
-from tests.servers import Nginx, nginx_binary
+from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, shared_scratch
 
 pytestmark = [
-    pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
-                       reason="needs /dev/fuse and root"),
-    pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed"),
+    *NEEDS_FUSE_AND_NGINX,
 ]
 
 T1 = int(time.time()) - 3600  # manifest timestamps of revisions 1 and 2 (the whitelist
@@ -64,13 +61,8 @@ class Site:
 
 @pytest.fixture
 def site(keys: Keys) -> Iterator[Site]:
-    base = Path(tempfile.mkdtemp(prefix="pycvmfs-revisions-"))
-    base.chmod(0o755)  # nginx workers (nobody) read the storage
-    try:
-        with Nginx() as server:
-            yield Site(keys, server, base)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with shared_scratch("pycvmfs-revisions-") as base, Nginx() as server:
+        yield Site(keys, server, base)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:

@@ -24,7 +24,6 @@ import stat
 import subprocess
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.mounting import ROOT, cli_mount, is_mounted, mountinfo
-from tests.servers import Nginx, nginx_binary
+from tests.servers import Nginx, nginx_binary, shared_scratch
 
 pytestmark = [
     pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
@@ -155,12 +154,8 @@ def fuse_open_to_all(user: User) -> Iterator[None]:
 @pytest.fixture
 def area(user: User) -> Iterator[Path]:
     """A world-traversable scratch directory (pytest's tmp_path is 0700 root)."""
-    base = Path(tempfile.mkdtemp(prefix="pycvmfs-user-"))
-    base.chmod(0o755)
-    try:
+    with shared_scratch("pycvmfs-user-") as base:
         yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def user_env(user: User, home: Path, config_root: Path) -> dict[str, str]:
