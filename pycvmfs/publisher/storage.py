@@ -269,12 +269,17 @@ class ObjectWriter:
         if self._deflate is not None:
             self._out(self._deflate.flush())
         content_hash = self._hasher.finish()
-        return content_hash, self._storage.commit_temporary(self._fd, self._tmp, content_hash,
-                                                            suffix)
+        fd, self._fd = self._fd, -1  # commit_temporary closes it
+        return content_hash, self._storage.commit_temporary(fd, self._tmp, content_hash, suffix)
 
     def abort(self) -> None:
+        """Drop the temporary; idempotent. Closing twice would be a real bug: by then
+        another worker may have been given the same descriptor number."""
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
         with contextlib.suppress(OSError):
-            os.close(self._fd)
+            os.close(fd)
         _unlink_quietly(self._tmp)
 
 
