@@ -22,6 +22,7 @@ import pyfuse3
 import trio
 
 from pycvmfs.fs.vfs import Attr, FsError, RepositoryVFS
+from pycvmfs.repository.catalog_tree import WouldLoadError, no_loading
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -54,9 +55,18 @@ class Pyfuse3Operations(pyfuse3.Operations):
             with contextlib.suppress(OSError):  # ENOENT: the kernel had forgotten it
                 pyfuse3.invalidate_entry(parent, name)
 
-    async def _call(self, func: Callable[..., _T], *args: Any) -> _T:
-        """The boundary: run in a worker thread, FsError -> FUSEError, others -> EIO."""
+    async def _call(self, func: Callable[..., _T], *args: Any, inline: bool = False) -> _T:
+        """The boundary: FsError -> FUSEError, others -> EIO. With `inline`, first try on
+        the event loop with catalog loading forbidden (SQLite lookups in attached catalogs
+        take microseconds, a thread hop much longer); whatever would download goes to a
+        worker thread."""
         try:
+            if inline:
+                try:
+                    with no_loading():
+                        return func(*args)
+                except WouldLoadError:
+                    pass
             result: _T = await trio.to_thread.run_sync(func, *args, limiter=self._limiter)
             return result
         except FsError as exc:
@@ -77,7 +87,7 @@ class Pyfuse3Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
         text = name.decode("utf-8", "surrogateescape")
         try:
-            return self._entry(await self._call(self.vfs.lookup, parent_inode, text))
+            return self._entry(await self._call(self.vfs.lookup, parent_inode, text, inline=True))
         except pyfuse3.FUSEError as exc:
             if exc.errno != errno.ENOENT:
                 raise
@@ -90,16 +100,17 @@ class Pyfuse3Operations(pyfuse3.Operations):
             return negative
 
     async def getattr(self, inode: int, ctx: Any = None) -> Any:
-        return self._entry(await self._call(self.vfs.getattr, inode))
+        return self._entry(await self._call(self.vfs.getattr, inode, inline=True))
 
     async def readlink(self, inode: int, ctx: Any) -> bytes:
         cached = self.vfs.cached_link(inode)  # answered already: no hop to a worker thread
-        return cached if cached is not None else await self._call(self.vfs.readlink, inode)
+        return cached if cached is not None else await self._call(self.vfs.readlink, inode,
+                                                                  inline=True)
 
     async def opendir(self, inode: int, ctx: Any) -> int:
         listing = self.vfs.cached_listing(inode)  # answered already: no worker thread
         if listing is None:
-            listing = await self._call(self.vfs.readdir_with_dots, inode)
+            listing = await self._call(self.vfs.readdir_with_dots, inode, inline=True)
         handle, self._next_dir = self._next_dir, self._next_dir + 1
         self._dirs[handle] = listing
         return handle
@@ -116,7 +127,7 @@ class Pyfuse3Operations(pyfuse3.Operations):
         self._dirs.pop(fh, None)
 
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
-        handle = await self._call(self.vfs.open, inode, flags)
+        handle = await self._call(self.vfs.open, inode, flags, inline=True)
         direct = self.vfs.direct_io(handle)
         return pyfuse3.FileInfo(fh=handle, keep_cache=not direct, direct_io=direct)
 
@@ -131,7 +142,7 @@ class Pyfuse3Operations(pyfuse3.Operations):
         return await self._call(self.vfs.getxattr, inode, name.decode("utf-8", "surrogateescape"))
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        names = await self._call(self.vfs.listxattr, inode)
+        names = await self._call(self.vfs.listxattr, inode, inline=True)
         return [n.encode("utf-8", "surrogateescape") for n in names]
 
     async def statfs(self, ctx: Any) -> Any:

@@ -27,8 +27,9 @@ the next lookup attaches them again.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from pycvmfs.errors import CatalogError, NotFoundError, PycvmfsError
@@ -38,6 +39,27 @@ from pycvmfs.repository.catalog import Catalog, NestedRef
 
 CatalogLoader = Callable[[ContentHash, str], Catalog]
 ROOT_PREFIXES = ("", "/")  # a root catalog has no root_prefix (some writers store "/")
+
+
+class WouldLoadError(Exception):
+    """Raised instead of loading a catalog while `CatalogTree.no_loading()` is active: the
+    caller was about to block on a download and should retry where blocking is fine. Not
+    a PycvmfsError on purpose: nothing may turn it into an I/O error on the way up."""
+
+
+_loading = threading.local()
+
+
+@contextmanager
+def no_loading() -> Iterator[None]:
+    """In this thread, answer only from attached catalogs (`WouldLoadError` otherwise):
+    an event loop can then run lookups inline and hand only the rest to a thread."""
+    previous = getattr(_loading, "forbidden", False)
+    _loading.forbidden = True
+    try:
+        yield
+    finally:
+        _loading.forbidden = previous
 
 
 class Resolved(NamedTuple):
@@ -130,6 +152,8 @@ class CatalogTree:
             catalog = self._attached.get(ref.path)
             if catalog is not None:
                 return catalog
+            if getattr(_loading, "forbidden", False):
+                raise WouldLoadError(ref.path)
             future = self._inflight.get(ref.path)
             leader = future is None
             if future is None:

@@ -269,3 +269,21 @@ def test_geo_api_sorts_the_ring_then_max_servers_cuts_it(tmp_path: Path) -> None
                            "http://a.test/cvmfs/x.example.org")
     uuid = (config.cache_dir / "uuid").read_text().strip()
     assert asked and asked[0].endswith(f"/api/v1.0/geo/{uuid}/a.test,b.test,c.test")
+
+
+def test_inline_lookups_never_load_a_catalog(site: Site) -> None:
+    from pycvmfs.repository.catalog_tree import WouldLoadError, no_loading
+
+    site.publish({"a.txt": b"1", "sub/.cvmfscatalog": b"", "sub/f.txt": b"f"}, T1)
+    client = site.client()
+    try:
+        with no_loading():
+            assert client.vfs.lookup(ROOT_INODE, "a.txt").size == 1  # the root is attached
+            sub = client.vfs.lookup(ROOT_INODE, "sub").ino  # its entry is in the root too
+            with pytest.raises(WouldLoadError):  # below it: a download, not for a loop
+                client.vfs.lookup(sub, "f.txt")
+        assert client.vfs.lookup(sub, "f.txt").size == 1  # where blocking is fine
+        with no_loading():
+            assert client.vfs.lookup(sub, "f.txt").size == 1  # attached now
+    finally:
+        client.close()
