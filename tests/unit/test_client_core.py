@@ -287,3 +287,24 @@ def test_inline_lookups_never_load_a_catalog(site: Site) -> None:
             assert client.vfs.lookup(sub, "f.txt").size == 1  # attached now
     finally:
         client.close()
+
+
+def test_alien_cache_serves_another_mount(site: Site, tmp_path: Path) -> None:
+    site.publish({"a.txt": b"shared"}, T1)
+    alien = tmp_path / "alien"
+    options = {"CVMFS_ALIEN_CACHE": str(alien), "CVMFS_QUOTA_LIMIT": "-1",
+               "CVMFS_SHARED_CACHE": "no"}
+    first = site.client(**options)
+    try:
+        ino = first.vfs.lookup(ROOT_INODE, "a.txt").ino
+        assert first.vfs.read(first.vfs.open(ino, 0), 0, 10) == b"shared"
+    finally:
+        first.close()
+    assert any(p.is_file() for p in alien.glob("??/*"))
+    site.online = False  # another node, same shared filesystem: no network needed
+    second = site.client(CVMFS_CACHE_BASE=str(tmp_path / "other-base"), **options)
+    try:
+        ino = second.vfs.lookup(ROOT_INODE, "a.txt").ino
+        assert second.vfs.read(second.vfs.open(ino, 0), 0, 10) == b"shared"
+    finally:
+        second.close()
