@@ -52,7 +52,6 @@ Needs root (drop_caches, FUSE mounts), /dev/fuse and nginx.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import random
@@ -220,6 +219,13 @@ def ensure_repository(workdir: Path, spec: Spec, chunk_sizes: str | None) -> Pat
 
 
 # -- system probes -------------------------------------------------------------------
+
+
+def _default_backend() -> str:
+    """The binding `pycvmfs mount` would pick (for the table's notes)."""
+    from pycvmfs.fs.mount import load_backend
+
+    return load_backend()[0]
 
 
 def drop_caches(enabled: bool) -> bool:
@@ -904,7 +910,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--chunk-sizes", default=None, metavar="MIN,AVG,MAX",
                         help="passed to `pycvmfs publish` (default: its 4M,8M,16M)")
-    parser.add_argument("--backend", default=None, help="FUSE binding: pyfuse3 or mfusepy")
+    parser.add_argument("--backend", default=None,
+                        help="FUSE binding: lowlevel, pyfuse3 or mfusepy (default: as "
+                        "pycvmfs picks)")
     parser.add_argument("--read-ahead-kb", type=int, default=None,
                         help="set the mount's bdi read_ahead_kb after mounting (default: "
                              "leave the kernel's value)")
@@ -994,7 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
     for d in (run_dir / "mnt", run_dir / "etc"):
         d.mkdir(parents=True)
     drop = not args.no_drop_caches
-    backend = args.backend or ("pyfuse3" if importlib.util.find_spec("pyfuse3") else "mfusepy")
+    backend = args.backend or _default_backend()
     print(f"tree: {spec.entries:,} entries in tree/, data/big.bin {spec.big_bytes / MB:,.0f} MB, "
           f"{spec.par_files} x {spec.par_bytes / MB:,.1f} MB in data/par/, "
           f"{spec.many:,} entries in many/; storage {info['storage_bytes'] / MB:,.0f} MB")

@@ -50,7 +50,8 @@ def overrides_of(options: tuple[str, ...]) -> dict[str, str]:
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Extra configuration file(s), applied after the /etc/cvmfs hierarchy.")
 @click.option("--foreground", is_flag=True, help="Serve in this process until unmounted.")
-@click.option("--backend", default=None, help="FUSE binding: pyfuse3 or mfusepy.")
+@click.option("--backend", default=None,
+              help="FUSE binding: lowlevel, pyfuse3 or mfusepy (default: the first that loads).")
 @click.option("--detached", is_flag=True, hidden=True,
               help="Set by the background mount for its serving process: log to files.")
 def mount(fqrn: str, mountpoint: Path, options: tuple[str, ...],

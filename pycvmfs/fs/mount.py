@@ -1,7 +1,10 @@
-"""Mount lifecycle, once for both adapters: choose the backend, serve, unmount.
+"""Mount lifecycle, once for all adapters: choose the backend, serve, unmount.
 
-`PYCVMFS_FUSE=pyfuse3,mfusepy` (the default order) picks the first binding that
-imports; the reasons others failed are kept for error messages.
+`PYCVMFS_FUSE=lowlevel,pyfuse3,mfusepy` (the default order) picks the first binding that
+imports; the reasons others failed are kept for error messages. `lowlevel` is libfuse3's
+low-level API through ctypes (no build step; refuses libfuse versions it has no layouts
+for): first because only it lets the kernel cache directory listings and symlinks (a warm
+walk of 20,000 entries 1.0x local disk against 4x with pyfuse3, bench/client.py).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ if TYPE_CHECKING:  # `pycvmfs umount` needs none of the filesystem core
     from pycvmfs.fs.vfs import RepositoryVFS
 
 log = logging.getLogger(__name__)
-BACKENDS = ("pyfuse3", "mfusepy")
+BACKENDS = ("lowlevel", "pyfuse3", "mfusepy")
 DEFAULT_KCACHE_TIMEOUT_S = 60.0  # CVMFS_KCACHE_TIMEOUT default
 READ_AHEAD_KB = 4096  # kernel read-ahead of the mount: 1 MiB requests, several in flight
 MOUNT_WAIT_S = 30.0
@@ -84,7 +87,7 @@ def serve(vfs: RepositoryVFS, mountpoint: str, *, backend: str | None = None,
     threading.Thread(target=tune_read_ahead, args=(mountpoint, mounted_device(mountpoint)),
                      daemon=True, name="read-ahead-tuning").start()
     fsname = f"cvmfs2#{vfs.repository.fqrn}"
-    if name == "pyfuse3":
+    if name in ("pyfuse3", "lowlevel"):
         adapter.serve(vfs, mountpoint, fsname=fsname, entry_timeout=kcache_timeout_s)
     else:
         adapter.serve(vfs, mountpoint, fsname=fsname,

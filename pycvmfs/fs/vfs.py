@@ -267,6 +267,7 @@ class RepositoryVFS:
                  expires: Callable[[], str] = lambda: "never (fixed root catalog)",
                  cache: CacheInfo | None = None) -> None:
         self.repository = repository
+        self._announced = repository  # what magic xattrs report: swapped after invalidation
         self.options = options or MountOptions()
         self.stats = stats or ClientStats()
         self.network = network or NetworkInfo()
@@ -298,6 +299,8 @@ class RepositoryVFS:
                 listener()
             except Exception:
                 log.exception("dropping kernel caches after the revision change failed")
+        # only now say so (`user.revision`): whoever polls it then sees no stale kernel entry
+        self._announced = repository
 
     def entry_timeout(self, normal: float) -> float:
         """The kernel cache timeout to send now: 0 right after a revision change, so an
@@ -577,7 +580,7 @@ class RepositoryVFS:
         path = self.path_of(ino)
         _, entry = self._resolve(path)
         if magic_xattrs.is_magic(name):
-            context = XattrContext(self.repository, self.stats, self.network, self.cache,
+            context = XattrContext(self._announced, self.stats, self.network, self.cache,
                                    path, entry, self._expires, self.inode_max)
             try:
                 value = magic_xattrs.get(name, context)

@@ -2,7 +2,7 @@
 
 One real nginx per module serves `oracle.local` and `legacy_aufs.cern.ch` (shared fixtures;
 whitelists re-signed with the fixture's master key into a temporary copy when expired) and
-the bundled `testdata/repo`. Each is mounted with both FUSE backends through the CLI as a
+the bundled `testdata/repo`. Each is mounted with every FUSE backend through the CLI as a
 user would (configuration root, cache, `-o` options), walked with plain `os` calls and
 compared line by line with the reference listing `expected-trunk.tsv` (for testdata/repo:
 with `pycvmfs ls -lR`, the verifying no-FUSE reader). Tagged revisions mount with
@@ -49,7 +49,7 @@ pytestmark = [
     *NEEDS_FUSE_AND_NGINX,
 ]
 
-BACKENDS = ["pyfuse3", "mfusepy"]
+BACKENDS = ["pyfuse3", "lowlevel", "mfusepy"]
 ORACLE_FQRN = "oracle.local"
 DEMO_FQRN = "demo.pycvmfs.org"
 DEMO_REPO = ROOT / "testdata" / "repo"

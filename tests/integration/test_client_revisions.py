@@ -35,13 +35,18 @@ class Site:
         self.tree = base / "tree"
         self.url = ""
 
-    def publish(self, files: dict[str, str], timestamp: int, ttl: int = 1) -> int:
+    def publish(self, files: dict[str, str], timestamp: int, ttl: int = 1,
+                dir_mtime: int | None = None) -> int:
+        """`dir_mtime`: give every directory this mtime (else: when it was written)."""
         shutil.rmtree(self.tree, ignore_errors=True)
         for name, text in files.items():
             path = self.tree / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             os.utime(path, (timestamp, timestamp))
+        if dir_mtime is not None:
+            for directory in [self.tree, *(p for p in self.tree.rglob("*") if p.is_dir())]:
+                os.utime(directory, (dir_mtime, dir_mtime))
         result = run_publish(self.tree, self.storage, self.keys, ttl=ttl, timestamp=timestamp)
         if not self.url:
             self.url = self.server.publish(f"cvmfs/{self.keys.fqrn}", self.storage)
@@ -78,10 +83,12 @@ def revision(mnt: Path) -> int:
     return int(os.getxattr(mnt, "user.revision"))
 
 
-@pytest.mark.parametrize("backend", ["pyfuse3", "mfusepy"])
+@pytest.mark.parametrize("backend", ["pyfuse3", "lowlevel", "mfusepy"])
 def test_new_revision_shows_while_open_files_keep_old_bytes(site: Site, backend: str) -> None:
+    # directories keep their mtime across the revisions: only an explicit invalidation,
+    # not a changed mtime, can make the kernel drop a listing it cached
     first = site.publish({"a.txt": "one, the first", "keep.txt": "unchanged",
-                          "dir/x.txt": "x"}, T1)
+                          "dir/x.txt": "x"}, T1, dir_mtime=T1)
     mnt, cache = site.base / "mnt", site.base / "cache"
     mnt.mkdir()
     # mfusepy cannot invalidate kernel entries: the change shows after the kernel timeout
@@ -92,19 +99,27 @@ def test_new_revision_shows_while_open_files_keep_old_bytes(site: Site, backend:
         assert (mnt / "a.txt").read_text() == "one, the first"
         keep_ino = os.stat(mnt / "keep.txt").st_ino
         assert not (mnt / "new.txt").exists()  # a negative entry the kernel now caches
+        for _ in range(2):  # listed twice: the lowlevel backend's kernel now caches them
+            assert sorted(os.listdir(mnt)) == ["a.txt", "dir", "keep.txt"]
+            assert os.listdir(mnt / "dir") == ["x.txt"]
         with open(mnt / "a.txt", "rb") as opened:
             assert opened.read(4) == b"one,"
             second = site.publish({"a.txt": "two, the second one", "keep.txt": "unchanged",
-                                   "dir/x.txt": "x", "new.txt": "new"}, T2)
+                                   "dir/x.txt": "x", "dir/y.txt": "y", "new.txt": "new"}, T2,
+                                  dir_mtime=T1)
             assert wait_for(lambda: revision(mnt) == second), "revision 2 never mounted"
             if backend == "mfusepy":  # names and sizes the kernel holds expire after 1 s
                 time.sleep(1.5)
-            # pyfuse3 invalidated every name it handed out: the change shows at once
+            # pyfuse3 and lowlevel invalidated every name (and, lowlevel, every cached
+            # listing) they handed out: the change shows at once
+            assert sorted(os.listdir(mnt)) == ["a.txt", "dir", "keep.txt", "new.txt"]
+            assert sorted(os.listdir(mnt / "dir")) == ["x.txt", "y.txt"]
             assert (mnt / "new.txt").exists()
             assert (mnt / "a.txt").read_text() == "two, the second one"
-            if backend == "pyfuse3":  # mfusepy: one kernel inode per path, see its docstring
+            if backend != "mfusepy":  # mfusepy: one kernel inode per path, see its docstring
                 assert opened.read() == b" the first"  # the open file reads its old bytes
         assert (mnt / "new.txt").read_text() == "new"
+        assert (mnt / "dir/y.txt").read_text() == "y"
         assert os.stat(mnt / "keep.txt").st_ino == keep_ino  # unchanged: same inode
         assert (mnt / "keep.txt").read_text() == "unchanged"
         assert sorted(os.listdir(mnt)) == ["a.txt", "dir", "keep.txt", "new.txt"]

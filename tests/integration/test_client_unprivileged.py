@@ -185,7 +185,7 @@ def as_user(user: User, env: dict[str, str], cwd: Path,
                           text=True, stdin=subprocess.DEVNULL, timeout=120)
 
 
-@pytest.mark.parametrize("backend", ["pyfuse3", "mfusepy"])
+@pytest.mark.parametrize("backend", ["lowlevel", "pyfuse3", "mfusepy"])
 @pytest.mark.usefixtures("fuse_open_to_all")
 def test_ordinary_user_mounts_and_reads(user: User, area: Path, backend: str) -> None:
     home, mnt, config_root = area / "home", area / "mnt", area / "etc-cvmfs"

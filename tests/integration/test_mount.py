@@ -1,4 +1,4 @@
-"""Real FUSE mounts of the demo repository through both adapters (pyfuse3, mfusepy):
+"""Real FUSE mounts of the demo repository through every adapter (pyfuse3, lowlevel, mfusepy):
 listing as the reader shows it, hardlinks sharing an inode, `.`/`..`, variant symlinks,
 stored xattrs, chunked reads, executing a script, read-only errors."""
 
@@ -34,10 +34,14 @@ def _importable(name: str) -> bool:
     return True
 
 
-@pytest.fixture(params=["pyfuse3", "mfusepy"])
+BACKEND_MODULES = {"pyfuse3": "pyfuse3", "lowlevel": "pycvmfs.fs.adapter_lowlevel",
+                   "mfusepy": "mfusepy"}
+
+
+@pytest.fixture(params=list(BACKEND_MODULES))
 def mounted(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     backend = request.param
-    if not _importable(backend):
+    if not _importable(BACKEND_MODULES[backend]):
         pytest.skip(f"{backend} is not installed")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
