@@ -27,6 +27,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+DEMO_FQRN = "demo.pycvmfs.org"  # the bundled demo repository
+DEMO_REPO = ROOT / "testdata" / "repo"
+DEMO_KEY = ROOT / "testdata" / "keys" / f"{DEMO_FQRN}.pub"
 COMMAND_TIMEOUT_S = 120.0
 SERVER_EXIT_TIMEOUT_S = 10.0
 _PID = re.compile(r"\(pid (\d+)\)")

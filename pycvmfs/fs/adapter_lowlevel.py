@@ -46,7 +46,6 @@ import errno
 import logging
 import os
 import platform
-import re
 import signal
 import struct
 import sys
@@ -600,15 +599,12 @@ def _mount_options(fsname: str) -> str:
 def _abort_connection(mountpoint: str) -> None:
     """Abort the kernel connection of `mountpoint` (unblocks a notification waiting for
     requests no thread will answer any more), via /sys/fs/fuse/connections."""
-    target = os.path.abspath(mountpoint)
-    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as mounts:
-        for line in mounts:
-            fields = line.split()
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-            if point == target:
-                minor = fields[2].split(":")[1]
-                with contextlib.suppress(OSError):
-                    Path(f"/sys/fs/fuse/connections/{minor}/abort").write_text("1")
+    from pycvmfs.fs.mount import mounted_device  # mount.py imports adapters lazily
+
+    device = mounted_device(mountpoint)
+    if device is not None:
+        with contextlib.suppress(OSError):
+            Path(f"/sys/fs/fuse/connections/{device.split(':')[1]}/abort").write_text("1")
 
 
 def _run_loop(session: int) -> int:

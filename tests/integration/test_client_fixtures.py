@@ -25,6 +25,7 @@ import pytest
 
 from pycvmfs.cli.main import main
 from pycvmfs.format.whitelist import parse_whitelist
+from pycvmfs.fs.mount import BACKENDS
 from tests.fixtures_path import (
     FIXTURES,
     LEGACY,
@@ -35,7 +36,7 @@ from tests.fixtures_path import (
     requires_fixtures,
     unpack_legacy,
 )
-from tests.mounting import ROOT, CliMount, cli_mount
+from tests.mounting import DEMO_FQRN, DEMO_KEY, DEMO_REPO, CliMount, cli_mount
 from tests.publish_helpers import Keys, run_publish
 from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, shared_scratch
 from tests.tree_listing import (
@@ -49,11 +50,7 @@ pytestmark = [
     *NEEDS_FUSE_AND_NGINX,
 ]
 
-BACKENDS = ["pyfuse3", "lowlevel", "mfusepy"]
 ORACLE_FQRN = "oracle.local"
-DEMO_FQRN = "demo.pycvmfs.org"
-DEMO_REPO = ROOT / "testdata" / "repo"
-DEMO_KEY = ROOT / "testdata" / "keys" / f"{DEMO_FQRN}.pub"
 TAG_REV1 = "generic-2026-11-29T04:43:29.000Z"
 TAG_REV2 = "generic-2026-11-29T04:43:34.000Z"
 WHITELIST_MARGIN = dt.timedelta(hours=2)  # re-sign when it expires before the tests end

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pycvmfs.fs.mount import BACKENDS
 from tests.mounting import cli_mount
 from tests.publish_helpers import Keys, run_publish
 from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, shared_scratch
@@ -83,7 +84,7 @@ def revision(mnt: Path) -> int:
     return int(os.getxattr(mnt, "user.revision"))
 
 
-@pytest.mark.parametrize("backend", ["pyfuse3", "lowlevel", "mfusepy"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_new_revision_shows_while_open_files_keep_old_bytes(site: Site, backend: str) -> None:
     # directories keep their mtime across the revisions: only an explicit invalidation,
     # not a changed mtime, can make the kernel drop a listing it cached

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import ROOT, cli_mount, is_mounted, mountinfo
+from pycvmfs.fs.mount import BACKENDS
+from tests.mounting import DEMO_FQRN, DEMO_KEY, DEMO_REPO, ROOT, cli_mount, is_mounted, mountinfo
 from tests.servers import Nginx, nginx_binary, shared_scratch
 
 pytestmark = [
@@ -41,9 +42,7 @@ pytestmark = [
 
 USER = "nobody"
 SYSTEM_PYTHON = "/usr/bin/python3"
-FQRN = "demo.pycvmfs.org"
-DEMO_REPO = ROOT / "testdata" / "repo"
-DEMO_KEY = ROOT / "testdata" / "keys" / f"{FQRN}.pub"
+FQRN = DEMO_FQRN
 FUSE_DEVICE = "/dev/fuse"
 README_END = "revision 2: updated\n"
 ALLOW_SYS_ADMIN = "/sys/module/fuse/parameters/allow_sys_admin_access"
@@ -185,7 +184,7 @@ def as_user(user: User, env: dict[str, str], cwd: Path,
                           text=True, stdin=subprocess.DEVNULL, timeout=120)
 
 
-@pytest.mark.parametrize("backend", ["lowlevel", "pyfuse3", "mfusepy"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.usefixtures("fuse_open_to_all")
 def test_ordinary_user_mounts_and_reads(user: User, area: Path, backend: str) -> None:
     home, mnt, config_root = area / "home", area / "mnt", area / "etc-cvmfs"
