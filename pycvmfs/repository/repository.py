@@ -56,6 +56,7 @@ from pycvmfs.repository.trust import TrustedManifest, error_context, establish_t
 
 MAX_CATALOG_BYTES = 1 << 30  # inflate cap for catalogs and history databases (1 GiB)
 DEFAULT_READ_BLOCK_BYTES = 1 << 20  # iter_read block: one FUSE-sized read
+PREFETCH_READ_BYTES = 1 << 20  # read-ahead warms the page cache in blocks of this size
 
 
 class Piece(NamedTuple):
@@ -202,11 +203,12 @@ class _CachedObjects(_Objects):
 
     def prefetch(self, content_hash: ContentHash, suffix: Suffix, *,
                  compression: Compression, expected_size: int) -> None:
-        """Download it if missing; if cached, have the kernel start reading it from disk."""
+        """Download it if missing; if cached, read it once so its pages are in memory when
+        the reader gets there (the disk works while the reader is busy elsewhere)."""
         with error_context(self.fqrn, self.source), \
                 self.fetcher.fetch(content_hash, suffix, compression,
                                    expected_size=expected_size) as fh:
-            _advise(fh, os.POSIX_FADV_WILLNEED)
+            _warm_page_cache(fh)
 
     def database(self, content_hash: ContentHash, suffix: Suffix, what: str) -> Path:
         with error_context(self.fqrn, self.source, what), \
@@ -235,6 +237,16 @@ def _advise(fh: BinaryIO, advice: int) -> None:
     """Page-cache hints for cache files (best effort: some filesystems refuse them)."""
     with contextlib.suppress(OSError):
         os.posix_fadvise(fh.fileno(), 0, 0, advice)
+
+
+def _warm_page_cache(fh: BinaryIO) -> None:
+    """Read a cache file into the page cache (into a scratch buffer: the GIL is free
+    while the disk works; `WILLNEED` alone measured barely faster than nothing)."""
+    scratch = bytearray(PREFETCH_READ_BYTES)
+    fd, offset = fh.fileno(), 0
+    with contextlib.suppress(OSError):
+        while (done := os.preadv(fd, [scratch], offset)) > 0:
+            offset += done
 
 
 class _OpenObject(io.BufferedReader):
