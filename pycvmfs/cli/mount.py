@@ -125,6 +125,8 @@ def _file_handler(path: str, level: int, *, rotate: bool) -> logging.Handler:
 def _mount_in_background(fqrn: str, mountpoint: Path, options: tuple[str, ...],
                          config_files: tuple[Path, ...], backend: str | None) -> None:
     """Start `pycvmfs mount --foreground` detached; return when the mount is ready."""
+    from pycvmfs.fs.mount import set_read_ahead
+
     command = [sys.executable, "-m", "pycvmfs", "mount", fqrn, str(mountpoint), "--foreground",
                "--detached"]
     for option in options:
@@ -147,6 +149,7 @@ def _mount_in_background(fqrn: str, mountpoint: Path, options: tuple[str, ...],
                 child.kill()
                 raise ConfigError(f"mounting {fqrn} did not finish in {READY_TIMEOUT_S:.0f} s")
             time.sleep(0.05)
+    set_read_ahead(str(mountpoint))  # ready means INIT is done: set now, not "soon"
     click.echo(f"mounted {fqrn} on {mountpoint} (pid {child.pid})")
 
 

@@ -63,19 +63,30 @@ def mounted_device(mountpoint: str) -> str | None:
     return found
 
 
-def tune_read_ahead(mountpoint: str, before: str | None, kilobytes: int = READ_AHEAD_KB,
-                    wait_s: float = MOUNT_WAIT_S) -> None:
-    """Once a mount other than `before` appears, raise its kernel read-ahead (the FUSE
-    default of 128 KiB makes a sequential reader pay one round trip per 128 KiB). Needs
-    root; silently keeps the default otherwise."""
+def set_read_ahead(mountpoint: str, kilobytes: int = READ_AHEAD_KB) -> bool:
+    """Raise the kernel read-ahead of the FUSE mount at `mountpoint` (the default 128 KiB
+    makes a sequential reader pay one round trip per 128 KiB). Only after FUSE INIT: the
+    kernel sets it from the INIT reply. Needs root; False (default kept) otherwise."""
+    device = mounted_device(mountpoint)
+    if device is None:
+        return False
+    try:
+        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(f"{kilobytes}\n")
+    except OSError as exc:
+        log.debug("keeping the default read-ahead of %s: %s", mountpoint, exc)
+        return False
+    return True
+
+
+def tune_read_ahead(mountpoint: str, before: str | None, wait_s: float = MOUNT_WAIT_S) -> None:
+    """Once a mount other than `before` is there and answering (INIT done), set its
+    read-ahead. Runs in a thread of the serving process (`pycvmfs mount --foreground`; a
+    background mount's parent sets it too before it reports the mount ready)."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         device = mounted_device(mountpoint)
-        if device is not None and device != before:
-            try:
-                Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(f"{kilobytes}\n")
-            except OSError as exc:
-                log.debug("keeping the default read-ahead of %s: %s", mountpoint, exc)
+        if device is not None and device != before and os.path.ismount(mountpoint):
+            set_read_ahead(mountpoint)
             return
         time.sleep(0.02)
 

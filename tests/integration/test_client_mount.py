@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pycvmfs.fs.mount import READ_AHEAD_KB, mounted_device
 from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +44,9 @@ def test_mount_from_configuration(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         try:
             assert os.path.ismount(mnt)  # ready when the command returned
+            device = mounted_device(str(mnt))  # and tuned for sequential reads already
+            read_ahead = Path(f"/sys/class/bdi/{device}/read_ahead_kb").read_text()
+            assert int(read_ahead) == READ_AHEAD_KB
             assert (mnt / "README.txt").read_text().endswith("revision 2: updated\n")
             assert os.getxattr(mnt, "user.fqrn") == FQRN.encode()
             assert os.getxattr(mnt, "user.host").decode().startswith("http://127.0.0.1:")
