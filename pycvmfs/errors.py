@@ -20,6 +20,8 @@ PycvmfsError
  │       └─ FingerprintNotListedError  certificate not on the whitelist
  ├─ FetchError             every source failed for an object              -> EIO
  ├─ CacheFullError         the cache quota cannot make room (pinned)       -> ENOSPC
+ ├─ ImageError             a container image reference, manifest or archive is unusable
+ │   └─ RegistryError          a registry answered with an error, or not at all (.status)
  ├─ PublishError           the publisher refuses an input                 (CLI only)
  │   └─ LockError              another publisher holds the storage lock
  └─ ConfigError            bad configuration or keys                       (CLI only)
@@ -111,6 +113,20 @@ class FetchError(PycvmfsError):
 
 class CacheFullError(PycvmfsError):
     """The quota cannot make room: object bigger than limit/2, or pinned bytes too high."""
+
+
+class ImageError(PycvmfsError):
+    """A malformed image reference, an unsupported manifest, a broken image archive, or a
+    blob over its size limit. Digest mismatches are `HashMismatchError` instead."""
+
+
+class RegistryError(ImageError):
+    """A registry request failed: HTTP error status (`status`), refused credentials, or no
+    connection at all (`status` is None)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class PublishError(PycvmfsError):

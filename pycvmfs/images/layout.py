@@ -1,0 +1,112 @@
+"""Where DUCC puts things in a repository (fact sheet 14.1, 14.2): pure path arithmetic.
+
+    <registry>/<repository>:<tag>                 relative symlink -> the flat image
+    .flat/<d[:2]>/<config digest hex>/            the image's whole root filesystem
+    .layers/<d[:2]>/<layer digest hex>/layerfs/   one unpacked layer
+    .chains/<c[:2]>/<chain id hex>/               layers 0..i applied
+    .metadata/<registry>/<repository>:<tag>/manifest.json
+
+Every image, layer and chain directory is the root of its own nested catalog, and so are
+`.flat`, `.layers`, `.chains` and their two-letter fan-out directories: publishing one more
+image rewrites only the catalogs on its own path.
+
+Digests are the registry's `sha256:<64 hex>` strings; anything else is refused here, so a
+digest from a manifest can never become `..` or an absolute path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+from collections.abc import Iterator, Sequence
+
+from pycvmfs.errors import ImageError
+
+FLAT = ".flat"
+LAYERS = ".layers"
+CHAINS = ".chains"
+METADATA = ".metadata"
+LAYERFS = "layerfs"
+MANIFEST_FILE = "manifest.json"
+CATALOG_ROOTS = (FLAT, LAYERS, CHAINS)  # each, and each fan-out below it, is nested
+
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+_NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+class LayoutError(ImageError):
+    """A digest or image name that cannot become a repository path."""
+
+
+def digest_hex(digest: str) -> str:
+    """The 64 hex digits of `sha256:<hex>` (LayoutError for anything else)."""
+    found = _DIGEST.fullmatch(digest)
+    if found is None:
+        raise LayoutError(f"not a sha256 digest: {digest!r}")
+    return found.group(1)
+
+
+def _fanned(root: str, hex_digest: str) -> str:
+    return f"{root}/{hex_digest[:2]}/{hex_digest}"
+
+
+def flat_dir(config_digest: str) -> str:
+    """`.flat/ab/abcdef...`: the flat root filesystem of the image with this config."""
+    return _fanned(FLAT, digest_hex(config_digest))
+
+
+def layer_dir(layer_digest: str) -> str:
+    """`.layers/ab/abcdef...` (the layer's files are in its `layerfs/`)."""
+    return _fanned(LAYERS, digest_hex(layer_digest))
+
+
+def chain_dir(chain_id: str) -> str:
+    """`.chains/ab/abcdef...` for a chain id as `chain_ids` returns it (hex)."""
+    return _fanned(CHAINS, digest_hex(f"sha256:{chain_id}"))
+
+
+def chain_ids(layer_digests: Sequence[str]) -> list[str]:
+    """DUCC's chain ids (hex): chain[0] = sha256("sha256:<layer 0>"), chain[i] =
+    sha256("sha256:<chain[i-1]> sha256:<layer i>")."""
+    ids: list[str] = []
+    for digest in layer_digests:
+        digest_hex(digest)
+        text = digest if not ids else f"sha256:{ids[-1]} {digest}"
+        ids.append(hashlib.sha256(text.encode("ascii")).hexdigest())
+    return ids
+
+
+def public_name(registry: str, repository: str, tag: str) -> str:
+    """`<registry>/<repository>:<tag>`, checked component by component."""
+    parts = [registry, *repository.split("/")]
+    if not all(_NAME_PART.fullmatch(part) for part in parts) or not _TAG.fullmatch(tag):
+        raise LayoutError(f"not a usable image name: {registry}/{repository}:{tag}")
+    return f"{registry}/{repository}:{tag}"
+
+
+def public_link(name: str, config_digest: str) -> tuple[str, str]:
+    """(symlink path, relative target) of the public entry point of an image, e.g.
+    `registry.hub.docker.com/library/centos:centos7` -> `../../.flat/ab/abcdef...`."""
+    return name, posixpath.relpath(flat_dir(config_digest), posixpath.dirname(name) or ".")
+
+
+def metadata_file(name: str) -> str:
+    """`.metadata/<registry>/<repository>:<tag>/manifest.json`."""
+    return f"{METADATA}/{name}/{MANIFEST_FILE}"
+
+
+def nested_catalog_dirs(paths: Sequence[str]) -> Iterator[str]:
+    """Every directory that is a nested catalog root on the way to these image, layer or
+    chain directories (the top directory, its fan-out and the directory itself), once."""
+    seen: set[str] = set()
+    for path in paths:
+        parts = path.split("/")
+        if parts[0] not in CATALOG_ROOTS or len(parts) != 3:
+            raise LayoutError(f"{path}: not an image, layer or chain directory")
+        for depth in (1, 2, 3):
+            directory = "/".join(parts[:depth])
+            if directory not in seen:
+                seen.add(directory)
+                yield directory
