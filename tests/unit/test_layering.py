@@ -21,6 +21,11 @@ FORBIDDEN = {
     "pycvmfs.fs": {"pycvmfs.publisher", "pycvmfs.cli"},
     "pycvmfs.network": {"pycvmfs.cache", "pycvmfs.repository", "pycvmfs.fs", "pycvmfs.cli",
                         "pycvmfs.publisher"},
+    # container images feed the publisher; they never reach into a mount or the CLI
+    "pycvmfs.images": {"pycvmfs.fs", "pycvmfs.cli", "pycvmfs.cache", "pycvmfs.network"},
+    # names and paths of images: pure, like format/
+    "pycvmfs.images.reference": {"socket", "urllib3", "subprocess", "os", "pathlib"},
+    "pycvmfs.images.layout": {"socket", "urllib3", "subprocess", "os", "pathlib"},
 }
 CONFIG_MODULES = ("pycvmfs.config", "pycvmfs.config_defaults", "pycvmfs.config_shell")
 
