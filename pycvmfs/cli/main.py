@@ -14,7 +14,8 @@ from pycvmfs.errors import PycvmfsError
 # (`pycvmfs mount` need not load the publisher, numpy or the chunker)
 COMMAND_MODULES = {"keys": "keys", "publish": "publish", "whitelist": "whitelist",
                    "ls": "read", "cat": "read", "stat": "read",
-                   "mount": "mount", "umount": "mount", "cache": "cache", "ingest": "ingest"}
+                   "mount": "mount", "umount": "mount", "cache": "cache", "ingest": "ingest",
+                   "run": "run"}
 
 
 class _LazyGroup(click.Group):
@@ -37,9 +38,10 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; library errors become one clear line on stderr and exit code 1."""
+    """Run the CLI; library errors become one clear line on stderr and exit code 1. A
+    command that returns an int (`pycvmfs run`) exits with it."""
     try:
-        cli.main(args=argv, prog_name="pycvmfs", standalone_mode=False)
+        result = cli.main(args=argv, prog_name="pycvmfs", standalone_mode=False)
     except PycvmfsError as exc:
         click.echo(f"pycvmfs: error: {exc}", err=True)
         return 1
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

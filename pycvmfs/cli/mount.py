@@ -73,7 +73,7 @@ def mount(fqrn: str, mountpoint: Path, options: tuple[str, ...],
     overrides = overrides_of(options)
     config = load_config(fqrn, extra_files=config_files, overrides=overrides)
     if not foreground:
-        _mount_in_background(fqrn, mountpoint, options, config_files, backend)
+        mount_in_background(fqrn, mountpoint, options, config_files, backend)
         return
     _configure_logging(config, detached)
     client = open_client(config)
@@ -122,8 +122,9 @@ def _file_handler(path: str, level: int, *, rotate: bool) -> logging.Handler:
     return handler
 
 
-def _mount_in_background(fqrn: str, mountpoint: Path, options: tuple[str, ...],
-                         config_files: tuple[Path, ...], backend: str | None) -> None:
+def mount_in_background(fqrn: str, mountpoint: Path, options: tuple[str, ...],
+                        config_files: tuple[Path, ...], backend: str | None, *,
+                        quiet: bool = False) -> None:
     """Start `pycvmfs mount --foreground` detached; return when the mount is ready."""
     from pycvmfs.fs.mount import set_read_ahead
 
@@ -150,7 +151,8 @@ def _mount_in_background(fqrn: str, mountpoint: Path, options: tuple[str, ...],
                 raise ConfigError(f"mounting {fqrn} did not finish in {READY_TIMEOUT_S:.0f} s")
             time.sleep(0.05)
     set_read_ahead(str(mountpoint))  # ready means INIT is done: set now, not "soon"
-    click.echo(f"mounted {fqrn} on {mountpoint} (pid {child.pid})")
+    if not quiet:
+        click.echo(f"mounted {fqrn} on {mountpoint} (pid {child.pid})")
 
 
 @click.command("umount")
