@@ -23,6 +23,8 @@ from pycvmfs.publisher.publish import PublishOptions
 @click.option("--keys-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Working tree of the repository's contents [default: STORAGE.work].")
+@click.option("--as", "name", default=None, metavar="REGISTRY/REPOSITORY:TAG",
+              help="Public name of a local image (oci:, docker-archive:); one IMAGE only.")
 @click.option("--platform", default="linux/amd64", show_default=True,
               help="Platform to pick from a multi-arch image.")
 @click.option("--notify", "notify_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -32,12 +34,16 @@ from pycvmfs.publisher.publish import PublishOptions
 @click.option("--password", envvar="PYCVMFS_REGISTRY_PASSWORD", default=None,
               help="Registry password (better: PYCVMFS_REGISTRY_PASSWORD).")
 def ingest_command(images: tuple[str, ...], fqrn: str, storage: Path, keys_dir: Path,
-                   work: Path | None, platform: str, notify_file: Path | None,
-                   username: str | None, password: str | None) -> None:
+                   work: Path | None, name: str | None, platform: str,
+                   notify_file: Path | None, username: str | None,
+                   password: str | None) -> None:
     """Ingest IMAGE... (docker://HOST/NAME:TAG[@DIGEST], oci:DIR:TAG,
     docker-archive:FILE) into the repository and publish once."""
     from pycvmfs.images.ingest import IngestOptions, ingest
     from pycvmfs.images.registry import Platform
+
+    if name is not None and len(images) != 1:
+        raise click.BadParameter("--as names exactly one IMAGE", param_hint="--as")
 
     options = PublishOptions(fqrn=fqrn, source=work or storage.with_name(storage.name + ".work"),
                              storage=storage, keys_dir=keys_dir,
@@ -57,7 +63,8 @@ def ingest_command(images: tuple[str, ...], fqrn: str, storage: Path, keys_dir: 
     try:
         result = ingest(list(images), IngestOptions(options, platform=Platform.parse(platform),
                                                     username=username, password=password,
-                                                    notify=notify))
+                                                    notify=notify),
+                        names={images[0]: name} if name else None)
     finally:
         if log is not None:
             log.close()

@@ -27,7 +27,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,9 +73,12 @@ class IngestResult:
     published: PublishResult | None  # None: nothing changed
 
 
-def ingest(references: list[str], options: IngestOptions) -> IngestResult:
+def ingest(references: list[str], options: IngestOptions,
+           names: Mapping[str, str] | None = None) -> IngestResult:
     """Ingest every reference (see the module docstring), then publish once if anything
-    changed. Raises ImageError (or the publisher's errors) naming the image."""
+    changed. `names` gives local images (`oci:`, `docker-archive:`) the public name
+    `<registry>/<repository>:<tag>` to publish them under (a docker archive's own RepoTags
+    serve otherwise). Raises ImageError (or the publisher's errors) naming the image."""
     work = options.publish.source
     work.mkdir(parents=True, exist_ok=True)
     done: list[IngestedImage] = []
@@ -85,7 +88,8 @@ def ingest(references: list[str], options: IngestOptions) -> IngestResult:
             started = time.monotonic()
             options.notify({"action": "start_image", "image": text})
             try:
-                image = _ingest_one(reference, text, work, options)
+                image = _ingest_one(reference, text, work, options,
+                                    (names or {}).get(text))
             except Exception as exc:
                 options.notify({"action": "end_image", "image": text, "status": "error",
                                 "error": str(exc)})
@@ -106,9 +110,9 @@ def ingest(references: list[str], options: IngestOptions) -> IngestResult:
 
 
 def _ingest_one(reference: ImageReference, text: str, work: Path,
-                options: IngestOptions) -> IngestedImage:
-    name = reference.public_path()
+                options: IngestOptions, given_name: str | None) -> IngestedImage:
     with _opened(reference, options) as source:
+        name = _public_name(reference, source, given_name)
         manifest, config = source.manifest, source.config
         metadata = work / layout.metadata_file(name)
         flat_rel = layout.flat_dir(config.digest)
@@ -152,6 +156,23 @@ def _build_flat(source: ImageSource, work: Path, flat: Path,
         return report
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _public_name(reference: ImageReference, source: ImageSource, given: str | None) -> str:
+    """Where the image appears: the registry reference's own name, the name given for a
+    local image, or a docker archive's first RepoTag."""
+    if given is None and reference.is_registry:
+        return reference.public_path()
+    if given is None:
+        tags = getattr(source, "repo_tags", ())
+        if not tags:
+            raise ImageError(f"{reference}: a local image needs a name to publish it under "
+                             "(registry/repository:tag)")
+        given = tags[0]
+    named = parse_reference(given if "://" in given else f"docker://{given}")
+    if not named.is_registry or named.digest or not named.tag:
+        raise ImageError(f"{given!r}: expected registry/repository:tag")
+    return named.public_path()
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from pycvmfs.repository.repository import Repository
 from pycvmfs.repository.source import LocalSource
 from tests.images import ImageSet, require_images
 from tests.publish_helpers import Keys
-from tests.registry import NEEDS_REGISTRY_TOOLS, DockerRegistry
+from tests.registry import NEEDS_REGISTRY_TOOLS, DockerRegistry, skopeo_copy
 
 pytestmark = [NEEDS_REGISTRY_TOOLS, pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (device nodes, owners)")]
@@ -110,3 +110,26 @@ def test_ingest_from_registry(tmp_path: Path, keys: Keys,
                 assert hashlib.sha256(repo.read(flat + inside)).digest() == \
                     hashlib.sha256(real.read_bytes()).digest()
             assert repo.lookup(flat + "/.singularity.d/runscript").is_regular
+
+
+def test_ingest_local_images_under_a_name(tmp_path: Path, keys: Keys,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    images: ImageSet = require_images()
+    work, storage = tmp_path / "work", tmp_path / "storage"
+    common = ["--repo", keys.fqrn, "--storage", str(storage), "--keys-dir", str(keys.keys_dir),
+              "--work", str(work)]
+    oci = f"oci:{images.base.layout}:{images.base.tag}"
+    assert main(["ingest", oci, *common]) == 1  # no name to publish it under
+    assert "needs a name" in capsys.readouterr().err
+    assert main(["ingest", oci, "--as", "example.org/debian:base", *common]) == 0
+    archive = tmp_path / "python.tar"  # a docker archive names itself (RepoTags)
+    skopeo_copy(f"oci:{images.python.layout}:{images.python.tag}",
+                f"docker-archive:{archive}:example.org/debian:python")
+    assert main(["ingest", f"docker-archive:{archive}", *common]) == 0
+    public = load_public_key(keys.public_key_file.read_bytes())
+    with Repository.open(LocalSource(storage), keys.fqrn, [public]) as repo:
+        for image in (images.base, images.python):
+            name = f"example.org/debian:{image.tag}"
+            assert repo.readlink("/" + name) == layout.public_link(name, image.config_digest)[1]
+            flat = "/" + layout.flat_dir(image.config_digest)
+            assert repo.read(flat + "/etc/debian_version")
