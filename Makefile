@@ -6,7 +6,7 @@ DEMO_FQRN := demo.pycvmfs.org
 DEMO_KEY  := testdata/keys/$(DEMO_FQRN).pub
 DEMO_OUT  ?= /tmp/pycvmfs-demo
 
-.PHONY: setup demo lint test test-fast test-slow testdata bench bench-client clean
+.PHONY: setup demo lint test test-fast test-slow testdata bench bench-client bench-images clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ bench: setup
 # about 1.6 GB generated once under /tmp/pycvmfs-bench-client; see bench/client.py --help).
 bench-client: setup
 	$(PY) bench/client.py
+
+# `pycvmfs run` cold start from the mount vs skopeo copy + umoci unpack + run, and bytes fetched
+# vs image size (root, /dev/fuse, nginx, docker-registry, skopeo, umoci, bwrap; setup cached under
+# /tmp/pycvmfs-bench-images; see bench/images.py --help).
+bench-images: setup
+	$(PY) bench/images.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(DEMO_OUT)

@@ -1,0 +1,56 @@
+"""`bench/images.py --quick` runs end to end: registry push, ingest, nginx, pull + unpack + run
+vs `pycvmfs run` cold and warm, bytes fetched, the table with its targets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.images import require_images
+from tests.registry import NEEDS_REGISTRY_TOOLS, needs_tools
+from tests.servers import NEEDS_FUSE_AND_NGINX, shared_scratch
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE_BUDGET_S = 60.0  # measured ~20 s with the test images cached (setup included)
+
+pytestmark = [pytest.mark.slow, *NEEDS_FUSE_AND_NGINX, NEEDS_REGISTRY_TOOLS,
+              needs_tools("bwrap")]
+
+
+def test_quick_run_prints_the_table() -> None:
+    require_images()  # skips when the images cannot be built here; builds them otherwise
+    with shared_scratch("pycvmfs-bench-images-smoke-") as workdir:
+        report = workdir / "results.json"
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "images.py"), "--quick",
+             "--workdir", str(workdir / "work"), "--json", str(report)],
+            cwd=ROOT, capture_output=True, text=True, timeout=300)
+        elapsed = time.monotonic() - started
+        assert done.returncode == 0, done.stdout + done.stderr
+        lines = done.stdout.splitlines()
+        header = next(i for i, line in enumerate(lines) if line.startswith("measurement"))
+        assert "x pull" in lines[header] and "target" in lines[header]
+        table = "\n".join(lines[header:])
+        for name in ("pull + unpack + run (baseline)", "pycvmfs run, cold (mount + empty cache)",
+                     "pycvmfs run, warm (mounted, cache filled)",
+                     "bytes fetched, cold start (nginx log)"):
+            assert name in table
+        assert "targets met" in done.stdout
+        results = json.loads(report.read_text())
+        assert results["rounds"] == 1
+        mount = results["mount"][0]
+        assert 0 < mount["bytes"] < results["image_layers_bytes"]  # something, not everything
+        assert mount["warm_bytes"] == 0  # the warm run is served from the cache
+        leftovers = [line for line in Path("/proc/mounts").read_text().splitlines()
+                     if str(workdir) in line]
+        assert not leftovers, leftovers
+        assert not any(p.name.startswith("run-") for p in (workdir / "work").iterdir())
+        assert os.path.isdir(workdir / "work")
+        assert elapsed < SMOKE_BUDGET_S, f"smoke run took {elapsed:.1f} s"
