@@ -47,12 +47,22 @@ storage:
   delete: {{ enabled: true }}
 http:
   addr: 127.0.0.1:{port}
-{auth}"""
+{auth}{notifications}"""
 _AUTH = """\
 auth:
   htpasswd:
     realm: pycvmfs-test
     path: {htpasswd}
+"""
+_NOTIFICATIONS = """\
+notifications:
+  endpoints:
+    - name: pycvmfs-test
+      url: {url}
+      headers: {{ Authorization: [{authorization}] }}
+      timeout: 2s
+      threshold: 5
+      backoff: 1s
 """
 
 
@@ -135,12 +145,17 @@ def skopeo_copy(source: str, dest: str, *, v2s2: bool = False, all_images: bool 
 class DockerRegistry(ServerContext):
     """One `docker-registry serve` process on 127.0.0.1:`self.port`."""
 
-    def __init__(self, users: Mapping[str, str] | None = None) -> None:
+    def __init__(self, users: Mapping[str, str] | None = None, *,
+                 notify_url: str | None = None, notify_token: str | None = None) -> None:
+        """`notify_url`: the registry POSTs its notification envelopes there (with
+        `Authorization: Bearer notify_token` when given)."""
         binary = shutil.which("docker-registry")
         if binary is None:
             raise RuntimeError("docker-registry is not installed")
         self.binary = binary
         self.users = dict(users or {})
+        self.notify_url = notify_url
+        self.notify_token = notify_token
         self.base = Path(tempfile.mkdtemp(prefix="pycvmfs-registry-"))
         self.data = self.base / "data"
         self.data.mkdir()
@@ -169,7 +184,13 @@ class DockerRegistry(ServerContext):
             htpasswd.write_text("\n".join(lines) + "\n")
             auth = _AUTH.format(htpasswd=htpasswd)
         config = self.base / "config.yml"
-        config.write_text(_CONFIG.format(data=self.data, port=self.port, auth=auth))
+        notifications = ""
+        if self.notify_url is not None:
+            authorization = f"Bearer {self.notify_token}" if self.notify_token else ""
+            notifications = _NOTIFICATIONS.format(url=json.dumps(self.notify_url),
+                                                  authorization=json.dumps(authorization))
+        config.write_text(_CONFIG.format(data=self.data, port=self.port, auth=auth,
+                                         notifications=notifications))
         return config
 
     def start(self) -> None:

@@ -15,7 +15,8 @@ from pycvmfs.errors import PycvmfsError
 COMMAND_MODULES = {"keys": "keys", "publish": "publish", "whitelist": "whitelist",
                    "ls": "read", "cat": "read", "stat": "read",
                    "mount": "mount", "umount": "mount", "cache": "cache", "ingest": "ingest",
-                   "run": "run"}
+                   "run": "run", "wishlist": "images_admin", "webhook": "images_admin",
+                   "images": "images_admin", "gc": "gc_report", "report": "gc_report"}
 
 
 class _LazyGroup(click.Group):

@@ -1,0 +1,100 @@
+"""`pycvmfs gc` (sweep unreferenced objects from a storage) and `pycvmfs report dedup`
+(what the repository's images cost with layer-, file- and chunk-level dedup)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+_STORAGE = click.option("--storage", required=True,
+                        type=click.Path(file_okay=False, exists=True, path_type=Path),
+                        help="Repository directory as a web server serves it.")
+_REPO = click.option("--repo", "fqrn", required=True, help="Repository name.")
+_KEYS = click.option("--keys-dir", required=True,
+                     type=click.Path(file_okay=False, exists=True, path_type=Path))
+
+
+def _human(n: int) -> str:
+    from pycvmfs.images.report import human
+
+    return human(n)
+
+
+@click.command("gc")
+@_STORAGE
+@_REPO
+@_KEYS
+@click.option("--keep-revisions", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Also keep the N revisions before the trunk (tagged or not).")
+@click.option("--tags/--no-tags", "keep_tags", default=True, show_default=True,
+              help="Keep every tagged revision (trunk-previous and named tags); with "
+                   "--no-tags only the trunk and --keep-revisions are kept.")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("-v", "--verbose", is_flag=True, help="List the objects deleted.")
+def gc_command(storage: Path, fqrn: str, keys_dir: Path, keep_revisions: int,
+               keep_tags: bool, dry_run: bool, verbose: bool) -> None:
+    """Delete objects of STORAGE no kept revision references (under the publish lock)."""
+    from pycvmfs.publisher.gc import collect_garbage
+    from pycvmfs.publisher.keys import load_keys
+
+    result = collect_garbage(storage, fqrn, load_keys(fqrn, keys_dir),
+                             keep_revisions=keep_revisions, keep_tags=keep_tags,
+                             dry_run=dry_run)
+    for root in result.kept:
+        click.echo(f"kept {root.reason}: revision {root.revision} ({root.root_hash})")
+    if result.skipped_tags:
+        click.echo(f"tags whose revision was already collected: "
+                   f"{', '.join(result.skipped_tags)}")
+    if result.dropped_tags:
+        click.echo(f"warning: tags no longer usable after this sweep: "
+                   f"{', '.join(result.dropped_tags)}", err=True)
+    if verbose:
+        for path in result.deleted:
+            click.echo(f"{'would delete' if dry_run else 'deleted'} {path}")
+    verb = "would free" if dry_run else "freed"
+    click.echo(f"{result.catalogs_read} catalogs read, {result.referenced_objects} objects "
+               f"referenced; {verb} {_human(result.bytes_freed)} in {result.objects_deleted} "
+               f"objects ({result.bytes_freed} bytes); {result.objects_remaining} objects "
+               f"({_human(result.bytes_remaining)}) remain")
+
+
+@click.group("report")
+def report_group() -> None:
+    """Reports about a repository."""
+
+
+@report_group.command("dedup")
+@_STORAGE
+@_REPO
+@_KEYS
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the two charts (bytes per dedup level, image sizes) to this PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead.")
+def dedup_command(storage: Path, fqrn: str, keys_dir: Path, png: Path | None,
+                  as_json: bool) -> None:
+    """Bytes stored with layer-, file- and chunk-level dedup, per image and in total."""
+    from rich.console import Console
+
+    from pycvmfs.format.certificates import load_public_key
+    from pycvmfs.images.report import dedup_report, render, report_as_json, write_png
+    from pycvmfs.publisher.keys import KeyPaths
+    from pycvmfs.repository.repository import Repository
+    from pycvmfs.repository.source import LocalSource
+
+    public = load_public_key(KeyPaths.of(fqrn, keys_dir).public_key.read_bytes())
+    with Repository.open(LocalSource(storage), fqrn, [public]) as repo:
+        report = dedup_report(repo, storage)
+    if as_json:
+        click.echo(json.dumps(report_as_json(report), indent=1))
+    else:
+        console = Console(width=max(Console().width, 140))
+        for renderable in render(report):
+            console.print(renderable)
+    if png is not None:
+        write_png(report, png)
+        click.echo(f"charts written to {png}")
+
+
+COMMANDS = [gc_command, report_group]

@@ -1,0 +1,258 @@
+"""Image repository administration: `pycvmfs wishlist convert|loop`, `pycvmfs webhook serve`,
+`pycvmfs images remove`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+
+import click
+
+from pycvmfs.format.chunking import DEFAULT_CHUNK_PARAMS
+from pycvmfs.publisher.pipeline import Settings
+from pycvmfs.publisher.publish import PublishOptions
+
+if TYPE_CHECKING:  # the image modules load when a command runs
+    from pycvmfs.images.ingest import IngestOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _repository_options(*, repo_required: bool) -> Callable[[F], F]:
+    def decorate(function: F) -> F:
+        options = [
+            click.option("--repo", "fqrn", required=repo_required, default=None,
+                         help="Repository name, e.g. images.example.org."
+                         + ("" if repo_required else " [default: the wishlist's cvmfs_repo]")),
+            click.option("--storage", required=True,
+                         type=click.Path(file_okay=False, path_type=Path),
+                         help="Repository directory as a web server serves it."),
+            click.option("--keys-dir", required=True,
+                         type=click.Path(file_okay=False, path_type=Path)),
+            click.option("--work", type=click.Path(file_okay=False, path_type=Path),
+                         default=None,
+                         help="Working tree of the repository's contents "
+                         "[default: STORAGE.work]."),
+            click.option("--platform", default="linux/amd64", show_default=True,
+                         help="Platform to pick from a multi-arch image."),
+            click.option("--notify", "notify_file",
+                         type=click.Path(dir_okay=False, path_type=Path), default=None,
+                         help="Append one JSON object per event to this file."),
+            click.option("--username", envvar="PYCVMFS_REGISTRY_USER", default=None,
+                         help="Registry user (or PYCVMFS_REGISTRY_USER)."),
+            click.option("--password", envvar="PYCVMFS_REGISTRY_PASSWORD", default=None,
+                         help="Registry password (better: PYCVMFS_REGISTRY_PASSWORD)."),
+        ]
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+@contextmanager
+def _ingest_options(fqrn: str, storage: Path, keys_dir: Path, work: Path | None,
+                    platform: str, notify_file: Path | None, username: str | None,
+                    password: str | None, *, echo: bool = True) -> Iterator[IngestOptions]:
+    from pycvmfs.images.ingest import IngestOptions
+    from pycvmfs.images.registry import Platform
+
+    publish = PublishOptions(fqrn=fqrn, source=work or storage.with_name(storage.name + ".work"),
+                             storage=storage, keys_dir=keys_dir,
+                             settings=Settings(chunking=DEFAULT_CHUNK_PARAMS))
+    log: TextIO | None = open(notify_file, "a") if notify_file else None  # noqa: SIM115
+    lock = threading.Lock()
+
+    def notify(event: dict[str, object]) -> None:
+        with lock:
+            if log is not None:
+                record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                          "pid": os.getpid(), **event}
+                log.write(json.dumps(record, sort_keys=True) + "\n")
+                log.flush()
+            if echo and event["action"] == "end_image":
+                state = "already there" if event.get("skipped") else event.get("status")
+                click.echo(f"{event['image']}: {state}")
+
+    try:
+        yield IngestOptions(publish, platform=Platform.parse(platform), username=username,
+                            password=password, notify=notify)
+    finally:
+        if log is not None:
+            log.close()
+
+
+def _echo_result(fqrn: str, published: Any) -> None:
+    if published is None:
+        click.echo("nothing new: no revision published")
+    else:
+        click.echo(f"published {fqrn} revision {published.manifest.revision}: "
+                   f"{published.objects_written} new objects "
+                   f"({published.bytes_written / 1e6:.1f} MB stored)")
+
+
+# -- wishlist ---------------------------------------------------------------------------
+
+
+@click.group("wishlist")
+def wishlist_group() -> None:
+    """DUCC v1 wishlists: every image listed (tag globs expanded) into the repository."""
+
+
+def _wishlist_repo(wishlist_file: Path, fqrn: str | None) -> str:
+    from pycvmfs.images.wishlist import load_wishlist
+
+    return fqrn or load_wishlist(wishlist_file).cvmfs_repo
+
+
+@wishlist_group.command("convert")
+@click.argument("wishlist_file", metavar="WISHLIST",
+                type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_repository_options(repo_required=False)
+def wishlist_convert_command(wishlist_file: Path, fqrn: str | None, storage: Path,
+                             keys_dir: Path, work: Path | None, platform: str,
+                             notify_file: Path | None, username: str | None,
+                             password: str | None) -> None:
+    """Ingest every image of WISHLIST and publish once."""
+    from pycvmfs.images.wishlist import convert
+
+    repo = _wishlist_repo(wishlist_file, fqrn)
+    with _ingest_options(repo, storage, keys_dir, work, platform, notify_file, username,
+                         password) as options:
+        result = convert(wishlist_file, options)
+    _echo_result(repo, result.published)
+
+
+@wishlist_group.command("loop")
+@click.argument("wishlist_file", metavar="WISHLIST",
+                type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_repository_options(repo_required=False)
+@click.option("--interval", type=click.FloatRange(min=0), default=600, show_default=True,
+              help="Seconds between the end of one round and the start of the next.")
+@click.option("--rounds", type=click.IntRange(min=1), default=None,
+              help="Stop after this many rounds [default: run until interrupted].")
+def wishlist_loop_command(wishlist_file: Path, fqrn: str | None, storage: Path,
+                          keys_dir: Path, work: Path | None, platform: str,
+                          notify_file: Path | None, username: str | None,
+                          password: str | None, interval: float, rounds: int | None) -> None:
+    """Convert WISHLIST again and again (re-read each round); a failed round is reported
+    and the loop goes on."""
+    from pycvmfs.images.wishlist import loop
+
+    repo = _wishlist_repo(wishlist_file, fqrn)
+
+    def report(number: int, outcome: object) -> None:
+        if isinstance(outcome, Exception):
+            click.echo(f"round {number}: error: {outcome}", err=True)
+        else:
+            click.echo(f"round {number}: ", nl=False)
+            _echo_result(repo, getattr(outcome, "published", None))
+
+    stop = threading.Event()
+    with _ingest_options(repo, storage, keys_dir, work, platform, notify_file, username,
+                         password) as options:
+        try:
+            loop(wishlist_file, options, interval=interval, stop=stop, rounds=rounds,
+                 on_round=report)
+        except KeyboardInterrupt:
+            stop.set()
+            click.echo("stopped", err=True)
+
+
+# -- webhook ----------------------------------------------------------------------------
+
+
+@click.group("webhook")
+def webhook_group() -> None:
+    """Registry webhooks: pushes ingest images, deletes remove them."""
+
+
+@webhook_group.command("serve")
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT")
+@click.option("--token", envvar="PYCVMFS_WEBHOOK_TOKEN", required=True,
+              help="Requests must carry `Authorization: Bearer TOKEN` "
+              "(or PYCVMFS_WEBHOOK_TOKEN).")
+@click.option("--queue", "queue_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Durable event queue (SQLite) "
+              "[default: STORAGE.webhook-queue.sqlite].")
+@click.option("--registry-url", default=None, metavar="URL",
+              help="Fetch pushed images from here (scheme://host[:port]) instead of the "
+              "host the registry reported; they are still published under that host.")
+@click.option("--host-map", multiple=True, metavar="HOST=URL",
+              help="Fetch images reported for HOST from URL (repeatable).")
+@click.option("--retry-seconds", type=click.FloatRange(min=0), default=5.0, show_default=True)
+@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--retry-failed", is_flag=True,
+              help="Make items that failed for good pending again before serving.")
+@_repository_options(repo_required=True)
+def webhook_serve_command(listen: str, token: str, queue_file: Path | None,
+                          registry_url: str | None, host_map: tuple[str, ...],
+                          retry_seconds: float, max_attempts: int, retry_failed: bool,
+                          fqrn: str, storage: Path,
+                          keys_dir: Path, work: Path | None, platform: str,
+                          notify_file: Path | None, username: str | None,
+                          password: str | None) -> None:
+    """Accept Docker registry / Harbor events on HOST:PORT and apply them to the
+    repository, one transaction at a time."""
+    from pycvmfs.images.webhook import WebhookOptions, WebhookService, parse_listen
+
+    mapping: dict[str, str] = {}
+    for item in host_map:
+        host, sep, url = item.partition("=")
+        if not sep or not host or not url:
+            raise click.BadParameter(f"{item!r}: expected HOST=URL", param_hint="--host-map")
+        mapping[host] = url
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    address = parse_listen(listen)
+    queue = queue_file or storage.with_name(storage.name + ".webhook-queue.sqlite")
+    with _ingest_options(fqrn, storage, keys_dir, work, platform, notify_file, username,
+                         password, echo=False) as options:
+        service = WebhookService(address, WebhookOptions(
+            options, token, queue, registry_url=registry_url, host_map=mapping,
+            retry_seconds=retry_seconds, max_attempts=max_attempts))
+        if retry_failed:
+            click.echo(f"{service.queue.requeue_failed()} failed items pending again", err=True)
+        host, port = service.address
+        click.echo(f"listening on {host}:{port}; queue {queue}", err=True)
+        try:
+            service.serve_forever()
+        except KeyboardInterrupt:
+            click.echo("stopped", err=True)
+
+
+# -- removal ----------------------------------------------------------------------------
+
+
+@click.group("images")
+def images_group() -> None:
+    """Images in an image repository."""
+
+
+@images_group.command("remove")
+@click.argument("names", nargs=-1, required=True, metavar="REGISTRY/REPOSITORY:TAG...")
+@_repository_options(repo_required=True)
+def images_remove_command(names: tuple[str, ...], fqrn: str, storage: Path, keys_dir: Path,
+                          work: Path | None, platform: str, notify_file: Path | None,
+                          username: str | None, password: str | None) -> None:
+    """Remove the images' public symlinks and metadata (and flat trees nothing else
+    uses), publish once. Storage objects stay until `pycvmfs gc`."""
+    from pycvmfs.images.removal import remove_images
+
+    with _ingest_options(fqrn, storage, keys_dir, work, platform, notify_file, username,
+                         password) as options:
+        result = remove_images(list(names), options)
+    for name in result.removed:
+        click.echo(f"removed {name}")
+    for name in result.missing:
+        click.echo(f"not there: {name}")
+    _echo_result(fqrn, result.published)
+
+
+COMMANDS = [wishlist_group, webhook_group, images_group]

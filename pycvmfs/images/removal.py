@@ -1,0 +1,161 @@
+"""Remove images from the working tree of an image repository, then publish once.
+
+    remove_images(["host/ns/name:tag", ...], options)
+      -> the public symlink `<registry>/<repository>:<tag>` and `.metadata/<name>/` go
+      -> every `.flat/XX/<digest>` no remaining public symlink points to goes
+      -> empty parent directories of what went are removed
+      -> one publish (none when nothing changed)
+
+`names_for_digest` maps a manifest digest (a registry's delete event names only that) to the
+tags in the repository whose ingested manifest has that digest.
+
+Objects in storage stay until a sweep (`pycvmfs gc`) removes what no kept revision needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pycvmfs.errors import ImageError
+from pycvmfs.images import layout
+from pycvmfs.images.ingest import IngestOptions, _locked
+from pycvmfs.images.reference import parse_reference
+from pycvmfs.publisher.publish import PublishOptions, PublishResult, publish
+
+_FLAT_TARGET = re.compile(rf"{re.escape(layout.FLAT)}/([0-9a-f]{{2}})/([0-9a-f]{{64}})")
+
+
+@dataclass(frozen=True, slots=True)
+class RemovalResult:
+    removed: list[str]  # public names whose symlink (or metadata) was removed
+    missing: list[str]  # names that were not in the repository
+    flats_removed: list[str]  # `.flat/XX/<hex>` directories no longer referenced
+    published: PublishResult | None  # None: nothing changed
+
+
+def public_name_of(text: str) -> str:
+    """`<registry>/<repository>:<tag>` (or `@digest`) of an image name, normalised as
+    ingest names it (`docker://`, `https://` prefixes and Hub aliases accepted)."""
+    reference = parse_reference(text if "://" in text else f"docker://{text}")
+    if not reference.is_registry:
+        raise ImageError(f"{text!r}: expected registry/repository:tag")
+    return reference.public_path()
+
+
+def remove_images(names: list[str], options: IngestOptions | PublishOptions) -> RemovalResult:
+    """Remove the images named (see the module docstring); publish once if anything
+    changed. Names not in the repository are reported in `missing`, not an error."""
+    publish_options = options.publish if isinstance(options, IngestOptions) else options
+    work = publish_options.source
+    if not work.is_dir():
+        return RemovalResult([], [public_name_of(n) for n in names], [], None)
+    removed: list[str] = []
+    missing: list[str] = []
+    with _locked(work):
+        for text in names:
+            name = public_name_of(text)
+            if _remove_one(work, name):
+                removed.append(name)
+            else:
+                missing.append(name)
+        flats = _remove_unreferenced_flats(work) if removed else []
+        if not removed and not flats:
+            return RemovalResult(removed, missing, flats, None)
+        result = publish(publish_options)
+    return RemovalResult(removed, missing, flats, result)
+
+
+def names_for_digest(work: Path, registry: str, repository: str, digest: str) -> list[str]:
+    """Public names `<registry>/<repository>:<tag>` whose ingested manifest hashes to
+    `digest` (sha256 only), sorted."""
+    algorithm, _, wanted = digest.partition(":")
+    if algorithm != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", wanted):
+        return []
+    prefix = public_name_of(f"{registry}/{repository}:x").rsplit(":", 1)[0]
+    directory = work / layout.METADATA / posixpath.dirname(prefix)
+    base = posixpath.basename(prefix)
+    if not directory.is_dir():
+        return []
+    found = []
+    for entry in sorted(directory.iterdir()):
+        if not (entry.name.startswith(base + ":") or entry.name.startswith(base + "@")):
+            continue
+        manifest = entry / layout.MANIFEST_FILE
+        try:
+            data = manifest.read_bytes()
+        except OSError:
+            continue
+        if hashlib.sha256(data).hexdigest() == wanted:
+            found.append(f"{posixpath.dirname(prefix)}/{entry.name}")
+    return found
+
+
+def _remove_one(work: Path, name: str) -> bool:
+    link = work / name
+    metadata = work / layout.METADATA / name
+    found = False
+    if link.is_symlink():
+        link.unlink()
+        found = True
+    elif link.exists():
+        raise ImageError(f"{name}: not an image symlink in {work}; refusing to remove it")
+    if metadata.is_dir() and not metadata.is_symlink():
+        shutil.rmtree(metadata)
+        found = True
+    _prune_empty(link.parent, work)
+    _prune_empty(metadata.parent, work / layout.METADATA)
+    return found
+
+
+def _prune_empty(directory: Path, stop: Path) -> None:
+    while directory != stop and stop in directory.parents:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+        directory = directory.parent
+
+
+def referenced_flats(work: Path) -> set[str]:
+    """`.flat/XX/<hex>` paths that some public symlink of the working tree points to."""
+    found: set[str] = set()
+    for top in os.scandir(work):
+        if top.name.startswith(".") or not top.is_dir(follow_symlinks=False):
+            continue
+        for directory, dirs, files in os.walk(top.path):  # does not follow symlinks
+            for name in dirs + files:
+                path = os.path.join(directory, name)
+                if not os.path.islink(path):
+                    continue
+                relative = os.path.relpath(path, work)
+                target = posixpath.normpath(
+                    posixpath.join(posixpath.dirname(relative), os.readlink(path)))
+                if _FLAT_TARGET.fullmatch(target):
+                    found.add(target)
+    return found
+
+
+def _remove_unreferenced_flats(work: Path) -> list[str]:
+    flat_root = work / layout.FLAT
+    if not flat_root.is_dir():
+        return []
+    keep = referenced_flats(work)
+    removed = []
+    for fan in sorted(flat_root.iterdir()):
+        if not fan.is_dir() or fan.is_symlink() or not re.fullmatch(r"[0-9a-f]{2}", fan.name):
+            continue
+        for image in sorted(fan.iterdir()):
+            relative = f"{layout.FLAT}/{fan.name}/{image.name}"
+            if _FLAT_TARGET.fullmatch(relative) and relative not in keep and image.is_dir():
+                shutil.rmtree(image)
+                removed.append(relative)
+        if {p.name for p in fan.iterdir()} <= {".cvmfscatalog"}:
+            shutil.rmtree(fan)
+    return removed
+
