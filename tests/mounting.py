@@ -95,6 +95,20 @@ def wait_for_exit(pid: int | None, timeout: float = SERVER_EXIT_TIMEOUT_S) -> bo
     return False
 
 
+@dataclass(frozen=True)
+class User:
+    """An ordinary user tests run commands as (root starts them)."""
+
+    name: str
+    uid: int
+    gid: int
+
+    @property
+    def prefix(self) -> list[str]:
+        """Run a command as this user, without root's supplementary groups."""
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
+
+
 @dataclass
 class CliMount:
     mountpoint: Path

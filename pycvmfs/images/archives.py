@@ -55,8 +55,8 @@ from pycvmfs.images.registry import (
     OCI_INDEX,
     Compression,
     Descriptor,
-    ImageConfig,
     ImageIndex,
+    ImageParts,
     Layer,
     Manifest,
     Platform,
@@ -74,7 +74,7 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _HEX_NAME_RE = re.compile(r"(?:.*/)?(?:blobs/sha256/)?([0-9a-f]{64})(?:\.json|\.tar)?")
 
 
-class OciLayoutImage:
+class OciLayoutImage(ImageParts):
     """One image of an OCI image layout directory (`ImageSource`)."""
 
     def __init__(self, directory: str | Path, tag: str | None = None,
@@ -139,14 +139,6 @@ class OciLayoutImage:
         with self.open_blob(digest, max_bytes=limit, what=what) as reader:
             return reader.read()
 
-    @property
-    def manifest(self) -> Manifest:
-        return self._manifest
-
-    @property
-    def config(self) -> ImageConfig:
-        return self._config
-
     def open_blob(self, digest: str, *, max_bytes: int = MAX_BLOB_BYTES,
                   what: str = "blob") -> VerifyingReader:
         path = self.blob_path(digest)
@@ -174,7 +166,7 @@ class OciLayoutImage:
         self.close()
 
 
-class DockerArchiveImage:
+class DockerArchiveImage(ImageParts):
     """One image of a `docker save` tarball (`ImageSource`)."""
 
     def __init__(self, path: str | Path, name: ImageReference | str | None = None,
@@ -301,14 +293,6 @@ class DockerArchiveImage:
             while block := stream.read(BLOCK_BYTES):
                 hasher.update(block)
         return f"sha256:{hasher.hexdigest()}"
-
-    @property
-    def manifest(self) -> Manifest:
-        return self._manifest
-
-    @property
-    def config(self) -> ImageConfig:
-        return self._config
 
     def open_blob(self, digest: str, *, max_bytes: int = MAX_BLOB_BYTES) -> VerifyingReader:
         name = self._layer_members.get(check_digest(digest))

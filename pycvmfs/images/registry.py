@@ -813,15 +813,12 @@ class RegistryClient:
         return RegistryImage(self, ref, manifest, self.get_config(ref.repository, manifest))
 
 
-class RegistryImage:
-    """`ImageSource` for an image in a registry (the client stays owned by the caller)."""
+class ImageParts:
+    """The `manifest` and `config` half of an `ImageSource`, once for every kind of source
+    (subclasses set `_manifest` and `_config`)."""
 
-    def __init__(self, client: RegistryClient, reference: ImageReference, manifest: Manifest,
-                 config: ImageConfig) -> None:
-        self.client = client
-        self.reference = reference
-        self._manifest = manifest
-        self._config = config
+    _manifest: Manifest
+    _config: ImageConfig
 
     @property
     def manifest(self) -> Manifest:
@@ -830,6 +827,17 @@ class RegistryImage:
     @property
     def config(self) -> ImageConfig:
         return self._config
+
+
+class RegistryImage(ImageParts):
+    """`ImageSource` for an image in a registry (the client stays owned by the caller)."""
+
+    def __init__(self, client: RegistryClient, reference: ImageReference, manifest: Manifest,
+                 config: ImageConfig) -> None:
+        self.client = client
+        self.reference = reference
+        self._manifest = manifest
+        self._config = config
 
     def open_blob(self, digest: str, *, max_bytes: int = MAX_BLOB_BYTES) -> VerifyingReader:
         sizes = {layer.digest: layer.size for layer in self._manifest.layers}

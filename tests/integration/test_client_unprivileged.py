@@ -25,13 +25,21 @@ import subprocess
 import sys
 import sysconfig
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from pycvmfs.fs.mount import BACKENDS
-from tests.mounting import DEMO_FQRN, DEMO_KEY, DEMO_REPO, ROOT, cli_mount, is_mounted, mountinfo
+from tests.mounting import (
+    DEMO_FQRN,
+    DEMO_KEY,
+    DEMO_REPO,
+    ROOT,
+    User,
+    cli_mount,
+    is_mounted,
+    mountinfo,
+)
 from tests.servers import Nginx, nginx_binary, shared_scratch
 
 pytestmark = [
@@ -69,16 +77,6 @@ print(json.dumps({
 """
 
 
-@dataclass(frozen=True)
-class User:
-    name: str
-    uid: int
-    gid: int
-
-    @property
-    def prefix(self) -> list[str]:
-        """Run a command as this user, without root's supplementary groups."""
-        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
 
 
 def readable_by_others(path: Path) -> bool:

@@ -18,14 +18,13 @@ from pycvmfs.publisher.publish import PublishOptions
 from tests.images import require_images
 from tests.integration.test_client_unprivileged import (  # noqa: F401 - fixtures
     SYSTEM_PYTHON,
-    User,
     area,
     as_user,
     fuse_open_to_all,
     user,
     user_env,
 )
-from tests.mounting import force_unmount, is_mounted, mountinfo
+from tests.mounting import User, force_unmount, is_mounted, mountinfo
 from tests.publish_helpers import Keys
 from tests.registry import NEEDS_REGISTRY_TOOLS, DockerRegistry, needs_tools
 from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, shared_scratch

@@ -32,6 +32,7 @@ from pycvmfs.images.runner import (
 )
 from pycvmfs.images.singularity import ImageConfig, write_singularity_files
 from tests.images import copy_tree, images_cached, require_images
+from tests.mounting import User
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -165,15 +166,6 @@ def test_missing_working_directory_is_a_runner_error(flat_image: FlatImage,
 # --- as an ordinary user -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class User:
-    name: str
-    uid: int
-    gid: int
-
-    @property
-    def prefix(self) -> list[str]:
-        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
 
 
 def traversable_by_others(path: Path) -> bool:
