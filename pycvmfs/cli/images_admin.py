@@ -62,7 +62,7 @@ def _ingest_options(fqrn: str, storage: Path, keys_dir: Path, work: Path | None,
                     platform: str, notify_file: Path | None, username: str | None,
                     password: str | None, *, echo: bool = True) -> Iterator[IngestOptions]:
     from pycvmfs.images.ingest import IngestOptions
-    from pycvmfs.images.registry import Platform
+    from pycvmfs.images.manifest import Platform
 
     publish = PublishOptions(fqrn=fqrn, source=work or storage.with_name(storage.name + ".work"),
                              storage=storage, keys_dir=keys_dir,

@@ -40,7 +40,7 @@ def ingest_command(images: tuple[str, ...], fqrn: str, storage: Path, keys_dir: 
     """Ingest IMAGE... (docker://HOST/NAME:TAG[@DIGEST], oci:DIR:TAG,
     docker-archive:FILE) into the repository and publish once."""
     from pycvmfs.images.ingest import IngestOptions, ingest
-    from pycvmfs.images.registry import Platform
+    from pycvmfs.images.manifest import Platform
 
     if name is not None and len(images) != 1:
         raise click.BadParameter("--as names exactly one IMAGE", param_hint="--as")

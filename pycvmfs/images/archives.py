@@ -34,13 +34,7 @@ from pathlib import Path
 from typing import IO, Any, Self
 
 from pycvmfs.errors import HashMismatchError, ImageError, NotFoundError
-from pycvmfs.images.reference import (
-    ImageReference,
-    Transport,
-    parse_reference,
-    parse_registry_reference,
-)
-from pycvmfs.images.registry import (
+from pycvmfs.images.manifest import (
     BLOCK_BYTES,
     DOCKER_CONFIG,
     DOCKER_LAYER,
@@ -66,6 +60,12 @@ from pycvmfs.images.registry import (
     parse_config,
     parse_manifest,
     select_platform,
+)
+from pycvmfs.images.reference import (
+    ImageReference,
+    Transport,
+    parse_reference,
+    parse_registry_reference,
 )
 
 REF_NAME = "org.opencontainers.image.ref.name"

@@ -36,8 +36,9 @@ from pycvmfs.errors import ImageError
 from pycvmfs.images import layout
 from pycvmfs.images.archives import open_local_image
 from pycvmfs.images.layers import LayerLimits, LayerReport, apply_layers
+from pycvmfs.images.manifest import LINUX_AMD64, ImageSource, Platform
 from pycvmfs.images.reference import ImageReference, parse_reference
-from pycvmfs.images.registry import LINUX_AMD64, ImageSource, Platform, RegistryClient
+from pycvmfs.images.registry import RegistryClient
 from pycvmfs.images.singularity import ImageConfig as RunConfig
 from pycvmfs.images.singularity import write_singularity_files
 from pycvmfs.publisher.publish import PublishOptions, PublishResult, publish

@@ -48,8 +48,8 @@ from urllib.parse import urlsplit
 
 from pycvmfs.errors import ImageError
 from pycvmfs.images.ingest import IngestOptions, ingest
+from pycvmfs.images.manifest import INDEX_TYPES, MANIFEST_TYPES
 from pycvmfs.images.reference import ImageReference, parse_reference
-from pycvmfs.images.registry import INDEX_TYPES, MANIFEST_TYPES
 from pycvmfs.images.removal import names_for_digest, remove_images
 
 log = logging.getLogger(__name__)

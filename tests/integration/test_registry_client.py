@@ -25,8 +25,7 @@ from pycvmfs.errors import (
     RegistryError,
 )
 from pycvmfs.images.archives import DockerArchiveImage, OciLayoutImage, open_local_image
-from pycvmfs.images.reference import parse_reference
-from pycvmfs.images.registry import (
+from pycvmfs.images.manifest import (
     DOCKER_LAYER,
     DOCKER_MANIFEST,
     OCI_INDEX,
@@ -34,8 +33,9 @@ from pycvmfs.images.registry import (
     Compression,
     Manifest,
     Platform,
-    RegistryClient,
 )
+from pycvmfs.images.reference import parse_reference
+from pycvmfs.images.registry import RegistryClient
 from tests.registry import (
     NEEDS_REGISTRY_TOOLS,
     DockerRegistry,

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from pycvmfs.errors import HashMismatchError, ImageError, RegistryError, SizeMismatchError
-from pycvmfs.images.registry import (
+from pycvmfs.images.manifest import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,
@@ -26,13 +26,12 @@ from pycvmfs.images.registry import (
     ImageIndex,
     Manifest,
     Platform,
-    RegistryClient,
     VerifyingReader,
-    parse_challenge,
     parse_config,
     parse_manifest,
     select_platform,
 )
+from pycvmfs.images.registry import RegistryClient, parse_challenge
 
 Reply = tuple[int, dict[str, str], bytes]
 
