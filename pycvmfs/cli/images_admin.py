@@ -1,5 +1,5 @@
-"""Image repository administration: `pycvmfs wishlist convert|loop`, `pycvmfs webhook serve`,
-`pycvmfs images remove`."""
+"""Image repository administration: `pycvmfs ingest`, `pycvmfs wishlist convert|loop`,
+`pycvmfs webhook serve`, `pycvmfs images remove`."""
 
 from __future__ import annotations
 
@@ -96,6 +96,29 @@ def _echo_result(fqrn: str, published: Any) -> None:
         click.echo(f"published {fqrn} revision {published.manifest.revision}: "
                    f"{published.objects_written} new objects "
                    f"({published.bytes_written / 1e6:.1f} MB stored)")
+
+
+# -- ingest -----------------------------------------------------------------------------
+
+
+@click.command("ingest")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@_repository_options(repo_required=True)
+@click.option("--as", "name", default=None, metavar="REGISTRY/REPOSITORY:TAG",
+              help="Public name of a local image (oci:, docker-archive:); one IMAGE only.")
+def ingest_command(images: tuple[str, ...], fqrn: str, storage: Path, keys_dir: Path,
+                   work: Path | None, platform: str, notify_file: Path | None,
+                   username: str | None, password: str | None, name: str | None) -> None:
+    """Ingest IMAGE... (docker://HOST/NAME:TAG[@DIGEST], oci:DIR:TAG,
+    docker-archive:FILE) into the repository and publish once."""
+    from pycvmfs.images.ingest import ingest
+
+    if name is not None and len(images) != 1:
+        raise click.BadParameter("--as names exactly one IMAGE", param_hint="--as")
+    with _ingest_options(fqrn, storage, keys_dir, work, platform, notify_file, username,
+                         password) as options:
+        result = ingest(list(images), options, names={images[0]: name} if name else None)
+    _echo_result(fqrn, result.published)
 
 
 # -- wishlist ---------------------------------------------------------------------------
@@ -255,4 +278,4 @@ def images_remove_command(names: tuple[str, ...], fqrn: str, storage: Path, keys
     _echo_result(fqrn, result.published)
 
 
-COMMANDS = [wishlist_group, webhook_group, images_group]
+COMMANDS = [ingest_command, wishlist_group, webhook_group, images_group]
