@@ -38,7 +38,8 @@ class Flavor(enum.Enum):
 
 @dataclass(slots=True)
 class ClientStats:
-    """Counters behind `user.nioerr`, `user.rx`, ... (updated from several threads)."""
+    """Counters the filesystem core keeps (`user.nioerr`, `user.nopen`, `user.ndiropen`);
+    transfer counters come from the downloader through `NetworkInfo.transfers`."""
 
     started: float = field(default_factory=time.monotonic)
     nioerr: int = 0

@@ -498,36 +498,35 @@ class RepositoryVFS:
             opened = self._handles.get(handle)
         if opened is None:
             return None
-        touched: list[int] = []
-
-        def load(index: int, start: int, stop: int) -> bytes:
-            touched.append(index)
-            return opened.read_slice_nowait(index, start, stop)
-
         try:
-            data = read_pieces(opened.pieces, offset, min(offset + size, opened.entry.size),
-                               load)
+            return self._read(opened, offset, size, self.repository, opened.read_slice_nowait)
         except _WouldBlockError:
             return None
-        if touched:
-            self._read_ahead(opened, touched[-1], self.repository)
-        return data
 
     def read(self, handle: int, offset: int, size: int) -> bytes:
         opened = self._handle(handle)
         repository = self.repository
+
+        def read_slice(index: int, start: int, stop: int) -> bytes:
+            return opened.read_slice(index, start, stop, repository)
+
+        try:
+            return self._read(opened, offset, size, repository, read_slice)
+        except PycvmfsError as exc:  # hash mismatch, fetch failure: never wrong bytes
+            self.stats.io_error()
+            raise FsError(errno.EIO, str(exc)) from exc
+
+    def _read(self, opened: _OpenFile, offset: int, size: int, repository: Repository,
+              read_slice: Callable[[int, int, int], bytes]) -> bytes:
+        """Bytes [offset, offset + size) of an open file through `read_slice`, then the
+        read-ahead behind the last piece touched."""
         touched: list[int] = []
 
         def load(index: int, start: int, stop: int) -> bytes:
             touched.append(index)
-            return opened.read_slice(index, start, stop, repository)
+            return read_slice(index, start, stop)
 
-        try:
-            data = read_pieces(opened.pieces, offset, min(offset + size, opened.entry.size),
-                               load)
-        except PycvmfsError as exc:  # hash mismatch, fetch failure: never wrong bytes
-            self.stats.io_error()
-            raise FsError(errno.EIO, str(exc)) from exc
+        data = read_pieces(opened.pieces, offset, min(offset + size, opened.entry.size), load)
         if touched:
             self._read_ahead(opened, touched[-1], repository)
         return data
