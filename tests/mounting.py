@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from pycvmfs.fs.mount import mount_table
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_FQRN = "demo.pycvmfs.org"  # the bundled demo repository
 DEMO_REPO = ROOT / "testdata" / "repo"
@@ -33,7 +35,6 @@ DEMO_KEY = ROOT / "testdata" / "keys" / f"{DEMO_FQRN}.pub"
 COMMAND_TIMEOUT_S = 120.0
 SERVER_EXIT_TIMEOUT_S = 10.0
 _PID = re.compile(r"\(pid (\d+)\)")
-_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
 def pycvmfs(*args: str, env: Mapping[str, str], python: str = sys.executable,
@@ -46,13 +47,7 @@ def pycvmfs(*args: str, env: Mapping[str, str], python: str = sys.executable,
 
 def mountinfo() -> dict[str, list[str]]:
     """Mount point -> its /proc/self/mountinfo fields (the last mount wins)."""
-    out = {}
-    with open("/proc/self/mountinfo") as handle:
-        for line in handle:
-            fields = line.split()
-            point = _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), fields[4])
-            out[point] = fields
-    return out
+    return mount_table()
 
 
 def is_mounted(path: Path | str) -> bool:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # `pycvmfs umount` needs none of the filesystem core
     from pycvmfs.fs.vfs import RepositoryVFS
 
 log = logging.getLogger(__name__)
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")  # mountinfo writes ' ' as \040
 BACKENDS = ("lowlevel", "pyfuse3", "mfusepy")
 DEFAULT_KCACHE_TIMEOUT_S = 60.0  # CVMFS_KCACHE_TIMEOUT default
 READ_AHEAD_KB = 4096  # kernel read-ahead of the mount: 1 MiB requests, several in flight
@@ -46,21 +47,25 @@ def load_backend(preference: str | None = None) -> tuple[str, ModuleType]:
     raise ConfigError("no usable FUSE binding: " + "; ".join(reasons))
 
 
-def mounted_device(mountpoint: str) -> str | None:
-    """`major:minor` of the filesystem mounted at `mountpoint`, from /proc/self/mountinfo
-    (never touches the mount itself: its own server may not be answering yet)."""
-    target = os.path.abspath(mountpoint)
-    found = None
+def mount_table() -> dict[str, list[str]]:
+    """Mount point -> its /proc/self/mountinfo fields (the last mount on a point wins);
+    octal escapes in paths decoded. Reading it never touches a mount."""
+    table: dict[str, list[str]] = {}
     try:
         with open("/proc/self/mountinfo") as mounts:
             for line in mounts:
                 fields = line.split()
-                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-                if point == target:
-                    found = fields[2]
+                table[_OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), fields[4])] = fields
     except OSError:
-        return None
-    return found
+        pass
+    return table
+
+
+def mounted_device(mountpoint: str) -> str | None:
+    """`major:minor` of the filesystem mounted at `mountpoint` (never touches the mount
+    itself: its own server may not be answering yet)."""
+    fields = mount_table().get(os.path.abspath(mountpoint))
+    return fields[2] if fields is not None else None
 
 
 def set_read_ahead(mountpoint: str, kilobytes: int = READ_AHEAD_KB) -> bool:
