@@ -21,7 +21,7 @@ CONFIG_FILE = "config.json"
 METADATA = ".metadata"
 
 
-@click.command("run", context_settings={"ignore_unknown_options": False})
+@click.command("run")
 @click.argument("image")
 @click.argument("command", nargs=-1, required=True)
 @click.option("--mount", "mount_dir", type=click.Path(file_okay=False, path_type=Path),
