@@ -3,7 +3,10 @@
 `apply_layers(layers, rootfs, limits=...)` streams each layer tar (plain, gzip or zstd,
 detected by magic bytes) onto `rootfs` in order, with OCI/Docker semantics, and returns a
 `LayerReport`: per-layer counts plus one `Finding` (layer, member, path, what, why) for every
-entry that was neutralised, skipped or is worth a reviewer's look.
+entry that was neutralised, skipped or is worth a reviewer's look. `unpack_layer_tree` writes
+one layer as an overlayfs lower directory instead (DUCC's `layerfs`: whiteouts recorded, not
+applied). Compression and byte budgets live in `layer_stream`, symlink-safe path resolution
+in `rootfs_tree`.
 
 I/O: reads the layer streams; creates, changes and removes files **only below `rootfs`**.
 Every path is walked component by component from a directory fd of `rootfs`
@@ -78,40 +81,54 @@ from __future__ import annotations
 
 import enum
 import errno
-import gzip
 import os
 import shutil
 import stat
 import tarfile
 import zlib
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import BinaryIO
 
 from pycvmfs.errors import ImageError
+from pycvmfs.images.layer_stream import (
+    COPY_CHUNK_BYTES,
+    CorruptLayerError,
+    CountingReader,
+    LimitExceededError,
+    decompressed,
+    opened,
+)
+from pycvmfs.images.rootfs_tree import (
+    DIR_PATH_FLAGS,
+    DIR_READ_FLAGS,
+    Resolved,
+    RootTree,
+    UnresolvableError,
+    join,
+    lstat_at,
+    read_fd,
+    remove_at,
+)
 
-__all__ = ["Finding", "FindingKind", "LayerLimits", "LayerReport", "LayerStats",
-           "apply_layers", "normalise_member_name"]
+__all__ = ["EntryCallback", "Finding", "FindingKind", "LayerLimits", "LayerReport",
+           "LayerStats", "apply_layers", "normalise_member_name", "unpack_layer_tree"]
 
 GIB = 1 << 30
-COPY_CHUNK_BYTES = 1 << 20  # big enough to amortise syscalls, small enough to stay cheap
-# Linux gives up after 40 symlinks in one lookup (MAXSYMLINKS); a legitimate image never
-# needs more, and a loop is detected after that many hops.
-MAX_SYMLINK_HOPS = 40
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
 XATTR_PAX_PREFIX = "SCHILY.xattr."
 KEPT_XATTR_PREFIX = "user."
 
-_DIR_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_DIR_READ_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DEVICE_TYPES = {tarfile.CHRTYPE: stat.S_IFCHR, tarfile.BLKTYPE: stat.S_IFBLK,
                  tarfile.FIFOTYPE: stat.S_IFIFO}
+
+
+EntryCallback = Callable[[int], None]  # once per tar member, with its file bytes (progress)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,14 +205,6 @@ class LayerReport:
         return [f for f in self.findings if f.kind is kind]
 
 
-class _LimitExceededError(Exception):
-    pass
-
-
-class _UnresolvableError(Exception):
-    pass
-
-
 def normalise_member_name(name: str) -> tuple[list[str], bool]:
     """Components of `name` cleaned lexically against `/` (umoci `CleanPath`), and whether
     that changed anything beyond a trailing slash or `./` prefixes."""
@@ -226,225 +235,6 @@ def _time_ns(member: tarfile.TarInfo, key: str, fallback: int | None) -> int:
     return int(member.mtime) * 1_000_000_000
 
 
-# --- layer streams -------------------------------------------------------------------------
-
-
-class _Prefixed:
-    """A reader that first returns already-peeked bytes, then the rest of `raw`."""
-
-    def __init__(self, prefix: bytes, raw: BinaryIO) -> None:
-        self._prefix = prefix
-        self._raw = raw
-
-    def read(self, size: int = -1) -> bytes:
-        if self._prefix:
-            if size < 0 or size >= len(self._prefix):
-                head, self._prefix = self._prefix, b""
-                rest = self._raw.read(size - len(head) if size >= 0 else -1)
-                return head + rest
-            head, self._prefix = self._prefix[:size], self._prefix[size:]
-            return head
-        return self._raw.read(size)
-
-
-class _CorruptLayerError(Exception):
-    pass
-
-
-class _Counting:
-    """Counts decompressed bytes against the shared budget; raises once it is spent.
-
-    Also supplies the zero padding and end-of-archive blocks of a tar that stops right after
-    its last member's data (umoci 0.4 `insert` writes such layers and its unpack accepts
-    them): only when the stream ends exactly at `data_end`, so truncated data still fails.
-    """
-
-    def __init__(self, read: Callable[[int], bytes], budget: list[int],
-                 stats: LayerStats) -> None:
-        self._read = read
-        self._budget = budget
-        self._stats = stats
-        self.data_end = -1  # stream offset where the last member's data ends
-        self.padded = False
-
-    def read(self, size: int = -1) -> bytes:
-        want = COPY_CHUNK_BYTES if size < 0 else size
-        data = self._read(min(want, self._budget[0] + 1))
-        if not data and not self.padded and self._stats.tar_bytes == self.data_end:
-            self.padded = True
-            return bytes(-self.data_end % tarfile.BLOCKSIZE + 2 * tarfile.BLOCKSIZE)
-        self._stats.tar_bytes += len(data)
-        self._budget[0] -= len(data)
-        if self._budget[0] < 0:
-            raise _LimitExceededError("decompressed layers exceed max_total_bytes")
-        return data
-
-
-class _ZstdStream:
-    """zstandard's stream reader, its errors turned into `_CorruptLayerError`."""
-
-    def __init__(self, source: _Prefixed) -> None:
-        import zstandard  # a wheel; imported only when a zstd layer shows up
-
-        self._errors = (zstandard.ZstdError,)
-        self._reader = zstandard.ZstdDecompressor().stream_reader(
-            source, read_across_frames=True)  # type: ignore[arg-type]  # duck-typed .read
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            return self._reader.read(size)
-        except self._errors as exc:
-            raise _CorruptLayerError(f"zstd: {exc}") from exc
-
-
-def _read_exactly(raw: BinaryIO, size: int) -> bytes:
-    chunks: list[bytes] = []
-    while size > 0:
-        chunk = raw.read(size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
-
-
-def _decompressed(raw: BinaryIO) -> tuple[str, Callable[[int], bytes]]:
-    magic = _read_exactly(raw, 6)
-    source = _Prefixed(magic, raw)
-    if magic.startswith(b"\x1f\x8b"):
-        gz = gzip.GzipFile(fileobj=source, mode="rb")  # type: ignore[call-overload]
-        return "gzip", gz.read
-    if magic.startswith(b"\x28\xb5\x2f\xfd"):
-        return "zstd", _ZstdStream(source).read
-    if magic.startswith((b"\xfd7zXZ\x00", b"BZh")):
-        raise ImageError("xz/bzip2 layers are not OCI layer media types; refused")
-    return "plain", source.read
-
-
-@contextmanager
-def _opened(source: BinaryIO | os.PathLike[str] | str) -> Iterator[tuple[str, BinaryIO]]:
-    if isinstance(source, (str, os.PathLike)):
-        with open(source, "rb") as raw:
-            yield os.fspath(source), raw
-    else:
-        yield str(getattr(source, "name", "<stream>")), source
-
-
-# --- the tree: every path walked from the root fd, never through the kernel's symlinks ------
-
-
-@dataclass(slots=True)
-class _Resolved:
-    fd: int                  # O_PATH fd of the directory (caller closes)
-    parts: list[str]         # its real path below the root, no symlinks
-    crossed: bool = False    # a symlink was followed on the way
-    rescoped: list[str] = field(default_factory=list)  # absolute/escaping links followed
-    created: list[str] = field(default_factory=list)   # directories made on the way
-
-    @property
-    def rel(self) -> str:
-        return "/".join(self.parts)
-
-
-class _Tree:
-    """Path resolution and removal below one root directory fd."""
-
-    def __init__(self, root_fd: int) -> None:
-        self.root_fd = root_fd
-
-    def resolve_dir(self, parts: list[str], *, create: bool) -> _Resolved | None:
-        """Walk `parts` from the root; symlinks are expanded as if the root were `/`.
-
-        None when a component is missing and `create` is false; `_UnresolvableError` on loops
-        and non-directories.
-        """
-        remaining = deque(parts)
-        names: list[str] = []
-        fds = [os.dup(self.root_fd)]
-        result = _Resolved(-1, names)
-        hops = 0
-        try:
-            while remaining:
-                comp = remaining.popleft()
-                if comp in ("", "."):
-                    continue
-                if comp == "..":
-                    if names:
-                        names.pop()
-                        os.close(fds.pop())
-                    else:
-                        result.rescoped.append("'..' above the root")
-                    continue
-                try:
-                    fd = os.open(comp, _DIR_PATH_FLAGS, dir_fd=fds[-1])
-                except FileNotFoundError:
-                    if not create:
-                        return None
-                    os.mkdir(comp, 0o755, dir_fd=fds[-1])
-                    os.chmod(comp, 0o755, dir_fd=fds[-1])  # whatever the umask
-                    result.created.append("/".join([*names, comp]))
-                    fd = os.open(comp, _DIR_PATH_FLAGS, dir_fd=fds[-1])
-                except OSError as exc:
-                    if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
-                        raise
-                    where = "/".join([*names, comp])
-                    st = os.stat(comp, dir_fd=fds[-1], follow_symlinks=False)
-                    if not stat.S_ISLNK(st.st_mode):
-                        raise _UnresolvableError(f"{where!r} is not a directory") from None
-                    hops += 1
-                    if hops > MAX_SYMLINK_HOPS:
-                        raise _UnresolvableError(f"symlink loop at {where!r}") from None
-                    target = os.readlink(comp, dir_fd=fds[-1])
-                    result.crossed = True
-                    if target.startswith("/"):
-                        result.rescoped.append(f"{where} -> {target}")
-                        for extra in fds[1:]:
-                            os.close(extra)
-                        del fds[1:]
-                        names.clear()
-                    remaining.extendleft(reversed(target.split("/")))
-                    continue
-                names.append(comp)
-                fds.append(fd)
-            result.fd = fds.pop()
-            return result
-        finally:
-            for fd in fds:
-                os.close(fd)
-
-    def open_real_dir(self, parts: list[str]) -> int | None:
-        """O_RDONLY fd of the directory at exactly `parts` (no symlink anywhere), or None."""
-        fd = os.dup(self.root_fd)
-        try:
-            for comp in parts:
-                nxt = os.open(comp, _DIR_PATH_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = nxt
-            return os.open(".", _DIR_READ_FLAGS, dir_fd=fd)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-
-
-def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
-def _remove(name: str, dir_fd: int, st: os.stat_result) -> None:
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=dir_fd)  # the fd-based, symlink-safe variant
-    else:
-        os.unlink(name, dir_fd=dir_fd)
-
-
-def _join(parent: str, name: str) -> str:
-    return f"{parent}/{name}" if parent else name
-
-
 # --- extraction ----------------------------------------------------------------------------
 
 
@@ -454,18 +244,21 @@ class _Entry:
 
     layer: int
     member: tarfile.TarInfo
-    parent: _Resolved
+    parent: Resolved
     name: str
 
     @property
     def path(self) -> str:
-        return _join(self.parent.rel, self.name)
+        return join(self.parent.rel, self.name)
 
 
 class _Extractor:
-    def __init__(self, root_fd: int, limits: LayerLimits) -> None:
-        self.tree = _Tree(root_fd)
+    def __init__(self, root_fd: int, limits: LayerLimits, *, overlay: bool = False,
+                 on_entry: EntryCallback | None = None) -> None:
+        self.tree = RootTree(root_fd)
         self.limits = limits
+        self.overlay = overlay  # whiteouts recorded overlayfs-style instead of applied
+        self.on_entry = on_entry
         self.report = LayerReport()
         self.budget = [limits.max_total_bytes]
         self.declared_bytes = 0
@@ -490,27 +283,30 @@ class _Extractor:
         label = str(source) if isinstance(source, (str, os.PathLike)) else "<stream>"
         where = "<before the first member>"
         try:
-            with _opened(source) as (label, raw):
-                compression, stream = _decompressed(raw)
+            with opened(source) as (label, raw):
+                compression, stream = decompressed(raw)
                 stats = LayerStats(index, label, compression)
                 self.report.layers.append(stats)
                 self.upper = set()
-                counting = _Counting(stream, self.budget, stats)
+                counting = CountingReader(stream, self.budget)
                 with tarfile.open(fileobj=counting, mode="r|") as tar:  # type: ignore[call-overload]
                     seen: set[str] = set()
                     for member in tar:
                         where = f"member {member.name!r}"
                         self.apply_member(index, tar, member, stats, seen)
+                        if self.on_entry is not None:
+                            self.on_entry(member.size if member.isreg() else 0)
                         where = f"after member {member.name!r}"
                         counting.data_end = member.offset_data + member.size
+                stats.tar_bytes = counting.counted
                 if counting.padded:
                     self.note(index, "", "", FindingKind.UNTERMINATED_ARCHIVE,
                               "stream ends right after the last member's data, without "
                               "padding or end-of-archive blocks; accepted as umoci does")
-        except _LimitExceededError as exc:
+        except LimitExceededError as exc:
             raise ImageError(f"layer {index} ({label}), {where}: {exc}") from None
         except (ImageError, tarfile.TarError, zlib.error, EOFError, OSError, ValueError,
-                OverflowError, _CorruptLayerError) as exc:
+                OverflowError, CorruptLayerError) as exc:
             # ValueError: NUL bytes in PAX names; OverflowError: absurd ids, times, devices
             raise ImageError(f"layer {index} ({label}), {where}: {exc}") from exc
 
@@ -518,21 +314,21 @@ class _Extractor:
         lim = self.limits
         self.members += 1
         if self.members > lim.max_files:
-            raise _LimitExceededError(f"more than max_files={lim.max_files} members")
+            raise LimitExceededError(f"more than max_files={lim.max_files} members")
         if len(os.fsencode(member.name)) > lim.max_path_bytes:
-            raise _LimitExceededError(f"name longer than max_path_bytes={lim.max_path_bytes}")
+            raise LimitExceededError(f"name longer than max_path_bytes={lim.max_path_bytes}")
         if len(os.fsencode(member.linkname)) > lim.max_path_bytes:
-            raise _LimitExceededError(
+            raise LimitExceededError(
                 f"link target longer than max_path_bytes={lim.max_path_bytes}")
         if len(parts) > lim.max_path_depth:
-            raise _LimitExceededError(f"deeper than max_path_depth={lim.max_path_depth}")
+            raise LimitExceededError(f"deeper than max_path_depth={lim.max_path_depth}")
         if member.isreg():
             if member.size > lim.max_file_bytes:
-                raise _LimitExceededError(
+                raise LimitExceededError(
                     f"file of {member.size} bytes exceeds max_file_bytes={lim.max_file_bytes}")
             self.declared_bytes += member.size
             if self.declared_bytes > lim.max_total_bytes:
-                raise _LimitExceededError("declared file sizes exceed max_total_bytes")
+                raise LimitExceededError("declared file sizes exceed max_total_bytes")
 
     def apply_member(self, layer: int, tar: tarfile.TarFile, member: tarfile.TarInfo,
                      stats: LayerStats, seen: set[str]) -> None:
@@ -568,10 +364,10 @@ class _Extractor:
             os.close(parent.fd)
 
     def resolve_parent(self, layer: int, member: tarfile.TarInfo,
-                       parts: list[str]) -> _Resolved | None:
+                       parts: list[str]) -> Resolved | None:
         try:
             parent = self.tree.resolve_dir(parts, create=True)
-        except _UnresolvableError as exc:
+        except UnresolvableError as exc:
             self.note(layer, member.name, "/".join(parts), FindingKind.PARENT_UNRESOLVABLE,
                       f"{exc}; entry skipped")
             return None
@@ -597,12 +393,12 @@ class _Extractor:
     def clear_leaf(self, entry: _Entry, *, keep_dir: bool) -> bool:
         """Remove what is at the entry's path (a directory stays if `keep_dir`); True if a
         directory was kept."""
-        st = _lstat(entry.name, entry.parent.fd)
+        st = lstat_at(entry.name, entry.parent.fd)
         if st is None:
             return False
         if keep_dir and stat.S_ISDIR(st.st_mode):
             return True
-        _remove(entry.name, entry.parent.fd, st)
+        remove_at(entry.name, entry.parent.fd, st)
         if stat.S_ISDIR(st.st_mode):
             self.forget_dirs_under(entry.path)
         return False
@@ -664,7 +460,7 @@ class _Extractor:
     def make_dir(self, entry: _Entry) -> None:
         if not self.clear_leaf(entry, keep_dir=True):
             os.mkdir(entry.name, 0o700, dir_fd=entry.parent.fd)
-        fd = os.open(entry.name, _DIR_READ_FLAGS, dir_fd=entry.parent.fd)
+        fd = os.open(entry.name, DIR_READ_FLAGS, dir_fd=entry.parent.fd)
         try:
             self.dir_metadata(fd, entry)
         finally:
@@ -682,8 +478,8 @@ class _Extractor:
             self.note(layer, member.name, "", FindingKind.ROOT_NOT_DIRECTORY,
                       f"type {member.type!r} for the root directory; entry skipped")
             return
-        root = _Resolved(self.tree.root_fd, [])
-        fd = os.open(".", _DIR_READ_FLAGS, dir_fd=self.tree.root_fd)
+        root = Resolved(self.tree.root_fd, [])
+        fd = os.open(".", DIR_READ_FLAGS, dir_fd=self.tree.root_fd)
         try:
             self.dir_metadata(fd, _Entry(layer, member, root, ""))
         finally:
@@ -722,7 +518,7 @@ class _Extractor:
             return False
         try:
             source = self.tree.resolve_dir(parts[:-1], create=False)
-        except _UnresolvableError as exc:
+        except UnresolvableError as exc:
             self.note_entry(entry, FindingKind.HARDLINK_SKIPPED, f"target unresolvable: {exc}")
             return False
         if source is None:
@@ -734,12 +530,12 @@ class _Extractor:
         finally:
             os.close(source.fd)
 
-    def link_to(self, entry: _Entry, source: _Resolved, name: str) -> bool:
-        target = _join(source.rel, name)
+    def link_to(self, entry: _Entry, source: Resolved, name: str) -> bool:
+        target = join(source.rel, name)
         if source.crossed:
             self.note_entry(entry, FindingKind.HARDLINK_THROUGH_SYMLINK,
                             f"target {entry.member.linkname!r} resolved to {target!r}")
-        st = _lstat(name, source.fd)
+        st = lstat_at(name, source.fd)
         why = None
         if st is None:
             why = f"target {entry.member.linkname!r} does not exist"
@@ -822,9 +618,12 @@ class _Extractor:
             self.note(layer, member.name, clean, FindingKind.WHITEOUT_INVALID,
                       f"whiteout names {target!r}: not a removable entry")
             return
+        if self.overlay:
+            self.record_whiteout(layer, member, parts, stats)
+            return
         try:
             parent = self.tree.resolve_dir(parts[:-1], create=False)
-        except _UnresolvableError as exc:
+        except UnresolvableError as exc:
             self.note(layer, member.name, clean, FindingKind.PARENT_UNRESOLVABLE,
                       f"{exc}; whiteout skipped")
             return
@@ -832,30 +631,59 @@ class _Extractor:
             return
         try:
             if parent.crossed:
-                self.note(layer, member.name, _join(parent.rel, target),
+                self.note(layer, member.name, join(parent.rel, target),
                           FindingKind.WHITEOUT_THROUGH_SYMLINK,
                           f"parent {'/'.join(parts[:-1])!r} resolved to {parent.rel!r}")
             if opaque:
                 stats.opaque += 1
-                with _read_fd(parent.fd) as dir_fd:
+                with read_fd(parent.fd) as dir_fd:
                     self.purge_children(dir_fd, parent.rel)
             else:
                 stats.whiteouts += 1
-                self.remove_lower(parent.fd, target, _join(parent.rel, target))
+                self.remove_lower(parent.fd, target, join(parent.rel, target))
+        finally:
+            os.close(parent.fd)
+
+    def record_whiteout(self, layer: int, member: tarfile.TarInfo, parts: list[str],
+                        stats: LayerStats) -> None:
+        """overlayfs' own encoding: a 0/0 char device for `.wh.NAME`, the xattr
+        `trusted.overlay.opaque=y` on the directory of `.wh..wh..opq`."""
+        parent = self.resolve_parent(layer, member, parts[:-1])
+        if parent is None:
+            return
+        try:
+            if parts[-1] == OPAQUE_MARKER:
+                with read_fd(parent.fd) as fd:
+                    os.setxattr(fd, OPAQUE_XATTR, b"y")
+                stats.opaque += 1
+                return
+            entry = _Entry(layer, member, parent, parts[-1][len(WHITEOUT_PREFIX):])
+            self.clear_leaf(entry, keep_dir=False)
+            os.mknod(entry.name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent.fd)
+            self.chown(entry.name, parent.fd, member)
+            os.utime(entry.name, ns=self.times(member), dir_fd=parent.fd,
+                     follow_symlinks=False)
+            stats.whiteouts += 1
+            self.mark_upper(entry.path)
+        except PermissionError as exc:
+            raise ImageError(f"a layer tree stores whiteouts as overlayfs does (0/0 char "
+                             f"devices, trusted.overlay.opaque), which needs root: "
+                             f"{exc.strerror}; skip layer trees to ingest unprivileged"
+                             ) from None
         finally:
             os.close(parent.fd)
 
     def remove_lower(self, dir_fd: int, name: str, path: str) -> None:
         """Remove `path` except what the current layer wrote (and their ancestors)."""
-        st = _lstat(name, dir_fd)
+        st = lstat_at(name, dir_fd)
         if st is None:
             return
         if path not in self.upper:
-            _remove(name, dir_fd, st)
+            remove_at(name, dir_fd, st)
             if stat.S_ISDIR(st.st_mode):
                 self.forget_dirs_under(path)
         elif stat.S_ISDIR(st.st_mode):
-            fd = os.open(name, _DIR_READ_FLAGS, dir_fd=dir_fd)
+            fd = os.open(name, DIR_READ_FLAGS, dir_fd=dir_fd)
             try:
                 self.purge_children(fd, path)
             finally:
@@ -863,7 +691,7 @@ class _Extractor:
 
     def purge_children(self, dir_fd: int, path: str) -> None:
         for child in os.listdir(dir_fd):
-            self.remove_lower(dir_fd, child, _join(path, child))
+            self.remove_lower(dir_fd, child, join(path, child))
 
     # -- the end --
 
@@ -884,30 +712,43 @@ class _Extractor:
 _ENTRY_TYPES = {tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, *_DEVICE_TYPES}
 
 
-@contextmanager
-def _read_fd(path_fd: int) -> Iterator[int]:
-    fd = os.open(".", _DIR_READ_FLAGS, dir_fd=path_fd)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
 def apply_layers(layers: Iterable[BinaryIO | os.PathLike[str] | str], rootfs: Path, *,
-                 limits: LayerLimits | None = None) -> LayerReport:
+                 limits: LayerLimits | None = None,
+                 on_entry: EntryCallback | None = None) -> LayerReport:
     """Apply `layers` (lowest first; open binary streams or paths of layer blobs) onto
     `rootfs`, created if missing (it must not be a symlink).
 
     Raises `ImageError` naming the layer and member on a corrupt or over-limit layer; the
     partially extracted rootfs is then the caller's to discard.
     """
+    return _extract(list(layers), rootfs, limits, False, on_entry)
+
+
+def unpack_layer_tree(layer: BinaryIO | os.PathLike[str] | str, layerfs: Path, *,
+                      limits: LayerLimits | None = None,
+                      on_entry: EntryCallback | None = None) -> LayerReport:
+    """One layer as an overlayfs lower directory (DUCC's `.layers/XX/<digest>/layerfs`):
+    nothing is deleted; `.wh.NAME` becomes a 0/0 character device `NAME` and
+    `.wh..wh..opq` the xattr `trusted.overlay.opaque=y` on its directory. Every other entry,
+    and every hostile case, is handled as `apply_layers` handles it.
+
+    Whiteouts need root (CAP_MKNOD, and CAP_SYS_ADMIN for trusted.*): without it a layer
+    that has one raises `ImageError` saying so.
+    """
+    return _extract([layer], layerfs, limits, True, on_entry)
+
+
+def _extract(layers: list[BinaryIO | os.PathLike[str] | str], rootfs: Path,
+             limits: LayerLimits | None, overlay: bool,
+             on_entry: EntryCallback | None) -> LayerReport:
     rootfs.mkdir(parents=True, exist_ok=True)
     try:
-        root_fd = os.open(rootfs, _DIR_PATH_FLAGS)
+        root_fd = os.open(rootfs, DIR_PATH_FLAGS)
     except OSError as exc:
         raise ImageError(f"rootfs {rootfs}: {exc.strerror}") from exc
     try:
-        extractor = _Extractor(root_fd, limits or LayerLimits())
+        extractor = _Extractor(root_fd, limits or LayerLimits(), overlay=overlay,
+                                   on_entry=on_entry)
         for index, layer in enumerate(layers):
             extractor.apply(index, layer)
         extractor.finish()

@@ -1,9 +1,10 @@
 """Read a source directory into a tree of nodes, checking every name on the way.
 
 Nothing is hashed here: the walk records what each entry is (lstat, link target,
-stored `user.*` xattrs), which directories start nested catalogs (`.cvmfscatalog`
-markers and `.cvmfsdirtab` patterns), and every input it must refuse. Problems are
-collected, not raised one by one, so the user sees all of them at once.
+stored xattrs: `user.*`, and `trusted.overlay.opaque` for container layer trees), which
+directories start nested catalogs (`.cvmfscatalog` markers and `.cvmfsdirtab` patterns),
+and every input it must refuse. Problems are collected, not raised one by one, so the
+user sees all of them at once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from pycvmfs.format.xattr_blob import MAX_ATTRIBUTES, MAX_KEY_BYTES, MAX_VALUE_B
 
 CATALOG_MARKER = ".cvmfscatalog"
 DIRTAB_NAME = ".cvmfsdirtab"
+STORED_XATTR_PREFIX = "user."
+# Container layer trees mark opaque directories with it (fact sheet 14.1); other trusted.*
+# and security.* names are never stored (they grant privileges on a local copy).
+STORED_TRUSTED_XATTRS = frozenset({"trusted.overlay.opaque"})
 RESERVED_ROOT_NAMES = {".cvmfs"}  # the reference client uses /.cvmfs for snapshots
 MAX_PROBLEMS_SHOWN = 20
 
@@ -201,7 +206,7 @@ class TreeWalker:
     def _xattrs(self, source: str, path: str) -> dict[str, bytes]:
         try:
             names = [n for n in os.listxattr(source, follow_symlinks=False)
-                     if n.startswith("user.")]
+                     if n.startswith(STORED_XATTR_PREFIX) or n in STORED_TRUSTED_XATTRS]
         except OSError as exc:
             if exc.errno in (errno.ENOTSUP, errno.ENOENT):
                 return {}
