@@ -1,22 +1,25 @@
-"""Images into a repository, DUCC-style: flat root filesystems, public symlinks, metadata.
+"""Images into a repository, DUCC-style: flat root filesystems, layer trees, public
+symlinks, metadata.
 
     refs -> source (registry / OCI layout / docker archive) -> manifest + config
-         -> already published with this manifest? skip
-         -> layers downloaded and verified -> applied in order into a fresh rootfs
-            (`layers.apply_layers`: whiteouts, hostile entries neutralised)
-         -> Apptainer files -> renamed into `.flat/XX/<config>` of the working tree
-         -> `<registry>/<repository>:<tag>` symlink, `.metadata/.../manifest.json`
+         -> already published with this manifest and all its layer trees? skip
+         -> layers downloaded and verified (only those something still needs)
+            -> each missing layer tree (`layers.unpack_layer_tree`, overlayfs whiteouts)
+               renamed into `.layers/XX/<digest>/layerfs`, its origin.json updated
+            -> applied in order into a fresh rootfs (`layers.apply_layers`: whiteouts,
+               hostile entries neutralised), Apptainer files, renamed into `.flat/XX/<config>`
+         -> `<registry>/<repository>:<tag>` symlink, `.metadata/.../{manifest,config,ingest}.json`
          -> one publish of the working tree (unchanged files are not read again)
 
 The working tree (`work`) is the repository's contents on the publisher's disk; the
-publisher turns it into the next revision. Images already there are not unpacked again;
-identical files of different images become one object (content addressing), and every
-image directory is its own nested catalog. A failed ingest leaves the working tree's
-published state alone: new images are built beside it and renamed in only when complete,
-and the repository changes only if the final publish succeeds.
+publisher turns it into the next revision. Images and layers already there are not unpacked
+again; identical files of different images become one object (content addressing), and
+every image directory and every layerfs is its own nested catalog. A failed ingest leaves
+the published repository alone: new trees are built beside the working tree and renamed in
+only when complete, and the repository changes only if the final publish succeeds.
 
 Caveats: the working tree holds every image unpacked (the reference's DUCC works on the
-mounted repository instead); `.layers/` and `.chains/` are not written yet.
+mounted repository instead); `.chains/` (podman/containerd chain snapshots) are not written.
 """
 
 from __future__ import annotations
@@ -31,22 +34,47 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from pycvmfs.errors import ImageError
 from pycvmfs.images import layout
 from pycvmfs.images.archives import open_local_image
-from pycvmfs.images.layers import LayerLimits, LayerReport, apply_layers
+from pycvmfs.images.layer_stream import COPY_CHUNK_BYTES
+from pycvmfs.images.layers import LayerLimits, LayerReport, apply_layers, unpack_layer_tree
 from pycvmfs.images.manifest import LINUX_AMD64, ImageSource, Platform
 from pycvmfs.images.reference import ImageReference, parse_reference
 from pycvmfs.images.registry import RegistryClient
 from pycvmfs.images.singularity import ImageConfig as RunConfig
 from pycvmfs.images.singularity import write_singularity_files
 from pycvmfs.publisher.publish import PublishOptions, PublishResult, publish
+from pycvmfs.publisher.tree_walk import CATALOG_MARKER
 
 SCRATCH = ".pycvmfs-ingest"  # in the working tree: unfinished images, the lock
 CONFIG_FILE = "config.json"
+INGEST_FILE = "ingest.json"  # ours: reference, manifest and index digests, platform
 
 Notify = Callable[[dict[str, object]], None]
+
+
+class IngestProgress(Protocol):
+    """What a terminal display is told while images are ingested (from the ingesting
+    thread, except `advance` which the publisher calls from its workers)."""
+
+    def start_image(self, image: str, layers: int, compressed_bytes: int) -> None:
+        """An image's layers are about to be fetched and unpacked (not for skipped ones)."""
+
+    def downloaded(self, nbytes: int) -> None:
+        """More compressed layer bytes arrived."""
+
+    def unpacked(self, files: int, nbytes: int) -> None:
+        """More tar members were written (flat tree or layer tree)."""
+
+    def end_image(self, image: str, *, skipped: bool) -> None: ...
+
+    def begin(self, total_files: int, total_bytes: int) -> None:
+        """The publish starts (`PublishProgress`)."""
+
+    def advance(self, files: int, nbytes: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +85,8 @@ class IngestOptions:
     username: str | None = None
     password: str | None = None
     notify: Notify = lambda event: None  # one JSON-able dict per event
+    progress: IngestProgress | None = None  # a terminal display
+    layer_trees: bool = True  # also write `.layers/XX/<digest>/layerfs` (DUCC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +113,7 @@ def ingest(references: list[str], options: IngestOptions,
     work = options.publish.source
     work.mkdir(parents=True, exist_ok=True)
     done: list[IngestedImage] = []
-    with _locked(work):
+    with work_tree_lock(work):
         for text in references:
             reference = parse_reference(text)
             started = time.monotonic()
@@ -102,7 +132,7 @@ def ingest(references: list[str], options: IngestOptions,
         if all(image.skipped for image in done):
             return IngestResult(done, None)
         options.notify({"action": "start_publish", "repository": options.publish.fqrn})
-        result = publish(options.publish)
+        result = publish(options.publish, options.progress)
         options.notify({"action": "end_publish", "repository": options.publish.fqrn,
                         "revision": result.manifest.revision, "files": result.files,
                         "bytes_written": result.bytes_written,
@@ -118,45 +148,107 @@ def _ingest_one(reference: ImageReference, text: str, work: Path,
         metadata = work / layout.metadata_file(name)
         flat_rel = layout.flat_dir(config.digest)
         flat = work / flat_rel
-        if metadata.is_file() and metadata.read_bytes() == manifest.raw and flat.is_dir():
+        layers = list(dict.fromkeys(layer.digest for layer in manifest.layers
+                                    if not layer.foreign))  # DUCC skips foreign layers
+        trees = [digest for digest in layers if options.layer_trees
+                 and not (work / layout.layerfs_dir(digest)).is_dir()]
+        if (metadata.is_file() and metadata.read_bytes() == manifest.raw and flat.is_dir()
+                and not trees):
+            _end_progress(options, text, skipped=True)
             return IngestedImage(text, name, config.digest, skipped=True)
         report = None
-        if not flat.is_dir():
-            report = _build_flat(source, work, flat, options)
-    for directory in layout.nested_catalog_dirs([flat_rel]):
+        if trees or not flat.is_dir():
+            report = _unpack(source, text, work, flat if not flat.is_dir() else None, trees,
+                             options)
+        _end_progress(options, text, skipped=False)
+    kept_trees = [layout.layerfs_dir(d) for d in layers] if options.layer_trees else []
+    for directory in layout.nested_catalog_dirs([flat_rel, *kept_trees]):
         (work / directory).mkdir(parents=True, exist_ok=True)
-        (work / directory / ".cvmfscatalog").touch()
+        (work / directory / CATALOG_MARKER).touch()
+    for digest in layers if options.layer_trees else []:
+        _add_origin(work / layout.layer_origin_file(digest), name)
     link_path, target = layout.public_link(name, config.digest)
     _replace_symlink(work / link_path, target)
-    _replace_file(metadata, manifest.raw)
-    _replace_file(metadata.with_name(CONFIG_FILE), config.raw)
+    replace_file(metadata, manifest.raw)
+    replace_file(metadata.with_name(CONFIG_FILE), config.raw)
+    replace_file(metadata.with_name(INGEST_FILE), json.dumps({
+        "reference": text, "manifest": manifest.digest, "index": manifest.index_digest,
+        "platform": str(manifest.platform) if manifest.platform else None,
+    }, indent=1).encode())
     return IngestedImage(text, name, config.digest, skipped=False, report=report)
 
 
-def _build_flat(source: ImageSource, work: Path, flat: Path,
-                options: IngestOptions) -> LayerReport:
-    """Download, verify and apply the layers into a scratch rootfs; rename it into place."""
+def _unpack(source: ImageSource, text: str, work: Path, flat: Path | None,
+            trees: list[str], options: IngestOptions) -> LayerReport:
+    """Download and verify the layers needed, write the missing layer trees and (when `flat`
+    is given) the flat rootfs in a scratch directory, and rename each into place only when
+    complete."""
     scratch_root = work / SCRATCH
     scratch_root.mkdir(exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="image-", dir=scratch_root))
+    progress = options.progress
+    on_entry = None if progress is None else lambda nbytes: progress.unpacked(1, nbytes)
     try:
-        blobs = []
-        for index, layer in enumerate(source.manifest.layers):
-            if layer.foreign:
-                continue  # non-distributable layers are skipped, as DUCC does
-            path = scratch / f"layer-{index}"
-            with source.open_blob(layer.digest) as stream, open(path, "wb") as out:
-                shutil.copyfileobj(stream, out, 1 << 20)  # verified at EOF
-            options.notify({"action": "layer", "layer": layer.digest, "size": layer.size})
-            blobs.append(path)
-        rootfs = scratch / "rootfs"
-        report = apply_layers(blobs, rootfs, limits=options.limits)
-        write_singularity_files(rootfs, RunConfig.from_oci(json.loads(source.config.raw)))
-        flat.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(rootfs, flat)
+        wanted = [layer for layer in source.manifest.layers if not layer.foreign
+                  and (flat is not None or layer.digest in trees)]
+        unique = {layer.digest: layer for layer in wanted}
+        if progress is not None:
+            progress.start_image(text, len(unique), sum(lay.size for lay in unique.values()))
+        blobs: dict[str, Path] = {}
+        for digest, layer in unique.items():
+            blobs[digest] = scratch / f"layer-{len(blobs)}"
+            _download(source, digest, blobs[digest], progress)
+            options.notify({"action": "layer", "layer": digest, "size": layer.size})
+        report = LayerReport()
+        for digest in trees:
+            started = time.monotonic()
+            tree = scratch / f"tree-{layout.digest_hex(digest)}"
+            part = unpack_layer_tree(blobs[digest], tree, limits=options.limits,
+                                     on_entry=on_entry)
+            report.layers += part.layers
+            report.findings += part.findings
+            target = work / layout.layerfs_dir(digest)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(tree, target)
+            options.notify({"action": "layer_tree", "layer": digest,
+                            "files": part.layers[0].members if part.layers else 0,
+                            "seconds": round(time.monotonic() - started, 3)})
+        if flat is not None:
+            rootfs = scratch / "rootfs"
+            report = apply_layers([blobs[layer.digest] for layer in wanted], rootfs,
+                                  limits=options.limits, on_entry=on_entry)
+            write_singularity_files(rootfs, RunConfig.from_oci(json.loads(source.config.raw)))
+            flat.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(rootfs, flat)
         return report
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _download(source: ImageSource, digest: str, path: Path,
+              progress: IngestProgress | None) -> None:
+    with source.open_blob(digest) as stream, open(path, "wb") as out:
+        while chunk := stream.read(COPY_CHUNK_BYTES):  # verified at EOF
+            out.write(chunk)
+            if progress is not None:
+                progress.downloaded(len(chunk))
+
+
+def _end_progress(options: IngestOptions, text: str, *, skipped: bool) -> None:
+    if options.progress is not None:
+        options.progress.end_image(text, skipped=skipped)
+
+
+def _add_origin(path: Path, name: str) -> None:
+    """DUCC's backlink from a layer to the images using it (`{"origin": [names]}`)."""
+    try:
+        origin = json.loads(path.read_bytes()).get("origin", [])
+    except (OSError, ValueError, AttributeError):
+        origin = []
+    if not isinstance(origin, list):
+        origin = []
+    if name not in origin:
+        replace_file(path, json.dumps({"origin": sorted({*map(str, origin), name})}).encode())
 
 
 def _public_name(reference: ImageReference, source: ImageSource, given: str | None) -> str:
@@ -198,7 +290,7 @@ def _opened(reference: ImageReference, options: IngestOptions) -> Iterator[Image
 
 
 @contextmanager
-def _locked(work: Path) -> Iterator[None]:
+def work_tree_lock(work: Path) -> Iterator[None]:
     """One ingest per working tree at a time (the publisher locks the storage too)."""
     (work / SCRATCH).mkdir(exist_ok=True)
     with open(work / SCRATCH / "lock", "w") as handle:
@@ -217,7 +309,7 @@ def _replace_symlink(path: Path, target: str) -> None:
     os.replace(temporary, path)
 
 
-def _replace_file(path: Path, data: bytes) -> None:
+def replace_file(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.new")
     temporary.write_bytes(data)

@@ -2,11 +2,12 @@
 
     <registry>/<repository>:<tag>                 relative symlink -> the flat image
     .flat/<d[:2]>/<config digest hex>/            the image's whole root filesystem
-    .layers/<d[:2]>/<layer digest hex>/layerfs/   one unpacked layer
+    .layers/<d[:2]>/<layer digest hex>/layerfs/   one unpacked layer (overlayfs whiteouts)
+    .layers/<d[:2]>/<layer digest hex>/.metadata/origin.json   images using the layer
     .chains/<c[:2]>/<chain id hex>/               layers 0..i applied
     .metadata/<registry>/<repository>:<tag>/manifest.json
 
-Every image, layer and chain directory is the root of its own nested catalog, and so are
+Every image, layerfs and chain directory is the root of its own nested catalog, and so are
 `.flat`, `.layers`, `.chains` and their two-letter fan-out directories: publishing one more
 image rewrites only the catalogs on its own path.
 
@@ -29,6 +30,7 @@ CHAINS = ".chains"
 METADATA = ".metadata"
 LAYERFS = "layerfs"
 MANIFEST_FILE = "manifest.json"
+ORIGIN_FILE = "origin.json"
 CATALOG_ROOTS = (FLAT, LAYERS, CHAINS)  # each, and each fan-out below it, is nested
 
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
@@ -60,6 +62,16 @@ def flat_dir(config_digest: str) -> str:
 def layer_dir(layer_digest: str) -> str:
     """`.layers/ab/abcdef...` (the layer's files are in its `layerfs/`)."""
     return _fanned(LAYERS, digest_hex(layer_digest))
+
+
+def layerfs_dir(layer_digest: str) -> str:
+    """`.layers/ab/abcdef.../layerfs`: the layer's files, overlayfs-style (its own catalog)."""
+    return f"{layer_dir(layer_digest)}/{LAYERFS}"
+
+
+def layer_origin_file(layer_digest: str) -> str:
+    """`.layers/ab/abcdef.../.metadata/origin.json`: `{"origin": [image names]}`."""
+    return f"{layer_dir(layer_digest)}/{METADATA}/{ORIGIN_FILE}"
 
 
 def chain_dir(chain_id: str) -> str:
@@ -98,14 +110,18 @@ def metadata_file(name: str) -> str:
 
 
 def nested_catalog_dirs(paths: Sequence[str]) -> Iterator[str]:
-    """Every directory that is a nested catalog root on the way to these image, layer or
-    chain directories (the top directory, its fan-out and the directory itself), once."""
+    """Every directory that is a nested catalog root on the way to these image, layerfs or
+    chain directories (the top directory, its fan-out and the directory itself), once. A
+    layer's catalog starts at its `layerfs` (as DUCC's `ingest --catalog -b ...layerfs`), so
+    its `.metadata` stays in the fan-out's catalog."""
     seen: set[str] = set()
     for path in paths:
         parts = path.split("/")
-        if parts[0] not in CATALOG_ROOTS or len(parts) != 3:
-            raise LayoutError(f"{path}: not an image, layer or chain directory")
-        for depth in (1, 2, 3):
+        wanted = 4 if parts[0] == LAYERS else 3
+        if (parts[0] not in CATALOG_ROOTS or len(parts) != wanted
+                or (wanted == 4 and parts[3] != LAYERFS)):
+            raise LayoutError(f"{path}: not an image, layerfs or chain directory")
+        for depth in (1, 2, len(parts)):
             directory = "/".join(parts[:depth])
             if directory not in seen:
                 seen.add(directory)

@@ -3,11 +3,14 @@
     remove_images(["host/ns/name:tag", ...], options)
       -> the public symlink `<registry>/<repository>:<tag>` and `.metadata/<name>/` go
       -> every `.flat/XX/<digest>` no remaining public symlink points to goes
+      -> every `.layers/XX/<digest>` no remaining image's manifest lists goes; the
+         `origin.json` of the others forgets the removed names
       -> empty parent directories of what went are removed
       -> one publish (none when nothing changed)
 
 `names_for_digest` maps a manifest digest (a registry's delete event names only that) to the
-tags in the repository whose ingested manifest has that digest.
+tags in the repository whose ingested manifest has that digest, or that were chosen from an
+image index with that digest (a multi-platform push is deleted by the index's digest).
 
 Objects in storage stay until a sweep (`pycvmfs gc`) removes what no kept revision needs.
 """
@@ -15,6 +18,7 @@ Objects in storage stay until a sweep (`pycvmfs gc`) removes what no kept revisi
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
 import re
@@ -24,9 +28,11 @@ from pathlib import Path
 
 from pycvmfs.errors import ImageError
 from pycvmfs.images import layout
-from pycvmfs.images.ingest import IngestOptions, _locked
+from pycvmfs.images.ingest import INGEST_FILE, IngestOptions, replace_file, work_tree_lock
+from pycvmfs.images.manifest import Manifest, parse_manifest
 from pycvmfs.images.reference import parse_reference
 from pycvmfs.publisher.publish import PublishOptions, PublishResult, publish
+from pycvmfs.publisher.tree_walk import CATALOG_MARKER
 
 _FLAT_TARGET = re.compile(rf"{re.escape(layout.FLAT)}/([0-9a-f]{{2}})/([0-9a-f]{{64}})")
 
@@ -35,7 +41,7 @@ _FLAT_TARGET = re.compile(rf"{re.escape(layout.FLAT)}/([0-9a-f]{{2}})/([0-9a-f]{
 class RemovalResult:
     removed: list[str]  # public names whose symlink (or metadata) was removed
     missing: list[str]  # names that were not in the repository
-    flats_removed: list[str]  # `.flat/XX/<hex>` directories no longer referenced
+    flats_removed: list[str]  # `.flat/XX/<hex>`, `.layers/XX/<hex>` no longer referenced
     published: PublishResult | None  # None: nothing changed
 
 
@@ -57,7 +63,7 @@ def remove_images(names: list[str], options: IngestOptions | PublishOptions) -> 
         return RemovalResult([], [public_name_of(n) for n in names], [], None)
     removed: list[str] = []
     missing: list[str] = []
-    with _locked(work):
+    with work_tree_lock(work):
         for text in names:
             name = public_name_of(text)
             if _remove_one(work, name):
@@ -65,6 +71,8 @@ def remove_images(names: list[str], options: IngestOptions | PublishOptions) -> 
             else:
                 missing.append(name)
         flats = _remove_unreferenced_flats(work) if removed else []
+        if removed:
+            flats += _remove_unreferenced_layers(work, removed)
         if not removed and not flats:
             return RemovalResult(removed, missing, flats, None)
         result = publish(publish_options)
@@ -86,14 +94,69 @@ def names_for_digest(work: Path, registry: str, repository: str, digest: str) ->
     for entry in sorted(directory.iterdir()):
         if not (entry.name.startswith(base + ":") or entry.name.startswith(base + "@")):
             continue
-        manifest = entry / layout.MANIFEST_FILE
         try:
-            data = manifest.read_bytes()
+            data = (entry / layout.MANIFEST_FILE).read_bytes()
         except OSError:
             continue
-        if hashlib.sha256(data).hexdigest() == wanted:
+        if hashlib.sha256(data).hexdigest() == wanted or _index_digest(entry) == digest:
             found.append(f"{posixpath.dirname(prefix)}/{entry.name}")
     return found
+
+
+def _index_digest(metadata_dir: Path) -> str | None:
+    """The index an image was chosen from, as ingest recorded it (`ingest.json`)."""
+    try:
+        index = json.loads((metadata_dir / INGEST_FILE).read_bytes()).get("index")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return index if isinstance(index, str) else None
+
+
+def _used_layers(work: Path) -> set[str]:
+    """Layer digests listed by the manifest of some image still in the working tree."""
+    used: set[str] = set()
+    for manifest in (work / layout.METADATA).rglob(layout.MANIFEST_FILE):
+        try:
+            parsed = parse_manifest(manifest.read_bytes())
+        except (OSError, ImageError):
+            continue
+        if isinstance(parsed, Manifest):
+            used.update(layer.digest for layer in parsed.layers)
+    return used
+
+
+def _remove_unreferenced_layers(work: Path, removed_names: list[str]) -> list[str]:
+    layer_root = work / layout.LAYERS
+    if not layer_root.is_dir():
+        return []
+    used = _used_layers(work)
+    removed = []
+    for fan in sorted(layer_root.iterdir()):
+        if not fan.is_dir() or fan.is_symlink() or not re.fullmatch(r"[0-9a-f]{2}", fan.name):
+            continue
+        for layer in sorted(fan.iterdir()):
+            relative = f"{layout.LAYERS}/{fan.name}/{layer.name}"
+            if not re.fullmatch(r"[0-9a-f]{64}", layer.name) or not layer.is_dir():
+                continue
+            if f"sha256:{layer.name}" not in used:
+                shutil.rmtree(layer)
+                removed.append(relative)
+            else:
+                _forget_origins(work / layout.layer_origin_file(f"sha256:{layer.name}"),
+                                removed_names)
+        if {p.name for p in fan.iterdir()} <= {CATALOG_MARKER}:
+            shutil.rmtree(fan)
+    return removed
+
+
+def _forget_origins(path: Path, names: list[str]) -> None:
+    try:
+        origin = json.loads(path.read_bytes()).get("origin", [])
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(origin, list) and set(origin) & set(names):
+        replace_file(path, json.dumps({"origin": [n for n in origin
+                                                   if n not in names]}).encode())
 
 
 def _remove_one(work: Path, name: str) -> bool:
@@ -155,7 +218,7 @@ def _remove_unreferenced_flats(work: Path) -> list[str]:
             if _FLAT_TARGET.fullmatch(relative) and relative not in keep and image.is_dir():
                 shutil.rmtree(image)
                 removed.append(relative)
-        if {p.name for p in fan.iterdir()} <= {".cvmfscatalog"}:
+        if {p.name for p in fan.iterdir()} <= {CATALOG_MARKER}:
             shutil.rmtree(fan)
     return removed
 

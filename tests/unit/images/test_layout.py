@@ -14,6 +14,8 @@ from pycvmfs.images.layout import (
     digest_hex,
     flat_dir,
     layer_dir,
+    layer_origin_file,
+    layerfs_dir,
     metadata_file,
     nested_catalog_dirs,
     public_link,
@@ -66,10 +68,13 @@ def test_bad_names_are_refused(registry: str, repository: str, tag: str) -> None
 
 
 def test_nested_catalog_dirs_cover_the_path_once() -> None:
-    dirs = list(nested_catalog_dirs([flat_dir(CONFIG), layer_dir(L0), layer_dir(L1),
+    dirs = list(nested_catalog_dirs([flat_dir(CONFIG), layerfs_dir(L0), layerfs_dir(L1),
                                      flat_dir("sha256:" + "ac" * 32)]))
     assert dirs == [".flat", ".flat/ab", flat_dir(CONFIG), ".layers", ".layers/01",
-                    layer_dir(L0), ".layers/02", layer_dir(L1), ".flat/ac",
+                    layerfs_dir(L0), ".layers/02", layerfs_dir(L1), ".flat/ac",
                     flat_dir("sha256:" + "ac" * 32)]
-    with pytest.raises(LayoutError):
-        list(nested_catalog_dirs(["somewhere/else"]))
+    assert layerfs_dir(L0) == f"{layer_dir(L0)}/layerfs"
+    assert layer_origin_file(L0) == f"{layer_dir(L0)}/.metadata/origin.json"
+    for wrong in ["somewhere/else", layer_dir(L0), f"{layer_dir(L0)}/other"]:
+        with pytest.raises(LayoutError):
+            list(nested_catalog_dirs([wrong]))

@@ -21,7 +21,7 @@ from pycvmfs.cli.images_admin import images_group
 from pycvmfs.errors import ImageError
 from pycvmfs.images import layout
 from pycvmfs.images import webhook as webhook_module
-from pycvmfs.images.ingest import IngestOptions
+from pycvmfs.images.ingest import INGEST_FILE, IngestOptions
 from pycvmfs.images.removal import names_for_digest, referenced_flats, remove_images
 from pycvmfs.images.webhook import (
     DOCKER_EVENTS_TYPE,
@@ -364,6 +364,18 @@ def test_remove_images(tmp_path: Path, keys: Keys) -> None:
         names = {path for path, _entry in repo.walk("/")}
         assert not any(path.startswith(("/reg.org", "/.flat/11", "/.flat/22"))
                        for path in names)
+
+
+def test_a_multi_platform_push_is_found_by_its_index_digest(tmp_path: Path) -> None:
+    """A registry deletes a multi-arch push by the index digest; ingest stored the platform
+    manifest and recorded the index it came from."""
+    work = tmp_path / "work"
+    index = "sha256:" + "9" * 64
+    _fake_image(work, "reg.org/ns/multi:1", "sha256:" + "3" * 64, b'{"m": 3}')
+    (work / layout.METADATA / "reg.org/ns/multi:1" / INGEST_FILE).write_text(
+        json.dumps({"manifest": "sha256:" + "8" * 64, "index": index}))
+    assert names_for_digest(work, "reg.org", "ns/multi", index) == ["reg.org/ns/multi:1"]
+    assert names_for_digest(work, "reg.org", "ns/multi", "sha256:" + "7" * 64) == []
 
 
 def test_remove_refuses_a_non_symlink(tmp_path: Path, keys: Keys) -> None:
