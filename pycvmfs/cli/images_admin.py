@@ -9,12 +9,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 
+from pycvmfs.cli.progress import IngestProgressDisplay
 from pycvmfs.format.chunking import DEFAULT_CHUNK_PARAMS
 from pycvmfs.publisher.pipeline import Settings
 from pycvmfs.publisher.publish import PublishOptions
@@ -60,7 +61,10 @@ def _repository_options(*, repo_required: bool) -> Callable[[F], F]:
 @contextmanager
 def _ingest_options(fqrn: str, storage: Path, keys_dir: Path, work: Path | None,
                     platform: str, notify_file: Path | None, username: str | None,
-                    password: str | None, *, echo: bool = True) -> Iterator[IngestOptions]:
+                    password: str | None, *, echo: bool = True,
+                    progress: bool = True) -> Iterator[IngestOptions]:
+    """The commands' IngestOptions; with `progress`, a display on stderr while the command
+    runs if stderr is a terminal (else none: logs, pipes and the notify file stay clean)."""
     from pycvmfs.images.ingest import IngestOptions
     from pycvmfs.images.manifest import Platform
 
@@ -81,9 +85,12 @@ def _ingest_options(fqrn: str, storage: Path, keys_dir: Path, work: Path | None,
                 state = "already there" if event.get("skipped") else event.get("status")
                 click.echo(f"{event['image']}: {state}")
 
+    display = IngestProgressDisplay() if progress else None
     try:
-        yield IngestOptions(publish, platform=Platform.parse(platform), username=username,
-                            password=password, notify=notify)
+        with nullcontext() if display is None else display:
+            yield IngestOptions(publish, platform=Platform.parse(platform), username=username,
+                                password=password, notify=notify,
+                                progress=display if display and display.enabled else None)
     finally:
         if log is not None:
             log.close()
@@ -235,8 +242,9 @@ def webhook_serve_command(listen: str, token: str, queue_file: Path | None,
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     address = parse_listen(listen)
     queue = queue_file or storage.with_name(storage.name + ".webhook-queue.sqlite")
+    # no display: the server logs to stderr, which would tear it
     with _ingest_options(fqrn, storage, keys_dir, work, platform, notify_file, username,
-                         password, echo=False) as options:
+                         password, echo=False, progress=False) as options:
         service = WebhookService(address, WebhookOptions(
             options, token, queue, registry_url=registry_url, host_map=mapping,
             retry_seconds=retry_seconds, max_attempts=max_attempts))

@@ -75,7 +75,8 @@ def remove_images(names: list[str], options: IngestOptions | PublishOptions) -> 
             flats += _remove_unreferenced_layers(work, removed)
         if not removed and not flats:
             return RemovalResult(removed, missing, flats, None)
-        result = publish(publish_options)
+        progress = options.progress if isinstance(options, IngestOptions) else None
+        result = publish(publish_options, progress)
     return RemovalResult(removed, missing, flats, result)
 
 

@@ -4,6 +4,7 @@ token are refused. And a wishlist with a tag glob expanded against the registry'
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -22,7 +23,7 @@ from pycvmfs.images.wishlist import convert
 from pycvmfs.publisher.publish import PublishOptions
 from tests.images import ImageSet, require_images
 from tests.publish_helpers import Keys, open_repository
-from tests.registry import NEEDS_REGISTRY_TOOLS, DockerRegistry
+from tests.registry import NEEDS_REGISTRY_TOOLS, DockerRegistry, oci_index
 from tests.servers import free_port
 
 pytestmark = [NEEDS_REGISTRY_TOOLS, pytest.mark.slow,
@@ -31,6 +32,7 @@ pytestmark = [NEEDS_REGISTRY_TOOLS, pytest.mark.slow,
 TOKEN = "webhook-test-secret"
 WAIT_SECONDS = 60.0
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 def _published_link(storage: Path, keys: Keys, name: str) -> str | None:
@@ -108,6 +110,26 @@ def test_registry_notifications_drive_the_repository(tmp_path: Path, keys: Keys)
                   f"{name} to be removed", log)
         with open_repository(storage, keys) as repo:
             assert not any(path.startswith(flat) for path, _ in repo.walk("/.flat"))
+
+        # a multi-platform push: ingested for linux/amd64, deleted by the index's digest
+        registry.push(images.base.layout, images.base.tag, "ns/multi:amd64")
+        single = f"{registry.host}/ns/multi:amd64"
+        _wait_for(lambda: _published_link(storage, keys, single) is not None,
+                  f"{single} to be published", log)
+        entry = registry.manifest_bytes("ns/multi", "amd64", OCI_MANIFEST)
+        index = oci_index([(entry, OCI_MANIFEST, "linux/amd64")])
+        registry.put_manifest("ns/multi", "latest", index, OCI_INDEX)
+        multi = f"{registry.host}/ns/multi:latest"
+        _wait_for(lambda: _published_link(storage, keys, multi) == expected,  # same depth
+                  f"{multi} to be published", log)
+        delete = urllib.request.Request(
+            f"{registry.url}/v2/ns/multi/manifests/sha256:{hashlib.sha256(index).hexdigest()}",
+            method="DELETE")
+        with urllib.request.urlopen(delete, timeout=10) as response:
+            assert response.status == 202
+        _wait_for(lambda: _published_link(storage, keys, multi) is None,
+                  f"{multi} to be removed by its index digest", log)
+        assert _published_link(storage, keys, single) is not None  # another manifest
     assert not (work / name).exists()
     assert any("published" in line for line in log), log
     assert any(": done: removed " in line for line in log), log
