@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -10,8 +11,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 
 import click
 
@@ -26,7 +28,23 @@ if TYPE_CHECKING:  # the image modules load when a command runs
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+@dataclass(frozen=True, slots=True)
+class RepositoryArgs:
+    """The options every image command shares, gathered by `_repository_options`."""
+
+    fqrn: str | None
+    storage: Path
+    keys_dir: Path
+    work: Path | None
+    platform: str
+    notify_file: Path | None
+    username: str | None
+    password: str | None
+    skip_layers: bool
+
+
 def _repository_options(*, repo_required: bool) -> Callable[[F], F]:
+    """Add the shared options; the command receives them as one `repo_args`."""
     def decorate(function: F) -> F:
         options = [
             click.option("--repo", "fqrn", required=repo_required, default=None,
@@ -50,28 +68,39 @@ def _repository_options(*, repo_required: bool) -> Callable[[F], F]:
                          help="Registry user (or PYCVMFS_REGISTRY_USER)."),
             click.option("--password", envvar="PYCVMFS_REGISTRY_PASSWORD", default=None,
                          help="Registry password (better: PYCVMFS_REGISTRY_PASSWORD)."),
+            click.option("--skip-layers", is_flag=True,
+                         help="Do not write .layers/XX/DIGEST/layerfs trees (they need root "
+                         "for whiteouts)."),
         ]
+
+        @functools.wraps(function)
+        def command(**kwargs: Any) -> Any:
+            shared = {name: kwargs.pop(name) for name in RepositoryArgs.__slots__}
+            return function(repo_args=RepositoryArgs(**shared), **kwargs)
+
         for option in reversed(options):
-            function = option(function)
-        return function
+            command = option(command)
+        return cast(F, command)
 
     return decorate
 
 
 @contextmanager
-def _ingest_options(fqrn: str, storage: Path, keys_dir: Path, work: Path | None,
-                    platform: str, notify_file: Path | None, username: str | None,
-                    password: str | None, *, echo: bool = True,
+def _ingest_options(args: RepositoryArgs, fqrn: str | None = None, *, echo: bool = True,
                     progress: bool = True) -> Iterator[IngestOptions]:
-    """The commands' IngestOptions; with `progress`, a display on stderr while the command
-    runs if stderr is a terminal (else none: logs, pipes and the notify file stay clean)."""
+    """The commands' IngestOptions (for repository `fqrn`, default `args.fqrn`); with
+    `progress`, a display on stderr while the command runs if stderr is a terminal (else
+    none: logs, pipes and the notify file stay clean)."""
     from pycvmfs.images.ingest import IngestOptions
     from pycvmfs.images.manifest import Platform
 
-    publish = PublishOptions(fqrn=fqrn, source=work or storage.with_name(storage.name + ".work"),
-                             storage=storage, keys_dir=keys_dir,
+    storage = args.storage
+    publish = PublishOptions(fqrn=fqrn or args.fqrn or "", storage=storage,
+                             source=args.work or storage.with_name(storage.name + ".work"),
+                             keys_dir=args.keys_dir,
                              settings=Settings(chunking=DEFAULT_CHUNK_PARAMS))
-    log: TextIO | None = open(notify_file, "a") if notify_file else None  # noqa: SIM115
+    log: TextIO | None = (open(args.notify_file, "a")  # noqa: SIM115
+                          if args.notify_file else None)
     lock = threading.Lock()
 
     def notify(event: dict[str, object]) -> None:
@@ -88,8 +117,9 @@ def _ingest_options(fqrn: str, storage: Path, keys_dir: Path, work: Path | None,
     display = IngestProgressDisplay() if progress else None
     try:
         with nullcontext() if display is None else display:
-            yield IngestOptions(publish, platform=Platform.parse(platform), username=username,
-                                password=password, notify=notify,
+            yield IngestOptions(publish, platform=Platform.parse(args.platform),
+                                username=args.username, password=args.password,
+                                notify=notify, layer_trees=not args.skip_layers,
                                 progress=display if display and display.enabled else None)
     finally:
         if log is not None:
@@ -113,19 +143,17 @@ def _echo_result(fqrn: str, published: Any) -> None:
 @_repository_options(repo_required=True)
 @click.option("--as", "name", default=None, metavar="REGISTRY/REPOSITORY:TAG",
               help="Public name of a local image (oci:, docker-archive:); one IMAGE only.")
-def ingest_command(images: tuple[str, ...], fqrn: str, storage: Path, keys_dir: Path,
-                   work: Path | None, platform: str, notify_file: Path | None,
-                   username: str | None, password: str | None, name: str | None) -> None:
+def ingest_command(images: tuple[str, ...], repo_args: RepositoryArgs,
+                   name: str | None) -> None:
     """Ingest IMAGE... (docker://HOST/NAME:TAG[@DIGEST], oci:DIR:TAG,
     docker-archive:FILE) into the repository and publish once."""
     from pycvmfs.images.ingest import ingest
 
     if name is not None and len(images) != 1:
         raise click.BadParameter("--as names exactly one IMAGE", param_hint="--as")
-    with _ingest_options(fqrn, storage, keys_dir, work, platform, notify_file, username,
-                         password) as options:
+    with _ingest_options(repo_args) as options:
         result = ingest(list(images), options, names={images[0]: name} if name else None)
-    _echo_result(fqrn, result.published)
+    _echo_result(options.publish.fqrn, result.published)
 
 
 # -- wishlist ---------------------------------------------------------------------------
@@ -146,16 +174,12 @@ def _wishlist_repo(wishlist_file: Path, fqrn: str | None) -> str:
 @click.argument("wishlist_file", metavar="WISHLIST",
                 type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @_repository_options(repo_required=False)
-def wishlist_convert_command(wishlist_file: Path, fqrn: str | None, storage: Path,
-                             keys_dir: Path, work: Path | None, platform: str,
-                             notify_file: Path | None, username: str | None,
-                             password: str | None) -> None:
+def wishlist_convert_command(wishlist_file: Path, repo_args: RepositoryArgs) -> None:
     """Ingest every image of WISHLIST and publish once."""
     from pycvmfs.images.wishlist import convert
 
-    repo = _wishlist_repo(wishlist_file, fqrn)
-    with _ingest_options(repo, storage, keys_dir, work, platform, notify_file, username,
-                         password) as options:
+    repo = _wishlist_repo(wishlist_file, repo_args.fqrn)
+    with _ingest_options(repo_args, repo) as options:
         result = convert(wishlist_file, options)
     _echo_result(repo, result.published)
 
@@ -168,15 +192,13 @@ def wishlist_convert_command(wishlist_file: Path, fqrn: str | None, storage: Pat
               help="Seconds between the end of one round and the start of the next.")
 @click.option("--rounds", type=click.IntRange(min=1), default=None,
               help="Stop after this many rounds [default: run until interrupted].")
-def wishlist_loop_command(wishlist_file: Path, fqrn: str | None, storage: Path,
-                          keys_dir: Path, work: Path | None, platform: str,
-                          notify_file: Path | None, username: str | None,
-                          password: str | None, interval: float, rounds: int | None) -> None:
+def wishlist_loop_command(wishlist_file: Path, repo_args: RepositoryArgs, interval: float,
+                          rounds: int | None) -> None:
     """Convert WISHLIST again and again (re-read each round); a failed round is reported
     and the loop goes on."""
     from pycvmfs.images.wishlist import loop
 
-    repo = _wishlist_repo(wishlist_file, fqrn)
+    repo = _wishlist_repo(wishlist_file, repo_args.fqrn)
 
     def report(number: int, outcome: object) -> None:
         if isinstance(outcome, Exception):
@@ -186,8 +208,7 @@ def wishlist_loop_command(wishlist_file: Path, fqrn: str | None, storage: Path,
             _echo_result(repo, getattr(outcome, "published", None))
 
     stop = threading.Event()
-    with _ingest_options(repo, storage, keys_dir, work, platform, notify_file, username,
-                         password) as options:
+    with _ingest_options(repo_args, repo) as options:
         try:
             loop(wishlist_file, options, interval=interval, stop=stop, rounds=rounds,
                  on_round=report)
@@ -225,10 +246,7 @@ def webhook_group() -> None:
 def webhook_serve_command(listen: str, token: str, queue_file: Path | None,
                           registry_url: str | None, host_map: tuple[str, ...],
                           retry_seconds: float, max_attempts: int, retry_failed: bool,
-                          fqrn: str, storage: Path,
-                          keys_dir: Path, work: Path | None, platform: str,
-                          notify_file: Path | None, username: str | None,
-                          password: str | None) -> None:
+                          repo_args: RepositoryArgs) -> None:
     """Accept Docker registry / Harbor events on HOST:PORT and apply them to the
     repository, one transaction at a time."""
     from pycvmfs.images.webhook import WebhookOptions, WebhookService, parse_listen
@@ -241,10 +259,10 @@ def webhook_serve_command(listen: str, token: str, queue_file: Path | None,
         mapping[host] = url
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     address = parse_listen(listen)
+    storage = repo_args.storage
     queue = queue_file or storage.with_name(storage.name + ".webhook-queue.sqlite")
     # no display: the server logs to stderr, which would tear it
-    with _ingest_options(fqrn, storage, keys_dir, work, platform, notify_file, username,
-                         password, echo=False, progress=False) as options:
+    with _ingest_options(repo_args, echo=False, progress=False) as options:
         service = WebhookService(address, WebhookOptions(
             options, token, queue, registry_url=registry_url, host_map=mapping,
             retry_seconds=retry_seconds, max_attempts=max_attempts))
@@ -269,21 +287,18 @@ def images_group() -> None:
 @images_group.command("remove")
 @click.argument("names", nargs=-1, required=True, metavar="REGISTRY/REPOSITORY:TAG...")
 @_repository_options(repo_required=True)
-def images_remove_command(names: tuple[str, ...], fqrn: str, storage: Path, keys_dir: Path,
-                          work: Path | None, platform: str, notify_file: Path | None,
-                          username: str | None, password: str | None) -> None:
+def images_remove_command(names: tuple[str, ...], repo_args: RepositoryArgs) -> None:
     """Remove the images' public symlinks and metadata (and flat trees nothing else
     uses), publish once. Storage objects stay until `pycvmfs gc`."""
     from pycvmfs.images.removal import remove_images
 
-    with _ingest_options(fqrn, storage, keys_dir, work, platform, notify_file, username,
-                         password) as options:
+    with _ingest_options(repo_args) as options:
         result = remove_images(list(names), options)
     for name in result.removed:
         click.echo(f"removed {name}")
     for name in result.missing:
         click.echo(f"not there: {name}")
-    _echo_result(fqrn, result.published)
+    _echo_result(options.publish.fqrn, result.published)
 
 
 COMMANDS = [ingest_command, wishlist_group, webhook_group, images_group]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pycvmfs.cli.main import main
 from pycvmfs.images import layout
 from pycvmfs.images.ingest import IngestOptions, ingest
 from pycvmfs.images.removal import remove_images
@@ -133,15 +134,19 @@ def _stack_layer_trees(tmp_path: Path, keys: Keys) -> None:
 
 
 def test_layer_trees_can_be_skipped(tmp_path: Path, keys: Keys) -> None:
-    write_oci_layout(tmp_path / "oci", [BASE, CHANGES])
+    digests = write_oci_layout(tmp_path / "oci", [BASE, CHANGES])
     work = tmp_path / "work"
-    options = IngestOptions(PublishOptions(keys.fqrn, work, tmp_path / "storage",
-                                           keys.keys_dir), layer_trees=False)
-    result = ingest([f"oci:{tmp_path / 'oci'}:latest"], options,
-                    {f"oci:{tmp_path / 'oci'}:latest": FIRST})
-    assert result.published is not None
+    assert main(["ingest", f"oci:{tmp_path / 'oci'}:latest", "--as", FIRST, "--skip-layers",
+                 "--repo", keys.fqrn, "--storage", str(tmp_path / "storage"),
+                 "--keys-dir", str(keys.keys_dir), "--work", str(work)]) == 0
     assert not (work / layout.LAYERS).exists()
-    assert (work / layout.flat_dir(result.images[0].config_digest) / "etc/a.txt").is_file()
+    assert (work / FIRST).resolve().joinpath("etc/a.txt").read_bytes() == b"a1\n"
+    # asked for later, the trees are added to the image already there
+    result = ingest([f"oci:{tmp_path / 'oci'}:latest"], IngestOptions(PublishOptions(
+        keys.fqrn, work, tmp_path / "storage", keys.keys_dir)),
+        {f"oci:{tmp_path / 'oci'}:latest": FIRST})
+    assert result.published is not None and not result.images[0].skipped
+    assert all((work / layout.layerfs_dir(d)).is_dir() for d in digests)
 
 
 def test_layer_trees_need_root_for_whiteouts(tmp_path: Path, keys: Keys,
