@@ -23,6 +23,7 @@ import os
 import posixpath
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,27 +128,15 @@ def _used_layers(work: Path) -> set[str]:
 
 
 def _remove_unreferenced_layers(work: Path, removed_names: list[str]) -> list[str]:
-    layer_root = work / layout.LAYERS
-    if not layer_root.is_dir():
-        return []
     used = _used_layers(work)
-    removed = []
-    for fan in sorted(layer_root.iterdir()):
-        if not fan.is_dir() or fan.is_symlink() or not re.fullmatch(r"[0-9a-f]{2}", fan.name):
+    for digest in used:
+        try:
+            origin = layout.layer_origin_file(digest)
+        except layout.LayoutError:  # not sha256: never had a layer tree
             continue
-        for layer in sorted(fan.iterdir()):
-            relative = f"{layout.LAYERS}/{fan.name}/{layer.name}"
-            if not re.fullmatch(r"[0-9a-f]{64}", layer.name) or not layer.is_dir():
-                continue
-            if f"sha256:{layer.name}" not in used:
-                shutil.rmtree(layer)
-                removed.append(relative)
-            else:
-                _forget_origins(work / layout.layer_origin_file(f"sha256:{layer.name}"),
-                                removed_names)
-        if {p.name for p in fan.iterdir()} <= {CATALOG_MARKER}:
-            shutil.rmtree(fan)
-    return removed
+        _forget_origins(work / origin, removed_names)
+    return _sweep_fanned(work, layout.LAYERS, lambda relative: "sha256:"
+                         + relative.rsplit("/", 1)[1] not in used)
 
 
 def _forget_origins(path: Path, names: list[str]) -> None:
@@ -206,20 +195,25 @@ def referenced_flats(work: Path) -> set[str]:
 
 
 def _remove_unreferenced_flats(work: Path) -> list[str]:
-    flat_root = work / layout.FLAT
-    if not flat_root.is_dir():
-        return []
     keep = referenced_flats(work)
+    return _sweep_fanned(work, layout.FLAT, lambda relative: relative not in keep)
+
+
+def _sweep_fanned(work: Path, top: str, unused: Callable[[str], bool]) -> list[str]:
+    """Remove `top/XX/<64 hex>` directories for which `unused(relative path)` holds, and
+    fan-out directories left with nothing but their catalog marker."""
+    if not (work / top).is_dir():
+        return []
     removed = []
-    for fan in sorted(flat_root.iterdir()):
+    for fan in sorted((work / top).iterdir()):
         if not fan.is_dir() or fan.is_symlink() or not re.fullmatch(r"[0-9a-f]{2}", fan.name):
             continue
-        for image in sorted(fan.iterdir()):
-            relative = f"{layout.FLAT}/{fan.name}/{image.name}"
-            if _FLAT_TARGET.fullmatch(relative) and relative not in keep and image.is_dir():
-                shutil.rmtree(image)
+        for entry in sorted(fan.iterdir()):
+            relative = f"{top}/{fan.name}/{entry.name}"
+            if (re.fullmatch(r"[0-9a-f]{64}", entry.name) and entry.is_dir()
+                    and not entry.is_symlink() and unused(relative)):
+                shutil.rmtree(entry)
                 removed.append(relative)
         if {p.name for p in fan.iterdir()} <= {CATALOG_MARKER}:
             shutil.rmtree(fan)
     return removed
-
