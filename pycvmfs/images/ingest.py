@@ -18,8 +18,12 @@ every image directory and every layerfs is its own nested catalog. A failed inge
 the published repository alone: new trees are built beside the working tree and renamed in
 only when complete, and the repository changes only if the final publish succeeds.
 
-Caveats: the working tree holds every image unpacked (the reference's DUCC works on the
-mounted repository instead); `.chains/` (podman/containerd chain snapshots) are not written.
+After a successful publish every image and layer tree in the working tree shrinks to a
+`.pycvmfs-kept` stub (`keep_published_images`): later publishes graft their catalogs from
+the previous revision, so the working tree holds only what is new, as the reference's DUCC
+works on the mounted repository. The working tree therefore belongs to its storage.
+
+Caveat: `.chains/` (podman/containerd chain snapshots) are not written.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from pycvmfs.images.reference import ImageReference, parse_reference
 from pycvmfs.images.registry import RegistryClient
 from pycvmfs.images.singularity import ImageConfig as RunConfig
 from pycvmfs.images.singularity import write_singularity_files
+from pycvmfs.publisher.kept import is_kept, keep_published
 from pycvmfs.publisher.publish import PublishOptions, PublishResult, publish
 from pycvmfs.publisher.tree_walk import CATALOG_MARKER
 
@@ -137,7 +142,25 @@ def ingest(references: list[str], options: IngestOptions,
                         "revision": result.manifest.revision, "files": result.files,
                         "bytes_written": result.bytes_written,
                         "seconds": round(result.seconds, 3)})
+        keep_published_images(work)
     return IngestResult(done, result)
+
+
+def keep_published_images(work: Path) -> list[str]:
+    """Shrink every published image and layer tree of the working tree to a kept stub
+    (publisher.kept): the next publish grafts their catalogs from the previous revision,
+    so the working tree stays small and its walk quick. Only directories with a catalog
+    marker are published nested catalogs; only call this right after a successful publish.
+    Returns the paths stubbed."""
+    stubbed = []
+    for pattern in (f"{layout.FLAT}/??/*", f"{layout.LAYERS}/??/*/{layout.LAYERFS}"):
+        for directory in sorted(work.glob(pattern)):
+            if (directory.is_dir() and not directory.is_symlink() and not is_kept(directory)
+                    and (directory / CATALOG_MARKER).is_file()):
+                relative = directory.relative_to(work).as_posix()
+                keep_published(work, relative)
+                stubbed.append(relative)
+    return stubbed
 
 
 def _ingest_one(reference: ImageReference, text: str, work: Path,
@@ -161,10 +184,11 @@ def _ingest_one(reference: ImageReference, text: str, work: Path,
             report = _unpack(source, text, work, flat if not flat.is_dir() else None, trees,
                              options)
         _end_progress(options, text, skipped=False)
-    kept_trees = [layout.layerfs_dir(d) for d in layers] if options.layer_trees else []
-    for directory in layout.nested_catalog_dirs([flat_rel, *kept_trees]):
-        (work / directory).mkdir(parents=True, exist_ok=True)
-        (work / directory / CATALOG_MARKER).touch()
+    layer_trees = [layout.layerfs_dir(d) for d in layers] if options.layer_trees else []
+    for directory in layout.nested_catalog_dirs([flat_rel, *layer_trees]):
+        if not is_kept(work / directory):  # a stub already stands for a published catalog
+            (work / directory).mkdir(parents=True, exist_ok=True)
+            (work / directory / CATALOG_MARKER).touch()
     for digest in layers if options.layer_trees else []:
         _add_origin(work / layout.layer_origin_file(digest), name)
     link_path, target = layout.public_link(name, config.digest)

@@ -61,6 +61,8 @@ Hostile input (each case is a `FindingKind`; nothing outside `rootfs` is ever to
 - duplicate entries in one layer: the later wins (tar semantics) — DUPLICATE.
 - a non-directory entry for the root itself: skipped (ROOT_NOT_DIRECTORY).
 - unknown member types (GNU volume headers, vendor types): skipped (UNKNOWN_TYPE).
+- the publisher's own stub markers (`.pycvmfs-kept`, `.pycvmfs-kept-aside.*`): skipped
+  (RESERVED_NAME), so an image cannot make the publisher graft or hide a directory.
 - tar bombs: `LayerLimits` bounds decompressed bytes, member count, single file size, path
   depth and length; crossing one raises `ImageError` naming the layer and member.
 
@@ -112,6 +114,7 @@ from pycvmfs.images.rootfs_tree import (
     read_fd,
     remove_at,
 )
+from pycvmfs.publisher.tree_walk import KEPT_ASIDE_PREFIX, KEPT_MARKER
 
 __all__ = ["EntryCallback", "Finding", "FindingKind", "LayerLimits", "LayerReport",
            "LayerStats", "apply_layers", "normalise_member_name", "unpack_layer_tree"]
@@ -161,6 +164,7 @@ class FindingKind(enum.Enum):
     WHITEOUT_INVALID = "skipped: invalid whiteout"
     WHITEOUT_THROUGH_SYMLINK = "whiteout applied through a symlink inside the rootfs"
     UNKNOWN_TYPE = "skipped: unknown member type"
+    RESERVED_NAME = "skipped: a name the publisher reserves"
     UNTERMINATED_ARCHIVE = "tar without end-of-archive blocks accepted"
     INVALID_ENTRY = "skipped: invalid entry"
     XATTR_DROPPED = "xattrs outside user.* dropped"
@@ -343,6 +347,11 @@ class _Extractor:
             self.apply_root(layer, member)
             return
         base = parts[-1]
+        reserved = [p for p in parts if p == KEPT_MARKER or p.startswith(KEPT_ASIDE_PREFIX)]
+        if reserved:
+            self.note(layer, member.name, clean, FindingKind.RESERVED_NAME,
+                      f"{reserved[0]!r} is the publisher's own marker; entry skipped")
+            return
         if base.startswith(WHITEOUT_PREFIX):
             self.apply_whiteout(layer, member, parts, stats)
             return

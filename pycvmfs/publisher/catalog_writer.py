@@ -5,7 +5,10 @@ DDL, the root entry inserted first (rowid 1), all 24 statistics counters and the
 properties the reference client needs (`root_prefix` in nested catalogs). A catalog
 whose rows are identical to the previous revision's is not written again: its
 previous hash is reused, recognised by the `pycvmfs_digest` property (extra
-properties are ignored by the reference client).
+properties are ignored by the reference client). A kept directory (publisher.kept) is
+not built at all: the previous revision's catalog is grafted in with its mountpoint row,
+hash, size and counters as they were, which gives the parent the rows (and digest) a
+full walk of the unchanged directory would have.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import stat
 from collections import Counter as Multiset
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from pycvmfs.errors import PublishError
 from pycvmfs.format.catalog import (
     DDL,
     DIRECTORY_SIZE,
@@ -27,6 +31,7 @@ from pycvmfs.format.catalog import (
     Flags,
     chunk_to_row,
     entry_to_row,
+    row_to_entry,
     statistics_rows,
     type_flags,
 )
@@ -60,6 +65,17 @@ class PreviousCatalog:
     digest: str
 
 
+@dataclass(frozen=True, slots=True)
+class KeptCatalog:
+    """A previous revision's nested catalog, grafted unchanged at a kept directory."""
+
+    content_hash: ContentHash
+    size: int
+    self_counters: Counters
+    subtree_counters: Counters
+    mountpoint_row: tuple[object, ...]  # its directory's row in the previous parent catalog
+
+
 @dataclass(slots=True)
 class _CatalogRows:
     entries: list[tuple[object, ...]] = field(default_factory=list)
@@ -90,13 +106,16 @@ class CatalogWriter:
         contents: dict[tuple[int, int], FileContent],
         context: CatalogContext,
         previous: Callable[[str], PreviousCatalog | None] = lambda path: None,
+        kept: Mapping[str, KeptCatalog] | None = None,
     ) -> None:
         self.storage = storage
         self.settings = settings
         self.contents = contents
         self.context = context
         self.previous = previous
+        self.kept = kept or {}
         self.written: list[str] = []  # mountpoints of catalogs written this time
+        self.grafted: list[str] = []  # mountpoints of kept catalogs taken over as they were
 
     def write(self, root: Node) -> CatalogRef:
         return self._build(root)
@@ -127,12 +146,30 @@ class CatalogWriter:
         return self._finish(mount, rows)
 
     def _attach_nested(self, rows: _CatalogRows, child: Node) -> None:
+        if child.kept:
+            self._graft(rows, child.path)
+            return
         ref = self._build(child)
         rows.nested.append((child.path, str(ref.content_hash), ref.size))
         rows.self_counters.values["nested"] += 1
         rows.subtree.add(ref.self_counters)
         rows.subtree.add(ref.subtree_counters)
         self._add(rows, child, self._entry(child, mountpoint=True))
+
+    def _graft(self, rows: _CatalogRows, path: str) -> None:
+        """The same rows, in the same order, as `_attach_nested` of the unchanged tree."""
+        kept = self.kept.get(path)
+        if kept is None:
+            raise PublishError(f"{path}: kept directory, but the previous revision has no "
+                               "nested catalog there")
+        rows.nested.append((path, str(kept.content_hash), kept.size))
+        rows.self_counters.values["nested"] += 1
+        rows.subtree.add(kept.self_counters)
+        rows.subtree.add(kept.subtree_counters)
+        rows.entries.append(kept.mountpoint_row)
+        rows.self_counters.count_entry(
+            row_to_entry(dict(zip(ENTRY_COLUMNS, kept.mountpoint_row, strict=True))))
+        self.grafted.append(path)
 
     def _add(self, rows: _CatalogRows, node: Node, entry: DirEntry) -> None:
         rows.entries.append(entry_to_row(entry, node.path))

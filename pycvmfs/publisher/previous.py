@@ -6,26 +6,40 @@ whose size and nanosecond mtime equal the previous revision's entry at the same 
 published with the same settings and whose objects are all still in the storage, gets
 the previous hash and chunks without being read (rsync's quick check). `--rehash`
 turns this off for the rare edit that keeps size and mtime.
+
+Catalogs at kept directories (publisher.kept) are grafted into the new revision as they
+are, so only their statistics are read: neither their file rows nor the nested catalogs
+below them are loaded, which keeps a publish of a mostly kept tree cheap.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field
 
 from pycvmfs.errors import PublishError
 from pycvmfs.format.catalog import (
     COMPRESSION_MASK,
     COMPRESSION_SHIFT,
+    COUNTER_FIELDS,
+    ENTRY_COLUMNS,
     HASH_ALGO_MASK,
     HASH_ALGO_SHIFT,
     ChunkRow,
+    Counters,
     Flags,
+    md5path,
 )
 from pycvmfs.format.compression import Compression, open_object
 from pycvmfs.format.hashes import Algorithm, ContentHash, Suffix
 from pycvmfs.format.history import Tag
 from pycvmfs.format.manifest import Manifest, verify_manifest
-from pycvmfs.publisher.catalog_writer import DIGEST_PROPERTY, SETTINGS_PROPERTY, PreviousCatalog
+from pycvmfs.publisher.catalog_writer import (
+    DIGEST_PROPERTY,
+    SETTINGS_PROPERTY,
+    KeptCatalog,
+    PreviousCatalog,
+)
 from pycvmfs.publisher.history_writer import read_tags
 from pycvmfs.publisher.keys import RepositoryKeys
 from pycvmfs.publisher.pipeline import FileContent
@@ -38,6 +52,8 @@ Md5Path = tuple[int, int]
 _FILES_SQL = (f"SELECT md5path_1, md5path_2, size, mtime, mtimens, flags, hash FROM catalog "
               f"WHERE flags & {int(Flags.FILE)} AND NOT flags & {int(Flags.LINK | Flags.SPECIAL)}")
 _CHUNKS_SQL = "SELECT md5path_1, md5path_2, offset, size, hash FROM chunks ORDER BY offset"
+_MOUNTPOINTS_SQL = (f"SELECT {', '.join(ENTRY_COLUMNS)} FROM catalog "
+                    f"WHERE flags & {int(Flags.NESTED_MOUNTPOINT)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +78,15 @@ class PreviousRevision:
     tags: dict[str, Tag]
     files: dict[Md5Path, PreviousFile]
     settings: str  # SETTINGS_PROPERTY of the previous root catalog ('' when unknown)
+    kept: dict[str, KeptCatalog] = field(default_factory=dict)  # of the requested paths
 
 
-def load_previous(storage: LocalStorage, fqrn: str,
-                  keys: RepositoryKeys) -> PreviousRevision | None:
-    """The storage's current revision, verified with our own certificate."""
+def load_previous(storage: LocalStorage, fqrn: str, keys: RepositoryKeys,
+                  kept: Collection[str] = ()) -> PreviousRevision | None:
+    """The storage's current revision, verified with our own certificate.
+
+    `kept`: mountpoints to graft (not descended into); those that were nested catalogs
+    are in `PreviousRevision.kept`, the others are missing from it."""
     raw = storage.read_file(MANIFEST_NAME)
     if raw is None:
         return None
@@ -77,11 +97,17 @@ def load_previous(storage: LocalStorage, fqrn: str,
                            f"the keys of {fqrn}: {exc}") from exc
     catalogs: dict[str, PreviousCatalog] = {}
     files: dict[Md5Path, PreviousFile] = {}
+    grafts: dict[str, KeptCatalog] = {}
+    wanted = frozenset(kept)
     settings = ""
     pending = [("", manifest.root_hash)]
     while pending:
         path, content_hash = pending.pop()
         image = _read_metadata(storage, content_hash, Suffix.CATALOG)
+        nested = [(str(child), ContentHash.parse(str(text)), int(size)) for child, text, size
+                  in read_sqlite_rows(image, "SELECT path, sha1, size FROM nested_catalogs")]
+        if any(child in wanted for child, _hash, _size in nested):
+            grafts.update(_kept_catalogs(storage, image, nested, wanted))
         props = {str(k): str(v) for k, v in
                  read_sqlite_rows(image, "SELECT key, value FROM properties")}
         catalogs[path] = PreviousCatalog(content_hash, len(image), int(props.get("revision", 0)),
@@ -89,13 +115,33 @@ def load_previous(storage: LocalStorage, fqrn: str,
         if path == "":
             settings = props.get(SETTINGS_PROPERTY, "")
         files.update(_files_of(image))
-        for child, text, _size in read_sqlite_rows(image,
-                                                   "SELECT path, sha1, size FROM nested_catalogs"):
-            pending.append((str(child), ContentHash.parse(str(text))))
+        pending.extend((child, h) for child, h, _size in nested if child not in wanted)
     tags: dict[str, Tag] = {}
     if manifest.history is not None:
         tags = read_tags(_read_metadata(storage, manifest.history, Suffix.HISTORY))
-    return PreviousRevision(manifest, catalogs, tags, files, settings)
+    return PreviousRevision(manifest, catalogs, tags, files, settings, grafts)
+
+
+def _kept_catalogs(storage: LocalStorage, parent_image: bytes,
+                   nested: list[tuple[str, ContentHash, int]],
+                   kept: Collection[str]) -> dict[str, KeptCatalog]:
+    """The kept children of one catalog: its rows for them, their statistics."""
+    rows = {(int(row[0]), int(row[1])): tuple(row)
+            for row in read_sqlite_rows(parent_image, _MOUNTPOINTS_SQL)}
+    grafts: dict[str, KeptCatalog] = {}
+    for path, content_hash, size in nested:
+        row = rows.get(md5path(path))
+        if path not in kept or row is None:
+            continue
+        image = _read_metadata(storage, content_hash, Suffix.CATALOG)
+        counters = {"self": Counters(), "subtree": Counters()}
+        for name, value in read_sqlite_rows(image, "SELECT counter, value FROM statistics"):
+            scope, _, counter = str(name).partition("_")
+            if scope in counters and counter in COUNTER_FIELDS:
+                counters[scope].values[counter] = int(value)
+        grafts[path] = KeptCatalog(content_hash, size, counters["self"], counters["subtree"],
+                                   row)
+    return grafts
 
 
 def _files_of(image: bytes) -> dict[Md5Path, PreviousFile]:

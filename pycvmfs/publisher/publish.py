@@ -4,7 +4,8 @@ Order (fact sheet 15.2): content objects, catalogs bottom-up, history, certifica
 then `.cvmfspublished` last, written by atomic rename. Until that rename the
 previous revision stays the one served; a crash, Ctrl-C or full disk before it
 leaves only unreferenced objects, which the next publish simply reuses. A flock on
-the storage keeps a second publisher out.
+the storage keeps a second publisher out. Kept directories (publisher.kept) must have been
+nested catalogs of the previous revision; the walk comes first to know which they are.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pycvmfs.publisher.keys import RepositoryKeys, load_keys
 from pycvmfs.publisher.pipeline import ContentPipeline, FileContent, KnownContent, Settings
 from pycvmfs.publisher.previous import PreviousRevision, load_previous
 from pycvmfs.publisher.storage import MANIFEST_NAME, TXN_DIR, WHITELIST_NAME, LocalStorage
-from pycvmfs.publisher.tree_walk import Node, TreeWalker
+from pycvmfs.publisher.tree_walk import KEPT_MARKER, Node, TreeWalker
 from pycvmfs.publisher.whitelist_sign import DEFAULT_WHITELIST_DAYS, write_whitelist
 
 
@@ -57,6 +58,7 @@ class PublishResult:
     seconds: float
     files_unchanged: int = 0
     whitelist_note: str = ""
+    catalogs_kept: list[str] = field(default_factory=list)  # mountpoints grafted unchanged
 
 
 class PublishProgress(Protocol):
@@ -78,10 +80,12 @@ def publish(options: PublishOptions, progress: PublishProgress | None = None) ->
         storage.create_layout()
         storage.clean_temporaries()
         keys = load_keys(options.fqrn, options.keys_dir)
-        previous = load_previous(storage, options.fqrn, keys)
+        root = TreeWalker(options.source).walk()
+        kept = _kept_directories(root)
+        previous = load_previous(storage, options.fqrn, keys, kept)
         if options.tag is not None:
             check_new_tag(previous.tags if previous else {}, options.tag)
-        root = TreeWalker(options.source).walk()
+        _check_kept(kept, previous)
         pipeline = ContentPipeline(storage, options.settings,
                                    known=_known_contents(storage, options, previous))
         files = list(_regular_files(root))
@@ -89,14 +93,40 @@ def publish(options: PublishOptions, progress: PublishProgress | None = None) ->
             progress.begin(len(files), sum(f.st.st_size for f in files))
         with storage.transaction():  # a failure removes the objects written so far
             contents = pipeline.run(files, progress.advance if progress is not None else None)
-            manifest, catalogs = _write_revision(storage, options, keys, previous, root,
-                                                 contents)
+            manifest, writer = _write_revision(storage, options, keys, previous, root,
+                                               contents)
             whitelist_note = _ensure_whitelist(storage, options.fqrn, keys, options.timestamp)
             storage.put_file(MANIFEST_NAME, sign_manifest(manifest, keys.signing_key))
     stats = pipeline.stats
     return PublishResult(manifest, stats.files, stats.bytes_in, stats.objects_written,
-                         stats.bytes_written, catalogs, time.monotonic() - started,
-                         files_unchanged=stats.files_unchanged, whitelist_note=whitelist_note)
+                         stats.bytes_written, writer.written, time.monotonic() - started,
+                         files_unchanged=stats.files_unchanged, whitelist_note=whitelist_note,
+                         catalogs_kept=writer.grafted)
+
+
+def _kept_directories(root: Node) -> list[str]:
+    """Repository paths of the walk's kept stubs (publisher.kept)."""
+    stack, kept = [root], []
+    while stack:
+        node = stack.pop()
+        if node.kept:
+            kept.append(node.path)
+        stack.extend(c for c in node.children if c.is_dir)
+    return sorted(kept)
+
+
+def _check_kept(kept: list[str], previous: PreviousRevision | None) -> None:
+    """Before any work: every kept directory names a catalog there is to keep."""
+    if not kept:
+        return
+    if previous is None:
+        raise PublishError(f"cannot keep {', '.join(kept)} ({KEPT_MARKER}): the repository "
+                           "has no previous revision to keep them from")
+    missing = [path for path in kept if path not in previous.kept]
+    if missing:
+        raise PublishError(f"cannot keep {', '.join(missing)} ({KEPT_MARKER}): not a nested "
+                           f"catalog in the previous revision {previous.manifest.revision} "
+                           "(only a published nested catalog can be kept)")
 
 
 def _known_contents(storage: LocalStorage, options: PublishOptions,
@@ -121,13 +151,14 @@ def _known_contents(storage: LocalStorage, options: PublishOptions,
 
 def _write_revision(storage: LocalStorage, options: PublishOptions, keys: RepositoryKeys,
                     previous: PreviousRevision | None, root: Node,
-                    contents: dict[tuple[int, int], FileContent]) -> tuple[Manifest, list[str]]:
+                    contents: dict[tuple[int, int], FileContent]) -> tuple[Manifest, CatalogWriter]:
     revision = previous.manifest.revision + 1 if previous else 1
     now = options.timestamp if options.timestamp is not None else int(time.time())
     timestamp = max(now, (previous.manifest.timestamp or 0) if previous else 0)
     context = CatalogContext(revision, timestamp, options.ttl_seconds, options.owner)
     writer = CatalogWriter(storage, options.settings, contents, context,
-                           previous.catalogs.get if previous else (lambda path: None))
+                           previous.catalogs.get if previous else (lambda path: None),
+                           previous.kept if previous else None)
     root_ref = writer.write(root)
     head = Tag("trunk", str(root_ref.content_hash), revision, timestamp, size=root_ref.size)
     tags = next_tags(previous.tags if previous else {}, head, options.tag)
@@ -142,7 +173,7 @@ def _write_revision(storage: LocalStorage, options: PublishOptions, keys: Reposi
         root_catalog_size=root_ref.size, fqrn=options.fqrn, certificate=cert_hash,
         history=history_hash, timestamp=timestamp,
     )
-    return manifest, writer.written
+    return manifest, writer
 
 
 def _put_metadata(storage: LocalStorage, options: PublishOptions, data: bytes,

@@ -3,8 +3,9 @@
 Nothing is hashed here: the walk records what each entry is (lstat, link target,
 stored xattrs: `user.*`, and `trusted.overlay.opaque` for container layer trees), which
 directories start nested catalogs (`.cvmfscatalog` markers and `.cvmfsdirtab` patterns),
-and every input it must refuse. Problems are collected, not raised one by one, so the
-user sees all of them at once.
+which ones stay as the previous revision published them (`.pycvmfs-kept` stubs, see
+publisher.kept; never descended into), and every input it must refuse. Problems are
+collected, not raised one by one, so the user sees all of them at once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from pycvmfs.format.xattr_blob import MAX_ATTRIBUTES, MAX_KEY_BYTES, MAX_VALUE_B
 
 CATALOG_MARKER = ".cvmfscatalog"
 DIRTAB_NAME = ".cvmfsdirtab"
+# A directory holding only this file stands for "this nested catalog, with everything
+# below it, exactly as in the previous revision" (publisher.kept).
+KEPT_MARKER = ".pycvmfs-kept"
+# Names keep_published uses next to a directory while swapping in a stub; never published.
+KEPT_ASIDE_PREFIX = ".pycvmfs-kept-aside."
 STORED_XATTR_PREFIX = "user."
 # Container layer trees mark opaque directories with it (fact sheet 14.1); other trusted.*
 # and security.* names are never stored (they grant privileges on a local copy).
@@ -41,6 +47,7 @@ class Node:
     xattrs: dict[str, bytes] = field(default_factory=dict)
     children: list[Node] = field(default_factory=list)
     nested_root: bool = False
+    kept: bool = False  # graft the previous revision's nested catalog here (KEPT_MARKER)
 
     @property
     def is_dir(self) -> bool:
@@ -118,6 +125,10 @@ class TreeWalker:
         if any(c.name == CATALOG_MARKER for c in root.children):
             self.problems.append(f"/{CATALOG_MARKER}: a catalog marker in the repository root "
                                  "is not allowed (the root always has its own catalog)")
+        if root.kept:
+            root.kept = False
+            self.problems.append(f"/{KEPT_MARKER}: the repository root cannot be kept "
+                                 "(only nested catalogs can)")
         if self.problems:
             shown = self.problems[:MAX_PROBLEMS_SHOWN]
             more = len(self.problems) - len(shown)
@@ -139,16 +150,30 @@ class TreeWalker:
         stack = [directory]
         while stack:
             node = stack.pop()
-            for child in self._scan(node):
-                node.children.append(child)
-                if child.is_dir:
-                    stack.append(child)
+            node.children = self._scan(node)
+            if any(c.name == KEPT_MARKER for c in node.children):
+                self._keep(node)
+                continue
+            stack.extend(c for c in node.children if c.is_dir)
             node.children.sort(key=lambda n: n.name.encode("utf-8", "surrogateescape"))
             if node.path and (
                 any(c.name == CATALOG_MARKER and c.is_regular for c in node.children)
                 or dirtab_selects(self._rules, node.path)
             ):
                 node.nested_root = True
+
+    def _keep(self, node: Node) -> None:
+        """A kept stub: its rows come from the previous revision, nothing below is read."""
+        others = sorted(c.name for c in node.children if c.name != KEPT_MARKER)
+        marker = next(c for c in node.children if c.name == KEPT_MARKER)
+        if others:
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            self.problems.append(f"{node.path or '/'}: kept directory has other entries "
+                                 f"besides {KEPT_MARKER} ({shown})")
+        elif not marker.is_regular:
+            self.problems.append(f"{marker.path}: {KEPT_MARKER} must be a regular file")
+        node.children = []
+        node.kept = node.nested_root = True
 
     def _scan(self, directory: Node) -> list[Node]:
         try:
@@ -158,8 +183,12 @@ class TreeWalker:
                                  f"{exc.strerror}")
             return []
         nodes = []
+        names = {entry.name for entry in entries}
         for entry in entries:
             path = f"{directory.path}/{entry.name}"
+            if entry.name.startswith(KEPT_ASIDE_PREFIX):
+                self._check_aside(path, entry, names)
+                continue
             if not self._name_ok(path, entry.name, directory.path == ""):
                 continue
             try:
@@ -178,6 +207,16 @@ class TreeWalker:
                 self.problems.append(f"{path}: file is not readable (permission denied)")
             nodes.append(node)
         return nodes
+
+    def _check_aside(self, path: str, entry: os.DirEntry[str], siblings: set[str]) -> None:
+        """A leftover of an interrupted keep_published is skipped; it is only a problem
+        when it holds the directory it was swapping and that one is missing."""
+        target = entry.name.removeprefix(KEPT_ASIDE_PREFIX)
+        if target not in siblings and os.path.isdir(os.path.join(entry.path, "old")):
+            self.problems.append(
+                f"{path}: an interrupted keep_published left this, and "
+                f"{path.rsplit('/', 1)[0]}/{target} is missing; run keep_published for it "
+                "again (it puts the directory back) before publishing")
 
     def _name_ok(self, path: str, name: str, in_root: bool) -> bool:
         try:

@@ -88,6 +88,11 @@ def test_ingest_from_registry(tmp_path: Path, keys: Keys,
     assert {e["action"] for e in events} >= {"start_image", "end_image", "layer",
                                              "start_publish", "end_publish"}
 
+    # published images and layers are stubs in the working tree: it keeps only metadata
+    work_bytes = sum(f.lstat().st_size for f in work.rglob("*") if f.is_file())
+    assert work_bytes < 200_000, work_bytes
+    assert second.published.catalogs_kept  # the first image was grafted, not walked again
+
     # the second image shares everything but python3 with the first: it adds ~what differs
     base_bytes = sum(f.stat().st_size for f in images.base.rootfs.rglob("*")
                      if f.is_file() and not f.is_symlink())

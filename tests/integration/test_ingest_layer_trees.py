@@ -19,6 +19,7 @@ from pycvmfs.images import layout
 from pycvmfs.images.ingest import IngestOptions, ingest
 from pycvmfs.images.removal import remove_images
 from pycvmfs.images.singularity import BIND_TARGETS, MOUNT_POINTS
+from pycvmfs.publisher.kept import is_kept
 from pycvmfs.publisher.publish import PublishOptions
 from tests.mounting import cli_mount
 from tests.oci_layouts import dir_member, file_member, link_member, tar_bytes, write_oci_layout
@@ -85,17 +86,16 @@ def _stack_layer_trees(tmp_path: Path, keys: Keys) -> None:
     result = ingest([f"oci:{first}:latest"], options, {f"oci:{first}:latest": FIRST})
     config = result.images[0].config_digest
 
-    changes = work / layout.layerfs_dir(digests[1])
-    gone = changes.joinpath("gone.txt").lstat()
-    assert stat.S_ISCHR(gone.st_mode) and gone.st_rdev == 0
-    assert os.getxattr(changes / "a", "trusted.overlay.opaque") == b"y"
-    assert not changes.joinpath(".wh.gone.txt").exists()
-    assert all((work / layout.layerfs_dir(d) / ".cvmfscatalog").is_file() for d in digests)
     assert [e["layer"] for e in events if e["action"] == "layer_tree"] == digests
+    # published: the working tree keeps stubs only, the repository has the trees
+    published = [layout.flat_dir(config), *map(layout.layerfs_dir, digests)]
+    assert all(is_kept(work / path) for path in published)
 
     events.clear()  # the second image: only its own layer is unpacked as a tree
-    ingest([f"oci:{second}:latest"], options, {f"oci:{second}:latest": SECOND})
+    added = ingest([f"oci:{second}:latest"], options, {f"oci:{second}:latest": SECOND})
     assert [e["layer"] for e in events if e["action"] == "layer_tree"] == [other[1]]
+    assert added.published is not None
+    assert set(published) <= {path.lstrip("/") for path in added.published.catalogs_kept}
     origin = json.loads((work / layout.layer_origin_file(digests[0])).read_text())
     assert origin == {"origin": [FIRST, SECOND]}
 
@@ -106,9 +106,11 @@ def _stack_layer_trees(tmp_path: Path, keys: Keys) -> None:
             "CVMFS_HTTP_PROXY": "DIRECT", "CVMFS_PUBLIC_KEY": str(keys.public_key_file),
             "CVMFS_CACHE_BASE": str(tmp_path / "cache")}):
         served = mnt / layout.layerfs_dir(digests[1])
-        assert stat.S_ISCHR(served.joinpath("gone.txt").lstat().st_mode)
-        assert served.joinpath("gone.txt").lstat().st_rdev == 0
+        gone = served.joinpath("gone.txt").lstat()
+        assert stat.S_ISCHR(gone.st_mode) and gone.st_rdev == 0
         assert os.getxattr(served / "a", "trusted.overlay.opaque") == b"y"
+        assert not served.joinpath(".wh.gone.txt").exists()
+        assert all((mnt / layout.layerfs_dir(d) / ".cvmfscatalog").is_file() for d in digests)
         merged = tmp_path / "merged"
         merged.mkdir()
         lower = ":".join(str(mnt / layout.layerfs_dir(d)) for d in reversed(digests))
@@ -140,7 +142,7 @@ def test_layer_trees_can_be_skipped(tmp_path: Path, keys: Keys) -> None:
                  "--repo", keys.fqrn, "--storage", str(tmp_path / "storage"),
                  "--keys-dir", str(keys.keys_dir), "--work", str(work)]) == 0
     assert not (work / layout.LAYERS).exists()
-    assert (work / FIRST).resolve().joinpath("etc/a.txt").read_bytes() == b"a1\n"
+    assert is_kept((work / FIRST).resolve())
     # asked for later, the trees are added to the image already there
     result = ingest([f"oci:{tmp_path / 'oci'}:latest"], IngestOptions(PublishOptions(
         keys.fqrn, work, tmp_path / "storage", keys.keys_dir)),

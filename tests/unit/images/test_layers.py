@@ -27,6 +27,7 @@ from pycvmfs.images.layers import (
     LayerReport,
     apply_layers,
     normalise_member_name,
+    unpack_layer_tree,
 )
 
 K = FindingKind
@@ -579,3 +580,46 @@ def test_no_layer_sequence_touches_the_host(layers: list[list[tuple[str, str, st
         with contextlib.suppress(ImageError):
             apply(root, *(build(spec, host.path) for spec in layers))
         assert host.snapshot() == before
+
+
+# -- the publisher's reserved names, layer trees ----------------------------------------
+
+
+@pytest.mark.parametrize("name", ["d/.pycvmfs-kept", ".pycvmfs-kept",
+                                  "d/.pycvmfs-kept-aside.x/old/f"])
+def test_publisher_markers_are_skipped(root: Path, name: str) -> None:
+    """A layer must not make the publisher graft (or hide) a directory of the image."""
+    report = apply(root, tar(dir_("d"), reg("d/f"), reg(name)))
+    assert (root / "d/f").exists() and not (root / name).exists()
+    assert not (root / "d/.pycvmfs-kept-aside.x").exists()
+    assert report.of_kind(K.RESERVED_NAME)
+
+
+@needs_root
+def test_layer_tree_records_whiteouts_overlayfs_style(root: Path, untouched: Host) -> None:
+    layer = tar(dir_("a", mode=0o750), wh("a/.wh..wh..opq"), reg("a/new"), wh(".wh.gone"),
+                wh("b/.wh.deep"), reg("keep"), wh(".wh.."), sym("up", "../../.."),
+                wh("up/.wh.secret"))
+    counted: list[int] = []
+    report = unpack_layer_tree(io.BytesIO(layer), root, on_entry=counted.append)
+    gone = (root / "gone").lstat()
+    assert stat.S_ISCHR(gone.st_mode) and gone.st_rdev == 0 and stat.S_IMODE(gone.st_mode) == 0
+    assert stat.S_ISCHR((root / "b/deep").lstat().st_mode)  # parent made on the way
+    assert os.getxattr(root / "a", "trusted.overlay.opaque") == b"y"
+    assert stat.S_IMODE((root / "a").stat().st_mode) == 0o750
+    assert (root / "a/new").exists() and (root / "keep").exists()
+    assert not any(p.name.startswith(".wh.") for p in root.rglob("*"))
+    assert stat.S_ISCHR((root / "secret").lstat().st_mode)  # `up` resolved inside the root
+    assert report.layers[0].whiteouts == 3 and report.layers[0].opaque == 1
+    assert finding(report, K.WHITEOUT_INVALID, ".wh..")
+    assert len(counted) == 9
+
+
+def test_layer_tree_without_root_names_the_way_out(root: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(*args: object, **kwargs: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "mknod", refused)
+    with pytest.raises(ImageError, match="needs root.*skip layer trees"):
+        unpack_layer_tree(io.BytesIO(tar(reg("f"), wh(".wh.f"))), root)
