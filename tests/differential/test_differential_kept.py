@@ -8,25 +8,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from pycvmfs.publisher.kept import keep_published
 from tests.differential.test_reference_client import (
-    CVMFS2,
     mount_view,
+    pytestmark,  # noqa: F401 - the same skip conditions
     reader_view,
     reference_mount,
 )
 from tests.publish_helpers import Keys, make_full_tree, run_publish
-from tests.servers import Nginx, nginx_binary
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CVMFS2 or not os.access(CVMFS2, os.X_OK),
-                       reason="no reference client (set PYCVMFS_REFERENCE_CVMFS2)"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root"),
-    pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed"),
-]
+from tests.servers import Nginx
 
 
 def test_kept_directories_mount(tmp_path: Path, keys: Keys) -> None:
