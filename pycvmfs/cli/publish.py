@@ -79,6 +79,9 @@ def publish_command(source_dir: Path, fqrn: str, storage: Path, keys_dir: Path,
         click.echo(f"  {result.files_unchanged} unchanged files not read again "
                    "(size and mtime as in the previous revision; --rehash reads all)")
     click.echo(f"  catalogs written: {', '.join(result.catalogs_written)}")
+    if result.catalogs_kept:
+        click.echo(f"  catalogs kept from the previous revision (.pycvmfs-kept stubs): "
+                   f"{len(result.catalogs_kept)}")
     if tag:
         click.echo(f"  tagged {tag!r}")
     if result.whitelist_note:

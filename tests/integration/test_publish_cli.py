@@ -14,6 +14,7 @@ import pytest
 
 from pycvmfs.cli.main import main
 from pycvmfs.format.whitelist import parse_whitelist
+from pycvmfs.publisher.kept import keep_published
 from tests.publish_helpers import Keys, make_full_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +37,10 @@ def test_publish_command(tmp_path: Path, keys: Keys, capsys: pytest.CaptureFixtu
     assert "tagged 't1'" in out and "MB/s" in out and "files/s" in out
     assert main(_publish_args(source, tmp_path / "repo", keys, "--tag", "t1")) == 1
     assert "tag 't1' already exists" in capsys.readouterr().err
+    keep_published(source, "nested")  # a stub: the published catalog is grafted
+    assert main(_publish_args(source, tmp_path / "repo", keys)) == 0
+    assert "catalogs kept from the previous revision (.pycvmfs-kept stubs): 1" in \
+        capsys.readouterr().out
 
 
 @pytest.mark.parametrize("bad", [["--chunk-sizes", "1,2"], ["--hash", "md5"],
