@@ -8,12 +8,16 @@ the previous hash and chunks without being read (rsync's quick check). `--rehash
 turns this off for the rare edit that keeps size and mtime.
 
 Catalogs at kept directories (publisher.kept) are grafted into the new revision as they
-are, so only their statistics are read: neither their file rows nor the nested catalogs
-below them are loaded, which keeps a publish of a mostly kept tree cheap.
+are, so only their statistics are needed (remembered by hash after the first read): neither
+their file rows nor the nested catalogs below them are loaded, which keeps a publish of a
+mostly kept tree cheap.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sqlite3
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -46,6 +50,8 @@ from pycvmfs.publisher.pipeline import FileContent
 from pycvmfs.publisher.sqlite_image import read_sqlite_rows
 from pycvmfs.publisher.storage import MANIFEST_NAME, LocalStorage
 
+# catalog hash -> its statistics, beside the lock in the storage (not part of the format)
+STATISTICS_MEMO = ".pycvmfs_catalog_statistics.sqlite"
 MAX_METADATA_OBJECT_BYTES = 1 << 30  # bound for inflating our own catalogs/history
 Md5Path = tuple[int, int]
 
@@ -133,15 +139,44 @@ def _kept_catalogs(storage: LocalStorage, parent_image: bytes,
         row = rows.get(md5path(path))
         if path not in kept or row is None:
             continue
+        own, subtree = _catalog_statistics(storage, content_hash)
+        grafts[path] = KeptCatalog(content_hash, size, own, subtree, row)
+    return grafts
+
+
+def _catalog_statistics(storage: LocalStorage, content_hash: ContentHash
+                        ) -> tuple[Counters, Counters]:
+    """A catalog's self and subtree counters. A catalog never changes under its hash, so
+    they are remembered in the storage (STATISTICS_MEMO): a publish of many kept images
+    then reads none of their catalogs again."""
+    memo = storage.root / STATISTICS_MEMO
+    key = str(content_hash)
+    with contextlib.closing(sqlite3.connect(memo)) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS statistics (hash TEXT PRIMARY KEY, counters TEXT)")
+        found = db.execute("SELECT counters FROM statistics WHERE hash = ?", (key,)).fetchone()
+        if found is not None:
+            try:
+                stored = json.loads(found[0])
+                return _counters(stored["self"]), _counters(stored["subtree"])
+            except (ValueError, KeyError, TypeError):
+                pass  # unreadable: recomputed and replaced below
         image = _read_metadata(storage, content_hash, Suffix.CATALOG)
         counters = {"self": Counters(), "subtree": Counters()}
         for name, value in read_sqlite_rows(image, "SELECT counter, value FROM statistics"):
             scope, _, counter = str(name).partition("_")
             if scope in counters and counter in COUNTER_FIELDS:
                 counters[scope].values[counter] = int(value)
-        grafts[path] = KeptCatalog(content_hash, size, counters["self"], counters["subtree"],
-                                   row)
-    return grafts
+        with db:
+            db.execute("INSERT OR REPLACE INTO statistics VALUES (?, ?)", (key, json.dumps(
+                {scope: c.values for scope, c in counters.items()})))
+        return counters["self"], counters["subtree"]
+
+
+def _counters(values: dict[str, int]) -> Counters:
+    counters = Counters()
+    for name in COUNTER_FIELDS:
+        counters.values[name] = int(values[name])
+    return counters
 
 
 def _files_of(image: bytes) -> dict[Md5Path, PreviousFile]:

@@ -15,6 +15,7 @@ import pytest
 from pycvmfs.errors import PublishError
 from pycvmfs.format.catalog import md5path
 from pycvmfs.publisher import kept as kept_module
+from pycvmfs.publisher import previous as previous_module
 from pycvmfs.publisher.gc import collect_garbage
 from pycvmfs.publisher.kept import is_kept, keep_published
 from pycvmfs.publisher.keys import load_keys
@@ -240,6 +241,37 @@ def test_previous_skips_kept_catalogs(tmp_path: Path, keys: Keys) -> None:
     assert graft.self_counters.values["nested"] == 1
     assert graft.subtree_counters.values["regular"] == 2  # leaf/x, leaf/.cvmfscatalog
     assert full.kept == {}
+
+
+def test_kept_statistics_are_read_once(tmp_path: Path, keys: Keys,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A catalog never changes under its hash: its statistics are remembered, so the next
+    publishes read no kept catalog at all; a damaged memo is recomputed."""
+    source, storage = make_full_tree(tmp_path / "src"), tmp_path / "repo"
+    run_publish(source, storage, keys)
+    repo_keys = load_keys(keys.fqrn, keys.keys_dir)
+    first = load_previous(LocalStorage(storage), keys.fqrn, repo_keys, ["/nested"])
+    assert first is not None
+    nested_hash = first.kept["/nested"].content_hash
+    reads: list[object] = []
+    real = previous_module._read_metadata
+
+    def counting(store: LocalStorage, content_hash: object, suffix: object) -> bytes:
+        reads.append(content_hash)
+        return real(store, content_hash, suffix)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(previous_module, "_read_metadata", counting)
+    again = load_previous(LocalStorage(storage), keys.fqrn, repo_keys, ["/nested"])
+    assert again is not None and nested_hash not in reads
+    assert again.kept["/nested"].subtree_counters.values == \
+        first.kept["/nested"].subtree_counters.values
+    with sqlite3.connect(storage / previous_module.STATISTICS_MEMO) as db:
+        db.execute("UPDATE statistics SET counters = 'garbage'")
+    db.close()
+    repaired = load_previous(LocalStorage(storage), keys.fqrn, repo_keys, ["/nested"])
+    assert repaired is not None and nested_hash in reads
+    assert repaired.kept["/nested"].self_counters.values == \
+        first.kept["/nested"].self_counters.values
 
 
 def test_gc_keeps_objects_of_kept_catalogs(tmp_path: Path, keys: Keys) -> None:
