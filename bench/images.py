@@ -13,6 +13,19 @@ What it measures
     Bytes: what nginx sent during the cold start (its access log's body bytes), against the
     image's compressed layers (sum of the manifest's layer sizes: what a pull transfers) and
     its unpacked rootfs (sum of regular file sizes).
+    Ingest (publisher side), in-process `pycvmfs.images.ingest.ingest([ref], IngestOptions(
+    PublishOptions(...)))` from the same registry into a FRESH repository (new working tree
+    and storage every round), each step's wall time: "first image" = python into the empty
+    repository (download, flat rootfs + layer trees, publish); "second image" = base
+    (`tests/images.py`: python's first layer *is* base's layer) into the same repository,
+    with the bytes its publish wrote against the first's (file-level dedup); "again,
+    unchanged" = python once more (skipped, nothing published). The ratio for these rows is
+    "x pull+unpack": seconds / the median `skopeo copy` + `umoci unpack` seconds of the
+    baseline rounds (their run step left out; also shown as its own row). "working tree"
+    and "storage" after the two ingests: the working tree's bytes (published images and
+    layer trees are `.pycvmfs-kept` stubs by then) against both images' unpacked rootfs,
+    and the storage's bytes (the repository on disk) against both images' distinct
+    compressed layers (what a registry or an OCI layout holds for the two).
 
 Fairness
     Both sides are served from memory: the registry's blobs and the repository's storage are
@@ -27,8 +40,9 @@ Targets
 
 The registry data, keys and ingested repository are cached under `--workdir`
 (default /tmp/pycvmfs-bench-images; `ready.json` marks a finished setup; the image path
-names the registry port of the setup run, which is only a name). The test image "python"
-(Debian bookworm minbase + python3) comes from `tests/images.py` (built once, cached).
+names the registry port of the setup run, which is only a name). The test images "python"
+(Debian bookworm minbase + python3) and "base" (the minbase alone; pushed to the registry by
+every run, which stores its shared layer once) come from `tests/images.py` (built once, cached).
 Run from the repository root: `python bench/images.py [--quick]`. Needs root, /dev/fuse,
 nginx, docker-registry, skopeo, umoci, bwrap.
 """
@@ -41,6 +55,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import statistics
 import subprocess
 import sys
@@ -55,14 +70,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from pycvmfs.images.ingest import IngestOptions, IngestResult, ingest  # noqa: E402
 from pycvmfs.images.runner import BwrapRunner, RunRequest  # noqa: E402
 from pycvmfs.images.singularity import ImageConfig  # noqa: E402
+from pycvmfs.publisher.publish import PublishOptions  # noqa: E402
 from tests.images import BuiltImage, ensure_images  # noqa: E402
 from tests.registry import DockerRegistry, skopeo_copy  # noqa: E402
 from tests.servers import Nginx  # noqa: E402
 
 FQRN = "bench-images.local"
 TARGET_NAME = "ns/debian:python"
+BASE_NAME = "ns/debian:base"  # the second image of the ingest rows
 COMMAND = ("python3", "-c", "pass")
 TARGET_BYTES_SHARE = 0.10
 KIB = 1024
@@ -150,23 +168,31 @@ def warm_files(root: Path) -> int:
 
 
 def tree_bytes(root: Path) -> int:
-    """Sum of regular file sizes below `root` (hard links once)."""
+    """Sum of regular file sizes below `root` (hard links once; files that vanish during
+    the walk, such as a client cache's sqlite `-shm` file after the unmount, are skipped)."""
     seen: set[int] = set()
     total = 0
     for path in root.rglob("*"):
-        st = path.lstat()
-        if path.is_file() and not path.is_symlink() and st.st_ino not in seen:
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_ino not in seen:
             seen.add(st.st_ino)
             total += st.st_size
     return total
 
 
-def image_sizes(image: BuiltImage) -> tuple[int, int]:
-    """(sum of the manifest's compressed layer sizes, unpacked rootfs bytes)."""
+def manifest_layers(image: BuiltImage) -> list[tuple[str, int]]:
+    """The image manifest's layers: (digest, compressed size)."""
     algorithm, digest = image.manifest_digest.split(":", 1)
     manifest = json.loads((image.layout / "blobs" / algorithm / digest).read_bytes())
-    layers = sum(int(layer["size"]) for layer in manifest["layers"])
-    return layers, tree_bytes(image.rootfs)
+    return [(str(layer["digest"]), int(layer["size"])) for layer in manifest["layers"]]
+
+
+def image_sizes(image: BuiltImage) -> tuple[int, int]:
+    """(sum of the manifest's compressed layer sizes, unpacked rootfs bytes)."""
+    return sum(size for _, size in manifest_layers(image)), tree_bytes(image.rootfs)
 
 
 # -- measurements --------------------------------------------------------------------
@@ -193,6 +219,32 @@ def pull_unpack_run(registry: DockerRegistry, config: ImageConfig, scratch: Path
     run_checked(list(invocation.argv), env=dict(invocation.env))
     t3 = time.perf_counter()
     return {"pull": t1 - t0, "unpack": t2 - t1, "run": t3 - t2, "total": t3 - t0}
+
+
+def ingest_rounds(registry: DockerRegistry, keys_dir: Path,
+                  scratch: Path) -> dict[str, float]:
+    """One ingest round into a fresh repository below `scratch`: python, then base (shares
+    python's first layer), then python again (unchanged). Seconds of each, the bytes each
+    publish wrote, the working tree and storage bytes after the first two."""
+    work, storage = scratch / "work", scratch / "storage"
+    options = IngestOptions(PublishOptions(FQRN, work, storage, keys_dir))
+
+    def timed(name: str) -> tuple[float, IngestResult]:
+        t0 = time.perf_counter()
+        result = ingest([f"docker://{registry.host}/{name}"], options)
+        return time.perf_counter() - t0, result
+
+    first_s, first = timed(TARGET_NAME)
+    second_s, second = timed(BASE_NAME)
+    if first.published is None or second.published is None:
+        raise RuntimeError("ingest into a fresh repository published nothing")
+    work_bytes, storage_bytes = tree_bytes(work), tree_bytes(storage)
+    again_s, again = timed(TARGET_NAME)
+    skipped = again.published is None and all(image.skipped for image in again.images)
+    return {"first": first_s, "first_bytes_written": float(first.published.bytes_written),
+            "second": second_s, "second_bytes_written": float(second.published.bytes_written),
+            "again": again_s, "again_skipped": float(skipped),
+            "work_bytes": float(work_bytes), "storage_bytes": float(storage_bytes)}
 
 
 class AccessLog:
@@ -339,11 +391,14 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(images, str):
         print(f"bench/images.py: cannot build the test images: {images}", file=sys.stderr)
         return 2
-    image = images.python
+    image, base_image = images.python, images.base
     workdir: Path = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     setup = ensure_setup(workdir, image)
     layers_bytes, rootfs_bytes = image_sizes(image)
+    base_layers_bytes, base_rootfs_bytes = image_sizes(base_image)
+    distinct_layers_bytes = sum(dict([*manifest_layers(image),
+                                      *manifest_layers(base_image)]).values())
     config = ImageConfig.from_oci(image.config)
     bwrap = shutil.which("bwrap")
     assert bwrap is not None
@@ -351,9 +406,11 @@ def main(argv: list[str] | None = None) -> int:
 
     base: list[dict[str, float]] = []
     mounts: list[dict[str, float]] = []
+    ingests: list[dict[str, float]] = []
     with CachedRegistry(setup.registry_data) as registry, Nginx() as server, \
             scratch_dir(workdir / f"run-{os.getpid()}") as run_dir:
         server.publish(f"cvmfs/{FQRN}", setup.storage)
+        registry.push(base_image.layout, base_image.tag, BASE_NAME)  # its layer is there
         for i in range(args.rounds):
             warm_files(setup.registry_data)
             with scratch_dir(run_dir / f"pull-{i}") as scratch:
@@ -361,10 +418,14 @@ def main(argv: list[str] | None = None) -> int:
             warm_files(setup.storage)
             with scratch_dir(run_dir / f"mount-{i}") as scratch:
                 mounts.append(mount_rounds(setup, server, scratch))
+            warm_files(setup.registry_data)
+            with scratch_dir(run_dir / f"ingest-{i}") as scratch:
+                ingests.append(ingest_rounds(registry, setup.keys_dir, scratch))
             print(f"round {i + 1}/{args.rounds}: pull+unpack+run "
                   f"{base[-1]['total']:.2f} s, cold {mounts[-1]['cold']:.2f} s, warm "
-                  f"{mounts[-1]['warm']:.2f} s, fetched {mounts[-1]['bytes'] / KIB:.0f} KiB",
-                  flush=True)
+                  f"{mounts[-1]['warm']:.2f} s, fetched {mounts[-1]['bytes'] / KIB:.0f} KiB, "
+                  f"ingest {ingests[-1]['first']:.2f} + {ingests[-1]['second']:.2f} + "
+                  f"{ingests[-1]['again']:.2f} s", flush=True)
 
     pull_total = median([b["total"] for b in base])
     rows: list[Row] = []
@@ -404,9 +465,53 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(Row("  bytes fetched by the warm run", None,
                     value=f"{median([m['warm_bytes'] for m in mounts]) / KIB:,.0f} KiB"))
 
+    pull_unpack = median([b["pull"] + b["unpack"] for b in base])
+
+    def x_pull_unpack(samples: list[float]) -> str:
+        return f"{median(samples) / pull_unpack:.2f} x pull+unpack" if pull_unpack > 0 else ""
+
+    def percent(part: float, whole: float) -> str:
+        share = 100 * part / whole if whole > 0 else 0.0
+        return f"{share:.1f} %" if share >= 1 else f"{share:.2g} %"  # tiny shares: 2 digits
+
+    add("pull + unpack (skopeo + umoci, no run)", [b["pull"] + b["unpack"] for b in base])
+    first = [g["first"] for g in ingests]
+    add("ingest, first image (python, fresh repo)", first, value=x_pull_unpack(first))
+    first_written = median([g["first_bytes_written"] for g in ingests])
+    rows.append(Row("  bytes written by its publish", None,
+                    value=f"{first_written / KIB:,.0f} KiB",
+                    samples=[g["first_bytes_written"] for g in ingests]))
+    second = [g["second"] for g in ingests]
+    add("ingest, second image sharing layers (base)", second, value=x_pull_unpack(second))
+    second_written = median([g["second_bytes_written"] for g in ingests])
+    rows.append(Row("  bytes written vs the first ingest's", None,
+                    value=f"{second_written / KIB:,.1f} KiB = "
+                          f"{percent(second_written, first_written)}",
+                    samples=[g["second_bytes_written"] for g in ingests]))
+    again = [g["again"] for g in ingests]
+    add("ingest again, unchanged (python)", again,
+        value="skipped, no publish" if all(g["again_skipped"] for g in ingests)
+        else "NOT skipped")
+    both_rootfs = rootfs_bytes + base_rootfs_bytes
+    work_bytes = median([g["work_bytes"] for g in ingests])
+    rows.append(Row("working tree after both ingests", None,
+                    value=f"{work_bytes / KIB:,.1f} KiB = {percent(work_bytes, both_rootfs)}",
+                    samples=[g["work_bytes"] for g in ingests]))
+    rows.append(Row("  both images' unpacked rootfs", None,
+                    value=f"{both_rootfs / KIB:,.0f} KiB"))
+    storage_bytes = median([g["storage_bytes"] for g in ingests])
+    rows.append(Row("storage after both ingests", None,
+                    value=f"{storage_bytes / KIB:,.0f} KiB = "
+                          f"{percent(storage_bytes, distinct_layers_bytes)}",
+                    samples=[g["storage_bytes"] for g in ingests]))
+    rows.append(Row("  both images' compressed layers (distinct)", None,
+                    value=f"{distinct_layers_bytes / KIB:,.0f} KiB"))
+
     print(f"\nimage: {image.tag} (Debian bookworm minbase + python3), {len(image.layer_digests)} "
           f"layers; command: {' '.join(COMMAND)}; rounds: {args.rounds} (median); "
-          "x pull = seconds / pull+unpack+run seconds")
+          "x pull = seconds / pull+unpack+run seconds; x pull+unpack = seconds / skopeo copy + "
+          "umoci unpack seconds; ingest: into a fresh repository each round, then base, then "
+          "python again; working tree and storage after python + base")
     print_table(rows)
     judged = [r for r in rows if r.passed is not None]
     met = sum(1 for r in judged if r.passed)
@@ -415,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "rounds": args.rounds, "image_layers_bytes": layers_bytes,
             "image_rootfs_bytes": rootfs_bytes, "baseline": base, "mount": mounts,
+            "base_image_layers_bytes": base_layers_bytes,
+            "base_image_rootfs_bytes": base_rootfs_bytes,
+            "distinct_layers_bytes": distinct_layers_bytes, "ingest": ingests,
             "rows": [{"name": r.name, "seconds": r.seconds, "x_pull": r.x_pull,
                       "value": r.value, "target": r.target, "passed": r.passed,
                       "samples": r.samples} for r in rows]}, indent=1))

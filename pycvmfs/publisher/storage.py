@@ -121,7 +121,8 @@ class LocalStorage:
             if not checked and os.path.exists(target):
                 os.unlink(tmp)
                 return False
-            os.rename(tmp, target)
+            if not _create_exclusively(tmp, target):
+                return False  # another worker stored the same object first
         except OSError as exc:
             _unlink_quietly(tmp)
             raise PublishError(_describe_write_error(Path(target), exc)) from exc
@@ -227,6 +228,26 @@ def _describe_write_error(target: Path, exc: OSError) -> str:
     if exc.errno == errno.EDQUOT:
         return f"disk quota exceeded while writing {target}"
     return f"cannot write {target}: {exc.strerror or exc}"
+
+
+def _create_exclusively(tmp: str, target: str) -> bool:
+    """Move `tmp` to `target` unless `target` exists, atomically: two workers storing the
+    same object at once (identical files in one publish) must not both count it as new.
+    link() fails if the name exists; file systems without hard links fall back to
+    rename() (then a concurrent duplicate is replaced by the same bytes)."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        os.unlink(tmp)
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                             errno.EMLINK):
+            raise
+        os.rename(tmp, target)
+        return True
+    os.unlink(tmp)
+    return True
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
