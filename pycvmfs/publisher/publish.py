@@ -85,7 +85,7 @@ def publish(options: PublishOptions, progress: PublishProgress | None = None) ->
         previous = load_previous(storage, options.fqrn, keys, kept)
         if options.tag is not None:
             check_new_tag(previous.tags if previous else {}, options.tag)
-        _check_kept(kept, previous)
+        _check_kept(kept, previous, storage.root)
         pipeline = ContentPipeline(storage, options.settings,
                                    known=_known_contents(storage, options, previous))
         files = list(_regular_files(root))
@@ -115,16 +115,19 @@ def _kept_directories(root: Node) -> list[str]:
     return sorted(kept)
 
 
-def _check_kept(kept: list[str], previous: PreviousRevision | None) -> None:
+def _check_kept(kept: list[str], previous: PreviousRevision | None, storage: Path) -> None:
     """Before any work: every kept directory names a catalog there is to keep."""
     if not kept:
         return
     if previous is None:
-        raise PublishError(f"cannot keep {', '.join(kept)} ({KEPT_MARKER}): the repository "
-                           "has no previous revision to keep them from")
+        shown = ", ".join(kept[:5]) + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
+        raise PublishError(f"cannot keep {shown} ({KEPT_MARKER}): {storage} has no previous "
+                           "revision to keep them from; the stubs stand for a repository "
+                           "published from this source earlier (restore that storage, or "
+                           "remove the stubs to publish without them)")
     missing = [path for path in kept if path not in previous.kept]
     if missing:
-        raise PublishError(f"cannot keep {', '.join(missing)} ({KEPT_MARKER}): not a nested "
+        raise PublishError(f"cannot keep {', '.join(missing[:5])} ({KEPT_MARKER}): not a nested "
                            f"catalog in the previous revision {previous.manifest.revision} "
                            "(only a published nested catalog can be kept)")
 
