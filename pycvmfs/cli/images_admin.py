@@ -126,6 +126,18 @@ def _ingest_options(args: RepositoryArgs, fqrn: str | None = None, *, echo: bool
             log.close()
 
 
+@contextmanager
+def _partial_results(fqrn: str) -> Iterator[None]:
+    """When some images failed, say what the others published before the error."""
+    from pycvmfs.images.ingest import IngestError
+
+    try:
+        yield
+    except IngestError as exc:
+        _echo_result(fqrn, exc.result.published)
+        raise
+
+
 def _echo_result(fqrn: str, published: Any) -> None:
     if published is None:
         click.echo("nothing new: no revision published")
@@ -151,7 +163,7 @@ def ingest_command(images: tuple[str, ...], repo_args: RepositoryArgs,
 
     if name is not None and len(images) != 1:
         raise click.BadParameter("--as names exactly one IMAGE", param_hint="--as")
-    with _ingest_options(repo_args) as options:
+    with _ingest_options(repo_args) as options, _partial_results(options.publish.fqrn):
         result = ingest(list(images), options, names={images[0]: name} if name else None)
     _echo_result(options.publish.fqrn, result.published)
 
@@ -179,7 +191,7 @@ def wishlist_convert_command(wishlist_file: Path, repo_args: RepositoryArgs) -> 
     from pycvmfs.images.wishlist import convert
 
     repo = _wishlist_repo(wishlist_file, repo_args.fqrn)
-    with _ingest_options(repo_args, repo) as options:
+    with _ingest_options(repo_args, repo) as options, _partial_results(repo):
         result = convert(wishlist_file, options)
     _echo_result(repo, result.published)
 

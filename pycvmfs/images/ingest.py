@@ -55,6 +55,7 @@ from pycvmfs.publisher.publish import PublishOptions, PublishResult, publish
 from pycvmfs.publisher.tree_walk import CATALOG_MARKER
 
 SCRATCH = ".pycvmfs-ingest"  # in the working tree: unfinished images, the lock
+UNPUBLISHED = f"{SCRATCH}/unpublished"  # the working tree has changes not yet published
 CONFIG_FILE = "config.json"
 INGEST_FILE = "ingest.json"  # ours: reference, manifest and index digests, platform
 
@@ -109,41 +110,64 @@ class IngestResult:
     published: PublishResult | None  # None: nothing changed
 
 
+class IngestError(ImageError):
+    """Some images failed; the others were published all the same (`result`)."""
+
+    def __init__(self, message: str, result: IngestResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 def ingest(references: list[str], options: IngestOptions,
            names: Mapping[str, str] | None = None) -> IngestResult:
     """Ingest every reference (see the module docstring), then publish once if anything
     changed. `names` gives local images (`oci:`, `docker-archive:`) the public name
     `<registry>/<repository>:<tag>` to publish them under (a docker archive's own RepoTags
-    serve otherwise). Raises ImageError (or the publisher's errors) naming the image."""
+    serve otherwise).
+
+    An image that fails does not stop the others: they are published, then IngestError
+    names every failure (the publisher's own errors propagate as they are). Changes a
+    failed publish left in the working tree are published by the next ingest, even when
+    every image is skipped then."""
     work = options.publish.source
     work.mkdir(parents=True, exist_ok=True)
     done: list[IngestedImage] = []
+    failures: list[tuple[str, Exception]] = []
     with work_tree_lock(work):
         for text in references:
-            reference = parse_reference(text)
             started = time.monotonic()
             options.notify({"action": "start_image", "image": text})
             try:
-                image = _ingest_one(reference, text, work, options,
+                image = _ingest_one(parse_reference(text), text, work, options,
                                     (names or {}).get(text))
-            except Exception as exc:
+            except Exception as exc:  # one image's failure, whatever it is, ends only it
                 options.notify({"action": "end_image", "image": text, "status": "error",
                                 "error": str(exc)})
-                raise
+                _end_progress(options, text, skipped=False)
+                failures.append((text, exc))
+                continue
             options.notify({"action": "end_image", "image": text, "status": "ok",
                             "skipped": image.skipped, "config": image.config_digest,
                             "seconds": round(time.monotonic() - started, 3)})
             done.append(image)
-        if all(image.skipped for image in done):
-            return IngestResult(done, None)
-        options.notify({"action": "start_publish", "repository": options.publish.fqrn})
-        result = publish(options.publish, options.progress)
-        options.notify({"action": "end_publish", "repository": options.publish.fqrn,
-                        "revision": result.manifest.revision, "files": result.files,
-                        "bytes_written": result.bytes_written,
-                        "seconds": round(result.seconds, 3)})
-        keep_published_images(work)
-    return IngestResult(done, result)
+        result = None
+        if not all(image.skipped for image in done) or (work / UNPUBLISHED).exists():
+            options.notify({"action": "start_publish", "repository": options.publish.fqrn})
+            result = publish(options.publish, options.progress)
+            options.notify({"action": "end_publish", "repository": options.publish.fqrn,
+                            "revision": result.manifest.revision, "files": result.files,
+                            "bytes_written": result.bytes_written,
+                            "seconds": round(result.seconds, 3)})
+            keep_published_images(work)
+            (work / UNPUBLISHED).unlink(missing_ok=True)
+    outcome = IngestResult(done, result)
+    if failures:
+        first = failures[0][1]
+        raise IngestError("; ".join(f"{ref}: {exc}" for ref, exc in failures)
+                          + ("" if result is None else
+                             f" (the other images were published as revision "
+                             f"{result.manifest.revision})"), outcome) from first
+    return outcome
 
 
 def keep_published_images(work: Path) -> list[str]:
@@ -184,6 +208,7 @@ def _ingest_one(reference: ImageReference, text: str, work: Path,
             report = _unpack(source, text, work, flat if not flat.is_dir() else None, trees,
                              options)
         _end_progress(options, text, skipped=False)
+    _mark_unpublished(work)
     layer_trees = [layout.layerfs_dir(d) for d in layers] if options.layer_trees else []
     for directory in layout.nested_catalog_dirs([flat_rel, *layer_trees]):
         if not is_kept(work / directory):  # a stub already stands for a published catalog
@@ -205,8 +230,8 @@ def _ingest_one(reference: ImageReference, text: str, work: Path,
 def _unpack(source: ImageSource, text: str, work: Path, flat: Path | None,
             trees: list[str], options: IngestOptions) -> LayerReport:
     """Download and verify the layers needed, write the missing layer trees and (when `flat`
-    is given) the flat rootfs in a scratch directory, and rename each into place only when
-    complete."""
+    is given) the flat rootfs in a scratch directory, and rename them into place only when
+    all are complete: a failed image leaves the working tree as it was."""
     scratch_root = work / SCRATCH
     scratch_root.mkdir(exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="image-", dir=scratch_root))
@@ -224,6 +249,7 @@ def _unpack(source: ImageSource, text: str, work: Path, flat: Path | None,
             _download(source, digest, blobs[digest], progress)
             options.notify({"action": "layer", "layer": digest, "size": layer.size})
         report = LayerReport()
+        ready: list[tuple[Path, Path]] = []  # (scratch directory, its place in `work`)
         for digest in trees:
             started = time.monotonic()
             tree = scratch / f"tree-{layout.digest_hex(digest)}"
@@ -231,9 +257,7 @@ def _unpack(source: ImageSource, text: str, work: Path, flat: Path | None,
                                      on_entry=on_entry)
             report.layers += part.layers
             report.findings += part.findings
-            target = work / layout.layerfs_dir(digest)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(tree, target)
+            ready.append((tree, work / layout.layerfs_dir(digest)))
             options.notify({"action": "layer_tree", "layer": digest,
                             "files": part.layers[0].members if part.layers else 0,
                             "seconds": round(time.monotonic() - started, 3)})
@@ -242,8 +266,11 @@ def _unpack(source: ImageSource, text: str, work: Path, flat: Path | None,
             report = apply_layers([blobs[layer.digest] for layer in wanted], rootfs,
                                   limits=options.limits, on_entry=on_entry)
             write_singularity_files(rootfs, RunConfig.from_oci(json.loads(source.config.raw)))
-            flat.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(rootfs, flat)
+            ready.append((rootfs, flat))
+        _mark_unpublished(work)
+        for built, target in ready:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(built, target)
         return report
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -256,6 +283,11 @@ def _download(source: ImageSource, digest: str, path: Path,
             out.write(chunk)
             if progress is not None:
                 progress.downloaded(len(chunk))
+
+
+def _mark_unpublished(work: Path) -> None:
+    """Before the working tree changes: the next ingest publishes even if this one fails."""
+    (work / UNPUBLISHED).touch()
 
 
 def _end_progress(options: IngestOptions, text: str, *, skipped: bool) -> None:

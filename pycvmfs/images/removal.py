@@ -29,7 +29,13 @@ from pathlib import Path
 
 from pycvmfs.errors import ImageError
 from pycvmfs.images import layout
-from pycvmfs.images.ingest import INGEST_FILE, IngestOptions, replace_file, work_tree_lock
+from pycvmfs.images.ingest import (
+    INGEST_FILE,
+    UNPUBLISHED,
+    IngestOptions,
+    replace_file,
+    work_tree_lock,
+)
 from pycvmfs.images.manifest import Manifest, parse_manifest
 from pycvmfs.images.reference import parse_reference
 from pycvmfs.publisher.publish import PublishOptions, PublishResult, publish
@@ -78,6 +84,7 @@ def remove_images(names: list[str], options: IngestOptions | PublishOptions) -> 
             return RemovalResult(removed, missing, flats, None)
         progress = options.progress if isinstance(options, IngestOptions) else None
         result = publish(publish_options, progress)
+        (work / UNPUBLISHED).unlink(missing_ok=True)  # the publish covered the working tree
     return RemovalResult(removed, missing, flats, result)
 
 
