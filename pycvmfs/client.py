@@ -18,7 +18,7 @@ from pycvmfs.cache.breadcrumb import Breadcrumb, read_breadcrumb, write_breadcru
 from pycvmfs.cache.fetcher import Fetcher
 from pycvmfs.cache.host import CacheConfig, CacheHost
 from pycvmfs.config import ClientConfig, symlink_environment
-from pycvmfs.errors import ConfigError, FetchError, OutdatedError
+from pycvmfs.errors import BlacklistedError, ConfigError, FetchError, OutdatedError
 from pycvmfs.format.certificates import load_public_key
 from pycvmfs.fs.magic_xattrs import CacheInfo, NetworkInfo
 from pycvmfs.fs.vfs import MountOptions, RepositoryVFS
@@ -30,7 +30,7 @@ from pycvmfs.network.transport import Transport, Urllib3Transport
 from pycvmfs.repository.network_source import NetworkSource
 from pycvmfs.repository.repository import Repository
 from pycvmfs.repository.revisions import RevisionWatcher
-from pycvmfs.repository.trust import establish_trust
+from pycvmfs.repository.trust import establish_trust, load_blacklist
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,9 @@ def _cache_uuid(config: ClientConfig) -> str:
 
 
 class _Revisions:
-    """Where revisions come from: the server (trust chain every time), remembered in the
-    cache's breadcrumb so a later mount can start offline from the last one."""
+    """Where revisions come from: the server (trust chain every time, the blacklist read
+    again each time), remembered in the cache's breadcrumb so a later mount can start
+    offline from the last one."""
 
     def __init__(self, config: ClientConfig, source: NetworkSource, cache: CacheHost,
                  fetcher: Fetcher, keys: list[rsa.RSAPublicKey]) -> None:
@@ -128,14 +129,16 @@ class _Revisions:
         c = self.config
         fixed = c.repository_tag or c.repository_date or c.root_hash
         crumb = None if fixed else read_breadcrumb(self.directory, c.fqrn)
+        blacklist = load_blacklist(c.blacklist_files)
         try:
             repository = Repository.open(
                 self.source, c.fqrn, self.keys, tag=c.repository_tag, date=c.repository_date,
-                root_hash=c.root_hash, fetcher=self.fetcher,
+                root_hash=c.root_hash, fetcher=self.fetcher, blacklist=blacklist,
                 min_timestamp=crumb.timestamp if crumb is not None else None)
         except (FetchError, OutdatedError) as exc:
             if crumb is None or not self.cache.store.contains(crumb.catalog_hash):
                 raise
+            blacklist.check_revision(c.fqrn, crumb.revision)  # offline, too
             log.warning("%s: %s; mounting revision %d from the cache (offline)",
                         c.fqrn, exc, crumb.revision)
             return Repository.attach(self.source, c.fqrn, None, root_hash=crumb.catalog_hash,
@@ -146,8 +149,14 @@ class _Revisions:
     def newer(self, current: Repository) -> Repository | None:
         """The server's revision if it is newer than `current` (the TTL check)."""
         known = current.trusted.timestamp if current.trusted is not None else None
+        blacklist = load_blacklist(self.config.blacklist_files)
+        try:
+            blacklist.check_revision(self.config.fqrn, current.revision)
+        except BlacklistedError as exc:  # the reference aborts the mount here
+            log.error("%s; the mount keeps serving it until a newer revision verifies", exc)
         trusted = establish_trust(self.source, self.config.fqrn, self.keys,
-                                  now=dt.datetime.now(dt.UTC), min_timestamp=known)
+                                  now=dt.datetime.now(dt.UTC), min_timestamp=known,
+                                  blacklist=blacklist)
         if trusted.root_hash == current.root_hash or trusted.revision <= current.revision:
             return None
         repository = Repository.attach(self.source, self.config.fqrn, trusted,

@@ -328,6 +328,7 @@ class ClientConfig:
     origins: Mapping[str, str]  # parameter -> `file:line` (or `<built-in ...>`, `<-o>`)
     warnings: tuple[str, ...]  # malformed lines etc., for the caller to log
     files_read: tuple[Path, ...]
+    blacklist_files: tuple[Path, ...] = ()  # `<root>/blacklist` (the reference's /etc/cvmfs)
 
     def origin(self, key: str) -> str:
         """Where `key` was set, for messages: `file:line`, `<built-in ...>` or `unset`."""
@@ -391,6 +392,7 @@ def resolve(merged: MergedSettings) -> ClientConfig:
         strict_mount=typed.boolean("CVMFS_STRICT_MOUNT", False),
         settings=merged.values, origins=merged.origins,
         warnings=merged.warnings, files_read=merged.files_read,
+        blacklist_files=(merged.config_root / "blacklist",),
     )
 
 

@@ -107,6 +107,10 @@ class FingerprintNotListedError(LetterError):
     pass
 
 
+class BlacklistedError(LetterError):
+    """A blacklist names the repository's certificate, or the revision is below its bound."""
+
+
 class FetchError(PycvmfsError):
     pass
 

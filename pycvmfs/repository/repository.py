@@ -43,6 +43,7 @@ from pycvmfs.cache.fetcher import Fetcher
 from pycvmfs.cache.host import CacheHost
 from pycvmfs.cache.quota import ObjectKind
 from pycvmfs.errors import CatalogError, ConfigError, NotFoundError, PycvmfsError
+from pycvmfs.format.blacklist import Blacklist
 from pycvmfs.format.catalog import DirEntry, total_counters
 from pycvmfs.format.compression import Compression, open_object
 from pycvmfs.format.hashes import ContentHash, Suffix
@@ -344,6 +345,7 @@ class Repository:
         workdir: str | os.PathLike[str] | None = None,
         fetcher: Fetcher | None = None,
         min_timestamp: int | None = None,
+        blacklist: Blacklist | None = None,
     ) -> Repository:
         """Verify the trust chain, pick the root catalog and attach it.
 
@@ -352,11 +354,12 @@ class Repository:
         tag published at or before it, `root_hash` a given catalog (the manifest is still
         verified: it proves the source serves this repository). Catalogs are written to a
         fresh directory inside `workdir` (default: the system temp dir), removed on close.
-        `min_timestamp` rejects a manifest published before it (OutdatedError)."""
+        `min_timestamp` rejects a manifest published before it (OutdatedError); `blacklist`
+        revokes certificates and revisions (BlacklistedError)."""
         if sum(x is not None for x in (tag, date, root_hash)) > 1:
             raise ConfigError("give at most one of a tag, a date and a root hash")
         trusted = establish_trust(source, fqrn, public_keys, now=now or dt.datetime.now(dt.UTC),
-                                  min_timestamp=min_timestamp)
+                                  min_timestamp=min_timestamp, blacklist=blacklist)
         return cls.attach(source, fqrn, trusted, tag=tag, date=date, root_hash=root_hash,
                           workdir=workdir, fetcher=fetcher)
 

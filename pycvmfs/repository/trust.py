@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pycvmfs.errors import ConfigError, MissingFieldError, PycvmfsError
+from pycvmfs.format.blacklist import Blacklist, parse_blacklist
 from pycvmfs.format.certificates import certificate_from_object, load_public_key
 from pycvmfs.format.hashes import ContentHash, Suffix
 from pycvmfs.format.manifest import Manifest, check_manifest, parse_manifest, verify_manifest
@@ -93,8 +94,10 @@ def establish_trust(
     *,
     now: dt.datetime,
     min_timestamp: int | None = None,
+    blacklist: Blacklist | None = None,
 ) -> TrustedManifest:
-    """Run the chain (module docstring) against `source`; `now` decides whitelist expiry.
+    """Run the chain (module docstring) against `source`; `now` decides whitelist expiry,
+    `blacklist` revokes certificates and revisions.
 
     A naive `now` is taken as UTC. Raises the specific LetterError subclass, NotFoundError
     or FetchError of the step that failed."""
@@ -110,6 +113,9 @@ def establish_trust(
         manifest = verify_manifest(raw, certificate, fqrn=fqrn, min_timestamp=min_timestamp)
         raw_whitelist = source.fetch(WHITELIST_PATH)
         whitelist = verify_whitelist(raw_whitelist, public_keys, fqrn=fqrn, now=now)
+        if blacklist is not None:
+            blacklist.check_certificate(certificate, fqrn)
+            blacklist.check_revision(fqrn, manifest.revision)
         check_certificate_listed(whitelist, certificate)
     return TrustedManifest(manifest=manifest, certificate=certificate, whitelist=whitelist,
                            fqrn=fqrn, source=source.describe(), raw_manifest=raw)
@@ -127,6 +133,20 @@ def fetch_certificate(source: ObjectSource, manifest: Manifest) -> x509.Certific
 
 
 # --- public keys (the files clients are configured with) ------------------------------------
+
+
+def load_blacklist(paths: Iterable[str | os.PathLike[str]]) -> Blacklist:
+    """The blacklist files that exist, merged (read again at every revision check, as the
+    reference does). One that exists but cannot be read refuses the mount."""
+    texts = []
+    for path in map(Path, paths):
+        try:
+            texts.append(path.read_text(errors="replace"))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"cannot read blacklist {path}: {exc.strerror or exc}") from exc
+    return parse_blacklist(texts)
 
 
 def key_files(locations: Iterable[str | os.PathLike[str]]) -> list[Path]:

@@ -15,7 +15,12 @@ import pytest
 
 from pycvmfs.client import Client, open_client
 from pycvmfs.config import load_config
-from pycvmfs.errors import FetchError
+from pycvmfs.errors import BlacklistedError, FetchError
+from pycvmfs.format.certificates import (
+    certificate_fingerprint,
+    fingerprint_text,
+    load_certificate,
+)
 from pycvmfs.fs.vfs import ROOT_INODE, FsError
 from pycvmfs.network.failure import ErrorKind
 from pycvmfs.network.transport import MockTransport
@@ -308,3 +313,36 @@ def test_alien_cache_serves_another_mount(site: Site, tmp_path: Path) -> None:
         assert second.vfs.read(second.vfs.open(ino, 0), 0, 10) == b"shared"
     finally:
         second.close()
+
+
+def test_blacklisted_certificate_or_revision_is_never_mounted(site: Site) -> None:
+    """`<config root>/blacklist` (the reference's /etc/cvmfs/blacklist): a listed signing
+    certificate or a revision below `<fqrn N` refuses the mount, offline starts included;
+    the file is read again at every revision check."""
+    blacklist = site.base / "etc" / "blacklist"
+    blacklist.parent.mkdir(parents=True, exist_ok=True)
+    first = site.publish({"a.txt": b"one"}, T1)
+    certificate = load_certificate((site.keys.keys_dir / f"{site.keys.fqrn}.crt")
+                                       .read_bytes())
+    blacklist.write_text(fingerprint_text(certificate_fingerprint(certificate)) + "\n")
+    with pytest.raises(BlacklistedError, match="certificate .* is blacklisted"):
+        site.client()
+    blacklist.write_text(f"<{site.keys.fqrn} {first + 1}\n")
+    with pytest.raises(BlacklistedError, match=f"revision {first} is blacklisted"):
+        site.client()
+
+    blacklist.write_text("")
+    client = site.client()  # mounts revision 1, leaves its breadcrumb
+    try:
+        blacklist.write_text(f"<{site.keys.fqrn} {first + 2}\n")
+        site.publish({"a.txt": b"two"}, T2)  # still below the bound
+        assert not client.watcher.check_now()
+        assert "blacklisted" in client.watcher.last_error
+        third = site.publish({"a.txt": b"three"}, T2 + 600)
+        assert client.watcher.check_now() and client.repository.revision == third
+    finally:
+        client.close()
+    blacklist.write_text(f"<{site.keys.fqrn} {third + 1}\n")
+    site.online = False  # the breadcrumb's revision is blacklisted too
+    with pytest.raises(BlacklistedError):
+        site.client()
