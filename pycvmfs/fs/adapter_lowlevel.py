@@ -19,8 +19,10 @@ What it adds over the pyfuse3 adapter (pyfuse3 3.5 exposes neither):
     offset. Without that capability OPENDIR answers fh 0 with `cache_readdir` and
     `keep_cache` set (the kernel's listing cache works as well, one OPENDIR per open).
   * FUSE_CAP_CACHE_SYMLINKS: the kernel keeps symlink targets (no READLINK round trips).
-  * FORGET/BATCH_FORGET are answered inside libfuse (no Python callback is registered:
-    libfuse replies none itself), RELEASEDIR likewise.
+  * FORGET/BATCH_FORGET go to `vfs.forget`, so the inode tables shrink as the kernel
+    evicts inodes (the VFS counts every LOOKUP and READDIRPLUS entry it hands out, before
+    the reply is sent; an entry whose inode is gone by then goes out with nodeid 0, a
+    plain name the kernel looks up when it needs it). RELEASEDIR is answered by libfuse.
 
 Kernel caches, as in the pyfuse3 adapter: entries, attributes and negative lookups are
 cached for the `entry_timeout` the VFS hands out; the page cache is kept across opens
@@ -55,7 +57,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pycvmfs.fs.vfs import Attr, FsError, RepositoryVFS
+from pycvmfs.fs.vfs import DOTS, Attr, FsError, RepositoryVFS
 from pycvmfs.repository.catalog_tree import WouldLoadError, no_loading
 
 log = logging.getLogger(__name__)
@@ -160,11 +162,14 @@ def pack_stat(attr: Attr) -> bytes:
     return STAT_STRUCT.pack(*_stat_values(attr))
 
 
-def pack_entry(attr: Attr | None, timeout: float) -> bytes:
-    """struct fuse_entry_param; None: a negative entry (ino 0) cached for `timeout`."""
+def pack_entry(attr: Attr | None, timeout: float, *, linked: bool = True) -> bytes:
+    """struct fuse_entry_param; None: a negative entry (ino 0) cached for `timeout`.
+    `linked` False (READDIRPLUS only): the name and its d_ino, but no inode for the kernel
+    to hold (nodeid 0)."""
     if attr is None:
         return ENTRY_STRUCT.pack(0, 0, *NEGATIVE_STAT, 0.0, timeout)
-    return ENTRY_STRUCT.pack(attr.ino, 0, *_stat_values(attr), timeout, timeout)
+    return ENTRY_STRUCT.pack(attr.ino if linked else 0, 0, *_stat_values(attr), timeout,
+                             timeout)
 
 
 class Statvfs(ctypes.Structure):
@@ -204,6 +209,12 @@ class FuseArgs(ctypes.Structure):
                 ("allocated", ctypes.c_int)]
 
 
+class ForgetData(ctypes.Structure):
+    """struct fuse_forget_data: one entry of a BATCH_FORGET."""
+
+    _fields_ = [("ino", ctypes.c_uint64), ("nlookup", ctypes.c_uint64)]
+
+
 class LoopConfigV1(ctypes.Structure):
     """struct fuse_loop_config before 3.12 (`fuse_loop_config_v1` since)."""
 
@@ -216,6 +227,8 @@ _FI = ctypes.POINTER(FileInfo)
 CALLBACK_TYPES: dict[str, Any] = {
     "init": ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ConnInfo)),
     "lookup": ctypes.CFUNCTYPE(None, _REQ, _INO, ctypes.c_char_p),
+    "forget": ctypes.CFUNCTYPE(None, _REQ, _INO, ctypes.c_uint64),
+    "forget_multi": ctypes.CFUNCTYPE(None, _REQ, ctypes.c_size_t, ctypes.POINTER(ForgetData)),
     "getattr": ctypes.CFUNCTYPE(None, _REQ, _INO, _FI),
     "readlink": ctypes.CFUNCTYPE(None, _REQ, _INO),
     "open": ctypes.CFUNCTYPE(None, _REQ, _INO, _FI),
@@ -329,6 +342,9 @@ def _copy_file_info(arg: Any) -> Any:
 
 
 # --- the operations ------------------------------------------------------------------
+UNGUARDED = ("init", "forget", "forget_multi")  # no reply / always reply none: no _guarded
+
+
 class LowlevelOperations:
     """Request handlers. Each runs in a libfuse worker thread holding the GIL; every one
     replies exactly once (FsError -> its errno, anything else -> EIO, logged once)."""
@@ -336,6 +352,7 @@ class LowlevelOperations:
     def __init__(self, vfs: RepositoryVFS, entry_timeout: float,
                  use_opendir: bool = False) -> None:
         self.vfs = vfs
+        vfs.track_lookups()  # FORGET is answered: the VFS may drop what the kernel lets go
         self.entry_timeout = entry_timeout
         self.use_opendir = use_opendir  # True: never answer OPENDIR with ENOSYS
         self.no_opendir = False  # set at INIT from the kernel's capabilities
@@ -353,7 +370,7 @@ class LowlevelOperations:
         self._callbacks: list[Any] = []  # ctypes keeps no reference: we must
         for name in CALLBACK_TYPES:
             handler = getattr(self, f"_op_{name}")
-            wrapped = handler if name == "init" else self._guarded(name, handler)
+            wrapped = handler if name in UNGUARDED else self._guarded(name, handler)
             callback = CALLBACK_TYPES[name](wrapped)
             self._callbacks.append(callback)
             setattr(self.ops, name, callback)
@@ -426,7 +443,16 @@ class LowlevelOperations:
             if len(self._negatives) > MAX_TRACKED_NEGATIVES:
                 with contextlib.suppress(StopIteration, KeyError, RuntimeError):
                     del self._negatives[next(iter(self._negatives))]
-        LIB.fuse_reply_entry(req, pack_entry(attr, self._timeout()))
+        try:
+            packed = pack_entry(attr, self._timeout())
+        except BaseException:
+            if attr is not None:
+                self.vfs.forget([(attr.ino, 1)])  # counted by vfs.lookup, never sent
+            raise
+        if LIB.fuse_reply_entry(req, packed) != 0 and attr is not None:
+            # not delivered (the request was interrupted): the kernel never counted it
+            with contextlib.suppress(Exception):  # replied: must not raise into _guarded
+                self.vfs.forget([(attr.ino, 1)])
 
     def _op_getattr(self, req: int, ino: int, fi: Any) -> None:
         attr = self.vfs.getattr(ino)
@@ -498,15 +524,31 @@ class LowlevelOperations:
         buffer = ctypes.create_string_buffer(size)
         base, used = ctypes.addressof(buffer), 0
         add = LIB.fuse_add_direntry_plus if plus else LIB.fuse_add_direntry
-        for index in range(max(off, 0), len(listing)):
-            name, attr = listing[index]
-            packed = pack_entry(attr, timeout) if plus else pack_stat(attr)
-            needed = add(req, base + used, size - used,
-                         name.encode("utf-8", "surrogateescape"), packed, index + 1)
-            if needed > size - used:
-                break
-            used += needed
-        LIB.fuse_reply_buf(req, buffer, used)
+        counted: list[tuple[int, int]] = []  # READDIRPLUS hands out all but `.` and `..`
+        try:
+            for index in range(max(off, 0), len(listing)):
+                name, attr = listing[index]
+                took = False
+                if plus:
+                    took = name not in DOTS and self.vfs.hand_out(attr.ino)
+                    if took:
+                        counted.append((attr.ino, 1))
+                    packed = pack_entry(attr, timeout, linked=took or name in DOTS)
+                else:
+                    packed = pack_stat(attr)
+                needed = add(req, base + used, size - used,
+                             name.encode("utf-8", "surrogateescape"), packed, index + 1)
+                if needed > size - used:
+                    if took:
+                        self.vfs.forget([counted.pop()])  # did not fit: not handed out
+                    break
+                used += needed
+        except BaseException:
+            self.vfs.forget(counted)
+            raise
+        if LIB.fuse_reply_buf(req, buffer, used) != 0:  # not delivered: nothing counted
+            with contextlib.suppress(Exception):
+                self.vfs.forget(counted)
         # replied: nothing below may raise into _guarded (a second reply)
         with contextlib.suppress(Exception):
             if self._timeout() == 0.0:  # a revision swap is under way: this answer may be
@@ -517,6 +559,28 @@ class LowlevelOperations:
 
     def _op_readdirplus(self, req: int, ino: int, size: int, off: int, fi: Any) -> None:
         self._readdir(req, ino, size, off, plus=True)
+
+    def _op_forget(self, req: int, ino: int, nlookup: int) -> None:
+        self._forget([(ino, nlookup)], req)
+
+    def _op_forget_multi(self, req: int, count: int, forgets: Any) -> None:
+        try:
+            items = [(forgets[i].ino, forgets[i].nlookup) for i in range(count)]
+        except BaseException:
+            log.exception("unexpected error in forget_multi")
+            items = []
+        self._forget(items, req)
+
+    def _forget(self, items: list[tuple[int, int]], req: int) -> None:
+        """Take the kernel's lookups back; always reply none (FORGET has no answer)."""
+        try:
+            forgotten = self.vfs.forget(items)
+            if forgotten:  # the kernel dropped these inodes, and any listing cached on them
+                self._listed.difference_update(forgotten)
+                self._listed_draining.difference_update(forgotten)
+        except BaseException:
+            log.exception("unexpected error in forget")
+        LIB.fuse_reply_none(req)
 
     def _op_statfs(self, req: int, ino: int) -> None:
         s = self.vfs.statfs()

@@ -4,6 +4,11 @@ READDIRPLUS answers attributes with the names, which is what makes a cold `ls -l
 `find` fast. Every call that may block (catalog loads, object downloads) runs in a
 worker thread: a blocking call in an async handler would stall the whole mount.
 
+Lookup counts: the VFS counts every entry LOOKUP and READDIRPLUS hand to the kernel and
+`forget` (FORGET, BATCH_FORGET) takes them back, so the inode tables shrink as the kernel
+evicts inodes. A listing entry whose inode was dropped since the listing was read is not
+sent: the listing is read afresh.
+
 Kernel caches: entries, attributes and negative lookups are cached for
 `CVMFS_KCACHE_TIMEOUT`; the page cache is kept across opens (an inode's content never
 changes, see vfs.py). When a new revision is swapped in, every name handed to the kernel
@@ -15,18 +20,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
 import trio
 
-from pycvmfs.fs.vfs import Attr, FsError, RepositoryVFS
+from pycvmfs.fs.vfs import DOTS, Attr, FsError, RepositoryVFS
 from pycvmfs.repository.catalog_tree import WouldLoadError, no_loading
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 WORKER_THREADS = 16  # like libfuse's default pool: slow downloads don't block lookups
+RELISTS = 3  # fresh listings tried when entries of the one held were dropped meanwhile
 MAX_TRACKED_NEGATIVES = 100_000  # negative entries remembered for invalidation
 
 
@@ -38,9 +44,10 @@ class Pyfuse3Operations(pyfuse3.Operations):
     def __init__(self, vfs: RepositoryVFS, entry_timeout: float) -> None:
         super().__init__()
         self.vfs = vfs
+        vfs.track_lookups()  # forget is implemented: the VFS may drop what the kernel lets go
         self.entry_timeout = entry_timeout
         self._limiter = trio.CapacityLimiter(WORKER_THREADS)
-        self._dirs: dict[int, list[tuple[str, Attr]]] = {}
+        self._dirs: dict[int, tuple[int, list[tuple[str, Attr]]]] = {}  # fh: inode, listing
         self._next_dir = 1
         self._negatives: dict[tuple[int, bytes], None] = {}  # insertion-ordered, bounded
         vfs.revision_listeners.append(self.invalidate_all)
@@ -112,16 +119,44 @@ class Pyfuse3Operations(pyfuse3.Operations):
         if listing is None:
             listing = await self._call(self.vfs.readdir_with_dots, inode, inline=True)
         handle, self._next_dir = self._next_dir, self._next_dir + 1
-        self._dirs[handle] = listing
+        self._dirs[handle] = (inode, listing)
         return handle
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        listing = self._dirs.get(fh, [])
-        for index in range(start_id, len(listing)):
+        """READDIRPLUS: every entry but `.` and `..` that goes out is counted (`hand_out`)
+        before the reply is sent, and taken back if it did not fit."""
+        inode, listing = self._dirs.get(fh, (0, []))
+        index, relists = start_id, 0
+        while index < len(listing):
             name, attr = listing[index]
-            if not pyfuse3.readdir_reply(token, name.encode("utf-8", "surrogateescape"),
-                                         self._entry(attr), index + 1):
+            counted = name not in DOTS
+            if counted and not self.vfs.hand_out(attr.ino):
+                if index > start_id:
+                    return  # send what is counted; the next call starts here, relisted
+                if relists == RELISTS:
+                    log.warning("skipping %r: its inode keeps being dropped", name)
+                    index += 1
+                    continue
+                relists += 1
+                listing = await self._call(self.vfs.readdir_with_dots, inode, listing,
+                                           inline=True)
+                self._dirs[fh] = (inode, listing)
+                continue
+            try:
+                added = pyfuse3.readdir_reply(token, name.encode("utf-8", "surrogateescape"),
+                                              self._entry(attr), index + 1)
+            except BaseException:
+                added = False
+                raise
+            finally:
+                if counted and not added:  # did not fit: not handed out
+                    self.vfs.forget([(attr.ino, 1)])
+            if not added:
                 return
+            index += 1
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        self.vfs.forget(inode_list)
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)

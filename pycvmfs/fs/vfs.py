@@ -1,22 +1,40 @@
 """The backend-neutral, inode-based read-only filesystem over one `Repository`.
 
-Adapters (pyfuse3, mfusepy) only translate calls into these methods and errors into
-errno; no repository semantics live in them. Inodes are handed out on first lookup
-and stay stable for the life of the mount; the members of a hardlink group (same
-catalog, same group id) share one inode, as in the reference client. The root is
-inode 1 (FUSE_ROOT_ID).
+Adapters (lowlevel, pyfuse3, mfusepy) only translate calls into these methods and errors
+into errno; no repository semantics live in them. Inodes are handed out on first lookup;
+the members of a hardlink group (same catalog, same group id) share one inode, as in the
+reference client. The root is inode 1 (FUSE_ROOT_ID). Numbers are never reused.
+
+Inode lifetime: inode-based adapters call `track_lookups()` before serving; from then on
+an inode lives while the kernel holds it or a cached directory listing names it:
+  * the kernel's lookup count (nlookup): every answer that hands the kernel an inode
+    counts one inside the call that builds the answer (`lookup`; `hand_out` for each
+    READDIRPLUS entry), so the count is up before the reply can reach the kernel, which
+    sends FORGET only for lookups it has seen; `forget` takes counts back;
+  * pins: a cached listing pins its children, so the number a plain READDIR reported
+    (d_ino) is the one a later lookup answers; released when the listing leaves the cache.
+When the kernel forgets a directory its cached listing goes too (the kernel holds none of
+its children any more). When neither count nor pin is left the inode's path, every path
+mapping to it (hardlinks) and its hardlink group are dropped; a later lookup of the path
+gives a fresh inode. Open handles hold what they read (path, entry, chunk list), so a
+handle outlives its inode. Path-based adapters (mfusepy) never track: nothing is dropped.
 
 Revisions: `set_repository` swaps in a newer revision while mounted. A path keeps its
 inode as long as what it is stays the same (type, content hash, size, symlink target), so
 the kernel's page cache of unchanged files survives; anything that changed gets a fresh
 inode, so no stale page can ever be served for new content. Open handles keep the chunk
-list they opened with: a file already open reads its old bytes to the end.
+list they opened with: a file already open reads its old bytes to the end. (With tracking
+this holds while the kernel keeps the inode: the adapters invalidate every name at a swap,
+and FUSE evicts an inode, pages included, once nothing uses it; it then forgets it, and a
+closed unchanged file comes back under a fresh number, as with the reference client,
+whose inode numbers change with every catalog generation.)
 
 Thread-safety: every method may be called from several threads at once; the inode
 tables and open handles are guarded by one lock, repository calls run outside it.
 
-Caveats: inodes are never reused (a long-lived mount of a huge tree keeps its
-path table); the reference bounds this with per-catalog inode ranges.
+Caveats: the inode tables are as large as what the kernel keeps in its dentry cache plus
+what cached listings name; without tracking (mfusepy) a long-lived mount of a huge tree
+keeps its whole path table.
 """
 
 from __future__ import annotations
@@ -30,7 +48,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -51,6 +69,7 @@ PREFETCH_THREADS = 2  # read-ahead downloads at once; more only fight over the G
 LISTING_CACHE_ENTRIES = 50_000  # directory entries kept answered (~250 bytes each)
 DRAIN_S = 2.0  # after a swap, entries go to the kernel with timeout 0 for this long
 DIRECT_IO_FLAG = 0x10000  # catalog flag: serve this file with direct I/O
+DOTS = (".", "..")
 
 
 class FsError(Exception):
@@ -99,6 +118,9 @@ class StatFs:
     files: int
     files_free: int
     name_max: int = 255
+
+
+Listing = list[tuple[str, Attr]]
 
 
 class _WouldBlockError(Exception):
@@ -199,47 +221,91 @@ class _ListingCache:
     """Directory listings and symlink targets already answered, by inode, so a second walk
     of a tree costs no catalog query. Bounded by the number of entries held (LRU), dropped
     whole on a revision change; an answer computed from an older revision is not stored
-    (`generation`)."""
+    (`generation`). A listing larger than the bound is kept aside, alone (the last one), so
+    that its entries stay pinned while the kernel pages through it.
+
+    Every method that lets listings go returns them: the VFS releases their pins."""
 
     def __init__(self, max_entries: int) -> None:
         self._max = max_entries
         self._lock = threading.Lock()
-        self._listings: OrderedDict[int, list[tuple[str, Attr]]] = OrderedDict()
+        self._listings: OrderedDict[int, Listing] = OrderedDict()
+        self._oversized: tuple[int, Listing] | None = None  # (inode, listing)
         self._links: dict[int, bytes] = {}
         self._held = 0
         self.generation = 0
 
-    def listing(self, ino: int) -> list[tuple[str, Attr]] | None:
+    def listing(self, ino: int) -> Listing | None:
         with self._lock:
             found = self._listings.get(ino)
             if found is not None:
                 self._listings.move_to_end(ino)
-            return found
+                return found
+            if self._oversized is not None and self._oversized[0] == ino:
+                return self._oversized[1]
+            return None
 
     def link(self, ino: int) -> bytes | None:
         return self._links.get(ino)
 
-    def store(self, generation: int, ino: int, listing: list[tuple[str, Attr]],
-              links: dict[int, bytes]) -> None:
+    def store(self, generation: int, ino: int, listing: Listing,
+              links: dict[int, bytes]) -> list[Listing]:
+        """Keep `listing` (one from an older revision is handed back at once); returns the
+        listings let go."""
+        released: list[Listing] = []
         with self._lock:
-            if generation != self.generation or len(listing) > self._max:
-                return
+            if generation != self.generation:
+                return [listing]
             old = self._listings.pop(ino, None)
-            self._held += len(listing) - (len(old) if old is not None else 0)
-            self._listings[ino] = listing
-            while self._held > self._max:
-                _, evicted = self._listings.popitem(last=False)
-                self._held -= len(evicted)
+            if old is not None:
+                self._held -= len(old)
+                released.append(old)
+            if self._oversized is not None and self._oversized[0] == ino:
+                released.append(self._oversized[1])
+                self._oversized = None
+            if len(listing) > self._max:
+                if self._oversized is not None:
+                    released.append(self._oversized[1])
+                self._oversized = (ino, listing)
+            else:
+                self._held += len(listing)
+                self._listings[ino] = listing
+                while self._held > self._max:
+                    _, evicted = self._listings.popitem(last=False)
+                    self._held -= len(evicted)
+                    released.append(evicted)
             if len(self._links) > self._max:
                 self._links.clear()
             self._links.update(links)
+        return released
 
-    def clear(self) -> None:
+    def holds(self, ino: int) -> bool:
+        with self._lock:
+            return ino in self._listings or (self._oversized is not None
+                                             and self._oversized[0] == ino)
+
+    def discard(self, ino: int) -> Listing | None:
+        """Let the listing of `ino` go (its directory was forgotten)."""
+        with self._lock:
+            found = self._listings.pop(ino, None)
+            if found is not None:
+                self._held -= len(found)
+                return found
+            if self._oversized is not None and self._oversized[0] == ino:
+                found, self._oversized = self._oversized[1], None
+            return found
+
+    def clear(self) -> list[Listing]:
         with self._lock:
             self.generation += 1
+            released = list(self._listings.values())
+            if self._oversized is not None:
+                released.append(self._oversized[1])
             self._listings.clear()
+            self._oversized = None
             self._links.clear()
             self._held = 0
+        return released
 
 
 def _prefetch(repository: Repository, entry: DirEntry, piece: Piece) -> None:
@@ -247,6 +313,16 @@ def _prefetch(repository: Repository, entry: DirEntry, piece: Piece) -> None:
         repository.prefetch_piece(entry, piece)
     except Exception as exc:  # the reader fetches it again and reports the error
         log.debug("read-ahead of %s failed: %s", piece.hash, exc)
+
+
+class _Hardlink:
+    """The group and the paths of an inode that a hardlink group shares."""
+
+    __slots__ = ("key", "paths")
+
+    def __init__(self, key: tuple[str, int]) -> None:
+        self.key = key
+        self.paths: set[str] = set()
 
 
 def _identity(entry: DirEntry) -> int:
@@ -278,7 +354,10 @@ class RepositoryVFS:
         self._paths: dict[int, str] = {ROOT_INODE: ""}
         self._inodes: dict[str, tuple[int, int]] = {"": (ROOT_INODE, stat.S_IFDIR)}
         self._groups: dict[tuple[str, int], int] = {}
-        self._next_inode = itertools.count(ROOT_INODE + 1)
+        self._hardlinks: dict[int, _Hardlink] = {}  # inodes of hardlink groups only
+        self._last_inode = ROOT_INODE
+        self._tracking = False  # see track_lookups
+        self._nlookup: dict[int, int] = {}  # the kernel's lookup count of each inode
         self._handles: dict[int, _OpenFile] = {}
         self._next_handle = itertools.count(1)
         self._prefetcher: ThreadPoolExecutor | None = None
@@ -293,7 +372,7 @@ class RepositoryVFS:
             self.repository = repository
             self._groups.clear()  # group numbers are per catalog revision
             self._drain_until = time.monotonic() + DRAIN_S
-        self._answered.clear()
+        self._release_listings(self._answered.clear())
         for listener in self.revision_listeners:
             try:
                 listener()
@@ -318,6 +397,104 @@ class RepositoryVFS:
                 if known is not None:
                     yield known[0], name
 
+    # --- lookup counts ---------------------------------------------------------------
+    def track_lookups(self) -> None:
+        """Count what the kernel holds and drop what it forgets (see the module docstring).
+        Inode-based adapters call it once, before serving."""
+        self._tracking = True
+
+    def hand_out(self, ino: int) -> bool:
+        """Count `ino` as handed to the kernel once more (a READDIRPLUS entry), before the
+        reply goes out. False if it was dropped meanwhile (its listing let go, and
+        forgotten, since the listing was read): the entry must then go out without an
+        inode (it is looked up by name when needed)."""
+        with self._lock:
+            if ino not in self._paths:
+                return False
+            if self._tracking:
+                self._nlookup[ino] = self._nlookup.get(ino, 0) + 1
+            return True
+
+    def forget(self, items: Iterable[tuple[int, int]]) -> list[int]:
+        """FORGET/BATCH_FORGET: the kernel lets go of `nlookup` lookups of each inode.
+        Returns the inodes it no longer holds at all. Unknown inodes and the root are
+        ignored; without tracking nothing is counted, so nothing is dropped."""
+        forgotten: list[int] = []
+        with self._lock:
+            for ino, nlookup in items:
+                count = self._nlookup.get(ino)
+                if count is None or ino == ROOT_INODE:
+                    continue
+                if count > nlookup:
+                    self._nlookup[ino] = count - nlookup
+                    continue
+                del self._nlookup[ino]
+                forgotten.append(ino)
+                # the kernel holds none of its children any more: its listing can go
+                discarded = self._answered.discard(ino)
+                self._drop_locked(self._unheld_locked(self._children(discarded)))
+                if not self._listed_locked(ino):
+                    self._drop_locked([ino])
+        return forgotten
+
+    def lookup_count(self, ino: int) -> int:
+        """How many lookups of `ino` the kernel holds (0: none, or not tracked)."""
+        with self._lock:
+            return self._nlookup.get(ino, 0)
+
+    def inode_count(self) -> int:
+        """Inodes currently known, the root included."""
+        with self._lock:
+            return len(self._paths)
+
+    def _listed_locked(self, ino: int) -> bool:
+        """Whether a cached listing pins `ino`: the one of its directory, if its path still
+        maps to it (a cached listing names the inodes its children's paths map to)."""
+        path = self._paths.get(ino)
+        if not path:
+            return path is not None  # the root
+        known = self._inodes.get(path)
+        if known is None or known[0] != ino:  # replaced in a newer revision
+            return False
+        parent = self._inodes.get(path.rsplit("/", 1)[0])
+        return parent is not None and self._answered.holds(parent[0])
+
+    def _unheld_locked(self, inodes: Iterable[int]) -> list[int]:
+        """Those of `inodes` that neither the kernel nor a cached listing holds."""
+        if not self._tracking:
+            return []
+        return [ino for ino in inodes if ino in self._paths and ino not in self._nlookup
+                and not self._listed_locked(ino)]
+
+    @staticmethod
+    def _children(listing: Listing | None) -> Iterator[int]:
+        return (attr.ino for name, attr in listing or () if name not in DOTS)
+
+    def _release_listings(self, listings: Iterable[Listing]) -> None:
+        """Drop what only the listings the cache let go held."""
+        if not self._tracking:
+            return
+        with self._lock:
+            for listing in listings:
+                self._drop_locked(self._unheld_locked(self._children(listing)))
+
+    def _drop_locked(self, inodes: list[int]) -> None:
+        """Forget every table entry of `inodes`, then whatever only their cached listings
+        held."""
+        work = list(inodes)
+        while work:
+            ino = work.pop()
+            path = self._paths.pop(ino, None)
+            link = self._hardlinks.pop(ino, None)
+            paths = link.paths if link is not None else () if path is None else (path,)
+            for each in paths:
+                known = self._inodes.get(each)
+                if known is not None and known[0] == ino:
+                    del self._inodes[each]
+            if link is not None and self._groups.get(link.key) == ino:
+                del self._groups[link.key]
+            work += self._unheld_locked(self._children(self._answered.discard(ino)))
+
     # --- names and inodes ------------------------------------------------------------
     def path_of(self, ino: int) -> str:
         with self._lock:
@@ -326,35 +503,67 @@ class RepositoryVFS:
             raise FsError(errno.ESTALE, f"inode {ino} is not known")
         return path
 
-    def _inode_for(self, path: str, resolved_catalog: str, entry: DirEntry) -> int:
+    def _inode_for(self, path: str, resolved_catalog: str, entry: DirEntry,
+                   counted: bool = False) -> int:
+        """The inode of `path` as `entry`, allocated if new; `counted`: one more lookup
+        the kernel holds, in the same step, so it cannot be dropped in between."""
         identity = _identity(entry)
         with self._lock:
             known = self._inodes.get(path)
             if known is not None and known[1] == identity:
-                return known[0]
-            ino = None
+                ino = known[0]
+                if counted and self._tracking:
+                    self._nlookup[ino] = self._nlookup.get(ino, 0) + 1
+                return ino
+            found = None
             group_key = (resolved_catalog, entry.hardlink_group)
-            if entry.hardlink_group and not entry.is_dir:
-                ino = self._groups.get(group_key)
-            if ino is None:
-                ino = next(self._next_inode)
-                if entry.hardlink_group and not entry.is_dir:
+            grouped = bool(entry.hardlink_group) and not entry.is_dir
+            if grouped:
+                found = self._groups.get(group_key)
+            if found is None:
+                self._last_inode += 1
+                ino = self._last_inode
+                if grouped:
                     self._groups[group_key] = ino
+                    self._hardlinks[ino] = _Hardlink(group_key)
+            else:
+                ino = found
             self._inodes[path] = (ino, identity)
             self._paths.setdefault(ino, path)
+            link = self._hardlinks.get(ino)
+            if link is not None:
+                link.paths.add(path)
+            if counted and self._tracking:
+                self._nlookup[ino] = self._nlookup.get(ino, 0) + 1
             return ino
 
-    def _resolve(self, path: str) -> tuple[int, DirEntry]:
-        repository = self.repository
+    def _entry(self, path: str) -> tuple[DirEntry, str]:
+        """The entry of `path` and the root prefix of the catalog holding it."""
         try:
-            entry, catalog = repository.resolve(path)
+            entry, catalog = self.repository.resolve(path)
         except NotFoundError:
             raise FsError(errno.ENOENT, f"{path or '/'}: no such entry") from None
         except PycvmfsError as exc:
             raise FsError(errno.EIO, str(exc)) from exc
+        return entry, catalog.root_prefix
+
+    def _resolve(self, path: str, counted: bool = False) -> tuple[int, DirEntry]:
+        """`path` to its inode (allocated if new, see `_inode_for`) and entry."""
+        entry, prefix = self._entry(path)
         if path == "":
             return ROOT_INODE, entry
-        return self._inode_for(path, catalog.root_prefix, entry), entry
+        return self._inode_for(path, prefix, entry, counted), entry
+
+    def _resolve_known(self, path: str) -> tuple[int | None, DirEntry]:
+        """`path` to its entry and the inode it has now, None if it has none. Never
+        allocates: what is not handed to the kernel must not enter the tables."""
+        entry, _ = self._entry(path)
+        if path == "":
+            return ROOT_INODE, entry
+        identity = _identity(entry)
+        with self._lock:
+            known = self._inodes.get(path)
+        return (known[0] if known is not None and known[1] == identity else None), entry
 
     # --- metadata --------------------------------------------------------------------
     def attr(self, ino: int, entry: DirEntry, path: str) -> Attr:
@@ -373,18 +582,23 @@ class RepositoryVFS:
         if name in (".", ".."):
             raise FsError(errno.ENOENT, "'.' and '..' are answered by the kernel")
         path = f"{parent_path}/{name}"
-        ino, entry = self._resolve(path)
-        return self.attr(ino, entry, path)
+        ino, entry = self._resolve(path, counted=True)  # the reply hands it out
+        try:
+            return self.attr(ino, entry, path)
+        except BaseException:
+            self.forget([(ino, 1)])
+            raise
 
     def lookup_path(self, path: str) -> Attr:
-        """For path-based adapters: `/a/b` (or `/`) straight to its attributes."""
+        """For path-based adapters: `/a/b` (or `/`) straight to its attributes. Counts
+        nothing: not for adapters that `track_lookups`."""
         canonical = "" if path in ("", "/") else path.rstrip("/")
         ino, entry = self._resolve(canonical)
         return self.attr(ino, entry, canonical)
 
     def getattr(self, ino: int) -> Attr:
         path = self.path_of(ino)
-        current, entry = self._resolve(path)
+        current, entry = self._resolve_known(path)
         if current != ino:  # the path changed in a newer revision; `ino` is the old one
             with self._lock:
                 opened = next((h for h in self._handles.values() if h.ino == ino), None)
@@ -402,20 +616,26 @@ class RepositoryVFS:
         it on their event loop)."""
         return self._answered.listing(ino)
 
-    def readdir_with_dots(self, ino: int) -> list[tuple[str, Attr]]:
+    def readdir_with_dots(self, ino: int, stale: Listing | None = None
+                          ) -> list[tuple[str, Attr]]:
         """`.` and `..` (none for the repository root's parent) first, as the reference
-        client lists them, then the children."""
+        client lists them, then the children, pinned while the listing is cached.
+        `stale`: a listing whose entries `hand_out` refused, to be listed afresh."""
         with self.stats.lock:
             self.stats.ndiropen += 1
         cached = self._answered.listing(ino)
-        if cached is not None:
+        if cached is not None and cached is not stale:  # stale: replaced by `store` below
             return cached
         generation = self._answered.generation
         path = self.path_of(ino)
         dots = [(".", self.getattr(ino))]
         if path:
             parent = path.rsplit("/", 1)[0]
-            dots.append(("..", self.lookup_path(parent or "/")))
+            if self._tracking:  # a d_ino only, never handed out: allocates nothing
+                parent_ino, parent_entry = self._resolve_known(parent)
+                dots.append(("..", self.attr(parent_ino or ino, parent_entry, parent)))
+            else:
+                dots.append(("..", self.lookup_path(parent or "/")))
         repository = self.repository
         try:
             resolved = repository.resolve(path)
@@ -429,14 +649,20 @@ class RepositoryVFS:
             raise FsError(errno.EIO, str(exc)) from exc
         out = dots
         links = {}
-        for name, child in children:
-            child_path = f"{path}/{name}"
-            child_ino = self._inode_for(child_path, prefix, child)
-            attr = self.attr(child_ino, child, child_path)
-            out.append((name, attr))
-            if child.is_symlink:
-                links[child_ino] = self.readlink_entry(child)
-        self._answered.store(generation, ino, out, links)
+        allocated: list[int] = []  # held by this listing once it is cached
+        try:
+            for name, child in children:
+                child_path = f"{path}/{name}"
+                child_ino = self._inode_for(child_path, prefix, child)
+                allocated.append(child_ino)
+                out.append((name, self.attr(child_ino, child, child_path)))
+                if child.is_symlink:
+                    links[child_ino] = self.readlink_entry(child)
+        except BaseException:
+            with self._lock:
+                self._drop_locked(self._unheld_locked(allocated))
+            raise
+        self._release_listings(self._answered.store(generation, ino, out, links))
         return out
 
     def readlink_entry(self, entry: DirEntry) -> bytes:
@@ -453,7 +679,7 @@ class RepositoryVFS:
         cached = self._answered.link(ino)
         if cached is not None:
             return cached
-        _, entry = self._resolve(self.path_of(ino))
+        _, entry = self._resolve_known(self.path_of(ino))
         if not entry.is_symlink:
             raise FsError(errno.EINVAL, "not a symbolic link")
         return self.readlink_entry(entry)
@@ -463,7 +689,7 @@ class RepositoryVFS:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC | os.O_CREAT):
             raise FsError(errno.EROFS, "read-only file system")
         path = self.path_of(ino)
-        _, entry = self._resolve(path)
+        _, entry = self._resolve_known(path)
         if entry.is_dir:
             raise FsError(errno.EISDIR)
         if not stat.S_ISREG(entry.mode):
@@ -567,7 +793,7 @@ class RepositoryVFS:
     # --- extended attributes and statfs ----------------------------------------------
     def listxattr(self, ino: int) -> list[str]:
         """Stored xattrs, plus the magic names on the root (by default) or everywhere."""
-        _, entry = self._resolve(self.path_of(ino))
+        _, entry = self._resolve_known(self.path_of(ino))
         names = [name for name, _ in entry.xattrs]
         visibility = self.options.magic_xattrs_visibility
         if visibility == "always" or (visibility == "rootonly" and ino == ROOT_INODE):
@@ -577,7 +803,7 @@ class RepositoryVFS:
     def getxattr(self, ino: int, name: str) -> bytes:
         """Magic attributes shadow stored ones and are gettable on every entry."""
         path = self.path_of(ino)
-        _, entry = self._resolve(path)
+        _, entry = self._resolve_known(path)
         if magic_xattrs.is_magic(name):
             context = XattrContext(self._announced, self.stats, self.network, self.cache,
                                    path, entry, self._expires, self.inode_max)
@@ -594,8 +820,9 @@ class RepositoryVFS:
         raise FsError(errno.ENODATA)
 
     def inode_max(self) -> int:
+        """The highest inode number handed out so far."""
         with self._lock:
-            return max(self._paths)
+            return self._last_inode
 
     def statfs(self) -> StatFs:
         total, used = self._capacity()

@@ -37,6 +37,7 @@ STRUCTS: dict[str, tuple[str, Any, tuple[str, ...]]] = {
              ("proto_major", "max_readahead", "capable", "want", "max_background",
               "time_gran", "reserved")),
     "args": ("struct fuse_args", ll.FuseArgs, ("argc", "argv", "allocated")),
+    "forget": ("struct fuse_forget_data", ll.ForgetData, ("ino", "nlookup")),
     "loopv1": ("LOOP_V1", ll.LoopConfigV1, ("clone_fd", "max_idle_threads")),
     "ops": ("struct fuse_lowlevel_ops", ll.LowlevelOps, ll.OPS_ORDER),
 }
