@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -112,6 +113,8 @@ class _Revisions:
         self.config, self.source, self.cache, self.fetcher = config, source, cache, fetcher
         self.keys = keys
         self.directory = cache.config.directory
+        # the served revision became blacklisted (reason) or is fine again (None)
+        self.on_revoked: Callable[[str | None], None] = lambda reason: None
 
     def _remember(self, repository: Repository) -> None:
         trusted = repository.trusted
@@ -152,8 +155,13 @@ class _Revisions:
         blacklist = load_blacklist(self.config.blacklist_files)
         try:
             blacklist.check_revision(self.config.fqrn, current.revision)
+            if current.trusted is not None:
+                blacklist.check_certificate(current.trusted.certificate, self.config.fqrn)
         except BlacklistedError as exc:  # the reference aborts the mount here
-            log.error("%s; the mount keeps serving it until a newer revision verifies", exc)
+            log.error("%s: its files are refused until a newer revision verifies", exc)
+            self.on_revoked(str(exc))
+        else:
+            self.on_revoked(None)
         trusted = establish_trust(self.source, self.config.fqrn, self.keys,
                                   now=dt.datetime.now(dt.UTC), min_timestamp=known,
                                   blacklist=blacklist)
@@ -217,4 +225,5 @@ def open_client(config: ClientConfig, transport: Transport | None = None) -> Cli
     vfs = RepositoryVFS(repository, options, capacity=capacity, network=network,
                         expires=watcher.expires, cache=cache_info)
     watcher.on_swap = vfs.set_repository
+    revisions.on_revoked = vfs.revoke
     return Client(config, source, cache, watcher, vfs)

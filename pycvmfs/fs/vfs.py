@@ -364,6 +364,7 @@ class RepositoryVFS:
         self._drain_until = 0.0
         self._answered = _ListingCache(LISTING_CACHE_ENTRIES)
         self.revision_listeners: list[Callable[[], None]] = []  # adapters drop kernel caches
+        self._revoked: str | None = None  # why the served revision is refused (`revoke`)
 
     # --- revisions -------------------------------------------------------------------
     def set_repository(self, repository: Repository) -> None:
@@ -372,14 +373,33 @@ class RepositoryVFS:
             self.repository = repository
             self._groups.clear()  # group numbers are per catalog revision
             self._drain_until = time.monotonic() + DRAIN_S
+            self._revoked = None
+        self._drop_caches()
+        # only now say so (`user.revision`): whoever polls it then sees no stale kernel entry
+        self._announced = repository
+
+    def revoke(self, reason: str | None) -> None:
+        """Refuse (EIO, `reason`) every name, listing and read of the revision served: it
+        can no longer be trusted (a blacklist names it). None serves it again; a newer
+        revision (`set_repository`) ends it too. Cached answers and kernel entries go."""
+        with self._lock:
+            was, self._revoked = self._revoked, reason
+        if reason is not None and was is None:
+            self._drop_caches()
+
+    def _check_revoked(self) -> None:
+        reason = self._revoked
+        if reason is not None:
+            raise FsError(errno.EIO, reason)
+
+    def _drop_caches(self) -> None:
+        """Our answered listings, and the kernel's names and listings (adapters)."""
         self._release_listings(self._answered.clear())
         for listener in self.revision_listeners:
             try:
                 listener()
             except Exception:
                 log.exception("dropping kernel caches after the revision change failed")
-        # only now say so (`user.revision`): whoever polls it then sees no stale kernel entry
-        self._announced = repository
 
     def entry_timeout(self, normal: float) -> float:
         """The kernel cache timeout to send now: 0 right after a revision change, so an
@@ -539,6 +559,7 @@ class RepositoryVFS:
 
     def _entry(self, path: str) -> tuple[DirEntry, str]:
         """The entry of `path` and the root prefix of the catalog holding it."""
+        self._check_revoked()
         try:
             entry, catalog = self.repository.resolve(path)
         except NotFoundError:
@@ -623,6 +644,7 @@ class RepositoryVFS:
         `stale`: a listing whose entries `hand_out` refused, to be listed afresh."""
         with self.stats.lock:
             self.stats.ndiropen += 1
+        self._check_revoked()
         cached = self._answered.listing(ino)
         if cached is not None and cached is not stale:  # stale: replaced by `store` below
             return cached
@@ -722,14 +744,15 @@ class RepositoryVFS:
         thread, which costs more than copying a cached MiB."""
         with self._lock:
             opened = self._handles.get(handle)
-        if opened is None:
-            return None
+        if opened is None or self._revoked is not None:
+            return None  # `read` answers
         try:
             return self._read(opened, offset, size, self.repository, opened.read_slice_nowait)
         except _WouldBlockError:
             return None
 
     def read(self, handle: int, offset: int, size: int) -> bytes:
+        self._check_revoked()
         opened = self._handle(handle)
         repository = self.repository
 

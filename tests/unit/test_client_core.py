@@ -334,12 +334,21 @@ def test_blacklisted_certificate_or_revision_is_never_mounted(site: Site) -> Non
     blacklist.write_text("")
     client = site.client()  # mounts revision 1, leaves its breadcrumb
     try:
+        vfs = client.vfs
+        handle = vfs.open(_ino(client, "a.txt"), 0)
         blacklist.write_text(f"<{site.keys.fqrn} {first + 2}\n")
         site.publish({"a.txt": b"two"}, T2)  # still below the bound
         assert not client.watcher.check_now()
         assert "blacklisted" in client.watcher.last_error
+        # the served revision is blacklisted itself: nothing of it is served any more
+        for refused in (lambda: vfs.lookup(ROOT_INODE, "a.txt"), lambda: vfs.readdir(ROOT_INODE),
+                        lambda: vfs.read(handle, 0, 3)):
+            with pytest.raises(FsError, match="blacklisted") as info:
+                refused()
+            assert info.value.errno == errno.EIO
         third = site.publish({"a.txt": b"three"}, T2 + 600)
         assert client.watcher.check_now() and client.repository.revision == third
+        assert vfs.read(vfs.open(_ino(client, "a.txt"), 0), 0, 5) == b"three"  # served again
     finally:
         client.close()
     blacklist.write_text(f"<{site.keys.fqrn} {third + 1}\n")
