@@ -315,6 +315,17 @@ def statistics_rows(self_counters: Counters, subtree: Counters) -> list[tuple[st
     return rows
 
 
+def counters_from_rows(rows: Iterable[tuple[str, int]]) -> tuple[Counters, Counters]:
+    """The inverse of `statistics_rows`: (self, subtree); other names are ignored."""
+    own, subtree = Counters(), Counters()
+    scopes = {"self": own, "subtree": subtree}
+    for name, value in rows:
+        scope, _, counter = str(name).partition("_")
+        if scope in scopes and counter in COUNTER_FIELDS:
+            scopes[scope].values[counter] = int(value)
+    return own, subtree
+
+
 def total_counters(rows: Iterable[tuple[str, int]]) -> dict[str, int]:
     """self + subtree per field, as `user.catalog_counters` and statfs show them."""
     values = dict(rows)

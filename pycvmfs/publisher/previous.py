@@ -25,13 +25,12 @@ from pycvmfs.errors import PublishError
 from pycvmfs.format.catalog import (
     COMPRESSION_MASK,
     COMPRESSION_SHIFT,
-    COUNTER_FIELDS,
     ENTRY_COLUMNS,
     HASH_ALGO_MASK,
     HASH_ALGO_SHIFT,
     ChunkRow,
-    Counters,
     Flags,
+    counters_from_rows,
     md5path,
 )
 from pycvmfs.format.compression import Compression, open_object
@@ -107,28 +106,31 @@ def load_previous(storage: LocalStorage, fqrn: str, keys: RepositoryKeys,
     wanted = frozenset(kept)
     settings = ""
     pending = [("", manifest.root_hash)]
-    while pending:
-        path, content_hash = pending.pop()
-        image = _read_metadata(storage, content_hash, Suffix.CATALOG)
-        nested = [(str(child), ContentHash.parse(str(text)), int(size)) for child, text, size
-                  in read_sqlite_rows(image, "SELECT path, sha1, size FROM nested_catalogs")]
-        if any(child in wanted for child, _hash, _size in nested):
-            grafts.update(_kept_catalogs(storage, image, nested, wanted))
-        props = {str(k): str(v) for k, v in
-                 read_sqlite_rows(image, "SELECT key, value FROM properties")}
-        catalogs[path] = PreviousCatalog(content_hash, len(image), int(props.get("revision", 0)),
-                                         props.get(DIGEST_PROPERTY, ""))
-        if path == "":
-            settings = props.get(SETTINGS_PROPERTY, "")
-        files.update(_files_of(image))
-        pending.extend((child, h) for child, h, _size in nested if child not in wanted)
+    with contextlib.closing(_StatisticsMemo(storage)) as memo:
+        while pending:
+            path, content_hash = pending.pop()
+            image = _read_metadata(storage, content_hash, Suffix.CATALOG)
+            nested = [(str(child), ContentHash.parse(str(text)), int(size))
+                      for child, text, size in read_sqlite_rows(
+                          image, "SELECT path, sha1, size FROM nested_catalogs")]
+            if any(child in wanted for child, _hash, _size in nested):
+                grafts.update(_kept_catalogs(memo, image, nested, wanted))
+            props = {str(k): str(v) for k, v in
+                     read_sqlite_rows(image, "SELECT key, value FROM properties")}
+            catalogs[path] = PreviousCatalog(content_hash, len(image),
+                                             int(props.get("revision", 0)),
+                                             props.get(DIGEST_PROPERTY, ""))
+            if path == "":
+                settings = props.get(SETTINGS_PROPERTY, "")
+            files.update(_files_of(image))
+            pending.extend((child, h) for child, h, _size in nested if child not in wanted)
     tags: dict[str, Tag] = {}
     if manifest.history is not None:
         tags = read_tags(_read_metadata(storage, manifest.history, Suffix.HISTORY))
     return PreviousRevision(manifest, catalogs, tags, files, settings, grafts)
 
 
-def _kept_catalogs(storage: LocalStorage, parent_image: bytes,
+def _kept_catalogs(memo: _StatisticsMemo, parent_image: bytes,
                    nested: list[tuple[str, ContentHash, int]],
                    kept: Collection[str]) -> dict[str, KeptCatalog]:
     """The kept children of one catalog: its rows for them, their statistics."""
@@ -139,44 +141,44 @@ def _kept_catalogs(storage: LocalStorage, parent_image: bytes,
         row = rows.get(md5path(path))
         if path not in kept or row is None:
             continue
-        own, subtree = _catalog_statistics(storage, content_hash)
+        own, subtree = counters_from_rows(memo.statistics(content_hash))
         grafts[path] = KeptCatalog(content_hash, size, own, subtree, row)
     return grafts
 
 
-def _catalog_statistics(storage: LocalStorage, content_hash: ContentHash
-                        ) -> tuple[Counters, Counters]:
-    """A catalog's self and subtree counters. A catalog never changes under its hash, so
+class _StatisticsMemo:
+    """Catalog statistics rows by catalog hash. A catalog never changes under its hash, so
     they are remembered in the storage (STATISTICS_MEMO): a publish of many kept images
-    then reads none of their catalogs again."""
-    memo = storage.root / STATISTICS_MEMO
-    key = str(content_hash)
-    with contextlib.closing(sqlite3.connect(memo)) as db:
-        db.execute("CREATE TABLE IF NOT EXISTS statistics (hash TEXT PRIMARY KEY, counters TEXT)")
-        found = db.execute("SELECT counters FROM statistics WHERE hash = ?", (key,)).fetchone()
+    then reads none of their catalogs again. Opened on first use, once per publish."""
+
+    def __init__(self, storage: LocalStorage) -> None:
+        self._storage = storage
+        self._db: sqlite3.Connection | None = None
+
+    def statistics(self, content_hash: ContentHash) -> list[tuple[str, int]]:
+        if self._db is None:
+            self._db = sqlite3.connect(self._storage.root / STATISTICS_MEMO)
+            self._db.execute("CREATE TABLE IF NOT EXISTS statistics "
+                             "(hash TEXT PRIMARY KEY, counters TEXT)")
+        key = str(content_hash)
+        found = self._db.execute("SELECT counters FROM statistics WHERE hash = ?",
+                                 (key,)).fetchone()
         if found is not None:
             try:
-                stored = json.loads(found[0])
-                return _counters(stored["self"]), _counters(stored["subtree"])
-            except (ValueError, KeyError, TypeError):
+                return [(str(name), int(value)) for name, value in json.loads(found[0])]
+            except (ValueError, TypeError):
                 pass  # unreadable: recomputed and replaced below
-        image = _read_metadata(storage, content_hash, Suffix.CATALOG)
-        counters = {"self": Counters(), "subtree": Counters()}
-        for name, value in read_sqlite_rows(image, "SELECT counter, value FROM statistics"):
-            scope, _, counter = str(name).partition("_")
-            if scope in counters and counter in COUNTER_FIELDS:
-                counters[scope].values[counter] = int(value)
-        with db:
-            db.execute("INSERT OR REPLACE INTO statistics VALUES (?, ?)", (key, json.dumps(
-                {scope: c.values for scope, c in counters.items()})))
-        return counters["self"], counters["subtree"]
+        image = _read_metadata(self._storage, content_hash, Suffix.CATALOG)
+        rows = [(str(name), int(value)) for name, value in
+                read_sqlite_rows(image, "SELECT counter, value FROM statistics")]
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO statistics VALUES (?, ?)",
+                             (key, json.dumps(rows)))
+        return rows
 
-
-def _counters(values: dict[str, int]) -> Counters:
-    counters = Counters()
-    for name in COUNTER_FIELDS:
-        counters.values[name] = int(values[name])
-    return counters
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
 
 
 def _files_of(image: bytes) -> dict[Md5Path, PreviousFile]:
