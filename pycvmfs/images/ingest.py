@@ -297,14 +297,29 @@ def _end_progress(options: IngestOptions, text: str, *, skipped: bool) -> None:
 
 def _add_origin(path: Path, name: str) -> None:
     """DUCC's backlink from a layer to the images using it (`{"origin": [names]}`)."""
-    try:
-        origin = json.loads(path.read_bytes()).get("origin", [])
-    except (OSError, ValueError, AttributeError):
-        origin = []
-    if not isinstance(origin, list):
-        origin = []
+    origin = read_origins(path)
     if name not in origin:
-        replace_file(path, json.dumps({"origin": sorted({*map(str, origin), name})}).encode())
+        write_origins(path, sorted({*origin, name}))
+
+
+def read_origins(path: Path) -> list[str]:
+    """The image names of a layer's origin.json ([] when missing or unreadable)."""
+    origin = json_field(path, "origin")
+    return [str(name) for name in origin] if isinstance(origin, list) else []
+
+
+def write_origins(path: Path, names: list[str]) -> None:
+    replace_file(path, json.dumps({"origin": names}).encode())
+
+
+def json_field(path: Path, key: str) -> object:
+    """`key` of the JSON object in `path`; None when missing, unreadable or not an object
+    (the small metadata files ingest writes)."""
+    try:
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return document.get(key) if isinstance(document, dict) else None
 
 
 def _public_name(reference: ImageReference, source: ImageSource, given: str | None) -> str:

@@ -18,7 +18,6 @@ Objects in storage stay until a sweep (`pycvmfs gc`) removes what no kept revisi
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import posixpath
 import re
@@ -33,8 +32,10 @@ from pycvmfs.images.ingest import (
     INGEST_FILE,
     UNPUBLISHED,
     IngestOptions,
-    replace_file,
+    json_field,
+    read_origins,
     work_tree_lock,
+    write_origins,
 )
 from pycvmfs.images.manifest import Manifest, parse_manifest
 from pycvmfs.images.reference import parse_reference
@@ -114,10 +115,7 @@ def names_for_digest(work: Path, registry: str, repository: str, digest: str) ->
 
 def _index_digest(metadata_dir: Path) -> str | None:
     """The index an image was chosen from, as ingest recorded it (`ingest.json`)."""
-    try:
-        index = json.loads((metadata_dir / INGEST_FILE).read_bytes()).get("index")
-    except (OSError, ValueError, AttributeError):
-        return None
+    index = json_field(metadata_dir / INGEST_FILE, "index")
     return index if isinstance(index, str) else None
 
 
@@ -147,13 +145,9 @@ def _remove_unreferenced_layers(work: Path, removed_names: list[str]) -> list[st
 
 
 def _forget_origins(path: Path, names: list[str]) -> None:
-    try:
-        origin = json.loads(path.read_bytes()).get("origin", [])
-    except (OSError, ValueError, AttributeError):
-        return
-    if isinstance(origin, list) and set(origin) & set(names):
-        replace_file(path, json.dumps({"origin": [n for n in origin
-                                                   if n not in names]}).encode())
+    origin = read_origins(path)
+    if set(origin) & set(names):
+        write_origins(path, [n for n in origin if n not in names])
 
 
 def _remove_one(work: Path, name: str) -> bool:
