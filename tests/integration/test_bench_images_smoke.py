@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.bench_runs import run_bench
 from tests.images import require_images
 from tests.registry import NEEDS_REGISTRY_TOOLS, needs_tools
 from tests.servers import NEEDS_FUSE_AND_NGINX, shared_scratch
 
-ROOT = Path(__file__).resolve().parents[2]
 # measured 63-84 s with the test images cached (setup ingest included; the ingest rows add
 # ~30 s: python into a fresh repository, then base, then python again), load ~2 on 2 cores
 SMOKE_BUDGET_S = 150.0
@@ -30,17 +27,9 @@ def test_quick_run_prints_the_table() -> None:
     require_images()  # skips when the images cannot be built here; builds them otherwise
     with shared_scratch("pycvmfs-bench-images-smoke-") as workdir:
         report = workdir / "results.json"
-        started = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, str(ROOT / "bench" / "images.py"), "--quick",
-             "--workdir", str(workdir / "work"), "--json", str(report)],
-            cwd=ROOT, capture_output=True, text=True, timeout=300)
-        elapsed = time.monotonic() - started
-        assert done.returncode == 0, done.stdout + done.stderr
-        lines = done.stdout.splitlines()
-        header = next(i for i, line in enumerate(lines) if line.startswith("measurement"))
-        assert "x pull" in lines[header] and "target" in lines[header]
-        table = "\n".join(lines[header:])
+        run = run_bench("images.py", ["--workdir", str(workdir / "work"), "--json",
+                                      str(report)], ratio_column="x pull", timeout=300)
+        table = run.table
         for name in ("pull + unpack + run (baseline)", "pycvmfs run, cold (mount + empty cache)",
                      "pycvmfs run, warm (mounted, cache filled)",
                      "bytes fetched, cold start (nginx log)",
@@ -51,7 +40,7 @@ def test_quick_run_prints_the_table() -> None:
                      "storage after both ingests"):
             assert name in table
         assert "x pull+unpack" in table and "skipped, no publish" in table
-        assert "targets met" in done.stdout
+        assert "targets met" in run.stdout
         results = json.loads(report.read_text())
         assert results["rounds"] == 1
         mount = results["mount"][0]
@@ -75,4 +64,4 @@ def test_quick_run_prints_the_table() -> None:
         assert not leftovers, leftovers
         assert not any(p.name.startswith("run-") for p in (workdir / "work").iterdir())
         assert os.path.isdir(workdir / "work")
-        assert elapsed < SMOKE_BUDGET_S, f"smoke run took {elapsed:.1f} s"
+        assert run.seconds < SMOKE_BUDGET_S, f"smoke run took {run.seconds:.1f} s"
