@@ -86,6 +86,21 @@ def md5path(path: str) -> tuple[int, int]:
     return a, b
 
 
+NAME_MAX_BYTES = 255  # the longest name the kernel takes in a directory entry
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be the name of a directory entry (None: it can): a hostile catalog
+    could otherwise list `..`, a name with `/`, or names the kernel refuses."""
+    if name in ("", ".", ".."):
+        return f"the name {name!r} is reserved"
+    if "/" in name or "\0" in name:
+        return "the name contains '/' or NUL"
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX_BYTES:
+        return f"the name is longer than {NAME_MAX_BYTES} bytes"
+    return None
+
+
 def parent_path(path: str) -> str:
     """'' for children of the root; the root itself has no parent path."""
     return path.rsplit("/", 1)[0]
@@ -131,6 +146,7 @@ class DirEntry:
     xattrs: tuple[tuple[str, bytes], ...] = ()
     hash_algorithm: Algorithm = Algorithm.SHA1
     compression: Compression = Compression.ZLIB
+    rowid: int = field(default=0, compare=False)  # where it was read (0: not read from one)
 
     @property
     def is_dir(self) -> bool:
@@ -250,6 +266,7 @@ def row_to_entry(row: Mapping[str, object]) -> DirEntry:
         xattrs=tuple(sorted(decode_xattrs(xattr_blob).items())) if xattr_blob else (),
         hash_algorithm=algorithm,
         compression=_COMPRESSIONS.get(compression_value, Compression.ZLIB),
+        rowid=_int(row, "rowid"),
     )
 
 

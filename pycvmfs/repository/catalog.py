@@ -10,6 +10,14 @@ Thread-safety: one connection per catalog shared by all threads (`check_same_thr
 and a lock held for each statement's execute + fetch, so every public method is atomic and
 may be called from any thread.
 
+Hostile catalogs: a catalog is signed content, not sane content. Listings serve only rows
+whose name is a usable file name (not empty, `.`, `..`, no `/` or NUL, at most 255 bytes)
+and whose md5path is the hash of the listed path, so a name always stats and opens as the
+row that was listed; nested catalog references must lie strictly below this catalog's
+own mount point and not below another reference of it. What fails a check is reported
+(logged once, `integrity.report_once`) instead of raising for the whole catalog: only that entry or
+subtree is lost.
+
 Caveats: TEXT columns are decoded as UTF-8 with `surrogateescape`, so names that are not
 valid UTF-8 survive as lone surrogates and hash back to the same md5path.
 """
@@ -33,15 +41,26 @@ from pycvmfs.format.catalog import (
     ChunkRow,
     DirEntry,
     md5path,
+    name_problem,
     parse_schema,
     row_to_entry,
 )
 from pycvmfs.format.hashes import Algorithm, ContentHash
 from pycvmfs.repository import catalog_sql as sql
+from pycvmfs.repository.integrity import report_once
 
 READABLE_SCHEMAS = ((2, 4), (2, 5))  # (major, minor) the reference client still mounts
 OPTIONAL_COLUMNS = frozenset({"mtimens", "xattr"})  # added in schema revisions 7 and 2
 REQUIRED_TABLES = frozenset({"properties", "catalog"})
+
+
+class ListingPage(NamedTuple):
+    """Up to `limit` children of a directory after a rowid, and where the next page starts
+    (`last_rowid` also covers refused and hidden rows, so paging always advances)."""
+
+    entries: list[DirEntry]
+    last_rowid: int
+    more: bool
 
 
 class NestedRef(NamedTuple):
@@ -50,6 +69,32 @@ class NestedRef(NamedTuple):
     path: str
     hash: ContentHash
     size: int
+
+
+class _ChildRefs(NamedTuple):
+    nested: list[NestedRef]
+    binds: list[NestedRef]
+    broken: dict[str, str]
+
+
+def _below(path: str, mountpoint: str) -> bool:
+    """Whether `path` is strictly inside `mountpoint` ('' is the repository root)."""
+    return path.startswith(mountpoint + "/") and len(path) > len(mountpoint) + 1
+
+
+def ref_problem(path: str, root_prefix: str) -> str | None:
+    """Why a catalog mounted at `root_prefix` cannot have a child catalog at `path` (None:
+    it can): the path must be canonical and strictly below the catalog's mount point, so
+    every step of a walk goes deeper and no reference loops."""
+    prefix = "" if root_prefix == "/" else root_prefix
+    parts = path.split("/")
+    if parts[0] != "" or any(name_problem(part) for part in parts[1:]):
+        return "not a canonical absolute path"
+    if path == prefix:
+        return "it is the catalog's own mount point"
+    if not _below(path, prefix):
+        return f"it is not inside the catalog's subtree {prefix or '/'}"
+    return None
 
 
 def _decode_text(raw: bytes) -> str:
@@ -77,7 +122,7 @@ class Catalog:
         self._on_release = on_release  # e.g. unpin it in the cache; called once
         self._lock = threading.Lock()
         self._conn = _connect(self.path)
-        self._children: tuple[list[NestedRef], list[NestedRef]] | None = None
+        self._children: _ChildRefs | None = None
         try:
             self._open()
         except BaseException:
@@ -103,10 +148,12 @@ class Catalog:
         if self.schema[2] >= 7 and "mtimens" not in present:
             raise CatalogError(f"{self._name()}: schema revision {self.schema[2]} "
                                "requires the mtimens column")
-        self._columns = tuple(c for c in ENTRY_COLUMNS if c in present)
+        self._columns = ("rowid", *(c for c in ENTRY_COLUMNS if c in present))
         columns = ", ".join(self._columns)
         self._sql_entry = sql.ENTRY_BY_MD5PATH.format(columns=columns)
         self._sql_children = sql.ENTRIES_BY_PARENT.format(columns=columns)
+        self._sql_page = sql.ENTRIES_BY_PARENT_AFTER.format(columns=columns)
+        self._sql_hardlinked = sql.HARDLINKED.format(columns=columns)
         self.root_prefix = self.properties.get("root_prefix", "")
         self.revision = self._int_property("revision", 0)
         self.ttl = self._int_property("TTL", DEFAULT_TTL_SECONDS)
@@ -149,12 +196,15 @@ class Catalog:
             raise CatalogError(f"{self._name()}: {exc}") from exc
 
     # --- entries ------------------------------------------------------------------------
-    def _entry(self, row: tuple[object, ...]) -> DirEntry:
+    def _values(self, row: tuple[object, ...]) -> dict[str, object]:
         values = dict(zip(self._columns, row, strict=True))
         for key in ("name", "symlink"):  # TEXT stored as BLOB by a sloppy writer
             raw = values[key]
             if isinstance(raw, bytes):
                 values[key] = _decode_text(raw)
+        return values
+
+    def _entry(self, values: dict[str, object]) -> DirEntry:
         try:
             return row_to_entry(values)
         except (ValueError, TypeError) as exc:
@@ -163,12 +213,55 @@ class Catalog:
     def lookup(self, path: str) -> DirEntry | None:
         """The row for absolute `path` ('' = this catalog's view of the repository root)."""
         rows = self._query(self._sql_entry, md5path(path))
-        return self._entry(rows[0]) if rows else None
+        return self._entry(self._values(rows[0])) if rows else None
+
+    def _child(self, path: str, values: dict[str, object]) -> DirEntry | None:
+        """A listed row as an entry, or None if it is hidden or must not be listed (see
+        the module docstring; refused rows are reported once through `refused`)."""
+        entry = self._entry(values)
+        if entry.is_hidden:
+            return None
+        problem = name_problem(entry.name)
+        if problem is None and (values["md5path_1"], values["md5path_2"]) \
+                != md5path(f"{path}/{entry.name}"):
+            problem = "its md5path is not the hash of its path"
+        if problem is not None:
+            report_once(f"{self._name()}: entry {entry.name!r} in {path or '/'} refused: "
+                         f"{problem}")
+            return None
+        return entry
 
     def listdir(self, path: str) -> list[tuple[str, DirEntry]]:
-        """Children of `path` as (name, entry), hidden entries skipped, in database order."""
-        entries = (self._entry(row) for row in self._query(self._sql_children, md5path(path)))
-        return [(e.name, e) for e in entries if not e.is_hidden]
+        """Children of `path` as (name, entry), hidden and refused rows skipped, in
+        database order."""
+        children = []
+        for row in self._query(self._sql_children, md5path(path)):
+            entry = self._child(path, self._values(row))
+            if entry is not None:
+                children.append((entry.name, entry))
+        return children
+
+    def listdir_page(self, path: str, after_rowid: int, limit: int) -> ListingPage:
+        """Children of `path` with a rowid above `after_rowid`, in rowid order, at most
+        `limit` rows read (the index on the parent columns serves this as a range scan:
+        a directory of millions of entries is read page by page, never whole)."""
+        parent = md5path(path)
+        rows = self._query(self._sql_page, (*parent, after_rowid, limit))
+        entries = []
+        for row in rows:
+            entry = self._child(path, self._values(row))
+            if entry is not None:
+                entries.append(entry)
+        last = int(rows[-1][0]) if rows else after_rowid  # type: ignore[call-overload]
+        return ListingPage(entries, last, len(rows) == limit)
+
+    def hardlinked(self, limit: int) -> list[DirEntry] | None:
+        """Every row that belongs to a hardlink group (one scan of the table), or None if
+        there are more than `limit` of them."""
+        rows = self._query(self._sql_hardlinked, (limit + 1,))
+        if len(rows) > limit:
+            return None
+        return [self._entry(self._values(row)) for row in rows]
 
     def chunks(self, path: str, algorithm: Algorithm | None = None) -> list[ChunkRow]:
         """Chunk list of the file at `path`, ordered by offset.
@@ -194,33 +287,58 @@ class Catalog:
         return out
 
     # --- nested catalogs ------------------------------------------------------------------
-    def _refs(self, table: str, statement: str) -> list[NestedRef]:
+    def _refs(self, table: str, statement: str) -> tuple[list[NestedRef], dict[str, str]]:
+        """(usable references, {path: why refused}) of one reference table."""
         if table not in self._tables:
-            return []
-        out = []
+            return [], {}
+        out, broken = [], {}
         for path, text, size in self._query(statement):
             parsed = _parse_hash(str(text)) if text is not None else None
-            if parsed is None or not isinstance(path, str):
+            if not isinstance(path, str):
                 raise CatalogError(f"{self._name()}: bad {table} row {path!r} -> {text!r}")
+            problem = ref_problem(path, self.root_prefix)
+            if problem is None and parsed is None:
+                problem = f"bad catalog hash {text!r}"
+            if problem is not None:
+                broken[path] = f"{self._name()}: {table} entry {path!r} refused: {problem}"
+                continue
+            assert parsed is not None
             out.append(NestedRef(path, parsed, int(size or 0)))  # type: ignore[call-overload]
-        return out
+        return out, broken
 
-    def _child_refs(self) -> tuple[list[NestedRef], list[NestedRef]]:
-        refs = self._children  # one assignment below: threads see both lists or neither
+    def _child_refs(self) -> _ChildRefs:
+        refs = self._children  # one assignment below: threads see all of it or nothing
         if refs is None:
-            refs = (self._refs("nested_catalogs", sql.NESTED_CATALOGS),
-                    self._refs("bind_mountpoints", sql.BIND_MOUNTPOINTS))
+            nested, broken = self._refs("nested_catalogs", sql.NESTED_CATALOGS)
+            binds, broken_binds = self._refs("bind_mountpoints", sql.BIND_MOUNTPOINTS)
+            broken.update(broken_binds)
+            usable = nested + binds
+            for ref in usable:  # a grandchild listed here would make the walk ambiguous
+                outer = next((o for o in usable if o is not ref and _below(ref.path, o.path)),
+                             None)
+                if outer is not None:
+                    broken[ref.path] = (f"{self._name()}: nested catalog {ref.path!r} refused: "
+                                        f"it lies inside nested catalog {outer.path!r}")
+            nested = [r for r in nested if r.path not in broken]
+            binds = [r for r in binds if r.path not in broken]
+            refs = _ChildRefs(nested, binds, broken)
             self._children = refs
         return refs
 
     def nested_catalogs(self) -> list[NestedRef]:
-        """Direct child catalogs: `nested_catalogs` plus `bind_mountpoints` (when present)."""
-        nested, binds = self._child_refs()
-        return nested + binds
+        """Direct child catalogs: `nested_catalogs` plus `bind_mountpoints` (when present),
+        without the refused ones (`broken_refs`)."""
+        refs = self._child_refs()
+        return refs.nested + refs.binds
 
     def bind_mountpoints(self) -> list[NestedRef]:
         """Only the bind mountpoints (links to other root catalogs)."""
-        return list(self._child_refs()[1])
+        return list(self._child_refs().binds)
+
+    def broken_refs(self) -> dict[str, str]:
+        """Mount point -> why its reference was refused (itself, an ancestor, outside this
+        catalog's subtree, inside another reference, a bad hash)."""
+        return dict(self._child_refs().broken)
 
     def statistics(self) -> dict[str, int]:
         """Raw counters (`self_*`, `subtree_*`); empty when the table is absent."""

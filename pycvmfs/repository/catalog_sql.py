@@ -17,9 +17,16 @@ SELECT_PROPERTIES = "SELECT key, value FROM properties"
 # --- catalog: entries (templates, formatted once at open) ----------------------------------
 ENTRY_BY_MD5PATH = "SELECT {columns} FROM catalog WHERE md5path_1 = ? AND md5path_2 = ?"
 ENTRIES_BY_PARENT = "SELECT {columns} FROM catalog WHERE parent_1 = ? AND parent_2 = ?"
+ENTRIES_BY_PARENT_AFTER = (  # a range scan of idx_catalog_parent (rowid is its last column)
+    "SELECT {columns} FROM catalog WHERE parent_1 = ? AND parent_2 = ? AND rowid > ? "
+    "ORDER BY rowid LIMIT ?"
+)
 CHUNKS_BY_MD5PATH = (
     "SELECT offset, size, hash FROM chunks WHERE md5path_1 = ? AND md5path_2 = ? "
     "ORDER BY offset"
+)
+HARDLINKED = (  # rows in a hardlink group (the group id is the high half of `hardlinks`)
+    "SELECT {columns} FROM catalog WHERE hardlinks >= 4294967296 OR hardlinks < 0 LIMIT ?"
 )
 NESTED_CATALOGS = "SELECT path, sha1, size FROM nested_catalogs"
 BIND_MOUNTPOINTS = "SELECT path, sha1, size FROM bind_mountpoints"

@@ -36,6 +36,7 @@ from pycvmfs.errors import CatalogError, NotFoundError, PycvmfsError
 from pycvmfs.format.catalog import DirEntry
 from pycvmfs.format.hashes import ContentHash
 from pycvmfs.repository.catalog import Catalog, NestedRef
+from pycvmfs.repository.integrity import report_once
 
 CatalogLoader = Callable[[ContentHash, str], Catalog]
 ROOT_PREFIXES = ("", "/")  # a root catalog has no root_prefix (some writers store "/")
@@ -109,9 +110,14 @@ class CatalogTree:
         return self._attached[""]
 
     def resolve(self, path: str) -> Resolved | None:
-        """Entry for absolute `path` ('' = root, '/a/b' otherwise), or None."""
+        """Entry for absolute `path` ('' = root, '/a/b' otherwise), or None.
+
+        Bounded: every hop enters a catalog mounted strictly deeper (`Catalog` refuses other
+        references), so a walk takes at most one hop per path component; a graph that still
+        loops is an integrity error, not a hang."""
         catalog = self._containing(path)
-        while True:
+        visited = {catalog.root_prefix}
+        for _ in range(path.count("/") + 1):
             entry = catalog.lookup(path)
             if entry is not None:
                 return Resolved(entry, catalog)
@@ -119,6 +125,11 @@ class CatalogTree:
             if ref is None:
                 return None
             catalog = self._attach(catalog, ref)
+            if catalog.root_prefix in visited:
+                break
+            visited.add(catalog.root_prefix)
+        raise _integrity_error(f"catalog {self.root_hash}: the walk to {path or '/'} loops "
+                               f"through nested catalogs {sorted(visited)}")
 
     def lookup(self, path: str) -> Resolved:
         """Like `resolve`, but NotFoundError instead of None."""
@@ -136,8 +147,10 @@ class CatalogTree:
         for ref in catalog.nested_catalogs():
             if ref.path == path:
                 return self._attach(catalog, ref)
-        raise CatalogError(f"{path}: marked as a nested catalog mountpoint, but catalog "
-                           f"{catalog.content_hash or catalog.path} lists no catalog there")
+        problem = catalog.broken_refs().get(path)
+        raise _integrity_error(problem or f"{path}: marked as a nested catalog mountpoint, but "
+                               f"catalog {catalog.content_hash or catalog.path} lists no "
+                               "catalog there")
 
     def listdir(self, path: str) -> list[tuple[str, DirEntry]]:
         """(name, entry) of the non-hidden children of directory `path`, database order."""
@@ -177,11 +190,12 @@ class CatalogTree:
         if any(bind.path == ref.path for bind in parent.bind_mountpoints()):
             raise PycvmfsError(f"{ref.path}: bind mountpoints (links to other root catalogs) "
                                "are not supported yet")
-        catalog = self._load(ref.hash, ref.path)
+        catalog = self._load(ref.hash, ref.path)  # the loader checks the content hash
         if catalog.root_prefix != ref.path:
             catalog.close()
-            raise CatalogError(f"nested catalog {ref.hash} mounted at {ref.path} has "
-                               f"root_prefix {catalog.root_prefix!r}")
+            raise _integrity_error(f"nested catalog {ref.hash} mounted at {ref.path} has "
+                                   f"root_prefix {catalog.root_prefix!r}: it is not the "
+                                   "catalog of that directory")
         return catalog
 
     def detach_nested(self) -> int:
@@ -207,8 +221,18 @@ class CatalogTree:
 
 
 def _nested_for(catalog: Catalog, path: str) -> NestedRef | None:
-    """The direct child catalog of `catalog` whose mountpoint is `path` or above it."""
+    """The direct child catalog of `catalog` whose mountpoint is `path` or above it; a
+    refused reference there makes the path an integrity error (EIO for that subtree)."""
     for ref in catalog.nested_catalogs():
         if _under(path, ref.path):
             return ref
+    for mountpoint, problem in catalog.broken_refs().items():
+        if _under(path, mountpoint):
+            raise _integrity_error(problem)
     return None
+
+
+def _integrity_error(message: str) -> CatalogError:
+    """A CatalogError for a hostile catalog graph, logged once (`integrity.report_once`)."""
+    report_once(message)
+    return CatalogError(message)
