@@ -221,6 +221,7 @@ def open_client(config: ClientConfig, transport: Transport | None = None) -> Cli
 
     max_ttl = config.max_ttl_minutes * 60.0 if config.max_ttl_minutes else None
     watcher = RevisionWatcher(repository, revisions.newer, max_ttl_s=max_ttl,
+                              min_ttl_s=float(config.min_ttl_s),
                               auto_update=config.auto_update)
     vfs = RepositoryVFS(repository, options, capacity=capacity, network=network,
                         expires=watcher.expires, cache=cache_info)

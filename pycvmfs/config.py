@@ -318,6 +318,8 @@ class ClientConfig:
     root_hash: str | None
     auto_update: bool
     max_ttl_minutes: int | None
+    min_ttl_s: int  # PYCVMFS_MIN_TTL: floor of the repository's TTL (no reference key)
+    nfiles: int  # CVMFS_NFILES: open files the serving process asks for
     kcache_timeout_s: int
     claim_ownership: bool
     world_readable: bool
@@ -384,6 +386,8 @@ def resolve(merged: MergedSettings) -> ClientConfig:
         root_hash=typed.optional("CVMFS_ROOT_HASH"),
         auto_update=typed.boolean("CVMFS_AUTO_UPDATE", True),
         max_ttl_minutes=typed.optional_integer("CVMFS_MAX_TTL"),
+        min_ttl_s=_at_least(typed, "PYCVMFS_MIN_TTL", 60, 1),
+        nfiles=_at_least(typed, "CVMFS_NFILES", 131072, 64),
         kcache_timeout_s=typed.integer("CVMFS_KCACHE_TIMEOUT", 60),
         claim_ownership=typed.boolean("CVMFS_CLAIM_OWNERSHIP", True),
         world_readable=typed.boolean("CVMFS_WORLD_READABLE", False),
@@ -394,6 +398,14 @@ def resolve(merged: MergedSettings) -> ClientConfig:
         warnings=merged.warnings, files_read=merged.files_read,
         blacklist_files=(merged.config_root / "blacklist",),
     )
+
+
+def _at_least(typed: _Typed, key: str, default: int, minimum: int) -> int:
+    value = typed.integer(key, default)
+    if value < minimum:
+        raise ConfigError(f"{key}={value} (set in {typed.origin(key)}): must be at least "
+                          f"{minimum}")
+    return value
 
 
 def _server_urls(fqrn: str, typed: _Typed) -> tuple[str, ...]:

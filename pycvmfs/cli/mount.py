@@ -64,6 +64,7 @@ def mount(fqrn: str, mountpoint: Path, options: tuple[str, ...],
     CACHE_BASE/FQRN.log, a foreground one to stderr."""
     from pycvmfs.client import open_client
     from pycvmfs.config import load_config
+    from pycvmfs.fs.limits import raise_open_files_limit
     from pycvmfs.fs.mount import serve
 
     if not mountpoint.is_dir():
@@ -76,6 +77,9 @@ def mount(fqrn: str, mountpoint: Path, options: tuple[str, ...],
         mount_in_background(fqrn, mountpoint, options, config_files, backend)
         return
     _configure_logging(config, detached)
+    _, capped = raise_open_files_limit(config.nfiles)
+    if capped:
+        logging.getLogger(__name__).warning("%s", capped)
     client = open_client(config)
     client.watcher.start()
     try:

@@ -6,8 +6,15 @@ for a newer revision: `check(current)` verifies the manifest again and returns a
 attached `Repository`, or None when the server has nothing newer. A new one is swapped in
 at once (lookups that already hold the old object finish on it) and `on_swap` tells the
 filesystem core, which drops kernel caches of what changed. If the check fails (network
-gone, manifest refused), the mount stays on what it has and retries after
-`OFFLINE_RETRY_S` or the TTL, whichever is sooner: the offline mode of the reference.
+gone, manifest refused), the mount stays on what it has and retries with a backoff: the
+TTL, doubled after each failure in a row, up to `OFFLINE_RETRY_S` (the reference's
+short-term TTL after a failed reload).
+
+The TTL has a floor (`min_ttl_s`, `PYCVMFS_MIN_TTL`, default `MIN_TTL_S`): the TTL comes
+from the repository, and a root catalog with TTL 0 would otherwise make every client
+fetch the manifest in a loop. The reference client has no floor (its remount trigger
+polls with the TTL as given); the default matches the 61 s for which Stratum-1s let
+proxies cache `.cvmfspublished`, so a shorter TTL would only fetch the same manifest again.
 
 Replaced repositories are closed one swap later (or at `stop`), never while a lookup that
 started before the swap may still read their catalogs; files already open keep reading
@@ -30,6 +37,7 @@ from pycvmfs.repository.repository import Repository
 log = logging.getLogger(__name__)
 
 OFFLINE_RETRY_S = 180.0  # reference: after a failed check, try again in 3 minutes
+MIN_TTL_S = 60.0  # floor of the repository's TTL (see the module docstring)
 FIXED = "never (fixed root catalog)"
 
 Check = Callable[[Repository], Repository | None]
@@ -40,12 +48,15 @@ class RevisionWatcher:
 
     def __init__(self, current: Repository, check: Check, *,
                  on_swap: Callable[[Repository], None] = lambda repository: None,
-                 max_ttl_s: float | None = None, auto_update: bool = True,
+                 max_ttl_s: float | None = None, min_ttl_s: float = MIN_TTL_S,
+                 auto_update: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._current = current
         self._check = check
         self.on_swap = on_swap
         self._max_ttl_s = max_ttl_s
+        self._min_ttl_s = min_ttl_s
+        self.failures = 0  # failed checks in a row
         self.enabled = auto_update and not current.fixed
         self._clock = clock
         self._lock = threading.Lock()  # one check at a time
@@ -61,12 +72,16 @@ class RevisionWatcher:
         return self._current
 
     def ttl_s(self, repository: Repository) -> float:
-        """The root catalog's TTL, capped by CVMFS_MAX_TTL."""
+        """The root catalog's TTL, capped by CVMFS_MAX_TTL, never below the floor."""
         ttl = float(repository.tree.root.ttl)
-        return min(ttl, self._max_ttl_s) if self._max_ttl_s else ttl
+        if self._max_ttl_s:
+            ttl = min(ttl, self._max_ttl_s)
+        return max(ttl, self._min_ttl_s)
 
     def _retry_s(self) -> float:
-        return min(OFFLINE_RETRY_S, self.ttl_s(self._current))
+        """After `failures` failed checks in a row: the TTL doubled each time, capped."""
+        doublings = min(max(self.failures - 1, 0), 16)
+        return min(OFFLINE_RETRY_S, self.ttl_s(self._current) * float(1 << doublings))
 
     def expires(self) -> str:
         """`user.expires`: whole minutes until the next check."""
@@ -80,14 +95,17 @@ class RevisionWatcher:
             current = self._current
             try:
                 newer = self._check(current)
-            except PycvmfsError as exc:
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any failure
+                if not isinstance(exc, PycvmfsError):
+                    log.exception("%s: revision check failed unexpectedly", current.fqrn)
                 self.offline, self.last_error = True, str(exc)
+                self.failures += 1
                 self.deadline = self._clock() + self._retry_s()
                 log.warning("%s: revision check failed, staying on revision %d "
                             "(retry in %.0f s): %s", current.fqrn, current.revision,
                             self._retry_s(), exc)
                 return False
-            self.offline, self.last_error = False, ""
+            self.offline, self.last_error, self.failures = False, "", 0
             if newer is None:
                 self.deadline = self._clock() + self.ttl_s(current)
                 return False
