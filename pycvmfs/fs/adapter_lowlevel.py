@@ -12,24 +12,24 @@ workers on purpose: every thread that enters Python fights for the GIL, and with
 workers a page-cache-hot sequential read ran at half the speed.
 
 What it adds over the pyfuse3 adapter (pyfuse3 3.5 exposes neither):
-  * no-opendir mode: where the kernel offers FUSE_CAP_NO_OPENDIR_SUPPORT (Linux >= 5.1)
-    OPENDIR is answered ENOSYS once; the kernel then stops sending OPENDIR/RELEASEDIR and
-    caches directory listings itself (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR). READDIR(PLUS)
-    arrives with the inode, the listing comes from `vfs.readdir_with_dots` and is paged by
-    offset. Without that capability OPENDIR answers fh 0 with `cache_readdir` and
-    `keep_cache` set (the kernel's listing cache works as well, one OPENDIR per open).
+  * directory listings cached by the kernel: OPENDIR opens a VFS directory handle (one
+    revision from opendir to closedir, read page by page, `vfs.readdir`) and asks for
+    FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE, so later opens are answered from the kernel's
+    listing cache — except in the drain window after a revision change, when handles
+    get no cache flag: they neither read nor fill the kernel's cache.
   * FUSE_CAP_CACHE_SYMLINKS: the kernel keeps symlink targets (no READLINK round trips).
   * FORGET/BATCH_FORGET go to `vfs.forget`, so the inode tables shrink as the kernel
     evicts inodes (the VFS counts every LOOKUP and READDIRPLUS entry it hands out, before
-    the reply is sent; an entry whose inode is gone by then goes out with nodeid 0, a
-    plain name the kernel looks up when it needs it). RELEASEDIR is answered by libfuse.
+    the reply is sent, and takes back what did not fit). A plain READDIR hands nothing
+    out: its d_ino is the number a LOOKUP would answer, nothing is recorded.
 
 Kernel caches, as in the pyfuse3 adapter: entries, attributes and negative lookups are
 cached for the `entry_timeout` the VFS hands out; the page cache is kept across opens
 unless the catalog asks for direct I/O. After a revision change every name handed out
 (negatives too) is invalidated and every directory whose listing the kernel may cache
 gets `notify_inval_inode(ino, 0, 0)`, which drops that cached listing. A listing answered
-in the drain window right after the swap is invalidated again once the window is over.
+in the drain window right after the swap is invalidated again once the window is over
+(a reply computed before the swap may reach the kernel after the first invalidation).
 
 ABI: the structures below are declared for libfuse 3.10-3.16 on little-endian x86_64 and
 aarch64 Linux; `fuse_version()` is checked at import and anything else is refused with an
@@ -52,11 +52,12 @@ import signal
 import struct
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from pycvmfs.fs.kernel_cache import KernelCache
 from pycvmfs.fs.vfs import DOTS, Attr, FsError, RepositoryVFS
 from pycvmfs.repository.catalog_tree import WouldLoadError, no_loading
 
@@ -68,16 +69,13 @@ SUPPORTED_VERSIONS = range(310, 317)  # fuse_version(): 3.10 .. 3.16
 # (3.12+: max_threads; before 3.12: idle threads kept, the pool grows as needed)
 WORKER_THREADS = 4
 BLOCKING_THREADS = 16  # reads that wait for a download run here and reply from here
-MAX_TRACKED_NEGATIVES = 100_000  # negative entries remembered for invalidation
 REDRAIN_S = 2.5  # after a swap, listings answered meanwhile are invalidated again
 BLOCK_SIZE = 4096
-OPENDIR_ENV = "PYCVMFS_LOWLEVEL_OPENDIR"  # "1": never use no-opendir mode (tests)
 
 # fuse_common.h capability bits (stable across 3.x)
 FUSE_CAP_READDIRPLUS = 1 << 13
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
 FUSE_CAP_CACHE_SYMLINKS = 1 << 23
-FUSE_CAP_NO_OPENDIR_SUPPORT = 1 << 24
 
 # bits of the bitfield word of struct fuse_file_info (little-endian: first field = bit 0)
 FI_DIRECT_IO = 1 << 1
@@ -162,14 +160,11 @@ def pack_stat(attr: Attr) -> bytes:
     return STAT_STRUCT.pack(*_stat_values(attr))
 
 
-def pack_entry(attr: Attr | None, timeout: float, *, linked: bool = True) -> bytes:
-    """struct fuse_entry_param; None: a negative entry (ino 0) cached for `timeout`.
-    `linked` False (READDIRPLUS only): the name and its d_ino, but no inode for the kernel
-    to hold (nodeid 0)."""
+def pack_entry(attr: Attr | None, timeout: float) -> bytes:
+    """struct fuse_entry_param; None: a negative entry (ino 0) cached for `timeout`."""
     if attr is None:
         return ENTRY_STRUCT.pack(0, 0, *NEGATIVE_STAT, 0.0, timeout)
-    return ENTRY_STRUCT.pack(attr.ino if linked else 0, 0, *_stat_values(attr), timeout,
-                             timeout)
+    return ENTRY_STRUCT.pack(attr.ino, 0, *_stat_values(attr), timeout, timeout)
 
 
 class Statvfs(ctypes.Structure):
@@ -236,6 +231,7 @@ CALLBACK_TYPES: dict[str, Any] = {
     "release": ctypes.CFUNCTYPE(None, _REQ, _INO, _FI),
     "opendir": ctypes.CFUNCTYPE(None, _REQ, _INO, _FI),
     "readdir": ctypes.CFUNCTYPE(None, _REQ, _INO, ctypes.c_size_t, ctypes.c_int64, _FI),
+    "releasedir": ctypes.CFUNCTYPE(None, _REQ, _INO, _FI),
     "statfs": ctypes.CFUNCTYPE(None, _REQ, _INO),
     "getxattr": ctypes.CFUNCTYPE(None, _REQ, _INO, ctypes.c_char_p, ctypes.c_size_t),
     "listxattr": ctypes.CFUNCTYPE(None, _REQ, _INO, ctypes.c_size_t),
@@ -349,20 +345,16 @@ class LowlevelOperations:
     """Request handlers. Each runs in a libfuse worker thread holding the GIL; every one
     replies exactly once (FsError -> its errno, anything else -> EIO, logged once)."""
 
-    def __init__(self, vfs: RepositoryVFS, entry_timeout: float,
-                 use_opendir: bool = False) -> None:
+    def __init__(self, vfs: RepositoryVFS, entry_timeout: float) -> None:
         self.vfs = vfs
         vfs.track_lookups()  # FORGET is answered: the VFS may drop what the kernel lets go
         self.entry_timeout = entry_timeout
-        self.use_opendir = use_opendir  # True: never answer OPENDIR with ENOSYS
-        self.no_opendir = False  # set at INIT from the kernel's capabilities
         self.capable = 0
         self.session: int | None = None  # struct fuse_session *, while notifications work
         self.closing = False
         self.notify_lock = threading.Lock()
-        self._listed: set[int] = set()  # directories whose listing the kernel may cache
+        self.kernel = KernelCache(vfs)  # what a revision change must make the kernel drop
         self._listed_draining: set[int] = set()  # ... answered in the drain window
-        self._negatives: dict[tuple[int, bytes], None] = {}  # insertion-ordered, bounded
         self._redrain: threading.Timer | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -425,10 +417,7 @@ class LowlevelOperations:
             self.capable = int(info.capable)
             if info.capable & FUSE_CAP_CACHE_SYMLINKS:
                 info.want |= FUSE_CAP_CACHE_SYMLINKS
-            self.no_opendir = bool(info.capable & FUSE_CAP_NO_OPENDIR_SUPPORT
-                                   and not self.use_opendir)
-            log.debug("FUSE init: capable %#x want %#x, no-opendir %s", info.capable,
-                      info.want, self.no_opendir)
+            log.debug("FUSE init: capable %#x want %#x", info.capable, info.want)
         except BaseException:
             log.exception("unexpected error in init")
 
@@ -439,10 +428,7 @@ class LowlevelOperations:
             if exc.errno != errno.ENOENT:
                 raise
             attr = None
-            self._negatives[(parent, name)] = None
-            if len(self._negatives) > MAX_TRACKED_NEGATIVES:
-                with contextlib.suppress(StopIteration, KeyError, RuntimeError):
-                    del self._negatives[next(iter(self._negatives))]
+            self.kernel.negative(parent, name)
         try:
             packed = pack_entry(attr, self._timeout())
         except BaseException:
@@ -459,10 +445,7 @@ class LowlevelOperations:
         LIB.fuse_reply_attr(req, pack_stat(attr), self._timeout())
 
     def _op_readlink(self, req: int, ino: int) -> None:
-        target = self.vfs.cached_link(ino)
-        if target is None:
-            target = self.vfs.readlink(ino)
-        LIB.fuse_reply_readlink(req, target)
+        LIB.fuse_reply_readlink(req, self.vfs.readlink(ino))
 
     def _op_open(self, req: int, ino: int, fi: Any) -> None:
         info = fi.contents
@@ -503,62 +486,61 @@ class LowlevelOperations:
         LIB.fuse_reply_err(req, 0)
 
     def _op_opendir(self, req: int, ino: int, fi: Any) -> None:
-        if self.no_opendir:  # the kernel caches the listing and sends no more OPENDIRs
-            LIB.fuse_reply_err(req, errno.ENOSYS)
-            return
         info = fi.contents
-        info.fh = 0  # READDIR brings the inode: no per-open state
-        info.bits |= FI_CACHE_READDIR | FI_KEEP_CACHE
-        LIB.fuse_reply_open(req, fi)
+        handle = self.vfs.opendir(ino)
+        info.fh = handle
+        if not self.vfs.draining():  # a listing that may be old must not be cached
+            info.bits |= FI_CACHE_READDIR | FI_KEEP_CACHE
+            self.kernel.listed(ino)
+        if LIB.fuse_reply_open(req, fi) != 0:  # interrupted: nobody will release it
+            with contextlib.suppress(Exception):  # replied: must not raise into _guarded
+                self.vfs.releasedir(handle)
 
-    def _listing(self, ino: int) -> list[tuple[str, Attr]]:
-        listing = self.vfs.cached_listing(ino)
-        if listing is None:
-            listing = self.vfs.readdir_with_dots(ino)
-        return listing
+    def _op_releasedir(self, req: int, ino: int, fi: Any) -> None:
+        self.vfs.releasedir(fi.contents.fh)
+        LIB.fuse_reply_err(req, 0)
 
-    def _readdir(self, req: int, ino: int, size: int, off: int, plus: bool) -> None:
-        self._listed.add(ino)
-        listing = self._listing(ino)
+    def _readdir(self, req: int, ino: int, size: int, off: int, fi: Any, plus: bool) -> None:
+        """One page of the handle's listing from `off`; READDIRPLUS hands out every entry
+        but `.` and `..` (counted before the reply, taken back if it did not fit)."""
         timeout = self._timeout()
         buffer = ctypes.create_string_buffer(size)
         base, used = ctypes.addressof(buffer), 0
         add = LIB.fuse_add_direntry_plus if plus else LIB.fuse_add_direntry
-        counted: list[tuple[int, int]] = []  # READDIRPLUS hands out all but `.` and `..`
+        counted: list[tuple[int, int]] = []
+        entries = self.vfs.readdir(fi.contents.fh, max(off, 0))
         try:
-            for index in range(max(off, 0), len(listing)):
-                name, attr = listing[index]
-                took = False
-                if plus:
-                    took = name not in DOTS and self.vfs.hand_out(attr.ino)
-                    if took:
-                        counted.append((attr.ino, 1))
-                    packed = pack_entry(attr, timeout, linked=took or name in DOTS)
-                else:
-                    packed = pack_stat(attr)
+            for item in entries:
+                handed = plus and item.name not in DOTS
+                attr = self.vfs.listed_attr(item, hand_out=handed)
+                if handed:
+                    counted.append((attr.ino, 1))
+                packed = pack_entry(attr, timeout) if plus else pack_stat(attr)
                 needed = add(req, base + used, size - used,
-                             name.encode("utf-8", "surrogateescape"), packed, index + 1)
+                             item.name.encode("utf-8", "surrogateescape"), packed, item.offset)
                 if needed > size - used:
-                    if took:
+                    if handed:
                         self.vfs.forget([counted.pop()])  # did not fit: not handed out
                     break
                 used += needed
         except BaseException:
             self.vfs.forget(counted)
             raise
+        finally:
+            entries.close()
         if LIB.fuse_reply_buf(req, buffer, used) != 0:  # not delivered: nothing counted
             with contextlib.suppress(Exception):
                 self.vfs.forget(counted)
         # replied: nothing below may raise into _guarded (a second reply)
         with contextlib.suppress(Exception):
-            if self._timeout() == 0.0:  # a revision swap is under way: this answer may be
-                self._listed_draining.add(ino)  # from the old one; dropped again later
+            if off <= 0 and self.vfs.draining():  # may be computed before the swap
+                self._listed_draining.add(ino)
 
     def _op_readdir(self, req: int, ino: int, size: int, off: int, fi: Any) -> None:
-        self._readdir(req, ino, size, off, plus=False)
+        self._readdir(req, ino, size, off, fi, plus=False)
 
     def _op_readdirplus(self, req: int, ino: int, size: int, off: int, fi: Any) -> None:
-        self._readdir(req, ino, size, off, plus=True)
+        self._readdir(req, ino, size, off, fi, plus=True)
 
     def _op_forget(self, req: int, ino: int, nlookup: int) -> None:
         self._forget([(ino, nlookup)], req)
@@ -576,7 +558,7 @@ class LowlevelOperations:
         try:
             forgotten = self.vfs.forget(items)
             if forgotten:  # the kernel dropped these inodes, and any listing cached on them
-                self._listed.difference_update(forgotten)
+                self.kernel.forgotten(forgotten)
                 self._listed_draining.difference_update(forgotten)
         except BaseException:
             log.exception("unexpected error in forget")
@@ -610,15 +592,12 @@ class LowlevelOperations:
 
     # --- revision changes ------------------------------------------------------------
     def invalidate_all(self) -> None:
-        """Drop the kernel's names and cached listings after a revision change. Runs in
-        the revision watcher's thread, never in a request handler (a notification waits
-        for requests on the same inodes)."""
-        negatives, self._negatives = list(self._negatives), {}
-        known = [(parent, name.encode("utf-8", "surrogateescape"))
-                 for parent, name in self.vfs.known_entries()]
-        directories = set(self._listed) | {parent for parent, _ in known}
+        """Drop what the kernel caches from the old revision (`kernel_cache.KernelCache`).
+        Runs in the revision watcher's thread, never in a request handler (a notification
+        waits for requests on the same inodes). Listings answered in the drain window are
+        dropped once more after it (a reply computed before the swap may arrive after)."""
         self._listed_draining.clear()
-        self._notify(directories, known + negatives)
+        self.kernel.invalidate(self._inval_inode, self._inval_entry, self.entry_timeout)
         if self._redrain is not None:
             self._redrain.cancel()
         self._redrain = threading.Timer(REDRAIN_S, self._invalidate_drained)
@@ -626,21 +605,21 @@ class LowlevelOperations:
         self._redrain.start()
 
     def _invalidate_drained(self) -> None:
-        """Listings answered while the swap was under way may come from the old revision
-        (computed before it): drop them once more."""
         drained, self._listed_draining = self._listed_draining, set()
-        self._notify(drained, [])
+        for ino in drained:
+            self._inval_inode(ino, False)
 
-    def _notify(self, directories: Iterable[int], names: Iterable[tuple[int, bytes]]) -> None:
+    def _inval_inode(self, ino: int, attributes_only: bool) -> None:
+        with self.notify_lock:  # per call: unmounting never waits for a whole pass
+            if not self.closing and self.session is not None:
+                # ENOENT: the kernel had forgotten it; other errors: nothing to drop;
+                # a negative offset drops the attributes only (the pages stay)
+                LIB.fuse_lowlevel_notify_inval_inode(self.session, ino,
+                                                     -1 if attributes_only else 0, 0)
+
+    def _inval_entry(self, parent: int, name: bytes) -> None:
         with self.notify_lock:
-            for ino in directories:
-                if self.closing or self.session is None:
-                    return
-                # ENOENT: the kernel had forgotten it; other errors: nothing to drop
-                LIB.fuse_lowlevel_notify_inval_inode(self.session, ino, 0, 0)
-            for parent, name in names:
-                if self.closing or self.session is None:
-                    return
+            if not self.closing and self.session is not None:
                 LIB.fuse_lowlevel_notify_inval_entry(self.session, parent, name, len(name))
 
     def stop(self) -> None:
@@ -713,8 +692,7 @@ class _SignalsToLibfuse:
 def serve(vfs: RepositoryVFS, mountpoint: str, *, fsname: str, entry_timeout: float) -> None:
     """Mount and serve with libfuse's worker threads until unmounted or signalled
     (blocks); always unmounts and destroys the session."""
-    operations = LowlevelOperations(vfs, entry_timeout,
-                                    use_opendir=os.environ.get(OPENDIR_ENV) == "1")
+    operations = LowlevelOperations(vfs, entry_timeout)
     argv_list = [b"pycvmfs", b"-o", _mount_options(fsname).encode("utf-8", "surrogateescape")]
     argv = (ctypes.c_char_p * (len(argv_list) + 1))(*argv_list, None)
     args = FuseArgs(argc=len(argv_list), argv=argv, allocated=0)

@@ -1,7 +1,9 @@
 """mfusepy adapter: the path-based libfuse API (libfuse 3 or 2, ctypes), multi-threaded.
 
-The portable fallback where pyfuse3 cannot be built. Only translation happens here:
-paths to inodes through `RepositoryVFS.lookup_path`, `FsError` to `FuseOSError`.
+The portable fallback where neither the lowlevel binding nor pyfuse3 loads. Only
+translation happens here: paths straight to the VFS's path methods (nothing is recorded per
+inode), `FsError` to `FuseOSError`. A listing is answered whole (memory grows with the
+directory; the inode-based adapters page it).
 
 Limits of the path-based API, against the pyfuse3 adapter: libfuse, not we, numbers the
 kernel's inodes, one per path. After a revision change the kernel learns of it only when
@@ -43,6 +45,11 @@ def _boundary(func: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+def _canonical(path: str) -> str:
+    """libfuse's `/a/b` (`/` for the root) as the VFS's `/a/b` ('' for the root)."""
+    return "" if path == "/" else path.rstrip("/")
+
+
 def _stat(attr: Attr) -> dict[str, int]:
     return {
         "st_ino": attr.ino, "st_mode": attr.mode, "st_nlink": attr.nlink,
@@ -67,19 +74,17 @@ class MfusepyOperations(mfusepy.Operations):  # type: ignore[misc]
 
     @_boundary
     def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
-        attr = self.vfs.lookup_path(path)
-        entries: list[tuple[str, dict[str, int], int]] = [(".", _stat(attr), 0), ("..", {}, 0)]
-        entries += [(name, _stat(child), 0) for name, child in self.vfs.readdir(attr.ino)]
-        return entries
+        """The whole listing at once (the path API has no use for offsets here)."""
+        canonical = "" if path == "/" else path
+        return [(name, _stat(attr), 0) for name, attr in self.vfs.listdir_path(canonical)]
 
     @_boundary
     def readlink(self, path: str) -> str:
-        return self.vfs.readlink(self.vfs.lookup_path(path).ino).decode(
-            "utf-8", "surrogateescape")
+        return self.vfs.readlink_path(_canonical(path)).decode("utf-8", "surrogateescape")
 
     @_boundary
     def open(self, path: str, flags: int) -> int:
-        return self.vfs.open(self.vfs.lookup_path(path).ino, flags)
+        return self.vfs.open_path(_canonical(path), flags)
 
     @_boundary
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
@@ -92,11 +97,11 @@ class MfusepyOperations(mfusepy.Operations):  # type: ignore[misc]
 
     @_boundary
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        return self.vfs.getxattr(self.vfs.lookup_path(path).ino, name)
+        return self.vfs.getxattr_path(_canonical(path), name)
 
     @_boundary
     def listxattr(self, path: str) -> list[str]:
-        return self.vfs.listxattr(self.vfs.lookup_path(path).ino)
+        return self.vfs.listxattr_path(_canonical(path))
 
     @_boundary
     def statfs(self, path: str) -> dict[str, int]:

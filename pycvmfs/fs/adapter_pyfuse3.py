@@ -6,8 +6,8 @@ worker thread: a blocking call in an async handler would stall the whole mount.
 
 Lookup counts: the VFS counts every entry LOOKUP and READDIRPLUS hand to the kernel and
 `forget` (FORGET, BATCH_FORGET) takes them back, so the inode tables shrink as the kernel
-evicts inodes. A listing entry whose inode was dropped since the listing was read is not
-sent: the listing is read afresh.
+evicts inodes. Directory handles are the VFS's: one revision from opendir to releasedir,
+read page by page.
 
 Kernel caches: entries, attributes and negative lookups are cached for
 `CVMFS_KCACHE_TIMEOUT`; the page cache is kept across opens (an inode's content never
@@ -17,8 +17,8 @@ changes, see vfs.py). When a new revision is swapped in, every name handed to th
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -26,14 +26,14 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from pycvmfs.fs.vfs import DOTS, Attr, FsError, RepositoryVFS
+from pycvmfs.fs.kernel_cache import KernelCache
+from pycvmfs.fs.vfs import DOTS, Attr, FsError, Listed, RepositoryVFS
 from pycvmfs.repository.catalog_tree import WouldLoadError, no_loading
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 WORKER_THREADS = 16  # like libfuse's default pool: slow downloads don't block lookups
-RELISTS = 3  # fresh listings tried when entries of the one held were dropped meanwhile
-MAX_TRACKED_NEGATIVES = 100_000  # negative entries remembered for invalidation
+READDIR_BATCH = 128  # listing entries read per READDIRPLUS (one catalog page holds more)
 
 
 class Pyfuse3Operations(pyfuse3.Operations):
@@ -47,20 +47,15 @@ class Pyfuse3Operations(pyfuse3.Operations):
         vfs.track_lookups()  # forget is implemented: the VFS may drop what the kernel lets go
         self.entry_timeout = entry_timeout
         self._limiter = trio.CapacityLimiter(WORKER_THREADS)
-        self._dirs: dict[int, tuple[int, list[tuple[str, Attr]]]] = {}  # fh: inode, listing
-        self._next_dir = 1
-        self._negatives: dict[tuple[int, bytes], None] = {}  # insertion-ordered, bounded
+        self.kernel = KernelCache(vfs)  # what a revision change must make the kernel drop
         vfs.revision_listeners.append(self.invalidate_all)
 
     def invalidate_all(self) -> None:
-        """Drop the kernel's names after a revision change. Runs in the revision watcher's
-        thread (never in a request handler: the call waits for related requests)."""
-        negatives, self._negatives = list(self._negatives), {}
-        known = [(parent, name.encode("utf-8", "surrogateescape"))
-                 for parent, name in self.vfs.known_entries()]
-        for parent, name in known + negatives:
-            with contextlib.suppress(OSError):  # ENOENT: the kernel had forgotten it
-                pyfuse3.invalidate_entry(parent, name)
+        """Drop what the kernel caches from the old revision (`kernel_cache.KernelCache`).
+        Runs in the revision watcher's thread (never in a request handler: the call waits
+        for related requests)."""
+        self.kernel.invalidate(lambda ino, attr_only: pyfuse3.invalidate_inode(ino, attr_only),
+                               pyfuse3.invalidate_entry, self.entry_timeout)
 
     async def _call(self, func: Callable[..., _T], *args: Any, inline: bool = False) -> _T:
         """The boundary: FsError -> FUSEError, others -> EIO. With `inline`, first try on
@@ -101,65 +96,47 @@ class Pyfuse3Operations(pyfuse3.Operations):
             negative = pyfuse3.EntryAttributes()  # cached by the kernel like a hit
             negative.st_ino = 0
             negative.entry_timeout = self.vfs.entry_timeout(self.entry_timeout)
-            self._negatives[(parent_inode, name)] = None
-            if len(self._negatives) > MAX_TRACKED_NEGATIVES:
-                del self._negatives[next(iter(self._negatives))]
+            self.kernel.negative(parent_inode, name)
             return negative
 
     async def getattr(self, inode: int, ctx: Any = None) -> Any:
         return self._entry(await self._call(self.vfs.getattr, inode, inline=True))
 
     async def readlink(self, inode: int, ctx: Any) -> bytes:
-        cached = self.vfs.cached_link(inode)  # answered already: no hop to a worker thread
-        return cached if cached is not None else await self._call(self.vfs.readlink, inode,
-                                                                  inline=True)
+        return await self._call(self.vfs.readlink, inode, inline=True)
 
     async def opendir(self, inode: int, ctx: Any) -> int:
-        listing = self.vfs.cached_listing(inode)  # answered already: no worker thread
-        if listing is None:
-            listing = await self._call(self.vfs.readdir_with_dots, inode, inline=True)
-        handle, self._next_dir = self._next_dir, self._next_dir + 1
-        self._dirs[handle] = (inode, listing)
-        return handle
+        return await self._call(self.vfs.opendir, inode, inline=True)
+
+    def _batch(self, fh: int, start_id: int) -> list[Listed]:
+        entries = self.vfs.readdir(fh, start_id)
+        try:
+            return list(itertools.islice(entries, READDIR_BATCH))
+        finally:
+            entries.close()
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        """READDIRPLUS: every entry but `.` and `..` that goes out is counted (`hand_out`)
-        before the reply is sent, and taken back if it did not fit."""
-        inode, listing = self._dirs.get(fh, (0, []))
-        index, relists = start_id, 0
-        while index < len(listing):
-            name, attr = listing[index]
-            counted = name not in DOTS
-            if counted and not self.vfs.hand_out(attr.ino):
-                if index > start_id:
-                    return  # send what is counted; the next call starts here, relisted
-                if relists == RELISTS:
-                    log.warning("skipping %r: its inode keeps being dropped", name)
-                    index += 1
-                    continue
-                relists += 1
-                listing = await self._call(self.vfs.readdir_with_dots, inode, listing,
-                                           inline=True)
-                self._dirs[fh] = (inode, listing)
-                continue
+        """READDIRPLUS: every entry but `.` and `..` that goes out is counted before the
+        reply is sent, and taken back if it did not fit."""
+        for item in await self._call(self._batch, fh, start_id, inline=True):
+            counted = item.name not in DOTS
+            attr = self.vfs.listed_attr(item, hand_out=counted)
+            added = False
             try:
-                added = pyfuse3.readdir_reply(token, name.encode("utf-8", "surrogateescape"),
-                                              self._entry(attr), index + 1)
-            except BaseException:
-                added = False
-                raise
+                added = pyfuse3.readdir_reply(token, item.name.encode("utf-8",
+                                                                      "surrogateescape"),
+                                              self._entry(attr), item.offset)
             finally:
                 if counted and not added:  # did not fit: not handed out
                     self.vfs.forget([(attr.ino, 1)])
             if not added:
                 return
-            index += 1
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        self.vfs.forget(inode_list)
+        self.kernel.forgotten(self.vfs.forget(inode_list))
 
     async def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        self.vfs.releasedir(fh)
 
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
         handle = await self._call(self.vfs.open, inode, flags, inline=True)

@@ -162,6 +162,9 @@ class _Objects:
                  compression: Compression, expected_size: int) -> None:
         """Warm a cache ahead of a read; nothing to warm without one."""
 
+    def discard(self, content_hash: ContentHash) -> None:
+        """Forget a stored copy found corrupt; nothing is stored without a cache."""
+
     def database(self, content_hash: ContentHash, suffix: Suffix, what: str) -> Path:
         data = self.get(content_hash, suffix, what=what, max_size=MAX_CATALOG_BYTES)
         return self.workdir.write(f"{content_hash}{suffix.value}", data)
@@ -210,6 +213,13 @@ class _CachedObjects(_Objects):
                 self.fetcher.fetch(content_hash, suffix, compression,
                                    expected_size=expected_size) as fh:
             _warm_page_cache(fh)
+
+    def discard(self, content_hash: ContentHash) -> None:
+        """Move a cached object found corrupt (wrong size, short read) to quarantine and
+        out of the index: the next open downloads and verifies it again."""
+        host = self.fetcher.host
+        host.store.quarantine(content_hash)
+        host.quota.remove(content_hash)
 
     def database(self, content_hash: ContentHash, suffix: Suffix, what: str) -> Path:
         with error_context(self.fqrn, self.source, what), \
@@ -330,6 +340,9 @@ class Repository:
         self._objects = objects
         self._history = history
         self._closed = False
+        self._lease_lock = threading.Lock()
+        self._leases = 0  # directory handles reading this revision (`acquire`)
+        self._close_requested = False
 
     @classmethod
     def open(
@@ -502,6 +515,10 @@ class Repository:
                                   expected_size=piece.size,
                                   what=f"{kind} of {path} at offset {piece.offset}")
 
+    def discard_piece(self, piece: Piece) -> None:
+        """Drop the stored copy of a piece found corrupt, so it is fetched again."""
+        self._objects.discard(piece.hash)
+
     def prefetch_piece(self, entry: DirEntry, piece: Piece) -> None:
         """Bring one object into the cache (read-ahead); errors are the caller's to drop."""
         self._objects.prefetch(piece.hash, piece.suffix, compression=entry.compression,
@@ -533,11 +550,37 @@ class Repository:
                            self.load_piece(path, entry, pieces[index])[start:stop])
 
     # --- lifecycle -----------------------------------------------------------------------
+    def acquire(self) -> bool:
+        """Keep this revision readable until `release`, even after `close` (a directory
+        handle lists the revision it was opened on, page by page); False if it is closed."""
+        with self._lease_lock:
+            if self._closed or self._close_requested:
+                return False
+            self._leases += 1
+            return True
+
+    def release(self) -> None:
+        """End one `acquire`; the last one completes a `close` asked for meanwhile."""
+        with self._lease_lock:
+            self._leases -= 1
+            deferred = self._leases == 0 and self._close_requested
+        if deferred:
+            self._close_now()
+
     def close(self) -> None:
-        """Detach all catalogs and remove the work directory (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
+        """Detach all catalogs and remove the work directory (idempotent); deferred until
+        the last `acquire` is released."""
+        with self._lease_lock:
+            self._close_requested = True
+            if self._leases > 0:
+                return
+        self._close_now()
+
+    def _close_now(self) -> None:
+        with self._lease_lock:
+            if self._closed:
+                return
+            self._closed = True
         self.tree.close()
         self._objects.workdir.cleanup()
 

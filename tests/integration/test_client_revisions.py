@@ -6,16 +6,15 @@ breadcrumb recover when the Stratum-1 comes back."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
 from pycvmfs.fs.mount import BACKENDS
 from tests.mounting import cli_mount
-from tests.publish_helpers import Keys, run_publish
+from tests.publish_helpers import Keys
+from tests.revision_site import Site, revision, wait_for
 from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, shared_scratch
 
 pytestmark = [
@@ -27,61 +26,10 @@ T2 = T1 + 600  # expires relative to them)
 FIXED = b"never (fixed root catalog)"
 
 
-class Site:
-    """A repository published into a world-readable directory and served by nginx."""
-
-    def __init__(self, keys: Keys, server: Nginx, base: Path) -> None:
-        self.keys, self.server, self.base = keys, server, base
-        self.storage = base / "storage"
-        self.tree = base / "tree"
-        self.url = ""
-
-    def publish(self, files: dict[str, str], timestamp: int, ttl: int = 1,
-                dir_mtime: int | None = None) -> int:
-        """`dir_mtime`: give every directory this mtime (else: when it was written)."""
-        shutil.rmtree(self.tree, ignore_errors=True)
-        for name, text in files.items():
-            path = self.tree / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            os.utime(path, (timestamp, timestamp))
-        if dir_mtime is not None:
-            for directory in [self.tree, *(p for p in self.tree.rglob("*") if p.is_dir())]:
-                os.utime(directory, (dir_mtime, dir_mtime))
-        result = run_publish(self.tree, self.storage, self.keys, ttl=ttl, timestamp=timestamp)
-        if not self.url:
-            self.url = self.server.publish(f"cvmfs/{self.keys.fqrn}", self.storage)
-        return result.manifest.revision
-
-    def env(self, cache: Path) -> dict[str, str]:
-        config_root = self.base / "etc"
-        config_root.mkdir(exist_ok=True)
-        return dict(os.environ, PYCVMFS_CONFIG_ROOT=str(config_root), HOME=str(self.base))
-
-    def options(self, cache: Path, **extra: str) -> dict[str, str]:
-        return {"CVMFS_SERVER_URL": self.url, "CVMFS_HTTP_PROXY": "DIRECT",
-                "CVMFS_PUBLIC_KEY": str(self.keys.public_key_file),
-                "CVMFS_CACHE_BASE": str(cache), "CVMFS_MAX_RETRIES": "0",
-                "CVMFS_TIMEOUT_DIRECT": "2", **extra}
-
-
 @pytest.fixture
 def site(keys: Keys) -> Iterator[Site]:
     with shared_scratch("pycvmfs-revisions-") as base, Nginx() as server:
         yield Site(keys, server, base)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def revision(mnt: Path) -> int:
-    return int(os.getxattr(mnt, "user.revision"))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -124,7 +72,8 @@ def test_new_revision_shows_while_open_files_keep_old_bytes(site: Site, backend:
                 assert opened.read() == b" the first"  # the open file reads its old bytes
         assert (mnt / "new.txt").read_text() == "new"
         assert (mnt / "dir/y.txt").read_text() == "y"
-        assert os.stat(mnt / "keep.txt").st_ino == keep_ino  # unchanged: same inode
+        if backend != "mfusepy":  # mfusepy reports numbers but holds none (libfuse does)
+            assert os.stat(mnt / "keep.txt").st_ino == keep_ino  # unchanged: same inode
         held.close()
         assert (mnt / "keep.txt").read_text() == "unchanged"
         assert sorted(os.listdir(mnt)) == ["a.txt", "dir", "keep.txt", "new.txt"]

@@ -61,7 +61,8 @@ class Site:
                                  "CVMFS_SERVER_URL": URL, "CVMFS_HTTP_PROXY": "DIRECT",
                                  "CVMFS_PUBLIC_KEY": str(self.keys.public_key_file),
                                  "CVMFS_CACHE_BASE": str(self.base / "cache"),
-                                 "CVMFS_MAX_RETRIES": "0", **overrides})
+                                 "CVMFS_MAX_RETRIES": "0", "PYCVMFS_MIN_TTL": "1",
+                                 **overrides})
         return open_client(config, transport=self.transport)
 
 
@@ -355,3 +356,46 @@ def test_blacklisted_certificate_or_revision_is_never_mounted(site: Site) -> Non
     site.online = False  # the breadcrumb's revision is blacklisted too
     with pytest.raises(BlacklistedError):
         site.client()
+
+
+def _cache_file(client: Client, name: str) -> Path:
+    entry = client.repository.lookup(f"/{name}")
+    assert entry.content_hash is not None
+    return client.cache.store.path_of(entry.content_hash)
+
+
+def test_a_truncated_cache_object_is_fetched_again_never_served_short(
+        site: Site, client: Client) -> None:
+    vfs = client.vfs
+    handle = vfs.open(_ino(client, "a.txt"), 0)
+    assert vfs.read(handle, 0, 100) == b"one, the first"
+    vfs.release(handle)
+    cached = _cache_file(client, "a.txt")
+    cached.write_bytes(cached.read_bytes()[:7])  # half of it: a corrupt cache entry
+    requests = len(site.transport.requests)
+    handle = vfs.open(_ino(client, "a.txt"), 0)
+    assert vfs.read(handle, 0, 100) == b"one, the first"  # refetched and verified
+    assert len(site.transport.requests) == requests + 1
+    cached.write_bytes(b"")  # truncated under an open handle: pread comes back short
+    assert vfs.read(handle, 0, 100) == b"one, the first"
+    vfs.release(handle)
+
+
+def test_a_cache_object_that_stays_short_is_an_io_error(site: Site, client: Client) -> None:
+    vfs = client.vfs
+    handle = vfs.open(_ino(client, "a.txt"), 0)
+    assert vfs.read(handle, 0, 3) == b"one"
+    cached = _cache_file(client, "a.txt")
+    original = client.repository._objects.open  # type: ignore[attr-defined]
+
+    def shrinking(*args: object, **kwargs: object) -> object:
+        opened = original(*args, **kwargs)
+        cached.write_bytes(b"one")  # every fresh copy is truncated again at once
+        return opened
+
+    client.repository._objects.open = shrinking  # type: ignore[attr-defined]
+    cached.write_bytes(b"one")
+    with pytest.raises(FsError) as info:
+        vfs.read(vfs.open(_ino(client, "a.txt"), 0), 0, 100)
+    assert info.value.errno == errno.EIO and "wrong size" in str(info.value)
+    vfs.release(handle)

@@ -42,8 +42,7 @@ STRUCTS: dict[str, tuple[str, Any, tuple[str, ...]]] = {
     "ops": ("struct fuse_lowlevel_ops", ll.LowlevelOps, ll.OPS_ORDER),
 }
 BITS = {"direct_io": ll.FI_DIRECT_IO, "keep_cache": ll.FI_KEEP_CACHE}
-CAPS = ("FUSE_CAP_READDIRPLUS", "FUSE_CAP_READDIRPLUS_AUTO", "FUSE_CAP_CACHE_SYMLINKS",
-        "FUSE_CAP_NO_OPENDIR_SUPPORT")
+CAPS = ("FUSE_CAP_READDIRPLUS", "FUSE_CAP_READDIRPLUS_AUTO", "FUSE_CAP_CACHE_SYMLINKS")
 
 
 def c_program() -> str:
