@@ -38,6 +38,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import sqlite3
@@ -48,6 +49,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
+
+import numpy as np
 
 from pycvmfs.format.catalog import (
     COUNTER_FIELDS,
@@ -74,6 +77,8 @@ from pycvmfs.publisher.whitelist_sign import DEFAULT_WHITELIST_DAYS, write_white
 from tests.publish_helpers import Keys
 
 MAX_GRAPH_DEPTH = 64  # the forge walks hostile graphs too: bound every walk
+KEY_BATCH = 1 << 16  # add_entries turns sorted keys back into Python ints this many at a time
+WORK_CACHE_KIB = 64 * 1024  # SQLite page cache of a work copy: the indexes of 1M rows fit
 _ENTRY_SELECT = f"SELECT {', '.join(ENTRY_COLUMNS)} FROM catalog"
 _BY_MD5PATH = "md5path_1 = ? AND md5path_2 = ?"
 _NAME_COLUMN = ENTRY_COLUMNS.index("name")
@@ -195,9 +200,10 @@ class RepositoryForge:
                    content_hash: ContentHash | str | None = None, size: int | None = None) -> None:
         """Add or change the `nested_catalogs` row `child_path` of the catalog at
         `parent_mountpoint`: any path (itself, an ancestor, '' , outside its subtree) to any
-        object. Default object: the catalog mounted at `child_path` now if there is one (so
-        its root_prefix fits and only the position is wrong), else the parent's current one.
-        Default size: the object's real uncompressed size."""
+        object. Default object: the catalog mounted at `child_path` if there is one (so its
+        root_prefix fits and only the position is wrong), else the parent itself; either as
+        it is before this edit (a catalog cannot contain its own new hash). Default size:
+        the object's real uncompressed size."""
         chain = self._chain(parent_mountpoint)
         if content_hash is None:
             try:
@@ -213,14 +219,14 @@ class RepositoryForge:
             db.execute("INSERT OR REPLACE INTO nested_catalogs VALUES (?, ?, ?)",
                        (child_path, str(target), size))
 
-    def swap_catalog(self, mountpoint: str, other: ContentHash | str) -> None:
+    def swap_catalog(self, mountpoint: str, other_hash: ContentHash | str) -> None:
         """Make the parent reference another catalog object (e.g. the root's) for
         `mountpoint`, with that object's real size: only hash/root_prefix checks catch it."""
         chain = self._chain(mountpoint)
         if len(chain) < 2:
             raise ForgeError("the root catalog has no parent to swap it in; "
                              "publish(root=...) names another root object")
-        target = _hash(other)
+        target = _hash(other_hash)
         with self._rewrite(chain[:-1]) as db:
             db.execute("UPDATE nested_catalogs SET sha1 = ?, size = ? WHERE path = ?",
                        (str(target), self.catalog_size(target), mountpoint))
@@ -241,8 +247,8 @@ class RepositoryForge:
                     name_pattern: str = "f{:07d}", content: bytes = b"") -> None:
         """Insert `count` regular files `directory/name_pattern.format(i)` into the catalog
         at `mountpoint` (creating `directory` if its parent is there), all with `content`
-        (stored once as an object). One transaction, no per-row recount: ~1 s per 100,000
-        rows including the recompression of the catalog."""
+        (stored once as an object). One transaction in primary-key order, no per-row
+        recount: about 1 s per 100,000 rows, the recompression of the catalog included."""
         chain = self._chain(mountpoint)
         content_hash = None
         if content:
@@ -258,9 +264,8 @@ class RepositoryForge:
             head, tail = row[2:_NAME_COLUMN], row[_NAME_COLUMN + 1:]
 
             def rows() -> Iterator[tuple[object, ...]]:
-                for index in range(count):
-                    name = name_pattern.format(index)
-                    yield (*md5path(f"{directory}/{name}"), *head, name, *tail)
+                for index, key in _in_key_order(directory, name_pattern, count):
+                    yield (*key, *head, name_pattern.format(index), *tail)
 
             db.executemany(_insert_sql(), rows())
             one = Counters()
@@ -301,7 +306,7 @@ class RepositoryForge:
         if timestamp is None:
             timestamp = max(int(time.time()), old.timestamp or 0)
         if root is None:
-            with self._rewrite([self._root]) as db:
+            with self._rewrite([self._root], recount=False) as db:
                 for key, value in (("revision", revision), ("last_modified", timestamp)):
                     db.execute("INSERT OR REPLACE INTO properties VALUES (?, ?)",
                                (key, str(value)))
@@ -363,8 +368,11 @@ class RepositoryForge:
     def _nested_rows(self, content_hash: ContentHash) -> dict[str, tuple[ContentHash, int]]:
         with contextlib.closing(self._read(content_hash)) as db:
             rows = db.execute("SELECT path, sha1, size FROM nested_catalogs").fetchall()
-        return {str(path): (ContentHash.parse(str(text)), int(size or 0))
-                for path, text, size in rows}
+        refs = {}
+        for path, text, size in rows:
+            with contextlib.suppress(ValueError, TypeError):  # garbage a test wrote there
+                refs[str(path)] = (ContentHash.parse(str(text)), int(size or 0))
+        return refs
 
     def _descend(self, chain: list[_Link], path: str) -> _Link | None:
         """The deepest not yet visited child of chain[-1] whose mountpoint holds `path`."""
@@ -411,9 +419,8 @@ class RepositoryForge:
         copy = self._work / f"edit-{self._edits}.db"
         shutil.copyfile(self._image(target.content_hash), copy)
         try:
-            db = sqlite3.connect(copy)
+            db = _open_copy(copy)
             try:
-                db.text_factory = _decode_text
                 before = _statistics(db)
                 yield db
                 db.commit()
@@ -439,7 +446,7 @@ class RepositoryForge:
             copy = self._work / f"edit-{self._edits}.db"
             shutil.copyfile(self._image(chain[depth].content_hash), copy)
             try:
-                with contextlib.closing(sqlite3.connect(copy)) as db, db:
+                with contextlib.closing(_open_copy(copy)) as db, db:
                     db.execute("UPDATE nested_catalogs SET sha1 = ?, size = ? WHERE path = ?",
                                (str(content_hash), size, child))
                     _add_counters(db, "subtree", delta)
@@ -488,6 +495,31 @@ class RepositoryForge:
 
 def _hash(value: ContentHash | str) -> ContentHash:
     return value if isinstance(value, ContentHash) else ContentHash.parse(value)
+
+
+def _in_key_order(directory: str, name_pattern: str, count: int
+                  ) -> Iterator[tuple[int, list[int]]]:
+    """(index, md5path) of each new name, in primary-key order: SQLite then appends to the
+    key index instead of splitting pages all over it (about twice as fast for 1M rows).
+    The keys are computed once and held as 16 bytes each."""
+    keys = np.fromiter(itertools.chain.from_iterable(
+        md5path(f"{directory}/{name_pattern.format(index)}") for index in range(count)),
+        dtype=np.int64, count=2 * count).reshape(count, 2)
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    for start in range(0, count, KEY_BATCH):
+        batch = order[start:start + KEY_BATCH]
+        yield from zip(batch.tolist(), keys[batch].tolist(), strict=True)
+
+
+def _open_copy(path: Path) -> sqlite3.Connection:
+    """A work copy, tuned for bulk writes: it is a scratch file until it is stored (the
+    journal mode is not kept in the file; a stored catalog is a plain rollback-journal one)."""
+    db = sqlite3.connect(path)
+    db.text_factory = _decode_text
+    for pragma in ("journal_mode = MEMORY", "synchronous = OFF",
+                   f"cache_size = -{WORK_CACHE_KIB}"):
+        db.execute(f"PRAGMA {pragma}")
+    return db
 
 
 def _insert_sql() -> str:

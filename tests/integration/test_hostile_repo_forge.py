@@ -12,6 +12,7 @@ import pytest
 
 from pycvmfs.errors import CatalogError, HashMismatchError, PycvmfsError
 from pycvmfs.format.catalog import encode_hardlinks
+from pycvmfs.format.hashes import Algorithm
 from pycvmfs.format.whitelist import parse_whitelist
 from pycvmfs.repository.repository import Repository
 from tests.hostile_repo import ForgeError, RepositoryForge
@@ -100,7 +101,9 @@ def test_nested_refs_may_point_anywhere(storage: Path, keys: Keys) -> None:
     with RepositoryForge(storage, keys) as forge:
         nested = forge.catalog_hash("/nested")
         forge.nested_ref("/nested", "/nested")  # itself, at its own mountpoint
-        forge.nested_ref("", "")  # the root lists a catalog at ''
+        root_before = forge.root_hash
+        forge.nested_ref("", "")  # the root lists a catalog at '': itself as it was
+        assert forge.nested_refs("")[""][0] == root_before
         forge.nested_ref("/nested/deeper/leaf", "/releases", forge.root_hash, size=7)
         refs = forge.nested_refs("/nested")
         assert refs["/nested"] == (nested, forge.catalog_size(nested))
@@ -216,3 +219,20 @@ def test_unknown_mountpoints_and_columns_are_named(storage: Path, keys: Keys) ->
             forge.truncate_object("0" * 40, "", 1)
     finally:
         forge.close()
+
+
+def test_the_repository_hash_algorithm_is_kept(tmp_path: Path, keys: Keys) -> None:
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / ".cvmfscatalog").write_bytes(b"")
+    (source / "sub" / "f").write_text("f\n")
+    run_publish(source, tmp_path / "repo", keys, algorithm=Algorithm.SHAKE128, chunking=None)
+    with RepositoryForge(tmp_path / "repo", keys) as forge:
+        forge.add_entries("/sub", "/sub", 100, content=b"z")
+        forge.set_property("", "TTL", 0)
+        assert forge.catalog_hash("/sub").algorithm is Algorithm.SHAKE128
+    with open_repository(tmp_path / "repo", keys) as repo:
+        assert repo.root_hash.algorithm is Algorithm.SHAKE128
+        assert len(repo.listdir("/sub")) == 102  # .cvmfscatalog, f and the 100
+        assert repo.read("/sub/f0000099") == b"z"
+        assert repo.tree.root.ttl == 0
