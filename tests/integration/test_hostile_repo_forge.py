@@ -140,6 +140,10 @@ def test_a_bulk_directory_lists_every_entry(storage: Path, keys: Keys) -> None:
         nested_root = repo.tree.listing_catalog("/nested", repo.resolve("/nested")) \
             .lookup("/nested")
         assert nested_root is not None and nested_root.linkcount == links + 1
+        huge = repo.tree.listing_catalog("/nested", repo.resolve("/nested"))
+        own = huge.statistics()
+        assert huge.max_rowid() == sum(own[f"self_{kind}"]  # one row each, none replaced
+                                       for kind in ("regular", "dir", "symlink", "special"))
         after = _all_statistics(repo)
     for counter, grown in (("self_regular", 10_000), ("self_dir", 1),
                            ("self_file_size", 50_000)):
@@ -236,3 +240,4 @@ def test_the_repository_hash_algorithm_is_kept(tmp_path: Path, keys: Keys) -> No
         assert len(repo.listdir("/sub")) == 102  # .cvmfscatalog, f and the 100
         assert repo.read("/sub/f0000099") == b"z"
         assert repo.tree.root.ttl == 0
+
