@@ -32,6 +32,7 @@ as a failure.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -66,6 +67,7 @@ __all__ = ["DOCKER_EVENTS_TYPE", "MAX_BODY_BYTES", "MAX_EVENTS_PER_PAYLOAD", "Ev
 log = logging.getLogger(__name__)
 
 _BUSY = "another ingest is working on"  # ingest's lock message
+_POLL_SECONDS = 0.1  # how soon `stop()` is noticed by the accept loop
 Handle = Callable[[ImageEvent, "WebhookOptions"], str]
 OnItem = Callable[[QueueItem, str, str], None]
 
@@ -234,8 +236,10 @@ class WebhookService:
         except OSError as exc:
             self.queue.close()
             host, port = listen
+            hint = ("another server uses that port; choose another --listen"
+                    if exc.errno == errno.EADDRINUSE else "check --listen HOST:PORT")
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
-                              "(another server on that port? choose another --listen)") from None
+                              f"({hint})") from None
         except BaseException:
             self.queue.close()
             raise
@@ -250,6 +254,7 @@ class WebhookService:
     def start(self) -> None:
         self.worker.start()
         self._serving = threading.Thread(target=self.server.serve_forever,
+                                         kwargs={"poll_interval": _POLL_SECONDS},
                                          name="pycvmfs-webhook-http", daemon=True)
         self._serving.start()
 
@@ -257,7 +262,7 @@ class WebhookService:
         """For the command line: serve until KeyboardInterrupt, then stop."""
         self.worker.start()
         try:
-            self.server.serve_forever()
+            self.server.serve_forever(poll_interval=_POLL_SECONDS)
         finally:
             self.server.server_close()
             self.worker.stop()

@@ -273,6 +273,10 @@ class WebhookHTTPServer(http.server.ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
+    def open_connections(self) -> int:
+        with self._slots:
+            return sum(self._open.values())
+
     def process_request(self, request: Any, client_address: Any) -> None:
         peer = str(client_address[0])
         with self._slots:
