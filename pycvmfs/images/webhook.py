@@ -24,9 +24,9 @@ Failures: an item that fails is retried after `retry_seconds`, then twice that, 
 up to `max_retry_seconds`, `max_attempts` times in all, then marked failed (kept in the
 database with its error; `requeue_failed` or `serve --retry-failed` makes them pending
 again). Meanwhile the worker goes on with the next due items, so failing events cannot
-hold back later ones (only later events of the same registry/repository wait, to keep
-their order). Another ingest holding the working tree's lock is waited out, not counted
-as a failure.
+hold back later ones (only later events of the same image wait, to keep their order: same
+repository and tag, or a delete by digest). Another ingest holding the working tree's lock
+is waited out, not counted as a failure.
 """
 
 from __future__ import annotations

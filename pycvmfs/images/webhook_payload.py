@@ -67,7 +67,7 @@ class ImageEvent:
 
     @property
     def subject(self) -> str:
-        """`registry/repository`: events of one subject are carried out in order."""
+        """`registry/repository` (the queue keeps the order of events of one image)."""
         return f"{self.registry}/{self.repository}"
 
     @property

@@ -10,9 +10,10 @@ Scheduling, so that failing items cannot starve the others:
   is marked failed (kept with its error; `requeue_failed` makes failed items pending again);
 - `next_due` is the pending item whose time came first (a new item's time is its
   arrival, a deferred one's the time of its retry; then by id), so a retried item queues
-  behind what arrived before its retry was due, and events of one subject
-  (registry/repository) keep their order: an item waits while an older one of the same
-  subject is pending (a push retried after a later delete must not bring the image back);
+  behind what arrived before its retry was due; but events that touch the same image keep
+  their order: an item waits while an older pending one names the same repository and the
+  same tag, or names the repository by digest only (a digest delete may concern any tag) —
+  a push retried after a later delete must not bring the image back;
 - at most `max_pending` items wait at once (`put` raises QueueFullError beyond), so a
   caller cannot fill the disk.
 """
@@ -39,20 +40,22 @@ CREATE TABLE IF NOT EXISTS items (
     error TEXT,
     received REAL NOT NULL,
     finished REAL,
-    subject TEXT,                             -- registry/repository: order kept within
+    subject TEXT,                             -- registry/repository
+    tag TEXT,                                 -- NULL: by digest only
     next_attempt REAL NOT NULL DEFAULT 0      -- time.time() of the next attempt
 );
 CREATE INDEX IF NOT EXISTS items_state ON items(state, id);
 """
 _INDEXES = "CREATE INDEX IF NOT EXISTS items_subject ON items(subject, state, id);"
-_ADDED_COLUMNS = {"subject": "subject TEXT",
+_ADDED_COLUMNS = {"subject": "subject TEXT", "tag": "tag TEXT",
                   "next_attempt": "next_attempt REAL NOT NULL DEFAULT 0"}
 
-# pending items no older pending item of the same subject holds back
+# pending items no older pending item of the same image holds back
 _HEADS = """
 FROM items AS i WHERE i.state = 'pending' AND NOT EXISTS (
     SELECT 1 FROM items AS e
-    WHERE e.state = 'pending' AND e.subject = i.subject AND e.id < i.id)
+    WHERE e.state = 'pending' AND e.subject = i.subject AND e.id < i.id
+      AND (e.tag IS NULL OR i.tag IS NULL OR e.tag = i.tag))
 """
 
 
@@ -106,8 +109,9 @@ class EventQueue:
                 self._db.execute(f"ALTER TABLE items ADD COLUMN {definition}")
         rows = self._db.execute("SELECT id, event FROM items WHERE subject IS NULL").fetchall()
         for item_id, text in rows:
-            self._db.execute("UPDATE items SET subject = ? WHERE id = ?",
-                             (ImageEvent.from_json(text).subject, item_id))
+            event = ImageEvent.from_json(text)
+            self._db.execute("UPDATE items SET subject = ?, tag = ? WHERE id = ?",
+                             (event.subject, event.tag, item_id))
 
     def put(self, events: list[ImageEvent]) -> list[int]:
         """Append the events in one durable transaction; their ids in order."""
@@ -125,8 +129,9 @@ class EventQueue:
                                          f"(at most {self.max_pending}); try again later")
                 for event in events:
                     cursor = self._db.execute(
-                        "INSERT INTO items (event, received, subject, next_attempt) "
-                        "VALUES (?, ?, ?, ?)", (event.to_json(), now, event.subject, now))
+                        "INSERT INTO items (event, received, subject, tag, next_attempt) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (event.to_json(), now, event.subject, event.tag, now))
                     ids.append(int(cursor.lastrowid or 0))
                 self._db.execute("COMMIT")
             except BaseException:
@@ -137,7 +142,7 @@ class EventQueue:
 
     def next_due(self, now: float | None = None) -> QueueItem | None:
         """The pending item due first, if it is due at `now` (default: the current time),
-        among those no older pending item of their subject holds back. It stays pending
+        among those no older pending item of the same image holds back. It stays pending
         until `done`, `failed` or `attempt_failed`."""
         moment = time.time() if now is None else now
         with self._lock:

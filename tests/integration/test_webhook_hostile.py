@@ -64,8 +64,8 @@ def _envelope(*events: dict[str, object]) -> bytes:
 
 @dataclass
 class Recorder:
-    """A fake processing function: records events; repositories starting with `ns/bad`
-    fail after `bad_seconds`."""
+    """A fake processing function: records events; tags starting with `bad` fail after
+    `bad_seconds`."""
 
     bad_seconds: float = 0.0
     seen: list[ImageEvent] = field(default_factory=list)
@@ -75,15 +75,16 @@ class Recorder:
         with self.arrived:
             self.seen.append(event)
             self.arrived.notify_all()
-        if event.repository.startswith("ns/bad"):
+        if str(event.tag).startswith("bad"):
             time.sleep(self.bad_seconds)
             raise RuntimeError(f"{event}: no such image")
         return "ok"
 
-    def wait_for(self, repository: str, timeout: float) -> bool:
+    def wait_for(self, repository: str, tag: str, timeout: float) -> bool:
         with self.arrived:
             return self.arrived.wait_for(
-                lambda: any(event.repository == repository for event in self.seen), timeout)
+                lambda: any((event.repository, event.tag) == (repository, tag)
+                            for event in self.seen), timeout)
 
 
 def _options(tmp_path: Path, registries: list[str], **kwargs: float) -> WebhookOptions:
@@ -323,7 +324,7 @@ def test_slowloris_does_not_stop_a_valid_push(rig: Rig) -> None:
     answered = time.monotonic() - started
     assert status == 200 and answer["queued"] == [1]
     assert answered < 1.0, answered
-    assert rig.recorder.wait_for("ns/good", 5)
+    assert rig.recorder.wait_for("ns/good", "1", 5)
     for thread in threads:
         thread.join(SENDER_CAP_SECONDS + 5)
     assert len(replies) == 6
@@ -428,19 +429,20 @@ def test_events_for_unconfigured_registries_fetch_nothing(tmp_path: Path) -> Non
 
 
 def test_failing_events_do_not_hold_back_a_later_push(tmp_path: Path) -> None:
-    """An envelope of 20 failing events (each attempt 50 ms), then a valid push: it is
-    processed after one attempt of each, while the failing ones wait for their retries
-    (the worker used to retry each in place, `retry_seconds` apart: over a minute)."""
+    """An envelope of 20 failing events (each attempt 50 ms; other tags of the same
+    repository), then a valid push: it is processed after one attempt of each, while the
+    failing ones wait for their retries (the worker used to retry each in place,
+    `retry_seconds` apart: over a minute)."""
     recorder = Recorder(bad_seconds=0.05)
     options = _options(tmp_path, [f"https://{REGISTRY}"], retry_seconds=2.0,
                        max_attempts=5)
     with WebhookService(("127.0.0.1", 0), options, handle=recorder) as service:
         port = service.address[1]
-        bad = [_push_event(repository=f"ns/bad{n}") for n in range(20)]
+        bad = [_push_event(tag=f"bad{n}") for n in range(20)]
         assert _post(port, _envelope(*bad))[0] == 200
         started = time.monotonic()
-        assert _post(port, _envelope(_push_event(repository="ns/good")))[0] == 200
-        assert recorder.wait_for("ns/good", 10), recorder.seen
+        assert _post(port, _envelope(_push_event(tag="good")))[0] == 200
+        assert recorder.wait_for("ns/app", "good", 10), recorder.seen
         took = time.monotonic() - started
         assert took < 20 * 0.05 + SLACK_SECONDS + 1.0, took
         counts = service.queue.counts()

@@ -315,28 +315,51 @@ def test_retry_delay_is_exponential_and_capped() -> None:
     assert retry_delay(10_000, 5, 300) == 300  # no overflow
 
 
-def test_a_deferred_item_lets_the_others_pass_but_keeps_its_subjects_order(
+def test_a_deferred_item_lets_the_others_pass_but_keeps_its_images_order(
         tmp_path: Path) -> None:
+    """A failed push of ns/a:1 is retried later: ns/a:2 and ns/b go first; a later delete
+    of ns/a:1, and a delete of ns/a by digest (it may concern any tag), wait for it."""
     queue = EventQueue(tmp_path / "q.sqlite")
-    a1, b, a2 = (ImageEvent("push", "r.org", repo, tag)
-                 for repo, tag in (("ns/a", "1"), ("ns/b", "1"), ("ns/a", "2")))
-    ids = queue.put([a1, b, a2])
+    push_a1, push_a2, push_b = (ImageEvent("push", "r.org", repo, tag) for repo, tag in
+                                (("ns/a", "1"), ("ns/a", "2"), ("ns/b", "1")))
+    delete_a1 = ImageEvent("delete", "r.org", "ns/a", "1")
+    delete_digest = ImageEvent("delete", "r.org", "ns/a", None, DIGEST)
+    ids = queue.put([push_a1, delete_a1, push_a2, delete_digest, push_b])
     now = time.time()
     first = queue.next_due(now)
     assert first is not None and first.id == ids[0]
     queue.attempt_failed(first.id, "boom", 100)
-    second = queue.next_due(now)
-    assert second is not None and second.event == b  # not a2: a1 holds ns/a back
-    queue.done(second.id)
-    assert queue.next_due(now) is None
+    order = []
+    while (item := queue.next_due(now)) is not None:
+        order.append(item.event)
+        queue.done(item.id)
+    assert order == [push_a2, push_b]  # not delete_a1, not delete_digest: push_a1 holds them
     wakeup = queue.next_wakeup()
     assert wakeup is not None and 99 < wakeup - now < 102
     again = queue.next_due(now + 101)
     assert again is not None and again.id == ids[0] and again.attempts == 1
     queue.attempt_failed(again.id, "gone", None)  # final
     assert queue.state(ids[0]) == ("failed", "gone")
-    last = queue.next_due(now)
-    assert last is not None and last.event == a2
+    assert [item.event for item in queue.pending()] == [delete_a1, delete_digest]
+    held = queue.next_due(now)
+    assert held is not None and held.event == delete_a1
+    queue.attempt_failed(held.id, "boom", 100)
+    assert queue.next_due(now) is None  # the digest delete waits for the tag delete
+    queue.close()
+
+
+def test_a_pending_digest_delete_holds_later_events_of_its_repository(tmp_path: Path) -> None:
+    queue = EventQueue(tmp_path / "q.sqlite")
+    delete, push_same, push_other = (
+        ImageEvent("delete", "r.org", "ns/c", None, DIGEST), ImageEvent("push", "r.org",
+                                                                        "ns/c", "5"),
+        ImageEvent("push", "r.org", "ns/d", "5"))
+    ids = queue.put([delete, push_same, push_other])
+    queue.attempt_failed(ids[0], "boom", 100)
+    item = queue.next_due()
+    assert item is not None and item.event == push_other
+    queue.done(item.id)
+    assert queue.next_due() is None
     queue.close()
 
 
@@ -400,17 +423,17 @@ def test_an_old_queue_file_is_upgraded(tmp_path: Path) -> None:
 
 
 def test_failing_items_do_not_hold_back_a_later_push(tmp_path: Path) -> None:
-    """Twenty events that always fail, then a good one: the good one is done after one
-    attempt of each earlier event, not after their retries (the worker used to wait
-    `retry_seconds` in place after each failure)."""
+    """Twenty events that always fail (other tags of the same repository), then a good one:
+    the good one is done after one attempt of each earlier event, not after their retries
+    (the worker used to wait `retry_seconds` in place after each failure)."""
     queue = EventQueue(tmp_path / "q.sqlite")
-    queue.put([ImageEvent("push", "r.org", f"ns/bad{n}", "1") for n in range(20)])
+    queue.put([ImageEvent("push", "r.org", "ns/app", f"bad{n}") for n in range(20)])
     done = threading.Event()
     attempts: dict[str, int] = {}
 
     def handle(event: ImageEvent, options: WebhookOptions) -> str:
-        attempts[event.repository] = attempts.get(event.repository, 0) + 1
-        if event.repository.startswith("ns/bad"):
+        attempts[str(event.tag)] = attempts.get(str(event.tag), 0) + 1
+        if str(event.tag).startswith("bad"):
             raise RuntimeError("no such image")
         done.set()
         return "ok"
@@ -421,7 +444,7 @@ def test_failing_items_do_not_hold_back_a_later_push(tmp_path: Path) -> None:
     worker.start()
     try:
         started = time.monotonic()
-        queue.put([ImageEvent("push", "r.org", "ns/good", "1")])
+        queue.put([ImageEvent("push", "r.org", "ns/app", "good")])
         assert done.wait(5), attempts
         took = time.monotonic() - started
         assert took < 2.0, took
