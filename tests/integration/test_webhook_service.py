@@ -146,10 +146,14 @@ def _serve_args(tmp_path: Path, keys: Keys, port: int, *extra: str) -> list[str]
     ((), "--registry-url URL"),
     (("--registry-url", "ftp://x.org"), "scheme 'ftp'"),
     (("--registry-url", "https://a.org", "--registry-url", "a.org=http://b.org"), "twice"),
+    (("--wishlist", "WISHLIST"), "field 'cvmfs_repo' is 'other.org'"),
 ])
 def test_cli_webhook_serve_refuses_bad_registries(tmp_path: Path, keys: Keys,
                                                   extra: tuple[str, ...], message: str) -> None:
     """One line naming the problem, no traceback, before anything listens."""
+    wishlist = tmp_path / "wishlist.yaml"
+    wishlist.write_text("version: 1\ncvmfs_repo: other.org\ninput:\n  - 'ghcr.io/a/b:1'\n")
+    extra = tuple(str(wishlist) if arg == "WISHLIST" else arg for arg in extra)
     args = _serve_args(tmp_path, keys, free_port(), *extra)[3:]
     result = subprocess.run([sys.executable, "-m", "pycvmfs.cli.main", "webhook", *args],
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
