@@ -10,6 +10,7 @@ deadlines (LIMITS) so each test takes a few seconds."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import select
 import socket
@@ -40,8 +41,10 @@ DIGEST = "sha256:" + "a" * 64
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 LIMITS = HttpLimits(header_seconds=2.0, body_seconds=2.0, write_seconds=2.0,
                     max_connections=12, max_connections_per_peer=8)
-SLACK_SECONDS = 1.5  # scheduling slack on a loaded 2-core machine
-SENDER_CAP_SECONDS = 6.0  # no endless sender runs longer
+# where a test needs the deadline to outlast what it does meanwhile (slowloris, the cap)
+LONG_LIMITS = dataclasses.replace(LIMITS, header_seconds=5.0)
+SLACK_SECONDS = 2.0  # scheduling slack on a loaded 2-core machine
+SENDER_CAP_SECONDS = 8.0  # no endless sender runs longer
 SENDER_CAP_BYTES = 4096
 EMPTY = b'{"events": []}'  # 14 bytes
 
@@ -87,11 +90,12 @@ class Recorder:
                             for event in self.seen), timeout)
 
 
-def _options(tmp_path: Path, registries: list[str], **kwargs: float) -> WebhookOptions:
+def _options(tmp_path: Path, registries: list[str], limits: HttpLimits = LIMITS,
+             **kwargs: float) -> WebhookOptions:
     ingest = IngestOptions(PublishOptions("r.org", tmp_path / "work", tmp_path / "storage",
                                           tmp_path / "keys"))
     return WebhookOptions(ingest, TOKEN, tmp_path / "queue.sqlite",
-                          registries=RegistryAllowlist.build(registries), http=LIMITS,
+                          registries=RegistryAllowlist.build(registries), http=limits,
                           **kwargs)  # type: ignore[arg-type]
 
 
@@ -105,12 +109,24 @@ class Rig:
         return self.service.address[1]
 
 
+@contextlib.contextmanager
+def _rig(tmp_path: Path, limits: HttpLimits) -> Iterator[Rig]:
+    recorder = Recorder()
+    options = _options(tmp_path, [f"https://{REGISTRY}"], limits)
+    with WebhookService(("127.0.0.1", 0), options, handle=recorder) as service:
+        yield Rig(service, recorder)
+
+
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    recorder = Recorder()
-    with WebhookService(("127.0.0.1", 0), _options(tmp_path, [f"https://{REGISTRY}"]),
-                        handle=recorder) as service:
-        yield Rig(service, recorder)
+    with _rig(tmp_path, LIMITS) as started:
+        yield started
+
+
+@pytest.fixture
+def long_rig(tmp_path: Path) -> Iterator[Rig]:
+    with _rig(tmp_path, LONG_LIMITS) as started:
+        yield started
 
 
 def _request(head_lines: list[str], body: bytes = b"", *, token: bool = True) -> bytes:
@@ -264,7 +280,8 @@ def test_oversized_body_is_413_without_reading_it(rig: Rig) -> None:
     """Only the head is sent: the answer comes at once, not after a body deadline."""
     size = LIMITS.max_body_bytes + 1
     reply = _exchange(rig.port, _request([f"Content-Length: {size}"]), read_seconds=5)
-    assert reply.status == 413 and reply.closed and reply.seconds < 1.0, reply
+    assert reply.status == 413 and reply.closed, reply
+    assert reply.seconds < LIMITS.body_seconds, reply  # it did not wait for a body
     huge = _exchange(rig.port, _request(["Content-Length: " + "9" * 30]))
     assert huge.status == 413
     unauthorised = _exchange(rig.port, _request([f"Content-Length: {size}"], token=False))
@@ -304,9 +321,11 @@ def test_trickled_body_gets_408_at_the_deadline(rig: Rig) -> None:
     assert _queued(rig) == 0
 
 
-def test_slowloris_does_not_stop_a_valid_push(rig: Rig) -> None:
+def test_slowloris_does_not_stop_a_valid_push(long_rig: Rig) -> None:
     """Six connections trickle their heads while a registry pushes: the push is answered
-    at once and processed; every trickler is cut at the header deadline."""
+    while they are still connected, and processed; every trickler is cut at the header
+    deadline."""
+    rig = long_rig
     replies: list[Reply] = []
     lock = threading.Lock()
 
@@ -318,34 +337,38 @@ def test_slowloris_does_not_stop_a_valid_push(rig: Rig) -> None:
     threads = [threading.Thread(target=loris) for _ in range(6)]
     for thread in threads:
         thread.start()
-    time.sleep(0.3)  # they are all connected and trickling
-    started = time.monotonic()
+    deadline = time.monotonic() + LONG_LIMITS.header_seconds / 2
+    while rig.service.server.open_connections() < len(threads):  # all connected
+        assert time.monotonic() < deadline, rig.service.server.open_connections()
+        time.sleep(0.01)
     status, answer = _post(rig.port, _envelope(_push_event(repository="ns/good")))
-    answered = time.monotonic() - started
     assert status == 200 and answer["queued"] == [1]
-    assert answered < 1.0, answered
+    assert rig.service.server.open_connections() >= len(threads)  # still trickling
     assert rig.recorder.wait_for("ns/good", "1", 5)
     for thread in threads:
         thread.join(SENDER_CAP_SECONDS + 5)
     assert len(replies) == 6
-    assert all(reply.closed and reply.seconds < LIMITS.header_seconds + SLACK_SECONDS
+    assert all(reply.closed and reply.seconds < LONG_LIMITS.header_seconds + SLACK_SECONDS
                for reply in replies), replies
 
 
-def test_connections_over_the_cap_get_503_then_service_resumes(rig: Rig) -> None:
-    """Idle connections fill the per-address cap: the next one is told 503 at once; once
-    the header deadline has closed them, requests are served again."""
+def test_connections_over_the_cap_get_503_then_service_resumes(long_rig: Rig) -> None:
+    """Idle connections fill the per-address cap: the next one is told 503 at once (not
+    held until a deadline); once the header deadline has closed them, requests are served
+    again."""
+    rig = long_rig
     idle = [socket.create_connection(("127.0.0.1", rig.port), timeout=5)
-            for _ in range(LIMITS.max_connections_per_peer)]
+            for _ in range(LONG_LIMITS.max_connections_per_peer)]
     try:
-        deadline = time.monotonic() + LIMITS.header_seconds / 2
+        deadline = time.monotonic() + LONG_LIMITS.header_seconds / 2
         while rig.service.server.open_connections() < len(idle):  # all accepted
             assert time.monotonic() < deadline, rig.service.server.open_connections()
             time.sleep(0.01)
         reply = _exchange(rig.port, b"", read_seconds=3)
-        assert reply.status == 503 and reply.closed and reply.seconds < 1.0, reply
+        assert reply.status == 503 and reply.closed, reply
+        assert reply.seconds < LONG_LIMITS.header_seconds / 2, reply
         for sock in idle:  # the deadline ends each idle connection
-            sock.settimeout(LIMITS.header_seconds + SLACK_SECONDS)
+            sock.settimeout(LONG_LIMITS.header_seconds + SLACK_SECONDS)
             assert sock.recv(1024) == b""
     finally:
         for sock in idle:
@@ -444,7 +467,7 @@ def test_failing_events_do_not_hold_back_a_later_push(tmp_path: Path) -> None:
         assert _post(port, _envelope(_push_event(tag="good")))[0] == 200
         assert recorder.wait_for("ns/app", "good", 10), recorder.seen
         took = time.monotonic() - started
-        assert took < 20 * 0.05 + SLACK_SECONDS + 1.0, took
+        assert took < 10, took  # in place, 20 items x 4 retries x 2+ s each: minutes
         counts = service.queue.counts()
         assert counts.get("done") == 1 and counts.get("pending") == 20, counts
 
