@@ -245,30 +245,50 @@ def webhook_group() -> None:
 @click.option("--queue", "queue_file", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Durable event queue (SQLite) "
               "[default: STORAGE.webhook-queue.sqlite].")
-@click.option("--registry-url", default=None, metavar="URL",
-              help="Fetch pushed images from here (scheme://host[:port]) instead of the "
-              "host the registry reported; they are still published under that host.")
-@click.option("--host-map", multiple=True, metavar="HOST=URL",
-              help="Fetch images reported for HOST from URL (repeatable).")
-@click.option("--retry-seconds", type=click.FloatRange(min=0), default=5.0, show_default=True)
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--registry-url", "registry_urls", multiple=True, metavar="[NAME=]URL",
+              help="A registry to act for (repeatable): events naming URL's host[:port] are "
+              "fetched from URL (https://HOST[:PORT], http://..., or a bare HOST[:PORT]); "
+              "with NAME=URL, events naming NAME (as the registry calls itself) are fetched "
+              "from URL and published under NAME. Events for other registries are ignored.")
+@click.option("--wishlist", "wishlist_file", default=None, metavar="FILE",
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Also act for the images this DUCC wishlist lists (tag globs match), "
+              "fetched from the registries it names.")
+@click.option("--retry-seconds", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Wait before retrying a failed item; doubled for each further retry.")
+@click.option("--max-retry-seconds", type=click.FloatRange(min=0), default=300.0,
+              show_default=True, help="Longest wait between two attempts of an item.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--retry-failed", is_flag=True,
               help="Make items that failed for good pending again before serving.")
 @_repository_options(repo_required=True)
 def webhook_serve_command(listen: str, token: str, queue_file: Path | None,
-                          registry_url: str | None, host_map: tuple[str, ...],
-                          retry_seconds: float, max_attempts: int, retry_failed: bool,
-                          repo_args: RepositoryArgs) -> None:
-    """Accept Docker registry / Harbor events on HOST:PORT and apply them to the
-    repository, one transaction at a time."""
-    from pycvmfs.images.webhook import WebhookOptions, WebhookService, parse_listen
+                          registry_urls: tuple[str, ...], wishlist_file: Path | None,
+                          retry_seconds: float, max_retry_seconds: float, max_attempts: int,
+                          retry_failed: bool, repo_args: RepositoryArgs) -> None:
+    """Accept Docker registry / Harbor events on HOST:PORT for the registries given by
+    --registry-url or --wishlist, and apply them to the repository, one transaction at a
+    time."""
+    from pycvmfs.errors import ConfigError
+    from pycvmfs.images.webhook import (
+        RegistryAllowlist,
+        WebhookOptions,
+        WebhookService,
+        parse_listen,
+    )
+    from pycvmfs.images.wishlist import WishlistError, load_wishlist
 
-    mapping: dict[str, str] = {}
-    for item in host_map:
-        host, sep, url = item.partition("=")
-        if not sep or not host or not url:
-            raise click.BadParameter(f"{item!r}: expected HOST=URL", param_hint="--host-map")
-        mapping[host] = url
+    if not registry_urls and wishlist_file is None:
+        raise click.UsageError("say which registries to act for: --registry-url URL "
+                               "(repeatable) or --wishlist FILE")
+    wishlist = load_wishlist(wishlist_file) if wishlist_file is not None else None
+    if wishlist is not None and wishlist.cvmfs_repo != repo_args.fqrn:
+        raise WishlistError(f"{wishlist.source}: field 'cvmfs_repo' is {wishlist.cvmfs_repo!r}, "
+                            f"but the repository is {repo_args.fqrn!r}")
+    try:
+        registries = RegistryAllowlist.build(registry_urls, wishlist)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--registry-url") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     address = parse_listen(listen)
     storage = repo_args.storage
@@ -276,12 +296,13 @@ def webhook_serve_command(listen: str, token: str, queue_file: Path | None,
     # no display: the server logs to stderr, which would tear it
     with _ingest_options(repo_args, echo=False, progress=False) as options:
         service = WebhookService(address, WebhookOptions(
-            options, token, queue, registry_url=registry_url, host_map=mapping,
-            retry_seconds=retry_seconds, max_attempts=max_attempts))
+            options, token, queue, registries=registries, retry_seconds=retry_seconds,
+            max_retry_seconds=max_retry_seconds, max_attempts=max_attempts))
         if retry_failed:
             click.echo(f"{service.queue.requeue_failed()} failed items pending again", err=True)
         host, port = service.address
-        click.echo(f"listening on {host}:{port}; queue {queue}", err=True)
+        click.echo(f"listening on {host}:{port}; queue {queue}; acting for "
+                   f"{registries.describe()}", err=True)
         try:
             service.serve_forever()
         except KeyboardInterrupt:

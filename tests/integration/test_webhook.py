@@ -1,6 +1,8 @@
 """A real docker-registry notifies the webhook server: a push makes the image appear in the
 repository without any other command, a manifest delete removes it, requests without the
-token are refused. And a wishlist with a tag glob expanded against the registry's tags."""
+token are refused, and the registry is one the service was told about (`--registry-url`):
+a second registry pushing to the same webhook is ignored. And a wishlist with a tag glob
+expanded against the registry's tags."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import pytest
 from pycvmfs.errors import PycvmfsError
 from pycvmfs.images import layout
 from pycvmfs.images.ingest import IngestOptions
-from pycvmfs.images.webhook import QueueItem, WebhookOptions, WebhookService
+from pycvmfs.images.webhook import QueueItem, RegistryAllowlist, WebhookOptions, WebhookService
 from pycvmfs.images.wishlist import convert
 from pycvmfs.publisher.publish import PublishOptions
 from tests.images import ImageSet, require_images
@@ -73,21 +75,25 @@ def test_registry_notifications_drive_the_repository(tmp_path: Path, keys: Keys)
     images: ImageSet = require_images()
     work, storage = tmp_path / "work", tmp_path / "storage"
     ingest_options = IngestOptions(PublishOptions(keys.fqrn, work, storage, keys.keys_dir))
-    options = WebhookOptions(ingest_options, TOKEN, tmp_path / "queue.sqlite",
-                             retry_seconds=0.5)
     log: list[str] = []
 
     def on_item(item: QueueItem, state: str, message: str) -> None:
         log.append(f"{item.id} {item.event}: {state}: {message}")
 
-    port = free_port()  # chosen up front: the registry's configuration names it
+    port = free_port()  # chosen up front: the registries' configuration names it
     url = f"http://127.0.0.1:{port}/events"
-    with WebhookService(("127.0.0.1", port), options, on_item=on_item), \
-            DockerRegistry(notify_url=url, notify_token=TOKEN) as registry:
+    # the registries start first (they retry notifications until the webhook listens);
+    # the webhook acts for the first one only
+    with DockerRegistry(notify_url=url, notify_token=TOKEN) as registry, \
+            DockerRegistry(notify_url=url, notify_token=TOKEN) as other, \
+            WebhookService(("127.0.0.1", port), WebhookOptions(
+                ingest_options, TOKEN, tmp_path / "queue.sqlite", retry_seconds=0.5,
+                registries=RegistryAllowlist.build([registry.url])), on_item=on_item):
         assert _post(url, None) == 401
         assert _post(url, "wrong-token") == 401
         assert _post(url, TOKEN) == 200
 
+        other.push(images.base.layout, images.base.tag, "ns/ignored:base")
         registry.push(images.base.layout, images.base.tag, "ns/debian:base")
         name = f"{registry.host}/ns/debian:base"
         expected = layout.public_link(name, images.base.config_digest)[1]
@@ -131,6 +137,8 @@ def test_registry_notifications_drive_the_repository(tmp_path: Path, keys: Keys)
                   f"{multi} to be removed by its index digest", log)
         assert _published_link(storage, keys, single) is not None  # another manifest
     assert not (work / name).exists()
+    assert not any("ns/ignored" in line for line in log), log  # never queued, never fetched
+    assert not (work / other.host).exists()
     assert any("published" in line for line in log), log
     assert any(": done: removed " in line for line in log), log
 

@@ -1,17 +1,14 @@
-"""Webhook payloads (Docker registry envelopes, Harbor events), the durable queue (survives a
-crash), the HTTP front (token), the worker, and image removal from a working tree."""
+"""Webhook payloads (Docker registry envelopes, Harbor events), the durable queue, the
+worker, and image removal from a working tree. (The HTTP front, the `webhook serve`
+process and the queue surviving a killed process: tests/integration/test_webhook_service.py;
+limits and hostile callers: test_webhook_limits.py here and
+tests/integration/test_webhook_hostile.py.)"""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,16 +17,14 @@ from click.testing import CliRunner
 from pycvmfs.cli.images_admin import images_group
 from pycvmfs.errors import ImageError
 from pycvmfs.images import layout
-from pycvmfs.images import webhook as webhook_module
 from pycvmfs.images.ingest import INGEST_FILE, IngestOptions
 from pycvmfs.images.removal import names_for_digest, referenced_flats, remove_images
 from pycvmfs.images.webhook import (
-    DOCKER_EVENTS_TYPE,
     EventQueue,
     ImageEvent,
     PayloadError,
+    RegistryAllowlist,
     WebhookOptions,
-    WebhookService,
     Worker,
     fetch_reference,
     parse_listen,
@@ -37,7 +32,6 @@ from pycvmfs.images.webhook import (
 )
 from pycvmfs.publisher.publish import PublishOptions
 from tests.publish_helpers import Keys, open_repository
-from tests.servers import free_port
 
 DIGEST = "sha256:" + "a" * 64
 BLOB = "sha256:" + "b" * 64
@@ -146,18 +140,23 @@ def test_harbor_events() -> None:
 
 
 def test_event_names_and_fetch_reference(tmp_path: Path) -> None:
+    """Images are fetched from the configured URL of their registry (NAME=URL: published
+    under NAME, fetched from URL); see test_webhook_limits.py for what is refused."""
     event = ImageEvent("push", "docker.io", "debian", "12", DIGEST)
     assert event.public_name == "registry.hub.docker.com/library/debian:12"
     assert ImageEvent.from_json(event.to_json()) == event
     local = ImageEvent("push", "registry.example.org", "ns/x", "1", DIGEST)
-    options = WebhookOptions(_ingest_options(tmp_path, "r.org"), "s", tmp_path / "q")
+    registries = RegistryAllowlist.build(["registry.example.org",
+                                          "other.org=https://mirror.org"])
+    options = WebhookOptions(_ingest_options(tmp_path, "r.org"), "s", tmp_path / "q",
+                             registries=registries)
     assert fetch_reference(local, options) == f"docker://registry.example.org/ns/x:1@{DIGEST}"
     inside = WebhookOptions(options.ingest, "s", tmp_path / "q",
-                            registry_url="http://10.0.0.5:5000",
-                            host_map={"other.org": "https://mirror.org"})
+                            registries=RegistryAllowlist.build(
+                                ["registry.example.org=http://10.0.0.5:5000"]))
     assert fetch_reference(local, inside) == f"http://10.0.0.5:5000/ns/x:1@{DIGEST}"
     other = ImageEvent("push", "other.org", "ns/x", "1", None)
-    assert fetch_reference(other, inside) == "https://mirror.org/ns/x:1"
+    assert fetch_reference(other, options) == "https://mirror.org/ns/x:1"
     assert parse_listen("127.0.0.1:8080") == ("127.0.0.1", 8080)
     assert parse_listen("[::1]:9") == ("::1", 9)
 
@@ -170,12 +169,13 @@ def test_queue_order_done_and_failed(tmp_path: Path) -> None:
     a, b, c = (ImageEvent("push", "h.org", "ns/x", tag) for tag in ("1", "2", "3"))
     ids = queue.put([a, b])
     assert queue.put([c]) == [ids[1] + 1]
-    first = queue.next_pending()
+    first = queue.next_due()
     assert first is not None and first.event == a and first.id == ids[0]
     queue.done(first.id)
-    assert queue.attempt_failed(ids[1], "boom") == 1
-    second = queue.next_pending()
-    assert second is not None and second.event == b and second.attempts == 1
+    assert queue.attempt_failed(ids[1], "boom", 0) == 1
+    second = queue.next_due()  # c arrived before b's retry was due
+    assert second is not None and second.event == c and second.attempts == 0
+    assert [(item.event, item.attempts) for item in queue.pending()] == [(b, 1), (c, 0)]
     queue.failed(ids[1], "boom")
     assert queue.state(ids[1]) == ("failed", "boom")
     assert [item.event for item in queue.pending()] == [c]
@@ -196,28 +196,7 @@ def test_queue_survives_dropping_the_objects(tmp_path: Path) -> None:
     reopened.close()
 
 
-def test_queue_survives_a_killed_process(tmp_path: Path) -> None:
-    """A child queues events and dies with os._exit (no cleanup, no close); the events
-    it acknowledged are there afterwards, in order."""
-    path = tmp_path / "q.sqlite"
-    script = f"""
-import os, sys
-from pycvmfs.images.webhook import EventQueue, ImageEvent
-queue = EventQueue({str(path)!r})
-for tag in ("1", "2", "3"):
-    queue.put([ImageEvent("push", "h.org", "ns/x", tag)])
-sys.stdout.write("acknowledged\\n"); sys.stdout.flush()
-os._exit(9)
-"""
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=60, cwd=Path(__file__).parents[3])
-    assert result.returncode == 9 and result.stdout == "acknowledged\n", result.stderr
-    queue = EventQueue(path)
-    assert [item.event.tag for item in queue.pending()] == ["1", "2", "3"]
-    queue.close()
-
-
-# -- worker and HTTP front --------------------------------------------------------------
+# -- worker ---------------------------------------------------------------------------
 
 
 def _ingest_options(tmp_path: Path, fqrn: str) -> IngestOptions:
@@ -225,8 +204,7 @@ def _ingest_options(tmp_path: Path, fqrn: str) -> IngestOptions:
                                         tmp_path / "keys"))
 
 
-def test_worker_resumes_unfinished_items_and_retries(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_resumes_unfinished_items_and_retries(tmp_path: Path) -> None:
     path = tmp_path / "q.sqlite"
     queue = EventQueue(path)
     queue.put([ImageEvent("push", "h.org", "ns/x", tag) for tag in ("1", "2", "3")])
@@ -242,83 +220,37 @@ def test_worker_resumes_unfinished_items_and_retries(tmp_path: Path,
         processed.append(event.tag)
         return "ok"
 
-    monkeypatch.setattr(webhook_module, "process", fake_process)
     queue = EventQueue(path)
     options = WebhookOptions(_ingest_options(tmp_path, "r.org"), "s", path, retry_seconds=0.01)
     states: list[str] = []
-    worker = Worker(queue, options, on_item=lambda item, state, message: states.append(state))
+    worker = Worker(queue, options, on_item=lambda item, state, message: states.append(state),
+                    handle=fake_process)
     worker.start()
     deadline = time.monotonic() + 10
     while queue.counts().get("pending") and time.monotonic() < deadline:
         time.sleep(0.01)
     worker.stop()
     worker.join(5)
-    assert processed == ["1", "2", "3"]
+    assert processed == ["1", "3", "2"]  # 2's retry came after 3 (another tag)
     assert states == ["done", "retry", "done", "done"]
     assert queue.counts() == {"done": 3}
     queue.close()
 
 
-def test_worker_gives_up_after_max_attempts(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_gives_up_after_max_attempts(tmp_path: Path) -> None:
     def failing(event: ImageEvent, options: WebhookOptions) -> str:
         raise RuntimeError("no such image")
 
-    monkeypatch.setattr(webhook_module, "process", failing)
     queue = EventQueue(tmp_path / "q.sqlite")
     [item_id] = queue.put([ImageEvent("push", "h.org", "ns/x", "1")])
     options = WebhookOptions(_ingest_options(tmp_path, "r.org"), "s", tmp_path / "q.sqlite",
-                             retry_seconds=0, max_attempts=2)
-    worker = Worker(queue, options)
+                             retry_seconds=60, max_attempts=2)
+    worker = Worker(queue, options, handle=failing)
     for _ in range(2):
-        item = queue.next_pending()
+        item = queue.next_due(now=time.time() + 3600)  # its retry is an hour away
         assert item is not None
         worker.run_one(item)
     assert queue.state(item_id) == ("failed", "no such image")
-    queue.close()
-
-
-def _post(url: str, body: bytes, token: str | None,
-          content_type: str = DOCKER_EVENTS_TYPE) -> tuple[int, dict[str, object]]:
-    headers = {"Content-Type": content_type}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
-
-
-def test_http_front_token_and_queueing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    release = threading.Event()
-
-    def slow_process(event: ImageEvent, options: WebhookOptions) -> str:
-        release.wait(10)
-        return "ok"
-
-    monkeypatch.setattr(webhook_module, "process", slow_process)
-    options = WebhookOptions(_ingest_options(tmp_path, "r.org"), "s3cret",
-                             tmp_path / "q.sqlite")
-    body = _envelope(_docker_event("push", "application/octet-stream", tag=None, digest=BLOB),
-                     _docker_event("push", OCI_MANIFEST, tag="v1"))
-    with WebhookService(("127.0.0.1", 0), options) as service:
-        url = f"http://127.0.0.1:{service.address[1]}/events"
-        assert _post(url, body, None)[0] == 401
-        assert _post(url, body, "wrong")[0] == 401
-        assert _post(url, body, "s3cret-and-more")[0] == 401
-        status, answer = _post(url, body, "s3cret")
-        assert status == 200 and len(answer["queued"]) == 1  # type: ignore[arg-type]
-        assert _post(url, b"{", "s3cret")[0] == 400
-        # acknowledged = on disk, even while the worker has not finished with it
-        other = EventQueue(tmp_path / "q.sqlite")
-        assert len(other.pending()) >= 1
-        other.close()
-        release.set()
-    queue = EventQueue(tmp_path / "q.sqlite")
-    assert queue.counts().get("done", 0) >= 1
     queue.close()
 
 
@@ -388,22 +320,20 @@ def test_remove_refuses_a_non_symlink(tmp_path: Path, keys: Keys) -> None:
     assert os.path.exists(work / "reg.org" / "ns" / "a:v1")
 
 
-def test_requeue_failed_and_busy_lock_is_not_a_failure(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_requeue_failed_and_busy_lock_is_not_a_failure(tmp_path: Path) -> None:
     calls: list[str] = []
 
     def busy(event: ImageEvent, options: WebhookOptions) -> str:
         calls.append("busy")
         raise ImageError(f"another ingest is working on {tmp_path}")
 
-    monkeypatch.setattr(webhook_module, "process", busy)
     queue = EventQueue(tmp_path / "q.sqlite")
     [item_id] = queue.put([ImageEvent("push", "h.org", "ns/x", "1")])
     worker = Worker(queue, WebhookOptions(_ingest_options(tmp_path, "r.org"), "s",
                                           tmp_path / "q.sqlite", retry_seconds=0,
-                                          max_attempts=1))
+                                          max_attempts=1), handle=busy)
     for _ in range(3):
-        item = queue.next_pending()
+        item = queue.next_due()
         assert item is not None and item.attempts == 0
         worker.run_one(item)
     assert len(calls) == 3 and queue.state(item_id) == ("pending", None)
@@ -425,39 +355,3 @@ def test_cli_images_remove(tmp_path: Path, keys: Keys) -> None:
     assert "removed reg.org/ns/a:v1" in result.output
     assert "not there: reg.org/ns/a:gone" in result.output
     assert "published test.pycvmfs.org revision 1" in result.output
-
-
-def test_cli_webhook_serve_queues_and_stops_on_sigint(tmp_path: Path, keys: Keys) -> None:
-    """`webhook serve` in its own process: 401 without the token, 200 with it, the event is
-    on disk; SIGINT ends it after the worker finished its item."""
-    queue_file = tmp_path / "queue.sqlite"
-    port = free_port()
-    script = ("import sys\nfrom pycvmfs.cli.images_admin import webhook_group\n"
-              "webhook_group(sys.argv[1:], standalone_mode=False)\n")
-    args = [sys.executable, "-c", script, "serve", "--listen", f"127.0.0.1:{port}",
-            "--token", "tok", "--queue", str(queue_file), "--repo", keys.fqrn,
-            "--storage", str(tmp_path / "storage"), "--keys-dir", str(keys.keys_dir),
-            "--retry-seconds", "600", "--max-attempts", "1"]
-    root = Path(__file__).parents[3]
-    with subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as process:
-        try:
-            deadline = time.monotonic() + 30
-            url = f"http://127.0.0.1:{port}/"
-            while time.monotonic() < deadline:
-                try:
-                    if _post(url, b"{}", None)[0] == 401:
-                        break
-                except OSError:
-                    time.sleep(0.05)
-            body = _envelope(_docker_event("push", OCI_MANIFEST, host="127.0.0.1:1"))
-            status, answer = _post(url, body, "tok")
-            assert status == 200 and answer["queued"] == [1]
-        finally:
-            process.send_signal(signal.SIGINT)
-            _out, err = process.communicate(timeout=30)
-    assert "listening on 127.0.0.1" in err and "stopped" in err
-    queue = EventQueue(queue_file)  # nothing listens on 127.0.0.1:1: the one attempt failed
-    state = queue.state(1)  # (the worker finishes its item before the process ends)
-    assert state is not None and state[0] == "failed" and "127.0.0.1:1" in (state[1] or "")
-    queue.close()
