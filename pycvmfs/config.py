@@ -47,7 +47,7 @@ readonly defaults and the non-CDN list, which comes last). Parsing is one pass o
 each file reports its first 100 problems one by one and sums up the rest with their line
 range (`config_shell.MAX_REPORTED`).
 
-Files are input too: every file (and every key file) is read by
+Files are input too: every configuration file is read, and every key file checked, by
 `config_files.read_trusted_bytes`, which refuses, with a ConfigError naming the file, its
 owner and mode and the fix, anything not owned by root or the user running pycvmfs, writable
 by others, in a directory others can write, not a regular file, or over 1 MiB. A file this

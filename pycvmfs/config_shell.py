@@ -127,7 +127,8 @@ class _Report:
 def parse_config_text(text: str, *, source: str, settings: Settings) -> list[str]:
     """Apply the assignments of one config file to `settings`; return `file:line` warnings
     for everything skipped. One pass over the text: time is linear in its length."""
-    text = text.replace("\r\n", "\n")  # bash splits at \n only; CRLF files are common
+    if "\r" in text:  # CRLF files are common: a \r ending a line is dropped
+        text = text.replace("\r\n", "\n").removesuffix("\r")
     report = _Report(source)
     pos, line, end = 0, 1, len(text)
     while pos < end:
@@ -231,11 +232,12 @@ _UNSUPPORTED = {"`": "command substitution (backticks) is not supported",
                 "(": "'(' is not supported", ")": "')' is not supported"}
 _WORD = re.compile(r"[^\s]+")
 # One whole line that is blank, a comment, or `[export ]KEY=VALUE` whose value needs no
-# expansion (plain, '...' or "..." on one line), with an optional comment.
+# expansion (plain, '...' or "..." on one line), with an optional comment. Possessive
+# quantifiers: a long line that does not fit fails without backtracking through it.
 _SIMPLE = re.compile(r"""[ \t]*(?:(?:export[ \t]+)?(?P<key>[A-Za-z_][A-Za-z0-9_]*)=
-                         (?:(?P<plain>[^\s'"\\$~`;|&<>()\0]*)
-                          |'(?P<single>[^'\n\0]*)'
-                          |"(?P<double>[^"\\$`\n\0]*)")
+                         (?:(?P<plain>[^\s'"\\$~`;|&<>()\0]*+)
+                          |'(?P<single>[^'\n\0]*+)'
+                          |"(?P<double>[^"\\$`\n\0]*+)")
                          (?:[ \t]+|(?=\n)|\Z))?(?:\#[^\n]*)?(?:\n|\Z)""", re.VERBOSE)
 _BLANKS = re.compile(r"(?:[ \t]|\\\n)+")
 _PLAIN = re.compile(r"[^\s'\"\\$~:`;|&<>()]+")  # unquoted characters without a meaning
@@ -285,6 +287,8 @@ def _scan_value(text: str, pos: int, statement: _Statement) -> tuple[str, int]:
 def _scan_double(text: str, pos: int, out: list[str], statement: _Statement) -> int:
     """Inside "...": returns the position after the closing quote."""
     start = pos - 1
+    if text.find('"', pos) == -1:  # not closed anywhere: do not copy the rest of the file
+        raise _UnterminatedError("unterminated double quote", start)
     while pos < len(text):
         plain = _PLAIN_DOUBLE.match(text, pos)
         if plain:

@@ -7,6 +7,8 @@ import datetime as dt
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from pycvmfs.config import Settings, load_config, parse_config_text, symlink_env
 from pycvmfs.format.symlinks import expand_symlink
 from pycvmfs.repository.source import open_source
 from pycvmfs.repository.trust import establish_trust, load_public_keys
-from tests.mounting import DEMO_KEY, DEMO_REPO, cli_mount, is_mounted, pycvmfs
+from tests.mounting import DEMO_KEY, DEMO_REPO, cli_mount, force_unmount, is_mounted, pycvmfs
 from tests.publish_helpers import FQRN, Keys, run_publish
 from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, nginx_binary, shared_scratch
 
@@ -121,6 +123,41 @@ def test_skipped_lines_are_reported_and_the_mount_goes_on(tmp_path: Path, _: Non
             "ignored",
             f"pycvmfs: warning: {local}:3: unterminated single quote; ignored"], mount.output
         assert "Traceback" not in mount.output
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=NEEDS_FUSE_AND_NGINX)])
+def test_a_foreground_mount_reports_skipped_lines_once(tmp_path: Path, _: None) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with Nginx() as server:
+        root, env = _demo_config(tmp_path, server)
+        local = root / "config.d" / f"{DEMO_FQRN}.local"
+        local.write_text("CVMFS_X=`id`\n")
+        with (tmp_path / "stderr").open("w+") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "pycvmfs", "mount", DEMO_FQRN, str(mnt), "--foreground"],
+                cwd=DEMO_REPO.parents[1], env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=stderr)
+            try:
+                deadline = time.monotonic() + 60
+                while not is_mounted(mnt) and process.poll() is None:
+                    assert time.monotonic() < deadline, "the foreground mount never came up"
+                    time.sleep(0.05)
+                assert is_mounted(mnt), stderr.read()
+            finally:
+                if is_mounted(mnt):
+                    pycvmfs("umount", str(mnt), env=env)
+                force_unmount(mnt)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            stderr.seek(0)
+            output = stderr.read()
+    expected = f"{local}:1: command substitution (backticks) is not supported; ignored"
+    assert output.count(expected) == 1, output
+    assert "Traceback" not in output
 
 
 # --- differential: the parser against bash itself -------------------------------------------

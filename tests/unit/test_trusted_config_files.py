@@ -358,10 +358,9 @@ NINE_MB = 9 * 1024 * 1024
     ("unclosed single quote, long lines", "A='x\n" + ("y" * 1000 + "\n") * (NINE_MB // 1001)),
 ])
 def test_an_unclosed_quote_in_9_mb_parses_in_well_under_a_second(name: str, text: str) -> None:
-    start = time.monotonic()
     warnings = parse_config_text(text, source="f", settings=Settings())
-    assert time.monotonic() - start < 1.0, name
     assert len(warnings) == 1 and warnings[0].startswith("f:1: unterminated")
+    assert _best_time(text) < 1.0, name  # typically 0.1 s; the best of three on a busy host
 
 
 def _best_time(text: str) -> float:
