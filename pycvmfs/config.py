@@ -39,13 +39,26 @@ from earlier settings then the environment (unset -> ""), `~` after `=` or an un
 A Hypothesis test checks that bash assigns the same values whenever no warning is given.
 Not understood, reported as `file:line: ...` warnings and the line skipped: command
 substitution (`$(...)`, backticks), `$1`/`$$`-style and `$'...'` forms, other `${...}`
-operators, `if`/`then` and other shell code (never executed). A malformed line never
-raises. Conditions are not evaluated: the assignments inside `if ... fi` all apply, in order
-(for the shipped files that means the readonly defaults and the non-CDN list, which comes
-last). Bad values of keys the client uses raise ConfigError naming key, value and origin.
+operators, `${...}` spanning lines, a NUL byte in a value, `if`/`then` and other shell code
+(never executed). A malformed line never raises. Conditions are not evaluated: the
+assignments inside `if ... fi` all apply, in order (for the shipped files that means the
+readonly defaults and the non-CDN list, which comes last). Parsing is one pass over the text
+(linear in its size; an unterminated quote skips the rest of the file with one warning);
+each file reports its first 100 problems one by one and sums up the rest with their line
+range (`config_shell.MAX_REPORTED`).
 
-I/O: `_read_text` reads files; key resolution globs key directories. Everything else is pure.
-Thread-safety: no shared state; ClientConfig is immutable.
+Files are input too: every configuration file is read, and every key file checked, by
+`config_files.read_trusted_bytes`, which refuses, with a ConfigError naming the file, its
+owner and mode and the fix, anything not owned by root or the user running pycvmfs, writable
+by others, in a directory others can write, not a regular file, or over 1 MiB. A file this
+user may not read (EACCES) is skipped with a warning, unless it is a `--config` file.
+
+Values: `config_values.Typed` reads every typed key through one table (ranges, units, the
+reference's meaning); a bad value of any key in it is a ConfigError naming key, value and
+origin, also when this configuration does not use the key.
+
+I/O: `config_files` reads files; key resolution globs key directories. Everything else is
+pure. Thread-safety: no shared state; ClientConfig is immutable.
 """
 
 from __future__ import annotations
@@ -66,25 +79,24 @@ from pycvmfs.config_defaults import (
     ROOT_CACHE_BASE,
     default_cache_base,
     domain_layer,
-    home_dir,
     no_keys_message,
     user_keys_dir,
 )
+from pycvmfs.config_files import MAX_KEY_BYTES, FileTrust, read_trusted_bytes, read_trusted_text
 from pycvmfs.config_shell import Assignment, Settings, parse_config_text
+from pycvmfs.config_values import Typed, parse_bool, proxy_groups, server_urls
 from pycvmfs.errors import ConfigError
 
 DEFAULT_CONFIG_ROOT: Final = Path("/etc/cvmfs")
 CONFIG_ROOT_ENV: Final = "PYCVMFS_CONFIG_ROOT"
 DIRECT: Final = "DIRECT"
-MAX_CONTINUATION_LINES: Final = 200  # an unterminated quote gives up after this many lines
 BUILTIN_DEFAULTS: Final = "<built-in default.conf>"
 OVERRIDE: Final = "<-o>"
 _EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
 
+_ROOT_HASH = re.compile(r"[0-9a-f]{32}|[0-9a-f]{40}(?:-rmd160|-shake128)?")  # fact sheet 1.2
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FQRN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")  # no "/", no ".."
-_TRUE = frozenset({"yes", "on", "1", "true"})
-_FALSE = frozenset({"no", "off", "0", "false"})
 
 
 class MagicXattrsVisibility(enum.StrEnum):
@@ -112,15 +124,6 @@ class MergedSettings:
     environ: Mapping[str, str]
 
 
-def _read_text(path: Path) -> str | None:
-    """The file's text, or None when it does not exist; the only config file reads.
-    Other OSErrors propagate."""
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return None
-
-
 def split_fqrn(fqrn: str) -> tuple[str, str]:
     """(org, domain): `atlas.cern.ch` -> (`atlas`, `cern.ch`); no dot -> (fqrn, "")."""
     org, _, domain = fqrn.partition(".")
@@ -130,15 +133,18 @@ def split_fqrn(fqrn: str) -> tuple[str, str]:
 class _Files:
     """Reads config files into `settings`, collecting warnings and the files read."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, trust: FileTrust) -> None:
         self.settings = settings
+        self.trust = trust
         self.warnings: list[str] = []
         self.read: list[Path] = []
 
     def apply(self, path: Path, *, required: bool = False) -> None:
-        """Parse `path` if it exists; `required` (a --config file) makes problems errors."""
+        """Parse `path` if it exists; `required` (a --config file) makes problems errors.
+        A file that is not trusted (`config_files`) is always an error; one this user
+        cannot read (EACCES) is skipped with a warning unless required."""
         try:
-            text = _read_text(path)
+            text = read_trusted_text(path, what="configuration file", trust=self.trust)
         except OSError as exc:
             if required:
                 raise ConfigError(f"configuration file {path}: {exc.strerror or exc}") from exc
@@ -160,9 +166,11 @@ def load_settings(
     overrides: Mapping[str, str] = _EMPTY,
     environ: Mapping[str, str] | None = None,
     is_root: bool | None = None,
+    trust: FileTrust | None = None,
 ) -> MergedSettings:
-    """Apply layers 0-8 (module docstring). ConfigError only for a bad fqrn, a missing
-    `--config` file, a bad override name or a bad CVMFS_USE_CDN; malformed lines warn."""
+    """Apply layers 0-8 (module docstring). ConfigError for a bad fqrn, a missing
+    `--config` file, a file that is not trusted (`config_files`; `trust` defaults to this
+    process's user), a bad override name or a bad CVMFS_USE_CDN; malformed lines warn."""
     if not _FQRN.fullmatch(fqrn):
         raise ConfigError(f"{fqrn!r} is not a repository name (like atlas.cern.ch)")
     env = dict(os.environ if environ is None else environ)
@@ -176,7 +184,7 @@ def load_settings(
     for key, value in builtin.items():
         settings.assign(key, value, BUILTIN_DEFAULTS)
     settings.readonly.update(READONLY_KEYS)
-    files = _Files(settings)
+    files = _Files(settings, trust or FileTrust.current())
     _apply_hierarchy(files, root, fqrn, domain)
     for path in extra_files:
         files.apply(Path(path), required=True)
@@ -210,8 +218,8 @@ def _apply_builtin_domain(settings: Settings, domain: str, root: Path) -> None:
     if domain not in DOMAINS:
         return
     key = "CVMFS_USE_CDN" if "CVMFS_USE_CDN" in settings.values else "CVMFS_USE_OPENHTC"
-    use_cdn = _parse_bool(key, settings.values.get(key) or "no",  # older files: USE_OPENHTC
-                          settings.origins.get(key, BUILTIN_DEFAULTS))
+    use_cdn = parse_bool(key, settings.values.get(key) or "no",  # older files: USE_OPENHTC
+                         settings.origins.get(key, BUILTIN_DEFAULTS))
     source = f"<built-in domain.d/{domain}.conf>"
     for key, value in domain_layer(domain, use_cdn=use_cdn, keys_root=str(root / "keys")).items():
         warning = settings.assign(key, value, source)
@@ -229,62 +237,7 @@ def _unprivileged_cache_base(settings: Settings, root: Path, env: Mapping[str, s
                         f"<pycvmfs: not root, {ROOT_CACHE_BASE} of {origin} not used>")
 
 
-# --- typed values ---------------------------------------------------------------------------
-
-
-def _parse_bool(key: str, value: str, origin: str) -> bool:
-    word = value.strip().lower()
-    if word in _TRUE:
-        return True
-    if word in _FALSE:
-        return False
-    raise ConfigError(f"{key}={value!r} (set in {origin}): not a boolean "
-                      "(use yes/no, on/off, true/false or 1/0)")
-
-
-class _Typed:
-    """Typed reads of merged settings; every error names key, value and origin."""
-
-    def __init__(self, merged: MergedSettings) -> None:
-        self._values = merged.values
-        self._origins = merged.origins
-        self.home = home_dir(merged.environ)
-
-    def origin(self, key: str) -> str:
-        return self._origins.get(key, "unset")
-
-    def text(self, key: str, default: str = "") -> str:
-        return self._values.get(key, default)
-
-    def optional(self, key: str) -> str | None:
-        value = self._values.get(key, "").strip()
-        return value or None
-
-    def integer(self, key: str, default: int) -> int:
-        value = self._values.get(key)
-        if value is None or not value.strip():
-            return default
-        try:
-            return int(value.strip(), 10)
-        except ValueError:
-            raise ConfigError(f"{key}={value!r} (set in {self.origin(key)}): "
-                              "not an integer") from None
-
-    def optional_integer(self, key: str) -> int | None:
-        return self.integer(key, 0) if self.optional(key) is not None else None
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self._values.get(key)
-        if value is None or not value.strip():
-            return default
-        return _parse_bool(key, value, self.origin(key))
-
-    def path(self, key: str) -> Path | None:
-        value = self.optional(key)
-        return None if value is None else self.expand_home(value)
-
-    def expand_home(self, value: str) -> Path:
-        return Path(self.home + value[1:] if value == "~" or value.startswith("~/") else value)
+# --- typed values (config_values) ---------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,70 +298,76 @@ def load_config(
     overrides: Mapping[str, str] = _EMPTY,
     environ: Mapping[str, str] | None = None,
     is_root: bool | None = None,
+    trust: FileTrust | None = None,
 ) -> ClientConfig:
     """The configuration of repository `fqrn` (module docstring for order and defaults).
 
-    Raises ConfigError for a bad typed value, an impossible combination, no server URL or
-    no public key; malformed lines only give `warnings`."""
+    Raises ConfigError for a file or key file that is not trusted, a bad typed value, an
+    impossible combination, no server URL or no public key; malformed lines only give
+    `warnings`."""
     merged = load_settings(fqrn, config_root=config_root, extra_files=extra_files,
-                           overrides=overrides, environ=environ, is_root=is_root)
-    return resolve(merged)
+                           overrides=overrides, environ=environ, is_root=is_root, trust=trust)
+    return resolve(merged, trust=trust)
 
 
-def resolve(merged: MergedSettings) -> ClientConfig:
-    """Type the merged settings (I/O: key directories are listed). The defaults below are
-    the reference's built-in values, used only when a file sets a key to the empty string."""
-    typed = _Typed(merged)
+def resolve(merged: MergedSettings, *, trust: FileTrust | None = None) -> ClientConfig:
+    """Type the merged settings through `config_values` (every bad value is a ConfigError
+    naming key, value and origin). I/O: key directories are listed and key files checked
+    with `read_trusted_bytes`. The defaults in `INTEGER_KEYS`/`BOOLEAN_KEYS` are the
+    reference's built-in values, used only when a file sets a key to the empty string."""
+    typed = _typed(merged)
+    typed.check_all()
     proxy = typed.text("CVMFS_HTTP_PROXY").strip()
+    fallback = typed.text("CVMFS_FALLBACK_PROXY").strip()
+    if proxy and not typed.parsed("CVMFS_HTTP_PROXY", proxy_groups):
+        raise typed.error("CVMFS_HTTP_PROXY", "no proxy in it (DIRECT: none)")
+    typed.parsed("CVMFS_FALLBACK_PROXY", proxy_groups)
     cache = _cache_fields(merged.fqrn, typed)
+    max_servers = typed.integer("CVMFS_MAX_SERVERS")
     return ClientConfig(
         fqrn=merged.fqrn,
         server_urls=_server_urls(merged.fqrn, typed),
         http_proxy=proxy or DIRECT,
         http_proxy_defaulted=not proxy,
-        fallback_proxy=typed.text("CVMFS_FALLBACK_PROXY").strip(),
-        timeout_s=typed.integer("CVMFS_TIMEOUT", 5),
-        timeout_direct_s=typed.integer("CVMFS_TIMEOUT_DIRECT", 5),
-        low_speed_limit=typed.integer("CVMFS_LOW_SPEED_LIMIT", 1024),
-        max_retries=typed.integer("CVMFS_MAX_RETRIES", 1),
-        backoff_init_s=typed.integer("CVMFS_BACKOFF_INIT", 2),
-        backoff_max_s=typed.integer("CVMFS_BACKOFF_MAX", 10),
-        proxy_reset_after_s=typed.integer("CVMFS_PROXY_RESET_AFTER", 0),
-        host_reset_after_s=typed.integer("CVMFS_HOST_RESET_AFTER", 0),
-        use_geoapi=typed.boolean("CVMFS_USE_GEOAPI", False),
-        max_servers=typed.integer("CVMFS_MAX_SERVERS", 0),
-        follow_redirects=typed.boolean("CVMFS_FOLLOW_REDIRECTS", False),
+        fallback_proxy=fallback,
+        timeout_s=typed.integer("CVMFS_TIMEOUT"),
+        timeout_direct_s=typed.integer("CVMFS_TIMEOUT_DIRECT"),
+        low_speed_limit=typed.integer("CVMFS_LOW_SPEED_LIMIT"),
+        max_retries=typed.integer("CVMFS_MAX_RETRIES"),
+        backoff_init_s=typed.integer("CVMFS_BACKOFF_INIT"),
+        backoff_max_s=typed.integer("CVMFS_BACKOFF_MAX"),
+        proxy_reset_after_s=typed.integer("CVMFS_PROXY_RESET_AFTER"),
+        host_reset_after_s=typed.integer("CVMFS_HOST_RESET_AFTER"),
+        use_geoapi=typed.boolean("CVMFS_USE_GEOAPI"),
+        max_servers=max_servers,
+        follow_redirects=typed.boolean("CVMFS_FOLLOW_REDIRECTS"),
         cache_base=cache[0], cache_dir=cache[1], shared_cache=cache[2],
         quota_limit_mb=cache[3], alien_cache=cache[4],
-        public_key_files=resolve_public_keys(merged),
+        public_key_files=resolve_public_keys(merged, trust=trust),
         repository_tag=typed.optional("CVMFS_REPOSITORY_TAG"),
-        repository_date=typed.optional("CVMFS_REPOSITORY_DATE"),
-        root_hash=typed.optional("CVMFS_ROOT_HASH"),
-        auto_update=typed.boolean("CVMFS_AUTO_UPDATE", True),
+        repository_date=typed.date("CVMFS_REPOSITORY_DATE"),
+        root_hash=_root_hash(typed),
+        auto_update=typed.boolean("CVMFS_AUTO_UPDATE"),
         max_ttl_minutes=typed.optional_integer("CVMFS_MAX_TTL"),
-        min_ttl_s=_at_least(typed, "PYCVMFS_MIN_TTL", 60, 1),
-        nfiles=_at_least(typed, "CVMFS_NFILES", 131072, 64),
-        kcache_timeout_s=typed.integer("CVMFS_KCACHE_TIMEOUT", 60),
-        claim_ownership=typed.boolean("CVMFS_CLAIM_OWNERSHIP", True),
-        world_readable=typed.boolean("CVMFS_WORLD_READABLE", False),
-        check_permissions=typed.boolean("CVMFS_CHECK_PERMISSIONS", True),
+        min_ttl_s=typed.integer("PYCVMFS_MIN_TTL"),
+        nfiles=typed.integer("CVMFS_NFILES"),
+        kcache_timeout_s=typed.integer("CVMFS_KCACHE_TIMEOUT"),
+        claim_ownership=typed.boolean("CVMFS_CLAIM_OWNERSHIP"),
+        world_readable=typed.boolean("CVMFS_WORLD_READABLE"),
+        check_permissions=typed.boolean("CVMFS_CHECK_PERMISSIONS"),
         magic_xattrs_visibility=_visibility(typed),
-        strict_mount=typed.boolean("CVMFS_STRICT_MOUNT", False),
+        strict_mount=typed.boolean("CVMFS_STRICT_MOUNT"),
         settings=merged.values, origins=merged.origins,
-        warnings=merged.warnings, files_read=merged.files_read,
+        warnings=(*merged.warnings, *typed.warnings), files_read=merged.files_read,
         blacklist_files=(merged.config_root / "blacklist",),
     )
 
 
-def _at_least(typed: _Typed, key: str, default: int, minimum: int) -> int:
-    value = typed.integer(key, default)
-    if value < minimum:
-        raise ConfigError(f"{key}={value} (set in {typed.origin(key)}): must be at least "
-                          f"{minimum}")
-    return value
+def _typed(merged: MergedSettings) -> Typed:
+    return Typed(merged.values, merged.origins, merged.environ)
 
 
-def _server_urls(fqrn: str, typed: _Typed) -> tuple[str, ...]:
+def _server_urls(fqrn: str, typed: Typed) -> tuple[str, ...]:
     urls = tuple(u.strip() for u in typed.text("CVMFS_SERVER_URL").split(";") if u.strip())
     if not urls:
         _, domain = split_fqrn(fqrn)
@@ -417,21 +376,27 @@ def _server_urls(fqrn: str, typed: _Typed) -> tuple[str, ...]:
             f"domain {domain or '(none)'!r} (built in: {', '.join(DOMAINS)}); set it in "
             f"config.d/{fqrn}.conf, a --config file or -o CVMFS_SERVER_URL=http://host/cvmfs/@fqrn@"
         )
+    typed.parsed("CVMFS_SERVER_URL", server_urls)
     return urls
+
+
+def _root_hash(typed: Typed) -> str | None:
+    value = typed.optional("CVMFS_ROOT_HASH")
+    if value is not None and not _ROOT_HASH.fullmatch(value):
+        raise typed.error("CVMFS_ROOT_HASH", "not a CernVM-FS hash (40 lowercase hex digits, "
+                          "or 32 for MD5, then -rmd160 or -shake128 for those algorithms)")
+    return value
 
 
 _CacheFields = tuple[Path, Path, bool, int, "Path | None"]
 
 
-def _cache_fields(fqrn: str, typed: _Typed) -> _CacheFields:
+def _cache_fields(fqrn: str, typed: Typed) -> _CacheFields:
     """(base, dir, shared, quota, alien) with the reference's checks (fact sheet 9.1, 9.6)."""
     base = typed.path("CVMFS_CACHE_BASE") or Path(ROOT_CACHE_BASE)
-    shared = typed.boolean("CVMFS_SHARED_CACHE", True)
-    quota = typed.integer("CVMFS_QUOTA_LIMIT", 1024)
+    shared = typed.boolean("CVMFS_SHARED_CACHE")
+    quota = typed.integer("CVMFS_QUOTA_LIMIT")
     alien = typed.path("CVMFS_ALIEN_CACHE")
-    if quota == 0 or quota < -1:
-        raise ConfigError(f"CVMFS_QUOTA_LIMIT={quota} (set in "
-                          f"{typed.origin('CVMFS_QUOTA_LIMIT')}): must be -1 or positive (MB)")
     if alien is not None and (quota != -1 or shared):
         raise ConfigError(
             f"CVMFS_ALIEN_CACHE (set in {typed.origin('CVMFS_ALIEN_CACHE')}) needs "
@@ -442,18 +407,13 @@ def _cache_fields(fqrn: str, typed: _Typed) -> _CacheFields:
     return base, directory, shared, quota, alien
 
 
-def _visibility(typed: _Typed) -> MagicXattrsVisibility:
-    value = typed.optional("CVMFS_MAGIC_XATTRS_VISIBILITY")
+def _visibility(typed: Typed) -> MagicXattrsVisibility:
+    value = typed.choice("CVMFS_MAGIC_XATTRS_VISIBILITY",
+                         tuple(v.value for v in MagicXattrsVisibility))
     if value is not None:
-        try:
-            return MagicXattrsVisibility(value.lower())
-        except ValueError:
-            raise ConfigError(
-                f"CVMFS_MAGIC_XATTRS_VISIBILITY={value!r} (set in "
-                f"{typed.origin('CVMFS_MAGIC_XATTRS_VISIBILITY')}): "
-                "use rootonly, never or always") from None
+        return MagicXattrsVisibility(value)
     if typed.optional("CVMFS_HIDE_MAGIC_XATTRS") is not None:
-        hide = typed.boolean("CVMFS_HIDE_MAGIC_XATTRS", False)
+        hide = typed.boolean("CVMFS_HIDE_MAGIC_XATTRS")
         return MagicXattrsVisibility.NEVER if hide else MagicXattrsVisibility.ALWAYS
     return MagicXattrsVisibility.ROOTONLY
 
@@ -463,7 +423,7 @@ def _visibility(typed: _Typed) -> MagicXattrsVisibility:
 
 def key_search_dirs(merged: MergedSettings) -> list[Path]:
     """Where `*.pub` files are looked for when CVMFS_PUBLIC_KEY is unset, in order."""
-    typed = _Typed(merged)
+    typed = _typed(merged)
     _, domain = split_fqrn(merged.fqrn)
     user = user_keys_dir(merged.environ)
     dirs = [typed.path("CVMFS_KEYS_DIR") or merged.config_root / "keys"]
@@ -473,30 +433,41 @@ def key_search_dirs(merged: MergedSettings) -> list[Path]:
     return list(dict.fromkeys(dirs))
 
 
-def resolve_public_keys(merged: MergedSettings) -> tuple[Path, ...]:
-    """The key files: CVMFS_PUBLIC_KEY wins, else the first search dir holding `*.pub`."""
-    typed = _Typed(merged)
+def resolve_public_keys(merged: MergedSettings, *,
+                        trust: FileTrust | None = None) -> tuple[Path, ...]:
+    """The key files: CVMFS_PUBLIC_KEY wins, else the first search dir holding `*.pub`.
+    Each is checked as `read_trusted_bytes` reads it (owner, mode, type, size): a key file
+    someone else can write is refused here, before anything is fetched."""
+    typed = _typed(merged)
     explicit = typed.optional("CVMFS_PUBLIC_KEY")
     if explicit is not None:
-        return _explicit_keys(explicit, typed.origin("CVMFS_PUBLIC_KEY"), typed)
-    dirs = key_search_dirs(merged)
-    for directory in dirs:
-        found = sorted(directory.glob("*.pub")) if directory.is_dir() else []
-        if found:
-            return tuple(found)
-    raise ConfigError(no_keys_message(merged.fqrn, split_fqrn(merged.fqrn)[1], dirs,
-                                      user_keys_dir(merged.environ)))
+        files = _explicit_keys(explicit, typed.origin("CVMFS_PUBLIC_KEY"), typed)
+    else:
+        dirs = key_search_dirs(merged)
+        files = next((found for found in (_pub_files(d) for d in dirs) if found), ())
+        if not files:
+            raise ConfigError(no_keys_message(merged.fqrn, split_fqrn(merged.fqrn)[1], dirs,
+                                              user_keys_dir(merged.environ)))
+    for path in files:
+        if read_trusted_bytes(path, what="public key", max_bytes=MAX_KEY_BYTES,
+                              trust=trust) is None:
+            raise ConfigError(f"public key {path}: no such file (a dangling symlink?)")
+    return files
 
 
-def _explicit_keys(value: str, origin: str, typed: _Typed) -> tuple[Path, ...]:
+def _pub_files(directory: Path) -> tuple[Path, ...]:
+    return tuple(sorted(directory.glob("*.pub"))) if directory.is_dir() else ()
+
+
+def _explicit_keys(value: str, origin: str, typed: Typed) -> tuple[Path, ...]:
     files: list[Path] = []
     for part in (p.strip() for p in value.split(":")):
         if not part:
             continue
         path = typed.expand_home(part)
         if path.is_dir():
-            files += sorted(path.glob("*.pub"))
-        elif path.is_file():
+            files += _pub_files(path)
+        elif path.exists():
             files.append(path)
         else:
             raise ConfigError(f"CVMFS_PUBLIC_KEY (set in {origin}) names {path}: "

@@ -73,10 +73,14 @@ def mount(fqrn: str, mountpoint: Path, options: tuple[str, ...],
         raise ConfigError(f"{mountpoint} is already a mount point")
     overrides = overrides_of(options)
     config = load_config(fqrn, extra_files=config_files, overrides=overrides)
-    if not foreground:
+    if not foreground:  # skipped lines etc.: shown here once, logged by the serving process
+        for warning in config.warnings:
+            click.echo(f"pycvmfs: warning: {warning}", err=True)
         mount_in_background(fqrn, mountpoint, options, config_files, backend)
         return
     _configure_logging(config, detached)
+    for warning in config.warnings:  # to the logs, and to stderr unless detached
+        logging.getLogger(__name__).warning("configuration: %s", warning)
     _, capped = raise_open_files_limit(config.nfiles)
     if capped:
         logging.getLogger(__name__).warning("%s", capped)

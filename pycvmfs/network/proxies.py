@@ -1,6 +1,9 @@
 """Parse `CVMFS_HTTP_PROXY`, `CVMFS_FALLBACK_PROXY` and `CVMFS_SERVER_URL` (fact sheet 8.1, 8.2).
 
-Pure: strings in, frozen values out. A proxy is typed `Proxy(url)` or `DIRECT`, so no other
+Pure: strings in, frozen values out. The syntax and its checks (an http(s) URL with a host
+and a valid port, no spaces) are `config_values`', which `config` applies with the key and
+where it was set; here the same functions name only the entry.
+A proxy is typed `Proxy(url)` or `DIRECT`, so no other
 module ever compares a string to "DIRECT".
 
 Caveats: `auto` (WPAD/PAC) is not supported yet; proxy host names are not expanded into one
@@ -13,6 +16,7 @@ import enum
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from pycvmfs.config_values import proxy_groups, server_urls
 from pycvmfs.errors import ConfigError
 
 
@@ -61,25 +65,11 @@ class ProxyConfig:
         return self.groups[self.fallback_start :]
 
 
-def _member(text: str) -> ProxyChoice:
-    if text.upper() == "DIRECT":
-        return DIRECT
-    if text == "auto":
-        raise ConfigError("CVMFS_HTTP_PROXY=auto (WPAD/PAC) is not supported yet")
-    url = text if "://" in text else f"http://{text}"
-    if not urlsplit(url).hostname:
-        raise ConfigError(f"bad proxy {text!r}: no host name")
-    return Proxy(url)
-
-
 def parse_proxy_groups(text: str) -> tuple[ProxyGroup, ...]:
-    """`a|b;c;DIRECT` -> ((a, b), (c,), (DIRECT,)); empty members and groups are dropped."""
-    groups: list[ProxyGroup] = []
-    for group_text in text.split(";"):
-        members = tuple(_member(m.strip()) for m in group_text.split("|") if m.strip())
-        if members:
-            groups.append(members)
-    return tuple(groups)
+    """`a|b;c;DIRECT` -> ((a, b), (c,), (DIRECT,)); empty members and groups are dropped.
+    The syntax (and every check of a member) is `config_values.proxy_groups`'."""
+    return tuple(tuple(DIRECT if member == "DIRECT" else Proxy(member) for member in group)
+                 for group in proxy_groups(text))
 
 
 def _without_direct(groups: tuple[ProxyGroup, ...]) -> tuple[ProxyGroup, ...]:
@@ -105,14 +95,10 @@ def expand_templates(text: str, fqrn: str) -> str:
 
 
 def parse_server_urls(text: str, max_servers: int = 0) -> tuple[str, ...]:
-    """`CVMFS_SERVER_URL`: `;`-separated ring of base URLs, trailing slashes removed;
-    `max_servers` > 0 truncates (`CVMFS_MAX_SERVERS`; callers truncate again after geo)."""
-    hosts = tuple(u.strip().rstrip("/") for u in text.split(";") if u.strip())
-    if max_servers > 0:
-        hosts = hosts[:max_servers]
-    for url in hosts:
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"CVMFS_SERVER_URL entry {url!r} is not an http(s) URL")
+    """`CVMFS_SERVER_URL`: `;`-separated ring of base URLs, trailing slashes removed
+    (`config_values.server_urls` checks each); `max_servers` > 0 truncates
+    (`CVMFS_MAX_SERVERS`; callers truncate again after geo)."""
+    hosts = server_urls(text)
     if not hosts:
         raise ConfigError("CVMFS_SERVER_URL is empty")
-    return hosts
+    return hosts[:max_servers] if max_servers > 0 else hosts

@@ -29,6 +29,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from pycvmfs.config_files import MAX_KEY_BYTES, read_trusted_bytes, read_trusted_text
 from pycvmfs.errors import ConfigError, MissingFieldError, PycvmfsError
 from pycvmfs.format.blacklist import Blacklist, parse_blacklist
 from pycvmfs.format.certificates import certificate_from_object, load_public_key
@@ -137,15 +138,16 @@ def fetch_certificate(source: ObjectSource, manifest: Manifest) -> x509.Certific
 
 def load_blacklist(paths: Iterable[str | os.PathLike[str]]) -> Blacklist:
     """The blacklist files that exist, merged (read again at every revision check, as the
-    reference does). One that exists but cannot be read refuses the mount."""
+    reference does). One that exists but cannot be read, or is not trusted
+    (`config_files.read_trusted_text`: owner, mode, type, size), refuses the mount."""
     texts = []
     for path in map(Path, paths):
         try:
-            texts.append(path.read_text(errors="replace"))
-        except FileNotFoundError:
-            continue
+            text = read_trusted_text(path, what="blacklist")
         except OSError as exc:
             raise ConfigError(f"cannot read blacklist {path}: {exc.strerror or exc}") from exc
+        if text is not None:
+            texts.append(text)
     return parse_blacklist(texts)
 
 
@@ -156,15 +158,16 @@ def key_files(locations: Iterable[str | os.PathLike[str]]) -> list[Path]:
         path = Path(location)
         if path.is_dir():
             files += sorted(path.glob(PUBLIC_KEY_GLOB))
-        elif path.is_file():
-            files.append(path)
+        elif path.exists():
+            files.append(path)  # whether it is a trusted regular file: when it is read
         else:
             raise ConfigError(f"public key {path}: no such file or directory")
     return files
 
 
 def load_public_keys(locations: Iterable[str | os.PathLike[str]]) -> list[rsa.RSAPublicKey]:
-    """Load every key of `key_files(locations)`; ConfigError naming where it looked if none."""
+    """Load every key of `key_files(locations)`; ConfigError naming where it looked if none,
+    or naming the file if it is not trusted (`config_files.read_trusted_bytes`)."""
     locations = list(locations)
     files = key_files(locations)
     if not files:
@@ -173,8 +176,10 @@ def load_public_keys(locations: Iterable[str | os.PathLike[str]]) -> list[rsa.RS
     keys = []
     for file in files:
         try:
-            pem = file.read_bytes()
+            pem = read_trusted_bytes(file, what="public key", max_bytes=MAX_KEY_BYTES)
         except OSError as exc:
             raise ConfigError(f"public key {file}: {exc.strerror or exc}") from exc
+        if pem is None:
+            raise ConfigError(f"public key {file}: no such file (a dangling symlink?)")
         keys.append(load_public_key(pem, what=f"public key {file}"))
     return keys

@@ -3,6 +3,7 @@ keys, typed values and cache/proxy defaults (fact sheet 12, 8.1-8.3, 9.1)."""
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from pycvmfs.config_defaults import DOMAINS
 from pycvmfs.errors import ConfigError
 
 FQRN = "atlas.example.org"
+ROOT_HASH = "0123456789abcdef0123456789abcdef01234567"
 ENV = {"HOME": "/home/u", "SITE": "cern", "EMPTY": ""}
 
 
@@ -289,13 +291,28 @@ def test_package_readonly_lines_do_not_warn(tmp_path: Path) -> None:
     assert load(root).warnings == ()
 
 
-def test_unreadable_file_is_a_warning(tmp_path: Path) -> None:
-    root = make_root(tmp_path)
-    (root / "default.local").mkdir()  # reading a directory fails like an unreadable file
+def test_unreadable_file_is_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = make_root(tmp_path, {"default.local": "CVMFS_A=1"})
+    real_open = os.open
+
+    def no_permission(path: str, flags: int, *args: int) -> int:
+        if str(path).endswith("default.local"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_permission)
     config = load(root)
     assert config.warnings[0].startswith(f"{root / 'default.local'}: cannot be read")
-    with pytest.raises(ConfigError, match="configuration file"):
+    assert "CVMFS_A" not in config.settings
+    with pytest.raises(ConfigError, match="configuration file.*Permission denied"):
         load(root, extra_files=[root / "default.local"])
+
+
+def test_a_directory_in_place_of_a_file_is_refused(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    (root / "default.local").mkdir()
+    with pytest.raises(ConfigError, match="default.local is a directory, not a regular file"):
+        load(root)
 
 
 def test_readonly_defaults(tmp_path: Path) -> None:
@@ -447,8 +464,10 @@ def test_booleans(tmp_path: Path, word: str, expected: bool) -> None:
     ("CVMFS_USE_GEOAPI", "maybe", "not a boolean"),
     ("CVMFS_TIMEOUT", "5s", "not an integer"),
     ("CVMFS_MAX_TTL", "1.5", "not an integer"),
-    ("CVMFS_QUOTA_LIMIT", "0", "must be -1 or positive"),
-    ("CVMFS_MAGIC_XATTRS_VISIBILITY", "sometimes", "rootonly, never or always"),
+    ("CVMFS_QUOTA_LIMIT", "0", "must be -1 or at least 1 MB"),
+    ("CVMFS_MAGIC_XATTRS_VISIBILITY", "sometimes", "use always, rootonly or never"),
+    ("CVMFS_REPOSITORY_DATE", "yesterday", "expected YYYY-MM-DDTHH:MM:SSZ"),
+    ("CVMFS_ROOT_HASH", "abc", "not a CernVM-FS hash"),
 ])
 def test_bad_values_name_key_value_and_file(tmp_path: Path, key: str, value: str,
                                             what: str) -> None:
@@ -477,9 +496,9 @@ def test_defaults(tmp_path: Path) -> None:
 def test_revision_pins_and_ttl(tmp_path: Path) -> None:
     config = load(make_root(tmp_path), overrides={
         "CVMFS_REPOSITORY_TAG": "v1", "CVMFS_REPOSITORY_DATE": "2024-01-01T00:00:00Z",
-        "CVMFS_ROOT_HASH": "abc", "CVMFS_AUTO_UPDATE": "no", "CVMFS_MAX_TTL": "15"})
+        "CVMFS_ROOT_HASH": ROOT_HASH, "CVMFS_AUTO_UPDATE": "no", "CVMFS_MAX_TTL": "15"})
     assert (config.repository_tag, config.repository_date, config.root_hash) == (
-        "v1", "2024-01-01T00:00:00Z", "abc")
+        "v1", "2024-01-01T00:00:00Z", ROOT_HASH)
     assert not config.auto_update and config.max_ttl_minutes == 15
 
 

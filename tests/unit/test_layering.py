@@ -27,7 +27,8 @@ FORBIDDEN = {
     "pycvmfs.images.reference": {"socket", "urllib3", "subprocess", "os", "pathlib"},
     "pycvmfs.images.layout": {"socket", "urllib3", "subprocess", "os", "pathlib"},
 }
-CONFIG_MODULES = ("pycvmfs.config", "pycvmfs.config_defaults", "pycvmfs.config_shell")
+CONFIG_MODULES = ("pycvmfs.config", "pycvmfs.config_defaults", "pycvmfs.config_shell",
+                  "pycvmfs.config_files", "pycvmfs.config_values")
 
 
 def imports_of(path: Path) -> set[str]:
