@@ -69,6 +69,8 @@ TEMP_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 TEMP_NAME_LENGTH = 8  # as tempfile.mkstemp
 TEMP_ATTEMPTS = 100
 WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+# open() of a symlink with O_NOFOLLOW, of a FIFO (no reader) or socket, of a dead device
+NOT_A_FILE = (errno.ELOOP, errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP)
 FIX_REMOVE = ("remove it (its contents cannot be trusted; as root if you cannot) and "
               "pycvmfs creates it again, or set CVMFS_CACHE_BASE to a directory of your own")
 
@@ -265,7 +267,7 @@ class SafeDir:
         try:
             fd = os.open(name, flags | FILE_FLAGS, mode, dir_fd=self.fd)
         except OSError as exc:
-            if exc.errno != errno.ELOOP:
+            if exc.errno not in NOT_A_FILE:
                 raise
             problem = describe_entry(self.fd, name)
         else:

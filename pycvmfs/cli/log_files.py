@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TextIO
 
 from pycvmfs.cache.safe_dir import SafeDir, file_problem, open_base
+from pycvmfs.errors import ConfigError
 
 LOG_FILE_MODE = 0o600
 APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT
@@ -82,13 +83,16 @@ class SafeLogFileHandler(logging.StreamHandler[TextIO]):
         super().close()
 
 
-def log_file_handler(path: Path | str, directory: SafeDir | None = None, *,
+def log_file_handler(path: Path | str, *, in_cache_base: bool = False,
                      max_bytes: int = 0) -> SafeLogFileHandler:
-    """A handler for log file `path`: a file name in `directory` (an already checked
-    directory, e.g. the cache base), or a path whose parent is opened (created if
-    missing) as the administrator named it; the file itself is always checked."""
-    if directory is not None:
-        return SafeLogFileHandler(directory, str(path), max_bytes=max_bytes)
+    """A handler for log file `path`. Its parent is the cache base (`in_cache_base`:
+    checked by the base rule of `safe_dir`, it may be a shared sticky directory) or a
+    directory the administrator named (opened as named, created if missing); the file
+    itself is always checked."""
     path = Path(os.path.abspath(path))
-    parent = open_base(path.parent, create=True, check=False)
-    return SafeLogFileHandler(parent, path.name, max_bytes=max_bytes)
+    try:
+        parent = open_base(path.parent, create=True, check=in_cache_base)
+        return SafeLogFileHandler(parent, path.name, max_bytes=max_bytes)
+    except OSError as exc:
+        raise ConfigError(f"cannot open log file {path}: {exc.strerror or exc}; set "
+                          "CVMFS_USYSLOG to a file you can write") from exc

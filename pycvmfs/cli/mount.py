@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-from pycvmfs.cache.safe_dir import SafeDir, open_base
 from pycvmfs.cli.log_files import log_file_handler
 from pycvmfs.errors import ConfigError
 
@@ -100,9 +99,8 @@ def _configure_logging(config: ClientConfig, detached: bool) -> None:
     elif detached and not os.path.exists(SYSLOG_SOCKET):
         # directly in the cache base, which may be a shared sticky directory: the base
         # is checked as for the cache, the file must be ours (cli.log_files)
-        base = open_base(config.cache_base, create=True)
-        handlers.append(_file_handler(f"{config.fqrn}.log", logging.INFO, rotate=True,
-                                      directory=base))
+        handlers.append(_file_handler(str(config.cache_base / f"{config.fqrn}.log"),
+                                      logging.INFO, rotate=True, in_cache_base=True))
     if debuglog:
         handlers.append(_file_handler(debuglog, logging.DEBUG, rotate=False))
     if os.path.exists(SYSLOG_SOCKET):
@@ -120,10 +118,11 @@ def _configure_logging(config: ClientConfig, detached: bool) -> None:
 
 
 def _file_handler(path: str, level: int, *, rotate: bool,
-                  directory: SafeDir | None = None) -> logging.Handler:
+                  in_cache_base: bool = False) -> logging.Handler:
     """A log file never written through a link or into another user's file
-    (`cli.log_files`); `path` is relative to `directory` when given."""
-    handler = log_file_handler(path, directory, max_bytes=USYSLOG_BYTES if rotate else 0)
+    (`cli.log_files`)."""
+    handler = log_file_handler(path, in_cache_base=in_cache_base,
+                               max_bytes=USYSLOG_BYTES if rotate else 0)
     handler.setLevel(level)
     return handler
 
