@@ -267,9 +267,10 @@ class SafeDir:
         try:
             fd = os.open(name, flags | FILE_FLAGS, mode, dir_fd=self.fd)
         except OSError as exc:
-            if exc.errno not in NOT_A_FILE:
-                raise
-            problem = describe_entry(self.fd, name)
+            problem = self._entry_problem(name, links=links, check_mode=check_mode)
+            if exc.errno not in NOT_A_FILE and problem is None:
+                raise  # EACCES, ENOENT ... of an entry that is all right
+            problem = problem or describe_entry(self.fd, name)
         else:
             problem = "could not be examined"
             try:
@@ -288,6 +289,17 @@ class SafeDir:
                                   check_mode=check_mode)
         raise CacheSecurityError(f"{path} {problem}: pycvmfs does not read or write through "
                                  f"it; {FIX_REMOVE}")
+
+    def _entry_problem(self, name: str, *, links: bool, check_mode: bool) -> str | None:
+        """What is wrong with entry `name` as it lies there (an open refused by the kernel,
+        e.g. O_CREAT on another user's link in a sticky directory, is explained by it)."""
+        try:
+            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            return describe_entry(self.fd, name)
+        return file_problem(st, self.trust, links=links, mode=check_mode)
 
     def read_file(self, name: str, limit: int) -> bytes | None:
         """Up to `limit` + 1 bytes of file `name` (checked), None if it does not exist."""
