@@ -389,6 +389,10 @@ def _open_component(parent: SafeDir, name: str, *, create: bool, mode: int) -> S
                 os.fchown(fd, -1, trust.gid)  # our new subdirectory: the cache's group
             st = os.fstat(fd)
         problem = directory_problem(st, trust)
+        if problem is not None and st.st_mode & stat.S_ISVTX and st.st_uid == 0:
+            raise CacheSecurityError(f"{path} {problem}: a shared directory such as /tmp "
+                                     "can be CVMFS_CACHE_BASE, never the cache directory "
+                                     "itself; pycvmfs creates the cache below the base")
         if problem is not None:
             raise CacheSecurityError(f"{path} {problem}: other users could plant or change "
                                      f"what the cache serves; {FIX_REMOVE}")
