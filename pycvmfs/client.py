@@ -6,18 +6,20 @@ connection must not cross a fork)."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pycvmfs.cache.breadcrumb import Breadcrumb, read_breadcrumb, write_breadcrumb
 from pycvmfs.cache.fetcher import Fetcher
-from pycvmfs.cache.host import CacheConfig, CacheHost
+from pycvmfs.cache.host import CacheConfig, CacheHost, open_cache_directory
+from pycvmfs.cache.identity import cache_uuid
 from pycvmfs.config import ClientConfig, symlink_environment
 from pycvmfs.errors import BlacklistedError, ConfigError, FetchError, OutdatedError
 from pycvmfs.format.certificates import load_public_key
@@ -89,18 +91,31 @@ def downloader_for(config: ClientConfig, transport: Transport | None = None
     return Downloader(transport, route, settings), route
 
 
+def cache_config_of(config: ClientConfig) -> CacheConfig:
+    """The cache a configuration names: `CVMFS_ALIEN_CACHE`, else `CVMFS_CACHE_DIR` or
+    `CVMFS_CACHE_BASE/shared|FQRN`. Below `CVMFS_CACHE_BASE` (which may be a shared sticky
+    directory) every component must be the user's; a directory elsewhere is checked from
+    its parent (`cache.safe_dir`)."""
+    directory = Path(os.path.abspath(config.alien_cache or config.cache_dir))
+    base = Path(os.path.abspath(config.cache_base))
+    if config.alien_cache is not None or not directory.is_relative_to(base) \
+            or directory == base:
+        base = directory.parent
+    return CacheConfig(directory=directory, quota_limit_mb=config.quota_limit_mb,
+                       alien=config.alien_cache is not None, shared=config.shared_cache,
+                       base=base)
+
+
 def _cache_uuid(config: ClientConfig) -> str:
     """The cache's stable random id (`<cache>/uuid`), which the Geo API gets for DIRECT
-    connections instead of a proxy name; a fresh one if the cache cannot keep it."""
-    path = (config.alien_cache or config.cache_dir) / "uuid"
+    connections instead of a proxy name; a fresh one if the cache cannot keep it. The
+    directory is opened and checked as for the mount (CacheSecurityError if unsafe)."""
     try:
-        return path.read_text().strip() or str(uuid.uuid4())
+        directory = open_cache_directory(cache_config_of(config))
     except OSError:
-        fresh = str(uuid.uuid4())
-        with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(fresh + "\n")
-        return fresh
+        return str(uuid.uuid4())  # open_client reports why the cache cannot be used
+    with directory:
+        return cache_uuid(directory)
 
 
 class _Revisions:
@@ -112,7 +127,7 @@ class _Revisions:
                  fetcher: Fetcher, keys: list[rsa.RSAPublicKey]) -> None:
         self.config, self.source, self.cache, self.fetcher = config, source, cache, fetcher
         self.keys = keys
-        self.directory = cache.config.directory
+        self.directory = cache.root  # the checked cache directory (breadcrumbs)
         # the served revision became blacklisted (reason) or is fine again (None)
         self.on_revoked: Callable[[str | None], None] = lambda reason: None
 
@@ -178,16 +193,18 @@ def open_client(config: ClientConfig, transport: Transport | None = None) -> Cli
     `transport` replaces the HTTP connection pool (tests without sockets)."""
     downloader, route = downloader_for(config, transport)
     source = NetworkSource(downloader, ";".join(config.server_urls))
-    directory = config.alien_cache or config.cache_dir
+    cache_config = cache_config_of(config)
     try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        cache = CacheHost(CacheConfig(directory=directory, quota_limit_mb=config.quota_limit_mb,
-                                      alien=config.alien_cache is not None,
-                                      shared=config.shared_cache))
+        cache = CacheHost(cache_config)
     except OSError as exc:
         source.close()
-        raise ConfigError(f"cannot use cache directory {directory}: "
-                          f"{exc.strerror or exc}") from exc
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ConfigError(f"cannot use cache directory {cache_config.directory}: "
+                          f"{exc.strerror or exc}{where}; set CVMFS_CACHE_BASE to a "
+                          "directory you can write") from exc
+    except BaseException:  # CacheSecurityError: refused, no fallback
+        source.close()
+        raise
     fetcher = Fetcher(cache, downloader)
     try:
         keys = [load_public_key(path.read_bytes(), what=str(path))

@@ -25,6 +25,7 @@ PycvmfsError
  ├─ PublishError           the publisher refuses an input                 (CLI only)
  │   └─ LockError              another publisher holds the storage lock
  └─ ConfigError            bad configuration or keys                       (CLI only)
+     └─ CacheSecurityError     a cache directory or file another user could control
 
 Each error's message names the cause (path, URL, repository, dates) so the CLI can
 print it verbatim.
@@ -143,6 +144,11 @@ class LockError(PublishError):
 
 class ConfigError(PycvmfsError):
     pass
+
+
+class CacheSecurityError(ConfigError):
+    """A directory or file under the cache base is a symlink, belongs to another user or
+    is writable by others (`cache.safe_dir`): refused, never followed, no fallback."""
 
 
 ERRNO: dict[type[PycvmfsError], int] = {

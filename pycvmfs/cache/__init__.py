@@ -1,7 +1,10 @@
 """Client cache: content-addressed store, LRU quota, eviction planner, breadcrumb.
 
-Knows nothing of catalogs, FUSE or the network (style guide R1); `fetcher.py` (to come)
-is the one module allowed to join it with `pycvmfs.network`.
+Knows nothing of catalogs, FUSE or the network (style guide R1); `fetcher.py` is the one
+module allowed to join it with `pycvmfs.network`. Every file and directory under the cache
+base is reached through the checked descriptors of `safe_dir` (other local users cannot
+redirect or plant anything), and `identity` decides whether what a directory holds may be
+trusted (the ownership marker).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The breadcrumb `<cache>/cvmfschecksum.<fqrn>`: last root catalog loaded (fact sheet 9.4).
 
 Format: ASCII, no newline, `<root catalog textual hash>T<manifest timestamp>R<revision>`.
-Written atomically (temp file in the same directory, mode 0600, rename) after a new
-root catalog from the server was loaded; read at mount to allow offline mounts.
+Written atomically (temp file in the same directory, mode 0600, rename, all relative to
+the checked cache directory of `safe_dir`) after a new root catalog from the server was
+loaded; read at mount to allow offline mounts (only a regular file of the cache owner).
 Parsing is tolerant: anything unreadable gives None (a breadcrumb is a hint, never an
 error); a missing `R<revision>` part (older clients) reads as revision 0, and a trailing
 catalog suffix `C` on the hash is accepted.
@@ -13,12 +14,12 @@ installs a complete file; readers see either the old or the new breadcrumb.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pycvmfs.cache.safe_dir import SafeDir
+from pycvmfs.cache.store import as_safe_dir
+from pycvmfs.errors import PycvmfsError
 from pycvmfs.format.hashes import ContentHash
 
 BREADCRUMB_PREFIX = "cvmfschecksum."
@@ -56,13 +57,21 @@ def breadcrumb_path(directory: Path | str, fqrn: str) -> Path:
     return Path(directory) / f"{BREADCRUMB_PREFIX}{fqrn}"
 
 
-def read_breadcrumb(directory: Path | str, fqrn: str) -> Breadcrumb | None:
+def read_breadcrumb(directory: Path | str | SafeDir, fqrn: str) -> Breadcrumb | None:
+    """The breadcrumb of `fqrn`, or None (missing, unreadable, not a file of the cache
+    owner, or a cache directory that cannot be opened safely)."""
     try:
-        with open(breadcrumb_path(directory, fqrn), "rb") as fh:
-            raw = fh.read(MAX_BREADCRUMB_BYTES + 1)
-    except OSError:
+        root, owned = as_safe_dir(directory)
+    except (OSError, PycvmfsError):
         return None
-    if len(raw) > MAX_BREADCRUMB_BYTES:
+    try:
+        raw = root.read_file(f"{BREADCRUMB_PREFIX}{fqrn}", MAX_BREADCRUMB_BYTES)
+    except (OSError, PycvmfsError, ValueError):
+        return None
+    finally:
+        if owned:
+            root.close()
+    if raw is None or len(raw) > MAX_BREADCRUMB_BYTES:
         return None
     try:
         text = raw.decode("ascii")
@@ -71,16 +80,14 @@ def read_breadcrumb(directory: Path | str, fqrn: str) -> Breadcrumb | None:
     return Breadcrumb.parse(text)
 
 
-def write_breadcrumb(directory: Path | str, fqrn: str, crumb: Breadcrumb) -> Path:
-    target = breadcrumb_path(directory, fqrn)
-    fd, temp = tempfile.mkstemp(prefix=f".{BREADCRUMB_PREFIX}", dir=target.parent)
+def write_breadcrumb(directory: Path | str | SafeDir, fqrn: str, crumb: Breadcrumb) -> Path:
+    """Replace the breadcrumb atomically (temp file + rename relative to the checked
+    directory: a planted link is replaced, never written through)."""
+    root, owned = as_safe_dir(directory)
     try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            os.fchmod(fh.fileno(), BREADCRUMB_MODE)
-            fh.write(crumb.serialize())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    return target
+        root.write_file(f"{BREADCRUMB_PREFIX}{fqrn}", crumb.serialize().encode("ascii"),
+                        BREADCRUMB_MODE)
+        return root.path / f"{BREADCRUMB_PREFIX}{fqrn}"
+    finally:
+        if owned:
+            root.close()

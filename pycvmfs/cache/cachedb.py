@@ -7,6 +7,9 @@ and `sessions(owner)`. The total of `cache_catalog.size` is kept in the `propert
 `TOTAL_KEY` so an insert does not cost a table scan. `cache_catalog.pinned` is kept for
 schema compatibility and always 0: pins, with their owners, live in `pins`; `path` is ''.
 
+Files: the index is opened through the checked cache directory (`safe_dir`); its files
+are regular files of the cache owner or are removed before SQLite opens them by name.
+
 Policy-free and lock-free: every function that writes expects the caller
 (`SqliteLruQuota`) to hold the cross-process lock inside an open transaction.
 Thread-safety: a connection is used by one thread at a time (the caller's mutex).
@@ -14,13 +17,15 @@ Thread-safety: a connection is used by one thread at a time (the caller's mutex)
 
 from __future__ import annotations
 
-import contextlib
-import os
+import logging
 import sqlite3
 from pathlib import Path
 
+from pycvmfs.cache.safe_dir import SafeDir, file_problem
 from pycvmfs.cache.store import iter_object_files
 from pycvmfs.format.hashes import ContentHash
+
+log = logging.getLogger(__name__)
 
 CACHEDB_NAME = "cachedb"
 VOLATILE_BIT = 1 << 63  # reference: volatile acseq has bit 63 set (negative as int64)
@@ -48,7 +53,7 @@ def is_hash_text(key: str) -> bool:
     return True
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path | str) -> sqlite3.Connection:
     """Open (creating) the index, WAL mode, schema ensured, integrity quick-checked;
     raises `sqlite3.DatabaseError` on a corrupt file."""
     conn = sqlite3.connect(
@@ -67,21 +72,40 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def discard(path: Path) -> None:
+def index_files(name: str = CACHEDB_NAME) -> list[str]:
+    """The index and its SQLite side files."""
+    return [name + suffix for suffix in ("", "-wal", "-shm", "-journal")]
+
+
+def discard(directory: SafeDir) -> None:
     """Delete a (corrupt) index with its WAL side files."""
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{path}{suffix}")
+    for name in index_files():
+        directory.unlink(name)
 
 
-def open_index(path: Path) -> tuple[sqlite3.Connection, bool]:
+def _remove_foreign(directory: SafeDir) -> None:
+    """SQLite opens the index by name and would follow a link: any of its files that is
+    not a regular file of the cache owner with one link goes first (only the owner and
+    root can put anything into the checked directory, so nothing can race this)."""
+    for name in index_files():
+        st = directory.lstat(name)
+        if st is not None and file_problem(st, directory.trust) is not None:
+            log.warning("%s %s: removed", directory.path / name,
+                        file_problem(st, directory.trust))
+            directory.unlink(name)
+
+
+def open_index(directory: SafeDir) -> tuple[sqlite3.Connection, bool]:
     """(connection, fresh): a missing or corrupt index is (re)created empty and reported
-    fresh, so the caller rebuilds it from the tree."""
-    fresh = not path.exists()
+    fresh, so the caller rebuilds it from the tree. Opened through the directory's
+    descriptor (`SafeDir.proc_path`)."""
+    _remove_foreign(directory)
+    fresh = directory.lstat(CACHEDB_NAME) is None
+    path = directory.proc_path(CACHEDB_NAME)
     try:
         conn = connect(path)
     except sqlite3.DatabaseError:
-        discard(path)
+        discard(directory)
         conn = connect(path)
         fresh = True
     return conn, fresh
@@ -117,7 +141,7 @@ def recompute_total(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR REPLACE INTO properties VALUES (?, ?)", (TOTAL_KEY, value))
 
 
-def reconcile(conn: sqlite3.Connection, directory: Path) -> None:
+def reconcile(conn: sqlite3.Connection, directory: SafeDir) -> None:
     """Make the index match the files: drop rows without files, take on-disk sizes,
     index unknown files in mtime order (oldest = least recently used)."""
     on_disk = {k: (s, m) for k, s, m in iter_object_files(directory) if is_hash_text(k)}

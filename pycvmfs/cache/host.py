@@ -5,6 +5,12 @@ Configuration (fact sheet 9.1/9.6): a managed cache has a positive `CVMFS_QUOTA_
 (`NoopQuota`); an alien cache (`CVMFS_ALIEN_CACHE`) must be unmanaged and not shared
 (the reference rejects other combinations; so do we, with `ConfigError`).
 
+The directory (issue 9, class 4): opened once, from `base` down, by `safe_dir` (refused
+when a component below the base is a symlink, another user's or writable by others; the
+alien cache trusts its group), then claimed by `identity` (contents without a valid
+ownership marker are discarded). Store, index, lock and breadcrumbs all work through that
+one descriptor, `CacheHost.root`.
+
 Object life cycle: `begin(hash)` -> writes (by the verifying sink) -> `commit(txn)`:
 size checks, atomic rename, quota insert (may evict LRU objects; if the quota cannot
 make room the object is removed again and `CacheFullError` raised). `open(hash)` serves
@@ -24,7 +30,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pycvmfs.cache.errors import CacheFullError
+from pycvmfs.cache.identity import claim
 from pycvmfs.cache.quota import (
+    MEGABYTE,
     UNLIMITED,
     Key,
     NoopQuota,
@@ -32,7 +40,9 @@ from pycvmfs.cache.quota import (
     Quota,
     SqliteLruQuota,
 )
-from pycvmfs.cache.store import ObjectStore, Txn
+from pycvmfs.cache.safe_dir import DIR_MODE, SafeDir, Trust, open_directory
+from pycvmfs.cache.shared import CacheLock
+from pycvmfs.cache.store import ALIEN_DIR_MODE, ObjectStore, Txn
 from pycvmfs.errors import ConfigError
 from pycvmfs.format.hashes import ContentHash
 
@@ -46,6 +56,9 @@ class CacheConfig:
     quota_limit_mb: int = DEFAULT_QUOTA_LIMIT_MB
     alien: bool = False
     shared: bool = True
+    # CVMFS_CACHE_BASE: may be shared (sticky); every component below it down to
+    # `directory` must be the user's (`safe_dir`). None: the directory's parent.
+    base: Path | None = None
 
     def __post_init__(self) -> None:
         if self.alien and (self.quota_limit_mb != UNLIMITED or self.shared):
@@ -56,15 +69,41 @@ class CacheConfig:
             raise ConfigError(f"CVMFS_QUOTA_LIMIT must be -1 or positive: {self.quota_limit_mb}")
 
 
+def open_cache_directory(config: CacheConfig, *, create: bool = True) -> SafeDir:
+    """The cache directory, checked from the base down (`safe_dir`); CacheSecurityError
+    if another user could control it, OSError if it cannot be opened or created."""
+    return open_directory(config.directory, Trust(alien=config.alien), base=config.base,
+                          create=create, mode=ALIEN_DIR_MODE if config.alien else DIR_MODE)
+
+
 class CacheHost:
     def __init__(self, config: CacheConfig) -> None:
         self.config = config
-        self.store = ObjectStore(config.directory, alien=config.alien)
-        self.quota: Quota = (
-            NoopQuota()
-            if config.quota_limit_mb == UNLIMITED
-            else SqliteLruQuota.from_megabytes(config.directory, config.quota_limit_mb)
-        )
+        self.root = open_cache_directory(config)
+        try:
+            self._claim()
+            self.store = ObjectStore(self.root, alien=config.alien)
+            self.quota: Quota = (
+                NoopQuota()
+                if config.quota_limit_mb == UNLIMITED
+                else SqliteLruQuota(self.root, config.quota_limit_mb * MEGABYTE)
+            )
+        except BaseException:
+            self.root.close()
+            raise
+
+    def _claim(self) -> None:
+        """Discard contents this user cannot vouch for (`identity`), under the cache lock
+        (none for the alien cache: shared file systems)."""
+        if self.config.alien:
+            claim(self.root)
+            return
+        lock = CacheLock(self.root)
+        try:
+            with lock:
+                claim(self.root)
+        finally:
+            lock.close()
 
     def open(self, key: ContentHash) -> BinaryIO | None:
         """A cache hit opened for reading (caller closes), or None on a miss."""
@@ -124,7 +163,11 @@ class CacheHost:
         return self.quota.size(), self.quota.capacity()
 
     def close(self) -> None:
-        self.quota.close()
+        try:
+            self.quota.close()
+        finally:
+            self.store.close()
+            self.root.close()
 
     def __enter__(self) -> CacheHost:
         return self

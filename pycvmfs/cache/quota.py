@@ -59,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
+import sqlite3
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -70,8 +71,9 @@ from pycvmfs.cache import cachedb
 from pycvmfs.cache.cachedb import CACHEDB_NAME, VOLATILE_BIT
 from pycvmfs.cache.errors import CacheFullError
 from pycvmfs.cache.eviction import EvictionEntry, plan_eviction
+from pycvmfs.cache.safe_dir import SafeDir
 from pycvmfs.cache.shared import CacheLock, owner_alive, owner_token
-from pycvmfs.cache.store import object_relpath
+from pycvmfs.cache.store import as_safe_dir, object_relpath
 from pycvmfs.format.hashes import ContentHash
 
 MEGABYTE = 1 << 20
@@ -168,10 +170,10 @@ class NoopQuota:
         pass
 
 
-def _unlink_object(directory: Path) -> Callable[[str], None]:
+def _unlink_object(directory: SafeDir) -> Callable[[str], None]:
     def unlink(key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(directory / object_relpath(key))
+            os.unlink(object_relpath(key), dir_fd=directory.fd)
 
     return unlink
 
@@ -181,7 +183,7 @@ class SqliteLruQuota:
 
     def __init__(
         self,
-        directory: Path | str,
+        directory: Path | str | SafeDir,
         limit_bytes: int,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -191,7 +193,8 @@ class SqliteLruQuota:
     ) -> None:
         if limit_bytes <= 0:
             raise ValueError("SqliteLruQuota needs a positive limit (use NoopQuota)")
-        self.directory = Path(directory)
+        self.root, self._owns_root = as_safe_dir(directory)
+        self.directory = self.root.path
         self.limit = limit_bytes
         self.threshold = limit_bytes // 2
         self.owner = owner_token()
@@ -200,7 +203,7 @@ class SqliteLruQuota:
         self._clock = clock
         self._batch = touch_batch_size
         self._flush_seconds = touch_flush_seconds
-        self._remove_object = remove_object or _unlink_object(self.directory)
+        self._remove_object = remove_object or _unlink_object(self.root)
         self._mutex = threading.RLock()
         self._touches: OrderedDict[str, None] = OrderedDict()
         self._touch_lock = threading.Lock()  # guards only the touch buffer (hit path)
@@ -208,15 +211,23 @@ class SqliteLruQuota:
         self._pins: Counter[str] = Counter()
         self._open: Counter[str] = Counter()
         self._closed = False
-        self._lock = CacheLock(self.directory)
-        self._db_path = self.directory / CACHEDB_NAME
+        try:
+            self._lock = CacheLock(self.root)
+        except BaseException:
+            self._close_root()
+            raise
         try:
             with self._lock:
                 self._open_database()
                 self._start_session()
         except BaseException:
             self._lock.close()
+            self._close_root()
             raise
+
+    def _close_root(self) -> None:
+        if self._owns_root:
+            self.root.close()
 
     @classmethod
     def from_megabytes(cls, directory: Path | str, limit_mb: int) -> SqliteLruQuota:
@@ -226,7 +237,7 @@ class SqliteLruQuota:
 
     def _open_database(self) -> None:
         """Open (creating or replacing a corrupt one); caller holds the file lock."""
-        self._conn, fresh = cachedb.open_index(self._db_path)
+        self._conn, fresh = cachedb.open_index(self.root)
         if fresh:
             self._reconcile()
 
@@ -265,21 +276,31 @@ class SqliteLruQuota:
 
     def _reconcile_locked(self) -> None:
         self.rebuilt = True
-        cachedb.reconcile(self._conn, self.directory)
+        cachedb.reconcile(self._conn, self.root)
 
     # -- transactions and sequence numbers -------------------------------------------------
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        """Thread mutex, then the cross-process file lock, then BEGIN IMMEDIATE."""
+        """Thread mutex, then the cross-process file lock, then BEGIN IMMEDIATE. SQLite's
+        "database or disk is full" becomes `CacheFullError` naming the cache."""
         with self._mutex, self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:  # a failed COMMIT leaves it open
+                        self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                    raise
+                raise CacheFullError(
+                    f"cache directory {self.directory} is full: its index {CACHEDB_NAME} "
+                    f"cannot grow ({exc}); free space on its file system or lower "
+                    "CVMFS_QUOTA_LIMIT") from exc
             self.write_transactions += 1
 
     def _next_seq_locked(self) -> int:
@@ -528,6 +549,7 @@ class SqliteLruQuota:
                 self._pins.clear()
                 self._conn.close()
                 self._lock.close()
+                self._close_root()
 
     def __enter__(self) -> SqliteLruQuota:
         return self

@@ -3,8 +3,9 @@
 Two primitives, kept apart from the LRU policy (style guide R8):
 
 * `CacheLock` — an exclusive `flock(2)` on `<cache>/lock_cachedb` (the reference's lock
-  file name). Every writer of the index and every cleanup holds it, so index transactions
-  and evictions of different processes never interleave. `flock` locks belong to an open
+  file name), opened relative to the checked cache directory (`safe_dir`). Every writer
+  of the index and every cleanup holds it, so index transactions and evictions of
+  different processes never interleave. `flock` locks belong to an open
   file description: two `CacheLock`s on the same file exclude each other even inside one
   process, and the kernel drops the lock when the holder dies (kill -9 included), so a
   crashed mount can never wedge the cache. Within one object the lock is re-entrant per
@@ -28,15 +29,23 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
+from pycvmfs.cache.safe_dir import SafeDir, open_directory
+
 LOCK_FILE_NAME = "lock_cachedb"
 
 
 class CacheLock:
-    """Exclusive, per-thread re-entrant lock over `<cache>/lock_cachedb`."""
+    """Exclusive, per-thread re-entrant lock over `<cache>/lock_cachedb`, opened through
+    the checked directory (`safe_dir`): never a planted link, never another user's file."""
 
-    def __init__(self, directory: Path, mode: int = 0o600) -> None:
-        self._path = directory / LOCK_FILE_NAME
-        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+    def __init__(self, directory: Path | SafeDir, mode: int = 0o600) -> None:
+        if isinstance(directory, SafeDir):
+            self._fd = directory.open_file(LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT, mode,
+                                           replace_bad=True)
+        else:
+            with open_directory(directory, create=False) as checked:
+                self._fd = checked.open_file(LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT, mode,
+                                             replace_bad=True)
         self._thread_lock = threading.RLock()
         self._depth = 0
 

@@ -1,8 +1,13 @@
-"""`pycvmfs cache status|clean|verify`: look after a client cache directory."""
+"""`pycvmfs cache status|clean|verify`: look after a client cache directory.
+
+The directory is opened and checked as a mount opens it (`pycvmfs.cache.safe_dir`): run
+the commands as the user who mounts with the cache; `--alien` for a group-shared alien
+cache named by `--dir`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -11,26 +16,43 @@ import click
 from pycvmfs.errors import ConfigError
 
 
-def _directory(fqrn: str | None, directory: Path | None, options: tuple[str, ...]) -> Path:
+@dataclass(frozen=True)
+class _Target:
+    """Which cache a command works on, and how it is checked."""
+
+    directory: Path
+    base: Path | None
+    alien: bool
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"alien": self.alien, "base": self.base}
+
+
+def _target_of(fqrn: str | None, directory: Path | None, options: tuple[str, ...],
+               alien: bool) -> _Target:
     """An explicit --dir, else the cache the configuration of FQRN uses."""
     if directory is not None:
-        return directory
+        return _Target(directory, None, alien)
     if fqrn is None:
         raise ConfigError("give --dir CACHE_DIRECTORY or a repository name")
     from pycvmfs.cli.mount import overrides_of
+    from pycvmfs.client import cache_config_of
     from pycvmfs.config import load_config
 
-    config = load_config(fqrn, overrides=overrides_of(options))
-    return config.alien_cache or config.cache_dir
+    config = cache_config_of(load_config(fqrn, overrides=overrides_of(options)))
+    return _Target(config.directory, config.base, config.alien)
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _target(func: _F) -> _F:
-    """FQRN argument (optional), --dir and -o: the ways to name a cache."""
+    """FQRN argument (optional), --dir, --alien and -o: the ways to name a cache."""
     func = click.option("-o", "options", multiple=True, metavar="KEY=VALUE[,...]",
                         help="Configuration overrides used to find the cache.")(func)
+    func = click.option("--alien", is_flag=True,
+                        help="--dir is an alien cache shared by its group (CVMFS_ALIEN_CACHE)."
+                        )(func)
     func = click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
                         help="The cache directory itself.")(func)
     return click.argument("fqrn", required=False)(func)
@@ -43,31 +65,37 @@ def cache() -> None:
 
 @cache.command("status")
 @_target
-def status(fqrn: str | None, directory: Path | None, options: tuple[str, ...]) -> None:
+def status(fqrn: str | None, directory: Path | None, alien: bool,
+           options: tuple[str, ...]) -> None:
     """Objects, bytes, pins and breadcrumbs of the cache."""
     from pycvmfs.cache.admin import cache_status
 
-    for key, value in cache_status(_directory(fqrn, directory, options)).items():
+    target = _target_of(fqrn, directory, options, alien)
+    for key, value in cache_status(target.directory, **target.kwargs()).items():
         click.echo(f"{key}: {value}")
 
 
 @cache.command("clean")
 @_target
-def clean(fqrn: str | None, directory: Path | None, options: tuple[str, ...]) -> None:
+def clean(fqrn: str | None, directory: Path | None, alien: bool,
+          options: tuple[str, ...]) -> None:
     """Evict every object not pinned by a running mount."""
     from pycvmfs.cache.admin import clean as clean_cache
 
-    freed = clean_cache(_directory(fqrn, directory, options))
+    target = _target_of(fqrn, directory, options, alien)
+    freed = clean_cache(target.directory, **target.kwargs())
     click.echo(f"freed {freed / 1e6:.1f} MB")
 
 
 @cache.command("verify")
 @_target
-def verify(fqrn: str | None, directory: Path | None, options: tuple[str, ...]) -> None:
+def verify(fqrn: str | None, directory: Path | None, alien: bool,
+           options: tuple[str, ...]) -> None:
     """Check structure and sizes against the index; exit 1 if anything is wrong."""
     from pycvmfs.cache.admin import verify as verify_cache
 
-    problems = verify_cache(_directory(fqrn, directory, options))
+    target = _target_of(fqrn, directory, options, alien)
+    problems = verify_cache(target.directory, **target.kwargs())
     for problem in problems:
         click.echo(f"{problem.kind.value}: {problem.key} {problem.detail}".rstrip())
     if problems:

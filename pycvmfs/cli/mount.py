@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from pycvmfs.cli.log_files import log_file_handler
 from pycvmfs.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -101,10 +102,13 @@ def _configure_logging(config: ClientConfig, detached: bool) -> None:
     handlers: list[logging.Handler] = []
     usyslog = config.settings.get("CVMFS_USYSLOG")
     debuglog = config.settings.get("CVMFS_DEBUGLOG")
-    if not usyslog and detached and not os.path.exists(SYSLOG_SOCKET):
-        usyslog = str(config.cache_base / f"{config.fqrn}.log")
     if usyslog:
         handlers.append(_file_handler(usyslog, logging.INFO, rotate=True))
+    elif detached and not os.path.exists(SYSLOG_SOCKET):
+        # directly in the cache base, which may be a shared sticky directory: the base
+        # is checked as for the cache, the file must be ours (cli.log_files)
+        handlers.append(_file_handler(str(config.cache_base / f"{config.fqrn}.log"),
+                                      logging.INFO, rotate=True, in_cache_base=True))
     if debuglog:
         handlers.append(_file_handler(debuglog, logging.DEBUG, rotate=False))
     if os.path.exists(SYSLOG_SOCKET):
@@ -121,11 +125,12 @@ def _configure_logging(config: ClientConfig, detached: bool) -> None:
         root.addHandler(handler)
 
 
-def _file_handler(path: str, level: int, *, rotate: bool) -> logging.Handler:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    handler: logging.Handler = (
-        logging.handlers.RotatingFileHandler(path, maxBytes=USYSLOG_BYTES, backupCount=1)
-        if rotate else logging.FileHandler(path))
+def _file_handler(path: str, level: int, *, rotate: bool,
+                  in_cache_base: bool = False) -> logging.Handler:
+    """A log file never written through a link or into another user's file
+    (`cli.log_files`)."""
+    handler = log_file_handler(path, in_cache_base=in_cache_base,
+                               max_bytes=USYSLOG_BYTES if rotate else 0)
     handler.setLevel(level)
     return handler
 

@@ -2,7 +2,8 @@
 
 The repository is mounted first if it is not (in the background, at `--mount DIR` or
 `CACHE_BASE/mnt/FQRN`, and left mounted so the next run starts warm; `pycvmfs umount`
-ends it). The image path is the public name DUCC publishes
+ends it). `CACHE_BASE/mnt/FQRN` is opened as the cache is: never through a symlink,
+never another user's directory. The image path is the public name DUCC publishes
 (`images.example.org/registry.example.org/ns/name:tag`); its `.metadata/.../config.json`
 gives the environment and working directory. The exit status is the command's.
 """
@@ -19,6 +20,8 @@ from pycvmfs.errors import ConfigError, ImageError
 
 CONFIG_FILE = "config.json"
 METADATA = ".metadata"
+MOUNT_DIR = "mnt"  # CACHE_BASE/mnt/FQRN
+MOUNT_DIR_MODE = 0o755  # others may traverse, never write
 
 
 @click.command("run")
@@ -50,7 +53,7 @@ def run_command(image: str, command: tuple[str, ...], mount_dir: Path | None,
         raise ConfigError(f"{image}: expected FQRN/IMAGE-PATH")
     if mount_dir is None:
         config = load_config(fqrn, extra_files=config_files, overrides=overrides_of(options))
-        mount_dir = config.cache_base / "mnt" / fqrn
+        mount_dir = _default_mount_dir(config.cache_base, fqrn)
     if not _mounted(mount_dir, fqrn):
         mount_dir.mkdir(parents=True, exist_ok=True)
         mount_in_background(fqrn, mount_dir, options, config_files, None, quiet=True)
@@ -65,6 +68,28 @@ def run_command(image: str, command: tuple[str, ...], mount_dir: Path | None,
     image_config = ImageConfig.from_oci(blob) if isinstance(blob, dict) else None
     return run_image(root, list(command), image_config, preference=runner,
                      extra_env=list(extra_env))
+
+
+def _default_mount_dir(cache_base: Path, fqrn: str) -> Path:
+    """`CACHE_BASE/mnt/FQRN`, checked as the cache is (`cache.safe_dir`): the base may be a
+    shared sticky directory, but `mnt` and the mount point must be the user's, never a
+    symlink (another user's mount there would have us run their image). An existing mount
+    (another file system under `mnt`) is left for `_mounted` to identify."""
+    from pycvmfs.cache.safe_dir import check_name, open_directory
+
+    try:
+        check_name(fqrn)
+    except ValueError:
+        raise ConfigError(f"{fqrn!r} is not a repository name") from None
+    with open_directory(cache_base / MOUNT_DIR, base=cache_base, create=True,
+                        mode=MOUNT_DIR_MODE) as mnt:
+        try:
+            st = mnt.lstat(fqrn)
+        except OSError:  # a dead mount answers ENOTCONN: mounting there says what to do
+            return mnt.path / fqrn
+        if st is None or st.st_dev == mnt.device:  # not mounted: must be ours
+            mnt.subdir(fqrn, create=True, mode=MOUNT_DIR_MODE).close()
+        return mnt.path / fqrn
 
 
 def _mounted(mount_dir: Path, fqrn: str) -> bool:

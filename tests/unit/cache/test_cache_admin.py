@@ -89,10 +89,11 @@ def test_alien_host_is_unmanaged(tmp_path: Path) -> None:
         add(host, 1, b"x" * 100)
         assert host.usage() == (0, -1)
     assert not (tmp_path / "cachedb").exists()
-    status = cache_status(tmp_path)
+    status = cache_status(tmp_path, alien=True)  # group-shared objects (mode 0660)
     assert status["managed"] is False and status["objects"] == 1
-    assert verify(tmp_path) == []
-    assert clean(tmp_path) == 100 and cache_status(tmp_path)["objects"] == 0
+    assert verify(tmp_path, alien=True) == []
+    assert clean(tmp_path, alien=True) == 100
+    assert cache_status(tmp_path, alien=True)["objects"] == 0
 
 
 def test_missing_directory(tmp_path: Path) -> None:
