@@ -158,7 +158,7 @@ def abort_connection(device: str, *, mount_fusectl: bool = False) -> str | None:
             os.close(descriptor)
     except OSError as exc:
         if str(FUSECTL) not in mount_table():
-            return (f"{FUSECTL} is not mounted (as root: mount -t fusectl none {FUSECTL})")
+            return f"{FUSECTL} is not mounted"
         return f"{abort_file}: {exc.strerror}"
     finally:
         if mounted_here:
@@ -459,8 +459,8 @@ def _detach(state: MountState, why: str, *, abort: bool) -> str:
         pids = " ".join(str(pid) for pid in state.pids)
         line += f"; the serving process exits once continued (kill -CONT {pids}) or killed"
     if not_aborted is not None:
-        line += (f"; the FUSE connection was not aborted ({not_aborted}), so processes "
-                 "waiting on it stay blocked until the serving process goes on or ends")
+        line += (f"; FUSE connection not aborted ({not_aborted}): processes waiting in the "
+                 "mount stay blocked until its serving process goes on or ends")
     return line
 
 
