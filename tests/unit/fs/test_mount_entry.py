@@ -9,8 +9,9 @@ import pytest
 from pycvmfs.cli.mount import _failure_of
 from pycvmfs.fs.mount import MountEntry, mount_point_path
 
+# the kernel writes " ", "#" and a few others as octal escapes
 FUSE_LINE = ("412 27 0:83 / /tmp/with\\040space/mnt ro,nosuid,nodev,relatime shared:225 "
-             "master:1 - fuse cvmfs2#demo.pycvmfs.org ro,user_id=65534,group_id=65534")
+             "master:1 - fuse cvmfs2\\043demo.pycvmfs.org ro,user_id=65534,group_id=65534")
 PROC_LINE = "22 27 0:21 / /proc rw,relatime - proc proc rw"
 
 
