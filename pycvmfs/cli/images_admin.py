@@ -349,9 +349,11 @@ def images_remove_command(names: tuple[str, ...], repo_args: RepositoryArgs) -> 
     uses), publish once. Storage objects stay until `pycvmfs gc`."""
     from pycvmfs.images.removal import remove_images
 
-    if not repo_args.storage.is_dir():
-        raise ConfigError(f"no repository storage at {repo_args.storage} (--storage must be "
-                          "the repository directory)")
+    storage = repo_args.storage
+    work = repo_args.work or storage.with_name(storage.name + ".work")
+    if not storage.is_dir() and not work.is_dir():
+        raise ConfigError(f"no repository storage at {storage} and no working tree at "
+                          f"{work}: check --storage (and --work)")
     with _ingest_options(repo_args, create_work=False) as options:
         result = remove_images(list(names), options)
     for name in result.removed:

@@ -180,7 +180,7 @@ CASES = [
     case("webhook-token-missing", WEBHOOK.replace("--token t ", ""), "--token"),
     # images
     case("images-remove-storage-missing", "images remove x/y:1 --repo demo.pycvmfs.org "
-         "--storage /proc/nope --keys-dir {keys}", "no repository storage"),
+         "--storage /proc/nope --keys-dir {keys}", "no repository storage at /proc/nope"),
     case("images-remove-empty-name", "images remove '' --repo demo.pycvmfs.org "
          "--storage {storage} --keys-dir {keys}", "names no image"),
     # gc
