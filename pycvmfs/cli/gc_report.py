@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
+
+from pycvmfs.errors import ConfigError
 
 _STORAGE = click.option("--storage", required=True,
                         type=click.Path(file_okay=False, exists=True, path_type=Path),
@@ -83,7 +86,16 @@ def dedup_command(storage: Path, fqrn: str, keys_dir: Path, png: Path | None,
     from pycvmfs.repository.repository import Repository
     from pycvmfs.repository.source import LocalSource
 
-    public = load_public_key(KeyPaths.of(fqrn, keys_dir).public_key.read_bytes())
+    if png is not None and not os.access(png.parent, os.W_OK):
+        raise ConfigError(f"cannot write the charts to {png}: {png.parent} is not a writable "
+                          "directory (choose another --png)")
+    key_file = KeyPaths.of(fqrn, keys_dir).public_key
+    try:
+        pem = key_file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the public key {key_file}: {exc.strerror} "
+                          f"(--keys-dir must hold {key_file.name})") from None
+    public = load_public_key(pem, what=str(key_file))
     with Repository.open(LocalSource(storage), fqrn, [public]) as repo:
         report = dedup_report(repo, storage)
     if as_json:
@@ -93,7 +105,11 @@ def dedup_command(storage: Path, fqrn: str, keys_dir: Path, png: Path | None,
         for renderable in render(report):
             console.print(renderable)
     if png is not None:
-        write_png(report, png)
+        try:
+            write_png(report, png)
+        except OSError as exc:
+            raise ConfigError(f"cannot write the charts to {png}: {exc.strerror} (choose "
+                              "another --png)") from None
         click.echo(f"charts written to {png}")
 
 

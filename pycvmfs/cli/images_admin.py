@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 import click
 
 from pycvmfs.cli.progress import IngestProgressDisplay
+from pycvmfs.errors import ConfigError
 from pycvmfs.format.chunking import DEFAULT_CHUNK_PARAMS
 from pycvmfs.publisher.pipeline import Settings
 from pycvmfs.publisher.publish import PublishOptions
@@ -26,6 +29,24 @@ if TYPE_CHECKING:  # the image modules load when a command runs
     from pycvmfs.images.ingest import IngestOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
+MAX_SECONDS = 7 * 24 * 3600.0  # waits longer than a week are typing errors (inf overflows)
+
+
+class Seconds(click.FloatRange):
+    """A wait in seconds, 0 to MAX_SECONDS. FloatRange alone lets `nan` through (every
+    comparison with it is false), and `inf` would overflow the wait."""
+
+    name = "seconds"
+
+    def __init__(self) -> None:
+        super().__init__(min=0, max=MAX_SECONDS)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return number
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,20 +108,34 @@ def _repository_options(*, repo_required: bool) -> Callable[[F], F]:
 
 @contextmanager
 def _ingest_options(args: RepositoryArgs, fqrn: str | None = None, *, echo: bool = True,
-                    progress: bool = True) -> Iterator[IngestOptions]:
+                    progress: bool = True, create_work: bool = True
+                    ) -> Iterator[IngestOptions]:
     """The commands' IngestOptions (for repository `fqrn`, default `args.fqrn`); with
     `progress`, a display on stderr while the command runs if stderr is a terminal (else
-    none: logs, pipes and the notify file stay clean)."""
+    none: logs, pipes and the notify file stay clean). The working tree (`create_work`)
+    and the notify file are made here, so a path that cannot be written is named with the
+    option to change."""
     from pycvmfs.images.ingest import IngestOptions
     from pycvmfs.images.manifest import Platform
 
     storage = args.storage
-    publish = PublishOptions(fqrn=fqrn or args.fqrn or "", storage=storage,
-                             source=args.work or storage.with_name(storage.name + ".work"),
+    work = args.work or storage.with_name(storage.name + ".work")
+    publish = PublishOptions(fqrn=fqrn or args.fqrn or "", storage=storage, source=work,
                              keys_dir=args.keys_dir,
                              settings=Settings(chunking=DEFAULT_CHUNK_PARAMS))
-    log: TextIO | None = (open(args.notify_file, "a")  # noqa: SIM115
-                          if args.notify_file else None)
+    if create_work:
+        try:
+            work.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the working tree {work}: {exc.strerror} "
+                              "(choose a writable --work, or a --storage whose parent "
+                              "directory is writable)") from None
+    try:
+        log: TextIO | None = (open(args.notify_file, "a")  # noqa: SIM115
+                              if args.notify_file else None)
+    except OSError as exc:
+        raise ConfigError(f"cannot open the --notify file {args.notify_file}: "
+                          f"{exc.strerror} (choose a writable file)") from None
     lock = threading.Lock()
 
     def notify(event: dict[str, object]) -> None:
@@ -200,7 +235,7 @@ def wishlist_convert_command(wishlist_file: Path, repo_args: RepositoryArgs) -> 
 @click.argument("wishlist_file", metavar="WISHLIST",
                 type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @_repository_options(repo_required=False)
-@click.option("--interval", type=click.FloatRange(min=0), default=600, show_default=True,
+@click.option("--interval", type=Seconds(), default=600, show_default=True,
               help="Seconds between the end of one round and the start of the next.")
 @click.option("--rounds", type=click.IntRange(min=1), default=None,
               help="Stop after this many rounds [default: run until interrupted].")
@@ -254,9 +289,9 @@ def webhook_group() -> None:
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Also act for the images this DUCC wishlist lists (tag globs match), "
               "fetched from the registries it names.")
-@click.option("--retry-seconds", type=click.FloatRange(min=0), default=5.0, show_default=True,
+@click.option("--retry-seconds", type=Seconds(), default=5.0, show_default=True,
               help="Wait before retrying a failed item; doubled for each further retry.")
-@click.option("--max-retry-seconds", type=click.FloatRange(min=0), default=300.0,
+@click.option("--max-retry-seconds", type=Seconds(), default=300.0,
               show_default=True, help="Longest wait between two attempts of an item.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--retry-failed", is_flag=True,
@@ -295,9 +330,19 @@ def webhook_serve_command(listen: str, token: str, queue_file: Path | None,
     queue = queue_file or storage.with_name(storage.name + ".webhook-queue.sqlite")
     # no display: the server logs to stderr, which would tear it
     with _ingest_options(repo_args, echo=False, progress=False) as options:
-        service = WebhookService(address, WebhookOptions(
-            options, token, queue, registries=registries, retry_seconds=retry_seconds,
-            max_retry_seconds=max_retry_seconds, max_attempts=max_attempts))
+        try:
+            service = WebhookService(address, WebhookOptions(
+                options, token, queue, registries=registries, retry_seconds=retry_seconds,
+                max_retry_seconds=max_retry_seconds, max_attempts=max_attempts))
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot use the webhook queue {queue}: {exc} (choose another "
+                              "--queue file)") from None
+        except OSError as exc:
+            if exc.filename is not None:  # the queue's directory
+                raise ConfigError(f"cannot use the webhook queue {queue}: {exc.strerror} "
+                                  f"({exc.filename}; choose another --queue file)") from None
+            raise ConfigError(f"cannot listen on {listen}: {exc.strerror} (choose another "
+                              "--listen port, or an address of this host)") from None
         if retry_failed:
             click.echo(f"{service.queue.requeue_failed()} failed items pending again", err=True)
         host, port = service.address
@@ -325,7 +370,12 @@ def images_remove_command(names: tuple[str, ...], repo_args: RepositoryArgs) -> 
     uses), publish once. Storage objects stay until `pycvmfs gc`."""
     from pycvmfs.images.removal import remove_images
 
-    with _ingest_options(repo_args) as options:
+    storage = repo_args.storage
+    work = repo_args.work or storage.with_name(storage.name + ".work")
+    if not storage.is_dir() and not work.is_dir():
+        raise ConfigError(f"no repository storage at {storage} and no working tree at "
+                          f"{work}: check --storage (and --work)")
+    with _ingest_options(repo_args, create_work=False) as options:
         result = remove_images(list(names), options)
     for name in result.removed:
         click.echo(f"removed {name}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from pycvmfs.errors import ConfigError
 from pycvmfs.format.certificates import certificate_fingerprint, fingerprint_text
 from pycvmfs.publisher.keys import create_keys, load_keys
 
@@ -29,7 +30,11 @@ def keys() -> None:
 @click.option("--force", is_flag=True, help="Replace keys that already exist.")
 def create(fqrn: str, keys_dir: Path, force: bool) -> None:
     """Generate new RSA-2048 keys and a self-signed certificate for FQRN."""
-    paths = create_keys(fqrn, keys_dir, force=force)
+    try:
+        paths = create_keys(fqrn, keys_dir, force=force)
+    except OSError as exc:  # e.g. a --keys-dir in /proc, or one this user cannot enter
+        raise ConfigError(f"cannot write keys to {keys_dir}: {exc.strerror} "
+                          f"({exc.filename}): choose a writable --keys-dir") from None
     loaded = load_keys(fqrn, keys_dir)
     labels = (
         (paths.master_key, "master key (signs the whitelist; keep it offline)"),

@@ -1,9 +1,19 @@
-"""Entry point: one click group; each subcommand lives in its own module under cli/."""
+"""Entry point: one click group; each subcommand lives in its own module under cli/.
+
+Whatever goes wrong, the user gets one line on stderr and a non-zero exit, never a
+traceback: a `PycvmfsError` (named, with the fix) or a click usage error as they are; an
+`OSError` nobody named yet as `pycvmfs: error: FILE: REASON` (exit 1); anything else as
+`pycvmfs: internal error: ...` (exit 70, EX_SOFTWARE: a bug to report). PYCVMFS_DEBUG=1
+adds the traceback. The last two are a net: each case found there gets a named error where
+it happens.
+"""
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import traceback
 
 import click
 
@@ -38,13 +48,29 @@ def cli() -> None:
     """CernVM-FS client and publisher."""
 
 
+EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h)
+DEBUG_VARIABLE = "PYCVMFS_DEBUG"
+
+
+def one_line(text: object) -> str:
+    """A message on one line (some library messages span several)."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`FILE: REASON` (or `FILE -> FILE2: REASON`) from an OSError."""
+    reason = exc.strerror or one_line(exc) or type(exc).__name__
+    names = [str(name) for name in (exc.filename, exc.filename2) if name is not None]
+    return f"{' -> '.join(names)}: {reason}" if names else reason
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; library errors become one clear line on stderr and exit code 1. A
+    """Run the CLI; errors become one clear line on stderr (see the module docstring). A
     command that returns an int (`pycvmfs run`) exits with it."""
     try:
         result = cli.main(args=argv, prog_name="pycvmfs", standalone_mode=False)
     except PycvmfsError as exc:
-        click.echo(f"pycvmfs: error: {exc}", err=True)
+        click.echo(f"pycvmfs: error: {one_line(exc)}", err=True)
         return 1
     except click.exceptions.Abort:
         click.echo("pycvmfs: aborted", err=True)
@@ -57,7 +83,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        _traceback_if_debugging()
+        click.echo(f"pycvmfs: error: {describe_os_error(exc)}", err=True)
+        return 1
+    except Exception as exc:
+        _traceback_if_debugging()
+        click.echo(f"pycvmfs: internal error: {type(exc).__name__}: {one_line(exc)} (set "
+                   f"{DEBUG_VARIABLE}=1 for the traceback; please report it)", err=True)
+        return EXIT_INTERNAL_ERROR
     return result if isinstance(result, int) else 0
+
+
+def _traceback_if_debugging() -> None:
+    if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+        traceback.print_exc()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
-"""`pycvmfs mount FQRN MOUNTPOINT` and `pycvmfs umount MOUNTPOINT`.
+"""`pycvmfs mount FQRN MOUNTPOINT` and `pycvmfs umount [--force] MOUNTPOINT`.
 
 Background by default: the command starts a detached serving process and returns once
 the mount is ready (or prints why it failed, with a non-zero exit). `--foreground`
 serves in this process until unmounted; Ctrl-C unmounts.
+
+Neither command stats MOUNTPOINT before it knows from the mount table that nothing is
+mounted there (a dead mount answers ENOTCONN, a hung one blocks): the arguments are
+plain strings, not `click.Path`, which would stat them. `umount` detaches dead and hung
+mounts (`pycvmfs.fs.mount.unmount`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,18 @@ SYSLOG_SOCKET = "/dev/log"
 USYSLOG_BYTES = 500 * 1024  # the reference rotates its user syslog file at 500 kB
 
 
+def _backend(value: str | None) -> str | None:
+    """Check --backend names before anything is fetched (the binding loads only after the
+    repository is open)."""
+    from pycvmfs.fs.mount import BACKENDS
+
+    for name in (value or "").split(","):
+        if name.strip() and name.strip() not in BACKENDS:
+            raise click.BadParameter(f"unknown FUSE backend {name.strip()!r} (choose from "
+                                     f"{', '.join(BACKENDS)})", param_hint="--backend")
+    return value
+
+
 def overrides_of(options: tuple[str, ...]) -> dict[str, str]:
     """`-o K=V,K2=V2 -o K3=V3` -> a dict (later wins)."""
     result: dict[str, str] = {}
@@ -44,18 +61,18 @@ def overrides_of(options: tuple[str, ...]) -> dict[str, str]:
 
 @click.command("mount")
 @click.argument("fqrn")
-@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("mountpoint")
 @click.option("-o", "options", multiple=True, metavar="KEY=VALUE[,...]",
               help="Configuration overrides, e.g. -o CVMFS_HTTP_PROXY=DIRECT.")
 @click.option("--config", "config_files", multiple=True,
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Extra configuration file(s), applied after the /etc/cvmfs hierarchy.")
 @click.option("--foreground", is_flag=True, help="Serve in this process until unmounted.")
-@click.option("--backend", default=None,
+@click.option("--backend", default=None, callback=lambda ctx, param, value: _backend(value),
               help="FUSE binding: lowlevel, pyfuse3 or mfusepy (default: the first that loads).")
 @click.option("--detached", is_flag=True, hidden=True,
               help="Set by the background mount for its serving process: log to files.")
-def mount(fqrn: str, mountpoint: Path, options: tuple[str, ...],
+def mount(fqrn: str, mountpoint: str, options: tuple[str, ...],
           config_files: tuple[Path, ...], foreground: bool, backend: str | None,
           detached: bool) -> None:
     """Mount repository FQRN at MOUNTPOINT (read-only, verified, on demand).
@@ -66,20 +83,23 @@ def mount(fqrn: str, mountpoint: Path, options: tuple[str, ...],
     from pycvmfs.client import open_client
     from pycvmfs.config import load_config
     from pycvmfs.fs.limits import raise_open_files_limit
-    from pycvmfs.fs.mount import serve
+    from pycvmfs.fs.mount import check_fuse_usable, serve
 
-    if not mountpoint.is_dir():
-        raise ConfigError(f"mount point {mountpoint} is not a directory")
-    if os.path.ismount(mountpoint):
-        raise ConfigError(f"{mountpoint} is already a mount point")
+    check_mount_point(mountpoint)
     overrides = overrides_of(options)
     config = load_config(fqrn, extra_files=config_files, overrides=overrides)
+    check_fuse_usable()
     if not foreground:  # skipped lines etc.: shown here once, logged by the serving process
         for warning in config.warnings:
             click.echo(f"pycvmfs: warning: {warning}", err=True)
-        mount_in_background(fqrn, mountpoint, options, config_files, backend)
+        mount_in_background(fqrn, Path(mountpoint), options, config_files, backend)
         return
-    _configure_logging(config, detached)
+    try:
+        _configure_logging(config, detached)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the log: {exc.filename}: {exc.strerror} (set "
+                          "CVMFS_USYSLOG to a writable file, or CVMFS_CACHE_BASE to a "
+                          "writable directory)") from None
     for warning in config.warnings:  # to the logs, and to stderr unless detached
         logging.getLogger(__name__).warning("configuration: %s", warning)
     _, capped = raise_open_files_limit(config.nfiles)
@@ -92,6 +112,23 @@ def mount(fqrn: str, mountpoint: Path, options: tuple[str, ...],
               kcache_timeout_s=float(config.kcache_timeout_s))
     finally:
         client.close()
+
+
+def check_mount_point(mountpoint: str | Path) -> None:
+    """MOUNTPOINT must be a directory with nothing mounted on it; asked of the mount table
+    first, so a dead or hung mount there is named instead of stat-ed (which would fail
+    with ENOTCONN or block)."""
+    from pycvmfs.fs.mount import Health, inspect_mount
+
+    state = inspect_mount(mountpoint)
+    if state is not None and state.health in (Health.DEAD, Health.HUNG):
+        raise ConfigError(f"{mountpoint} is still mounted (dead or hung mount: "
+                          f"{state.describe()}): run pycvmfs umount --force {mountpoint}")
+    if state is not None:
+        raise ConfigError(f"{mountpoint} is already a mount point ({state.describe()}): "
+                          "unmount it first, or choose another directory")
+    if not Path(mountpoint).is_dir():
+        raise ConfigError(f"mount point {mountpoint} is not a directory (create it first)")
 
 
 def _configure_logging(config: ClientConfig, detached: bool) -> None:
@@ -138,11 +175,14 @@ def _file_handler(path: str, level: int, *, rotate: bool,
 def mount_in_background(fqrn: str, mountpoint: Path, options: tuple[str, ...],
                         config_files: tuple[Path, ...], backend: str | None, *,
                         quiet: bool = False) -> None:
-    """Start `pycvmfs mount --foreground` detached; return when the mount is ready."""
-    from pycvmfs.fs.mount import set_read_ahead
+    """Start `pycvmfs mount --foreground` detached; return when the mount is ready. The
+    serving process gets the mount point as the mount table will show it (so `pycvmfs
+    umount` finds it by its command line)."""
+    from pycvmfs.fs.mount import check_fuse_usable, mount_point_path, set_read_ahead
 
-    command = [sys.executable, "-m", "pycvmfs", "mount", fqrn, str(mountpoint), "--foreground",
-               "--detached"]
+    check_fuse_usable()
+    command = [sys.executable, "-m", "pycvmfs", "mount", fqrn, mount_point_path(mountpoint),
+               "--foreground", "--detached"]
     for option in options:
         command += ["-o", option]
     for path in config_files:
@@ -156,8 +196,7 @@ def mount_in_background(fqrn: str, mountpoint: Path, options: tuple[str, ...],
         while not os.path.ismount(mountpoint):
             if child.poll() is not None:
                 errors.seek(0)
-                message = errors.read().decode(errors="replace").strip()
-                raise ConfigError(message.removeprefix("pycvmfs: error: ")
+                raise ConfigError(_failure_of(errors.read().decode(errors="replace"))
                                   or f"mounting {fqrn} failed (exit {child.returncode})")
             if time.monotonic() > deadline:
                 child.kill()
@@ -168,15 +207,27 @@ def mount_in_background(fqrn: str, mountpoint: Path, options: tuple[str, ...],
         click.echo(f"mounted {fqrn} on {mountpoint} (pid {child.pid})")
 
 
+def _failure_of(stderr: str) -> str:
+    """The serving process's one-line error (its last `pycvmfs: ...` line, prefix
+    dropped), else all it printed."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("pycvmfs: "):
+            return line.removeprefix("pycvmfs: ").removeprefix("error: ")
+    return " ".join(lines)
+
+
 @click.command("umount")
-@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
-def umount(mountpoint: Path) -> None:
-    """Unmount a pycvmfs mount (works for the user who mounted it)."""
+@click.argument("mountpoint")
+@click.option("--force", is_flag=True,
+              help="Detach at once: abort the FUSE connection and unmount lazily, without "
+              "the polite unmount first (for a hung mount, or a busy one).")
+def umount(mountpoint: str, force: bool) -> None:
+    """Unmount a pycvmfs mount (works for the user who mounted it). A dead or hung mount
+    (its serving process gone or stopped) is detached; MOUNTPOINT is never stat-ed."""
     from pycvmfs.fs.mount import unmount
 
-    if not os.path.ismount(mountpoint):
-        raise ConfigError(f"{mountpoint} is not mounted")
-    unmount(str(mountpoint))
+    click.echo(unmount(mountpoint, force=force))
 
 
 COMMANDS = [mount, umount]

@@ -14,15 +14,22 @@ from pycvmfs.format.hashes import Algorithm
 from pycvmfs.publisher.pipeline import Settings
 from pycvmfs.publisher.publish import PublishOptions, publish
 
+MAX_ID = 2**32 - 2  # uid_t is 32 bits; (uid_t)-1 means "no change" to chown
+
 
 def _owner(value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None
     uid, _, gid = value.partition(":")
     try:
-        return int(uid), int(gid or uid)
+        ids = int(uid), int(gid or uid)
     except ValueError:
-        raise click.BadParameter(f"expected UID:GID, got {value!r}") from None
+        raise click.BadParameter(f"expected UID:GID, got {value!r}",
+                                 param_hint="--owner") from None
+    if not all(0 <= number <= MAX_ID for number in ids):
+        raise click.BadParameter(f"{value!r}: user and group ids are 0 to {MAX_ID}",
+                                 param_hint="--owner")
+    return ids
 
 
 @click.command("publish")

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import click
 
-from pycvmfs.errors import NameMismatchError
+from pycvmfs.errors import ConfigError, NameMismatchError
 from pycvmfs.format.catalog import DirEntry
 from pycvmfs.format.manifest import parse_manifest
 from pycvmfs.repository.repository import Repository, apparent_size, normalize_path
@@ -66,6 +66,17 @@ def _parse_now(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
 
 
+def _check_proxy(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Refuse a --proxy that does not parse, before anything is fetched."""
+    from pycvmfs.network.proxies import parse_proxies
+
+    try:
+        parse_proxies(value)
+    except (ValueError, ConfigError) as exc:  # urlsplit raises ValueError on `http://[::1`
+        raise click.BadParameter(f"{value!r}: {exc}") from None
+    return value
+
+
 def repository_options(func: _F) -> _F:
     """REPO argument plus --keys, --fqrn, --tag and the hidden --now."""
     decorators = [
@@ -77,7 +88,7 @@ def repository_options(func: _F) -> _F:
                      help="Repository name [default: last component of REPO if it has a dot, "
                      "else the name in the manifest]."),
         click.option("--tag", default=None, help="Read a tagged revision instead of trunk."),
-        click.option("--proxy", default="DIRECT", show_default=True,
+        click.option("--proxy", default="DIRECT", show_default=True, callback=_check_proxy,
                      help="HTTP proxies for a URL, in CVMFS_HTTP_PROXY syntax "
                      "('http://p1|http://p2;DIRECT'). REPO may list several ';'-separated "
                      "Stratum-1 URLs for failover."),

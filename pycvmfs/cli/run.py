@@ -51,11 +51,17 @@ def run_command(image: str, command: tuple[str, ...], mount_dir: Path | None,
     fqrn, _, image_path = image.strip("/").partition("/")
     if not image_path:
         raise ConfigError(f"{image}: expected FQRN/IMAGE-PATH")
+    fix = "choose another --mount"
     if mount_dir is None:
         config = load_config(fqrn, extra_files=config_files, overrides=overrides_of(options))
         mount_dir = _default_mount_dir(config.cache_base, fqrn)
+        fix = "pass --mount DIR, or set CVMFS_CACHE_BASE to a writable directory"
     if not _mounted(mount_dir, fqrn):
-        mount_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            mount_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the mount point {mount_dir}: {exc.strerror} "
+                              f"({fix})") from None
         mount_in_background(fqrn, mount_dir, options, config_files, None, quiet=True)
     root = (mount_dir / image_path).resolve()
     if not root.is_relative_to(mount_dir.resolve()) or not root.is_dir():
@@ -93,9 +99,18 @@ def _default_mount_dir(cache_base: Path, fqrn: str) -> Path:
 
 
 def _mounted(mount_dir: Path, fqrn: str) -> bool:
-    """Whether `mount_dir` is a pycvmfs/cvmfs mount of `fqrn` already."""
-    if not os.path.ismount(mount_dir):
+    """Whether `mount_dir` is a pycvmfs/cvmfs mount of `fqrn` already; asked of the mount
+    table first (a dead or hung mount there is named, not stat-ed)."""
+    from pycvmfs.cli.mount import check_mount_point
+    from pycvmfs.fs.mount import Health, inspect_mount
+
+    state = inspect_mount(mount_dir)
+    if state is None:
         return False
+    if state.health is not Health.SERVING:
+        check_mount_point(mount_dir)  # raises: dead or hung mount, or another file system
+    if state.entry.source == f"cvmfs2#{fqrn}":
+        return True
     try:
         return os.getxattr(mount_dir, "user.fqrn").decode() == fqrn
     except OSError:

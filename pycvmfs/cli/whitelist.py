@@ -10,6 +10,8 @@ from pycvmfs.publisher.keys import load_keys
 from pycvmfs.publisher.storage import LocalStorage
 from pycvmfs.publisher.whitelist_sign import DEFAULT_WHITELIST_DAYS, write_whitelist
 
+MAX_WHITELIST_DAYS = 3650  # ten years; the expiry is written as YYYYMMDDhhmmss
+
 
 @click.group("whitelist")
 def whitelist() -> None:
@@ -21,7 +23,7 @@ def whitelist() -> None:
 @click.option("--repo", "fqrn", required=True)
 @click.option("--storage", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--days", default=DEFAULT_WHITELIST_DAYS, show_default=True,
-              type=click.IntRange(min=1))
+              type=click.IntRange(min=1, max=MAX_WHITELIST_DAYS))
 def sign(keys_dir: Path, fqrn: str, storage: Path, days: int) -> None:
     """Sign a whitelist listing the repository certificate, valid for --days."""
     keys = load_keys(fqrn, keys_dir)

@@ -54,7 +54,6 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from pycvmfs.fs.kernel_cache import KernelCache
@@ -642,12 +641,13 @@ def _mount_options(fsname: str) -> str:
 def _abort_connection(mountpoint: str) -> None:
     """Abort the kernel connection of `mountpoint` (unblocks a notification waiting for
     requests no thread will answer any more), via /sys/fs/fuse/connections."""
-    from pycvmfs.fs.mount import mounted_device  # mount.py imports adapters lazily
+    from pycvmfs.fs.mount import abort_connection, mounted_device  # imports adapters lazily
 
     device = mounted_device(mountpoint)
     if device is not None:
-        with contextlib.suppress(OSError):
-            Path(f"/sys/fs/fuse/connections/{device.split(':')[1]}/abort").write_text("1")
+        not_aborted = abort_connection(device)
+        if not_aborted is not None:
+            log.warning("cannot abort the FUSE connection of %s: %s", mountpoint, not_aborted)
 
 
 def _run_loop(session: int) -> int:
