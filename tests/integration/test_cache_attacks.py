@@ -405,6 +405,4 @@ def test_full_cache_through_the_mount(area: Path, server: Nginx,
             (area / "mnt" / "data" / "random.bin").read_bytes()  # 1.5 MB into 256 kB
         assert os.listdir(tmpfs / "shared" / TXN_DIR_NAME) == []
         assert (area / "mnt" / "README.txt").read_bytes() == readme  # still serving
-        if info.value.errno != errno.ENOSPC:
-            pytest.xfail(f"the filesystem layer answered {errno.errorcode[info.value.errno]}: "
-                         "fs/vfs.py maps every PycvmfsError to EIO (errno_for gives ENOSPC)")
+        assert info.value.errno == errno.ENOSPC, errno.errorcode[info.value.errno]

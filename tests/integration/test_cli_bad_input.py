@@ -54,15 +54,13 @@ class Case:
     args: tuple[str, ...]
     names: str
     as_user: bool = False  # run as `nobody` (unreadable files, /dev/fuse)
-    owner: str = ""  # another helper's fix makes it pass: xfail until merged
 
 
-def case(id: str, command: str, names: str, *, as_user: bool = False,
-         owner: str = "") -> Case:
+def case(id: str, command: str, names: str, *, as_user: bool = False) -> Case:
     """`command` is split on spaces; in an argument `~` stands for a space, and `''`
     alone for the empty string."""
     args = tuple("" if arg == "''" else arg.replace("~", " ") for arg in command.split())
-    return Case(id, args, names, as_user=as_user, owner=owner)
+    return Case(id, args, names, as_user=as_user)
 
 
 PUBLISH = ("publish {empty} --repo demo.pycvmfs.org --storage {s}/published-{case} "
@@ -125,7 +123,7 @@ CASES = [
     case("mount-cache-base-in-proc", MOUNT + " -o CVMFS_CACHE_BASE=/proc/nope", "/proc/nope"),
     case("mount-server-refused", MOUNT, "127.0.0.1:1"),
     case("mount-proxy-unclosed-bracket", MOUNT + " -o CVMFS_HTTP_PROXY=http://[::1;DIRECT",
-         "CVMFS_HTTP_PROXY", owner="configuration parsing (issue 9 class 13)"),
+         "CVMFS_HTTP_PROXY"),
     case("mount-dev-fuse-closed", MOUNT.replace("{s}/mnt", "{user_mnt}"),
          "chmod 666 /dev/fuse", as_user=True),
     # umount
@@ -325,16 +323,7 @@ def outcomes(scratch: Scratch, request: pytest.FixtureRequest
         return dict(results)
 
 
-def _params() -> list[object]:
-    params: list[object] = []
-    for item in CASES:
-        marks = [pytest.mark.xfail(reason=f"fixed by {item.owner}", strict=False)] \
-            if item.owner else []
-        params.append(pytest.param(item, id=item.id, marks=marks))
-    return params
-
-
-@pytest.mark.parametrize("bad", _params())
+@pytest.mark.parametrize("bad", [pytest.param(item, id=item.id) for item in CASES])
 def test_bad_input_gives_one_named_error(bad: Case, scratch: Scratch,
                                          outcomes: dict[str, subprocess.CompletedProcess[str]]
                                          ) -> None:
