@@ -211,6 +211,11 @@ class Nginx(ServerContext):
             raise RuntimeError(f"nginx did not come back on port {self.port}: "
                                f"{self.error_log()}")
 
+    def access_log(self) -> str:
+        """What nginx has logged of the requests so far (flushed per request)."""
+        log = self.run / "access.log"
+        return log.read_text(errors="replace") if log.exists() else ""
+
     def error_log(self) -> str:
         log = self.run / "error.log"
         return log.read_text(errors="replace") if log.exists() else "(no error log)"
