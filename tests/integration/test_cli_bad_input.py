@@ -68,7 +68,7 @@ PUBLISH = ("publish {empty} --repo demo.pycvmfs.org --storage {s}/published-{cas
 READ = "{repo} --keys {pub}"
 MOUNT = "mount demo.pycvmfs.org {s}/mnt --config {conf}"
 IMAGES = "--repo demo.pycvmfs.org --storage {s}/images-{case} --keys-dir {keys}"  # own lock
-WEBHOOK = f"webhook serve --token t {IMAGES}"
+WEBHOOK = f"webhook serve --token t --registry-url 127.0.0.1:5000 {IMAGES}"
 STORAGE = "--storage {storage} --repo demo.pycvmfs.org"
 
 CASES = [
@@ -168,7 +168,7 @@ CASES = [
          "--rounds"),
     # webhook
     case("webhook-port-in-use", WEBHOOK + " --listen 127.0.0.1:{busy_port}",
-         "choose another --listen port"),
+         "choose another --listen"),
     case("webhook-address-not-local", WEBHOOK + " --listen 192.0.2.1:8080", "192.0.2.1"),
     case("webhook-queue-in-proc", WEBHOOK + " --listen 127.0.0.1:0 --queue /proc/nope",
          "--queue"),
@@ -176,6 +176,10 @@ CASES = [
          "--queue"),
     case("webhook-retry-inf", WEBHOOK + " --retry-seconds inf", "--retry-seconds"),
     case("webhook-token-missing", WEBHOOK.replace("--token t ", ""), "--token"),
+    case("webhook-no-registry", WEBHOOK.replace("--registry-url 127.0.0.1:5000 ", ""),
+         "--registry-url"),
+    case("webhook-registry-bad", WEBHOOK.replace("127.0.0.1:5000", "ftp://x"),
+         "--registry-url"),
     # images
     case("images-remove-storage-missing", "images remove x/y:1 --repo demo.pycvmfs.org "
          "--storage /proc/nope --keys-dir {keys}", "no repository storage at /proc/nope"),
