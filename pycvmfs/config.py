@@ -77,6 +77,7 @@ DEFAULT_CONFIG_ROOT: Final = Path("/etc/cvmfs")
 CONFIG_ROOT_ENV: Final = "PYCVMFS_CONFIG_ROOT"
 DIRECT: Final = "DIRECT"
 MAX_CONTINUATION_LINES: Final = 200  # an unterminated quote gives up after this many lines
+MAX_CATALOG_MB_DEFAULT: Final = 1024  # PYCVMFS_MAX_CATALOG_MB (README "Bounded downloads")
 BUILTIN_DEFAULTS: Final = "<built-in default.conf>"
 OVERRIDE: Final = "<-o>"
 _EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
@@ -329,6 +330,7 @@ class ClientConfig:
     warnings: tuple[str, ...]  # malformed lines etc., for the caller to log
     files_read: tuple[Path, ...]
     blacklist_files: tuple[Path, ...] = ()  # `<root>/blacklist` (the reference's /etc/cvmfs)
+    max_catalog_mb: int = MAX_CATALOG_MB_DEFAULT  # inflated size cap of catalogs, histories
 
     def origin(self, key: str) -> str:
         """Where `key` was set, for messages: `file:line`, `<built-in ...>` or `unset`."""
@@ -393,7 +395,18 @@ def resolve(merged: MergedSettings) -> ClientConfig:
         settings=merged.values, origins=merged.origins,
         warnings=merged.warnings, files_read=merged.files_read,
         blacklist_files=(merged.config_root / "blacklist",),
+        max_catalog_mb=_max_catalog_mb(typed),
     )
+
+
+def _max_catalog_mb(typed: _Typed) -> int:
+    """PYCVMFS_MAX_CATALOG_MB: a pycvmfs setting (the reference has no such limit)."""
+    key = "PYCVMFS_MAX_CATALOG_MB"
+    value = typed.integer(key, MAX_CATALOG_MB_DEFAULT)
+    if value <= 0:
+        raise ConfigError(f"{key}={value} (set in {typed.origin(key)}): must be a positive "
+                          "number of MiB (the largest catalog or history database to accept)")
+    return value
 
 
 def _server_urls(fqrn: str, typed: _Typed) -> tuple[str, ...]:
