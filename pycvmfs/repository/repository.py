@@ -45,7 +45,7 @@ from pycvmfs.format.history import Tag
 from pycvmfs.format.manifest import Manifest
 from pycvmfs.repository import catalog_sql as sql
 from pycvmfs.repository.catalog_tree import CatalogTree, Resolved
-from pycvmfs.repository.objects import CachedObjects, Objects, Workdir
+from pycvmfs.repository.objects import MAX_CATALOG_BYTES, CachedObjects, Objects, Workdir
 from pycvmfs.repository.source import ObjectSource
 from pycvmfs.repository.trust import TrustedManifest, establish_trust
 
@@ -178,6 +178,7 @@ class Repository:
         fetcher: Fetcher | None = None,
         min_timestamp: int | None = None,
         blacklist: Blacklist | None = None,
+        max_catalog_bytes: int = MAX_CATALOG_BYTES,
     ) -> Repository:
         """Verify the trust chain, pick the root catalog and attach it.
 
@@ -187,13 +188,14 @@ class Repository:
         verified: it proves the source serves this repository). Catalogs are written to a
         fresh directory inside `workdir` (default: the system temp dir), removed on close.
         `min_timestamp` rejects a manifest published before it (OutdatedError); `blacklist`
-        revokes certificates and revisions (BlacklistedError)."""
+        revokes certificates and revisions (BlacklistedError). `max_catalog_bytes` caps the
+        inflated size of catalogs and histories without a `fetcher` (which has its own)."""
         if sum(x is not None for x in (tag, date, root_hash)) > 1:
             raise ConfigError("give at most one of a tag, a date and a root hash")
         trusted = establish_trust(source, fqrn, public_keys, now=now or dt.datetime.now(dt.UTC),
                                   min_timestamp=min_timestamp, blacklist=blacklist)
         return cls.attach(source, fqrn, trusted, tag=tag, date=date, root_hash=root_hash,
-                          workdir=workdir, fetcher=fetcher)
+                          workdir=workdir, fetcher=fetcher, max_catalog_bytes=max_catalog_bytes)
 
     @classmethod
     def attach(
@@ -207,6 +209,7 @@ class Repository:
         root_hash: ContentHash | str | None = None,
         workdir: str | os.PathLike[str] | None = None,
         fetcher: Fetcher | None = None,
+        max_catalog_bytes: int = MAX_CATALOG_BYTES,
     ) -> Repository:
         """Attach a root catalog of an already trusted manifest (the reload path), or,
         with `trusted=None`, the given `root_hash` alone: an offline mount of a catalog the
@@ -215,7 +218,8 @@ class Repository:
             raise ConfigError("an untrusted attach needs the root catalog hash")
         work = Workdir(workdir)
         try:
-            objects = (Objects(source, fqrn, work) if fetcher is None
+            objects = (Objects(source, fqrn, work, max_catalog_bytes=max_catalog_bytes)
+                       if fetcher is None
                        else CachedObjects(source, fqrn, work, fetcher))
             history = _History(objects, trusted.history if trusted is not None else None)
             chosen = (history.tag(tag) if tag is not None
