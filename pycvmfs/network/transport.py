@@ -10,10 +10,11 @@ The watchdog covers the whole response, from the first byte of the request to th
 of the body:
 - connect: urllib3's connect timeout (`timeout`);
 - status line, headers and any interim (1xx) responses: one deadline, `timeout` seconds after
-  the connection is ready. urllib3/http.client time out per socket operation only, so the
-  pools make their connections with `_DeadlineSocket`, whose receives never wait past the
-  deadline armed for the calling thread (`_header_deadline`); a trickled status line or an
-  endless `100 Continue` fails there;
+  the connection is ready (after the request starts on a kept-alive connection).
+  urllib3/http.client time out per socket operation only, so the pools make their
+  connections with `_DeadlineSocket` (`_DeadlineSSLSocket` for TLS), whose receives never
+  wait past the deadline armed for the calling thread (`_header_deadline`); a trickled
+  status line or an endless `100 Continue` fails there;
 - body: the low-speed limit, measured per `timeout` window (`_SpeedMeter`), with the read
   timeout as the floor for a fully stalled link, and the sink's byte budget: a Content-Length
   above it is refused before the body is read, and no more than one byte past it is read;
@@ -28,13 +29,14 @@ thread-safe; the pool table is guarded by a lock; header deadlines are per threa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -58,6 +60,8 @@ from pycvmfs.network.sink import Sink, over_budget
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
+
+_T = TypeVar("_T")
 
 USER_AGENT = f"cvmfs Fuse pycvmfs/{__version__}"
 BLOCK_BYTES = 1 << 20  # one socket read at most: fewer Python round trips per verified MiB
@@ -145,21 +149,20 @@ _HEADERS = _HeaderWindow()
 
 
 @contextmanager
-def _header_deadline(window: float, clock: Callable[[], float] = time.monotonic
-                     ) -> Iterator[None]:
+def _header_deadline(window: float) -> Iterator[None]:
     """Within the block, this thread's receives on pool sockets end by `window` s from now
-    (or from when a new connection is ready, see `_restart_header_window`)."""
-    _HEADERS.window, _HEADERS.deadline = window, clock() + window
+    (from when a new connection is ready, if one is made: `_restart_header_window`)."""
+    _HEADERS.window, _HEADERS.deadline = window, time.monotonic() + window
     try:
         yield
     finally:
         _HEADERS.window = _HEADERS.deadline = None
 
 
-def _restart_header_window(clock: Callable[[], float] = time.monotonic) -> None:
+def _restart_header_window() -> None:
     """Connecting has its own timeout: the header window counts from the ready connection."""
     if _HEADERS.window is not None:
-        _HEADERS.deadline = clock() + _HEADERS.window
+        _HEADERS.deadline = time.monotonic() + _HEADERS.window
 
 
 def receive_timeout(current: float | None, deadline: float | None, now: float) -> float | None:
@@ -173,30 +176,29 @@ def receive_timeout(current: float | None, deadline: float | None, now: float) -
     return remaining if current is None or remaining < current else current
 
 
+def _within_deadline(sock: socket.socket, receive: Callable[[], _T]) -> _T:
+    """Run one receive of `sock` with its timeout shortened to the thread's header
+    deadline (restored afterwards: the body phase has the plain read timeout)."""
+    saved = sock.gettimeout()
+    bounded = receive_timeout(saved, _HEADERS.deadline, time.monotonic())
+    if bounded == saved:
+        return receive()
+    sock.settimeout(bounded)
+    try:
+        return receive()
+    finally:
+        sock.settimeout(saved)
+
+
 class _DeadlineSocket(socket.socket):
     """A plain TCP socket whose receives honour the thread's header deadline."""
 
     def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
-        saved = self.gettimeout()
-        bounded = receive_timeout(saved, _HEADERS.deadline, time.monotonic())
-        if bounded == saved:
-            return super().recv_into(buffer, nbytes, flags)
-        self.settimeout(bounded)
-        try:
-            return super().recv_into(buffer, nbytes, flags)
-        finally:
-            self.settimeout(saved)
+        return _within_deadline(self, functools.partial(super().recv_into, buffer, nbytes,
+                                                        flags))
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        saved = self.gettimeout()
-        bounded = receive_timeout(saved, _HEADERS.deadline, time.monotonic())
-        if bounded == saved:
-            return super().recv(bufsize, flags)
-        self.settimeout(bounded)
-        try:
-            return super().recv(bufsize, flags)
-        finally:
-            self.settimeout(saved)
+        return _within_deadline(self, functools.partial(super().recv, bufsize, flags))
 
     @classmethod
     def adopt(cls, sock: socket.socket) -> _DeadlineSocket:
@@ -212,15 +214,8 @@ class _DeadlineSSLSocket(ssl.SSLSocket):
 
     def recv_into(self, buffer: WriteableBuffer, nbytes: int | None = None,
                   flags: int = 0) -> int:
-        saved = self.gettimeout()
-        bounded = receive_timeout(saved, _HEADERS.deadline, time.monotonic())
-        if bounded == saved:
-            return super().recv_into(buffer, nbytes, flags)
-        self.settimeout(bounded)
-        try:
-            return super().recv_into(buffer, nbytes, flags)
-        finally:
-            self.settimeout(saved)
+        return _within_deadline(self, functools.partial(super().recv_into, buffer, nbytes,
+                                                        flags))
 
 
 class _WatchedHTTPConnection(HTTPConnection):

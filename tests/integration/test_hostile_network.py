@@ -12,12 +12,21 @@ records what it sent (at most that plus the kernel's socket buffers).
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import socket
+import ssl
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from pycvmfs.errors import FetchError, LetterError
 from pycvmfs.format.certificates import load_public_key
@@ -25,10 +34,10 @@ from pycvmfs.format.compression import Compression, stored_size_bound
 from pycvmfs.format.hashes import Suffix
 from pycvmfs.network.download import Downloader, DownloadSettings
 from pycvmfs.network.failover import RouteState
-from pycvmfs.network.failure import Outcome
-from pycvmfs.network.proxies import ProxyChoice, parse_proxies
-from pycvmfs.network.sink import Sink
-from pycvmfs.network.transport import ERROR_BODY_BYTES, Urllib3Transport
+from pycvmfs.network.failure import ErrorKind, Outcome
+from pycvmfs.network.proxies import DIRECT, ProxyChoice, parse_proxies
+from pycvmfs.network.sink import MemorySink, Sink
+from pycvmfs.network.transport import ERROR_BODY_BYTES, Urllib3Transport, request_headers
 from pycvmfs.repository.network_source import NetworkSource
 from pycvmfs.repository.repository import Repository
 from pycvmfs.repository.source import LocalSource
@@ -250,3 +259,80 @@ def test_protocol_attacks_fail_over_to_a_good_host(published: Published,
                                                    hostile: HostileServer,
                                                    attack: str) -> None:
     expect_failover(published, hostile, attack, "file")
+
+
+# --- TLS: the same watchdog on https connections ----------------------------------------------
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+               ) -> Iterator[tuple[int, dict[str, str]]]:
+    """A one-thread HTTPS server on 127.0.0.1 with a self-signed certificate the client trusts
+    (SSL_CERT_FILE); `mode["m"]` is `ok` (a 5-byte body) or `trickle` (a status line that
+    never ends, one byte per 0.2 s, 50 bytes at most)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "cert.pem"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop, mode = threading.Event(), {"m": "ok"}
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with contextlib.suppress(OSError), context.wrap_socket(raw, server_side=True) as tls:
+                tls.recv(4096)
+                if mode["m"] == "ok":
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                    continue
+                tls.sendall(b"HTTP/1.1 200 OK")
+                for _ in range(50):
+                    if stop.wait(0.2):
+                        break
+                    tls.sendall(b"K")
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], mode
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def test_header_watchdog_covers_tls(tls_server: tuple[int, dict[str, str]]) -> None:
+    port, mode = tls_server
+    transport = Urllib3Transport()
+    try:
+        body = MemorySink(100)
+        outcome = transport.get(f"https://localhost:{port}/a", proxy=DIRECT,
+                                headers=request_headers(), sink=body, timeout=TIMEOUT,
+                                low_speed_limit=1)
+        assert outcome.status == 200 and body.getvalue() == b"hello"  # verified TLS works
+        mode["m"] = "trickle"
+        start = time.monotonic()
+        outcome = transport.get(f"https://localhost:{port}/b", proxy=DIRECT,
+                                headers=request_headers(), sink=MemorySink(100),
+                                timeout=TIMEOUT, low_speed_limit=1)
+        assert outcome.error is ErrorKind.TIMEOUT and "headers within" in outcome.detail
+        assert time.monotonic() - start < TIMEOUT + 1.0
+    finally:
+        transport.close()
