@@ -124,8 +124,8 @@ class Objects:
             compression: Compression = Compression.ZLIB,
             expected_size: int | None = None) -> bytes:
         """The verified object in memory (small objects; `open` streams big ones)."""
-        out = MemoryDestination(self.max_catalog_bytes if expected_size is None
-                                else expected_size)
+        cap = self.max_catalog_bytes if expected_size is None else expected_size
+        out = MemoryDestination(cap + 1)  # the sink's own cap reports an overflow first
         self._fetch_into(content_hash, suffix, out, what=what, compression=compression,
                          expected_size=expected_size)
         return out.getvalue()
