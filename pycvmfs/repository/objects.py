@@ -3,11 +3,12 @@ come from.
 
 `Objects` (no cache; `pycvmfs ls | cat | stat`) streams every object through a
 `VerifyingSink` (`source.fetch_into`), the one place object bytes are checked: hash over the
-stored bytes, inflation in bounded steps, size. File objects land in an unlinked temporary
-file of the work directory and are read from there (memory stays flat for any object size);
-catalogs and histories are written to the work directory under their hash and opened in
-place. `CachedObjects` (a mount) goes through the cache `Fetcher` instead: downloaded once,
-verified while streaming, served from `<cache>/XX/...` afterwards.
+stored bytes, inflation in bounded steps, size. File objects over 1 MiB land in an unlinked
+temporary file of the work directory and are read from there (memory stays flat for any
+object size), smaller ones stay in memory; catalogs and histories are written to the work
+directory under their hash and opened in place. `CachedObjects` (a mount) goes through the
+cache `Fetcher` instead: downloaded once, verified while streaming, served from
+`<cache>/XX/...` afterwards.
 
 Budgets: a file object or chunk may bring no more than its catalog size allows
 (`format.compression.stored_size_bound`); catalogs and histories may inflate to
@@ -42,6 +43,7 @@ from pycvmfs.repository.trust import error_context
 
 MAX_CATALOG_BYTES = MAX_CATALOG_MB_DEFAULT << 20  # inflate cap for catalogs and histories
 PREFETCH_READ_BYTES = 1 << 20  # read-ahead warms the page cache in blocks of this size
+IN_MEMORY_OBJECT_BYTES = 1 << 20  # `open` keeps objects up to this size in memory, not a file
 
 
 def catalog_name(content_hash: ContentHash, mountpoint: str) -> str:
@@ -132,7 +134,11 @@ class Objects:
 
     def open(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
              compression: Compression, expected_size: int) -> BinaryIO:
-        """The verified object as a readable unlinked temporary file (no cache here)."""
+        """The verified object as a readable unlinked temporary file (no cache here); a
+        small one in memory."""
+        if expected_size <= IN_MEMORY_OBJECT_BYTES:
+            return io.BytesIO(self.get(content_hash, suffix, what=what, compression=compression,
+                                       expected_size=expected_size))
         out = TempFileDestination(self.workdir.path)
         try:
             self._fetch_into(content_hash, suffix, out, what=what, compression=compression,
