@@ -404,8 +404,9 @@ def _max_catalog_mb(typed: _Typed) -> int:
     key = "PYCVMFS_MAX_CATALOG_MB"
     value = typed.integer(key, MAX_CATALOG_MB_DEFAULT)
     if value <= 0:
-        raise ConfigError(f"{key}={value} (set in {typed.origin(key)}): must be a positive "
-                          "number of MiB (the largest catalog or history database to accept)")
+        raise ConfigError(f"{key}={typed.text(key)!r} (set in {typed.origin(key)}): must be "
+                          "a positive number of MiB (the largest catalog or history database "
+                          "to accept)")
     return value
 
 

@@ -28,7 +28,5 @@ def test_default_and_override(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", ["0", "-5", "lots"])
 def test_bad_values_name_key_value_and_origin(tmp_path: Path, value: str) -> None:
-    with pytest.raises(ConfigError, match=f"PYCVMFS_MAX_CATALOG_MB={value!r}|"
-                                          f"PYCVMFS_MAX_CATALOG_MB={value} ") as info:
+    with pytest.raises(ConfigError, match=r"PYCVMFS_MAX_CATALOG_MB=.*\(set in <-o>\)"):
         load(tmp_path, PYCVMFS_MAX_CATALOG_MB=value)
-    assert "<-o>" in str(info.value)
