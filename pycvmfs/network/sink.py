@@ -19,6 +19,8 @@ Thread-safety: a sink belongs to one download at a time; none is safe for concur
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -26,8 +28,10 @@ from typing import BinaryIO, Protocol
 
 from pycvmfs.errors import (
     BudgetExceededError,
+    CacheFullError,
     DecompressionError,
     HashMismatchError,
+    PycvmfsError,
     SizeMismatchError,
 )
 from pycvmfs.format.compression import Compression, Inflater, stored_size_bound
@@ -68,6 +72,15 @@ def over_budget(received: int, budget: int, hint: str = "") -> str:
     return f"{received} bytes, over the download budget of {budget} bytes{extra}"
 
 
+def local_write_error(exc: OSError, where: str) -> PycvmfsError:
+    """A destination's local write failure as a named error, not an OSError (which the
+    transport would take for the host's fault): disk full is CacheFullError (ENOSPC)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CacheFullError(f"no space for {where}: {exc.strerror}; free space there "
+                              "(TMPDIR moves the temporary files of pycvmfs ls/cat/stat)")
+    return PycvmfsError(f"cannot write {where}: {exc.strerror or exc}")
+
+
 class MemorySink:
     """Raw bytes in memory, refusing more than `max_bytes` (BudgetExceededError)."""
 
@@ -105,24 +118,43 @@ class TempFileDestination:
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
-        self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed by close()
+        self._directory = directory if directory is not None else tempfile.gettempdir()
+        try:
+            self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - see close()
+        except OSError as exc:
+            raise self._local_error(exc) from exc
         self.size = 0
 
+    def _local_error(self, exc: OSError) -> PycvmfsError:
+        return local_write_error(exc, f"a temporary file in {os.fspath(self._directory)}")
+
+    def _flush(self) -> None:
+        try:
+            self._file.flush()
+        except OSError as exc:
+            raise self._local_error(exc) from exc
+
     def write(self, data: bytes) -> None:
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise self._local_error(exc) from exc
         self.size += len(data)
 
     def reset(self) -> None:
-        self._file.seek(0)
-        self._file.truncate()
+        try:
+            self._file.seek(0)
+            self._file.truncate()
+        except OSError as exc:
+            raise self._local_error(exc) from exc
         self.size = 0
 
     def fileno(self) -> int:
-        self._file.flush()
+        self._flush()
         return self._file.fileno()
 
     def read_all(self) -> bytes:
-        self._file.flush()
+        self._flush()
         self._file.seek(0)
         data = self._file.read()
         self._file.seek(0, os.SEEK_END)
@@ -130,7 +162,7 @@ class TempFileDestination:
 
     def blocks(self, size: int = SPOOL_READ_BYTES) -> Iterator[bytes]:
         """The content in blocks of at most `size` bytes, from the start."""
-        self._file.flush()
+        self._flush()
         self._file.seek(0)
         while block := self._file.read(size):
             yield block
@@ -139,12 +171,13 @@ class TempFileDestination:
     def reader(self) -> BinaryIO:
         """The file itself, at offset 0, for the caller to read and close (this object no
         longer owns it)."""
-        self._file.flush()
+        self._flush()
         self._file.seek(0)
         return self._file
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):  # closing flushes: a full disk loses nothing here
+            self._file.close()
 
     def __enter__(self) -> TempFileDestination:
         return self

@@ -319,28 +319,33 @@ class Urllib3Transport:
     def _stream(self, response: urllib3.BaseHTTPResponse, sink: Sink, timeout: float,
                 low_speed_limit: int) -> tuple[ErrorKind, int, str]:
         """Body -> sink; (error kind, bytes received, detail). Reads at most one byte past the
-        sink's budget. Closes the connection on error."""
+        sink's budget. Closes the connection on error. Only receiving is the network's
+        fault: an error of the sink other than IntegrityError (a full local disk) is raised."""
         meter = _SpeedMeter(low_speed_limit, timeout, self._clock)
         received, budget = 0, sink.budget
         try:
             while True:
-                block = response.read1(min(self._block, budget - received + 1))
+                try:
+                    block = response.read1(min(self._block, budget - received + 1))
+                except (HTTPError, OSError) as exc:
+                    response.close()
+                    return _error_kind(exc), received, str(exc)
                 if not block:
-                    break
+                    return ErrorKind.NONE, received, ""
                 received += len(block)
-                sink.write(block)
+                try:
+                    sink.write(block)
+                except IntegrityError as exc:
+                    response.close()
+                    return ErrorKind.NONE, received, str(exc)
+                except BaseException:
+                    response.close()
+                    raise
                 if meter.too_slow(len(block)):
                     response.close()
                     return ErrorKind.LOW_SPEED, received, f"below {low_speed_limit} B/s"
-        except IntegrityError as exc:
-            response.close()
-            return ErrorKind.NONE, received, str(exc)
-        except (HTTPError, OSError) as exc:
-            response.close()
-            return _error_kind(exc), received, str(exc)
         finally:
             response.release_conn()
-        return ErrorKind.NONE, received, ""
 
     def _discard(self, response: urllib3.BaseHTTPResponse, timeout: float,
                  low_speed_limit: int) -> None:

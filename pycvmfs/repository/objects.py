@@ -36,7 +36,13 @@ from pycvmfs.cache.quota import ObjectKind
 from pycvmfs.config import MAX_CATALOG_MB_DEFAULT
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, Suffix
-from pycvmfs.network.sink import Destination, MemoryDestination, TempFileDestination, VerifyingSink
+from pycvmfs.network.sink import (
+    Destination,
+    MemoryDestination,
+    TempFileDestination,
+    VerifyingSink,
+    local_write_error,
+)
 from pycvmfs.repository.catalog import Catalog
 from pycvmfs.repository.source import ObjectSource
 from pycvmfs.repository.trust import error_context
@@ -58,24 +64,38 @@ class WorkFile:
 
     def __init__(self, directory: Path, name: str) -> None:
         self.path = directory / name
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+        try:
+            fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+        except OSError as exc:
+            raise local_write_error(exc, f"{self.path}") from exc
         self._temp = Path(temp)
         self._file = os.fdopen(fd, "wb")
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise local_write_error(exc, f"{self.path}") from exc
 
     def reset(self) -> None:
-        self._file.seek(0)
-        self._file.truncate()
+        try:
+            self._file.seek(0)
+            self._file.truncate()
+        except OSError as exc:
+            raise local_write_error(exc, f"{self.path}") from exc
 
     def commit(self) -> Path:
-        self._file.close()
-        os.replace(self._temp, self.path)
+        try:
+            self._file.close()
+            os.replace(self._temp, self.path)
+        except OSError as exc:
+            self.discard()
+            raise local_write_error(exc, f"{self.path}") from exc
         return self.path
 
     def discard(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):  # closing flushes, which may fail on a full disk
+            self._file.close()
         self._temp.unlink(missing_ok=True)
 
 

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from pycvmfs.errors import FetchError, LetterError
+from pycvmfs.errors import CacheFullError, FetchError, LetterError
 from pycvmfs.format.certificates import load_public_key
 from pycvmfs.format.compression import Compression, stored_size_bound
 from pycvmfs.format.hashes import Suffix
@@ -334,5 +334,23 @@ def test_header_watchdog_covers_tls(tls_server: tuple[int, dict[str, str]]) -> N
                                 timeout=TIMEOUT, low_speed_limit=1)
         assert outcome.error is ErrorKind.TIMEOUT and "headers within" in outcome.detail
         assert time.monotonic() - start < TIMEOUT + 1.0
+    finally:
+        transport.close()
+
+
+def test_a_local_sink_failure_is_raised_by_the_real_transport(hostile: HostileServer) -> None:
+    """A full local disk while streaming is not the host's fault: it is raised, not turned
+    into a transport error that would fail over."""
+
+    class FullDisk(MemorySink):
+        def write(self, data: bytes) -> None:
+            raise CacheFullError("no space for the cache")
+
+    transport = Urllib3Transport()
+    try:
+        with pytest.raises(CacheFullError):
+            transport.get(hostile.url("ok") + "/.cvmfspublished", proxy=DIRECT,
+                          headers=request_headers(), sink=FullDisk(100_000), timeout=TIMEOUT,
+                          low_speed_limit=1)
     finally:
         transport.close()

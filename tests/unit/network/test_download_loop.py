@@ -204,3 +204,17 @@ def test_endless_small_file_into_a_memory_sink_stays_within_its_budget() -> None
         dl.download("/.cvmfspublished", MemorySink(65536))
     assert len(bodies) == 3 and all(b.pulled <= 65536 + BLOCK for b in bodies)
     assert dl.statistics().bytes_received <= 3 * (65536 + BLOCK)
+
+
+def test_a_local_sink_failure_is_raised_not_blamed_on_the_host() -> None:
+    from pycvmfs.errors import CacheFullError
+
+    class FullDisk(MemorySink):
+        def write(self, data: bytes) -> None:
+            raise CacheFullError("no space for the cache")
+
+    transport = MockTransport(lambda url, proxy, headers: (200, {}, STORED))
+    dl, _ = downloader(transport)
+    with pytest.raises(CacheFullError):
+        dl.download(PATH, FullDisk(), expected=DIGEST)
+    assert len(transport.requests) == 1  # no retry, no failover

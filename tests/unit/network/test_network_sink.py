@@ -3,6 +3,7 @@ verify-before-inflate for objects of unknown size, size check; MemorySink budget
 
 from __future__ import annotations
 
+import errno
 import itertools
 import zlib
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ import pytest
 
 from pycvmfs.errors import (
     BudgetExceededError,
+    CacheFullError,
     DecompressionError,
     HashMismatchError,
     SizeMismatchError,
@@ -236,3 +238,15 @@ def test_trailing_bytes_after_the_stream_are_refused() -> None:
     feed(sink, stored)
     with pytest.raises(DecompressionError, match="trailing"):
         sink.verify()
+
+
+def test_a_full_local_disk_is_a_named_error_not_an_oserror(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """An OSError from a destination would be taken for the host's fault by the transport."""
+    with TempFileDestination() as out:
+        def full(data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(out._file, "write", full)
+        with pytest.raises(CacheFullError, match="no space for a temporary file in"):
+            out.write(b"x")
