@@ -205,7 +205,7 @@ def open_client(config: ClientConfig, transport: Transport | None = None) -> Cli
     except BaseException:  # CacheSecurityError: refused, no fallback
         source.close()
         raise
-    fetcher = Fetcher(cache, downloader)
+    fetcher = Fetcher(cache, downloader, max_unsized_bytes=config.max_catalog_mb << 20)
     try:
         keys = [load_public_key(path.read_bytes(), what=str(path))
                 for path in config.public_key_files]

@@ -90,6 +90,7 @@ from pycvmfs.errors import ConfigError
 DEFAULT_CONFIG_ROOT: Final = Path("/etc/cvmfs")
 CONFIG_ROOT_ENV: Final = "PYCVMFS_CONFIG_ROOT"
 DIRECT: Final = "DIRECT"
+MAX_CATALOG_MB_DEFAULT: Final = 1024  # PYCVMFS_MAX_CATALOG_MB (README "Bounded downloads")
 BUILTIN_DEFAULTS: Final = "<built-in default.conf>"
 OVERRIDE: Final = "<-o>"
 _EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
@@ -284,6 +285,7 @@ class ClientConfig:
     warnings: tuple[str, ...]  # malformed lines etc., for the caller to log
     files_read: tuple[Path, ...]
     blacklist_files: tuple[Path, ...] = ()  # `<root>/blacklist` (the reference's /etc/cvmfs)
+    max_catalog_mb: int = MAX_CATALOG_MB_DEFAULT  # inflated size cap of catalogs, histories
 
     def origin(self, key: str) -> str:
         """Where `key` was set, for messages: `file:line`, `<built-in ...>` or `unset`."""
@@ -360,6 +362,7 @@ def resolve(merged: MergedSettings, *, trust: FileTrust | None = None) -> Client
         settings=merged.values, origins=merged.origins,
         warnings=(*merged.warnings, *typed.warnings), files_read=merged.files_read,
         blacklist_files=(merged.config_root / "blacklist",),
+        max_catalog_mb=typed.integer("PYCVMFS_MAX_CATALOG_MB"),
     )
 
 

@@ -78,6 +78,9 @@ INTEGER_KEYS: Final = MappingProxyType({
         60, 1, 86400, "seconds", "the floor of the repository's TTL: 0 would let a repository "
         "with TTL 0 make every client fetch its manifest in a loop"),
     "CVMFS_NFILES": IntegerKey(131072, 64, 2**30, "open files"),
+    "PYCVMFS_MAX_CATALOG_MB": IntegerKey(
+        1024, 1, 1 << 40, "MiB", "the largest catalog or history database accepted "
+        "(inflated); the reference has no such limit"),
     "CVMFS_QUOTA_LIMIT": IntegerKey(1024, 1, (2**63 - 1) >> 20, "MB", "-1: unmanaged",
                                     also=frozenset({-1})),
 })

@@ -6,6 +6,7 @@ PycvmfsError
  │   ├─ HashMismatchError      object bytes do not hash to their name
  │   ├─ SizeMismatchError      decompressed size differs from the catalog
  │   ├─ DecompressionError     corrupt or oversized zlib stream
+ │   ├─ BudgetExceededError    a download larger than its object may be
  │   ├─ CatalogError           catalog database unreadable or not CVMFS
  │   └─ LetterError            a signed letter (manifest/whitelist) is wrong
  │       ├─ LetterMalformedError   no `--` separator, no hash line, bad lines
@@ -58,6 +59,11 @@ class SizeMismatchError(IntegrityError):
 
 class DecompressionError(IntegrityError):
     pass
+
+
+class BudgetExceededError(IntegrityError):
+    """More bytes than the object may have: a Content-Length or a body over the download's
+    byte budget (network/sink.py), or a local file larger than it."""
 
 
 class CatalogError(IntegrityError):

@@ -3,7 +3,10 @@
 `fetch` serves a cache hit directly; on a miss exactly one thread downloads the object
 (concurrent requests for the same hash wait for it), streaming the compressed bytes
 through a `VerifyingSink` into a cache transaction that becomes visible only after the
-hash, the inflation and the size all check out.
+hash, the inflation and the size all check out. The sink's byte budget comes from the
+catalog size of a data object or chunk, and from `max_unsized_bytes`
+(`PYCVMFS_MAX_CATALOG_MB`) for catalogs and histories, which are spooled compressed in the
+cache directory and inflated into the transaction only once their hash matched.
 
 Thread-safety: `fetch` may be called from any thread.
 """
@@ -22,14 +25,23 @@ from pycvmfs.network.download import Downloader
 from pycvmfs.network.sink import VerifyingSink
 
 MAX_UNSIZED_OBJECT_BYTES = 1 << 30  # catalogs and histories: no size in any catalog
+MEBIBYTE = 1 << 20
+
+
+def unsized_hint(max_bytes: int) -> str:
+    """What an over-budget catalog error adds: the cap and the setting that raises it."""
+    return (f"catalogs and history databases may inflate to {max_bytes // MEBIBYTE} MiB "
+            "(PYCVMFS_MAX_CATALOG_MB)")
 
 
 class Fetcher:
     """Objects by content hash, from the cache or the network; see the module docstring."""
 
-    def __init__(self, host: CacheHost, downloader: Downloader) -> None:
+    def __init__(self, host: CacheHost, downloader: Downloader, *,
+                 max_unsized_bytes: int = MAX_UNSIZED_OBJECT_BYTES) -> None:
         self.host = host
         self.downloader = downloader
+        self.max_unsized_bytes = max_unsized_bytes
         self._lock = threading.Lock()
         self._inflight: dict[ContentHash, Future[None]] = {}
         self.hits = 0
@@ -69,9 +81,12 @@ class Fetcher:
                   expected_size: int | None, kind: ObjectKind) -> None:
         txn = self.host.begin(content_hash, size_hint=expected_size)
         try:
-            sink = VerifyingSink(content_hash, compression, txn, expected_size=expected_size,
-                                 max_size=MAX_UNSIZED_OBJECT_BYTES)
-            self.downloader.download("/" + content_hash.object_path(suffix), sink)
+            with VerifyingSink(content_hash, compression, txn, expected_size=expected_size,
+                               max_size=self.max_unsized_bytes,
+                               spool_dir=self.host.config.directory,
+                               hint=unsized_hint(self.max_unsized_bytes)
+                               if expected_size is None else "") as sink:
+                self.downloader.download("/" + content_hash.object_path(suffix), sink)
         except BaseException:
             txn.abort()
             raise

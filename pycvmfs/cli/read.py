@@ -25,7 +25,7 @@ from pycvmfs.format.catalog import DirEntry
 from pycvmfs.format.manifest import parse_manifest
 from pycvmfs.repository.repository import Repository, apparent_size, normalize_path
 from pycvmfs.repository.source import ObjectSource, open_source
-from pycvmfs.repository.trust import load_public_keys
+from pycvmfs.repository.trust import MANIFEST_MAX_BYTES, MANIFEST_PATH, load_public_keys
 
 _F = TypeVar("_F", bound=Callable[..., object])
 _TYPE_CHARS = (
@@ -49,7 +49,7 @@ def default_fqrn(location: str) -> str | None:
 
 def _manifest_name(source: ObjectSource, location: str) -> str:
     """The name the manifest claims; the whitelist signed by --keys must agree with it."""
-    name = parse_manifest(source.fetch(".cvmfspublished"),
+    name = parse_manifest(source.fetch(MANIFEST_PATH, max_bytes=MANIFEST_MAX_BYTES),
                           what=f"manifest at {location}")[0].fqrn
     if not name:
         raise NameMismatchError(f"manifest at {location} names no repository: pass --fqrn")

@@ -1,12 +1,17 @@
 """zlib objects: stored bytes are hashed after compression (fact sheet section 5).
 
-Inflation is bounded: a zlib bomb or a wrong catalog size fails before memory does.
+Inflation is bounded twice: in total (a zlib bomb or a wrong catalog size fails at the
+object's size, not at the end of memory) and per step (`Inflater.feed` yields at most
+`INFLATE_STEP_BYTES` at a time, so a 1 MB -> 1 GiB bomb never holds more than one step in
+memory). `stored_size_bound` is the most stored bytes an honest object of a given size can
+take: the download budget of a data object.
 """
 
 from __future__ import annotations
 
 import enum
 import zlib
+from collections.abc import Iterator
 
 from pycvmfs.errors import DecompressionError, HashMismatchError, SizeMismatchError
 from pycvmfs.format.hashes import Algorithm, ContentHash, Hasher
@@ -47,45 +52,88 @@ def make_object(
     return ContentHash.of(algorithm, stored), stored
 
 
-class Inflater:
-    """Incremental decoder with an output cap; `decode` per received block, then `flush`."""
+def stored_size_bound(size: int, compression: Compression) -> int:
+    """Most stored bytes an object of `size` inflated bytes can take: exactly `size` when
+    stored uncompressed, else zlib's `compressBound` (the worst case of deflate at any level,
+    stored blocks included, with the 2-byte header and 4-byte trailer)."""
+    if size < 0:
+        raise ValueError(f"negative object size {size}")
+    if compression is Compression.NONE:
+        return size
+    return size + (size >> 12) + (size >> 14) + (size >> 25) + 13
 
-    def __init__(self, compression: Compression, max_output: int) -> None:
+
+class Inflater:
+    """Incremental decoder with an output cap: `feed` each received block and write out
+    what it yields (pieces of at most `step` bytes), then `finish`.
+
+    Exceeding `max_output` raises DecompressionError at the step that crosses it, having
+    produced at most one byte too many."""
+
+    def __init__(self, compression: Compression, max_output: int, *,
+                 step: int = INFLATE_STEP_BYTES) -> None:
+        if step <= 0:
+            raise ValueError("step must be positive")
         self._compression = compression
         self._max = max_output
+        self._step = step
         self._out = 0
         self._z = zlib.decompressobj() if compression is Compression.ZLIB else None
 
-    def decode(self, data: bytes | memoryview) -> bytes:
-        if self._z is None:
-            out = bytes(data)
-        else:
-            try:
-                out = self._z.decompress(data, self._max - self._out + 1)
-            except zlib.error as exc:
-                raise DecompressionError(f"corrupt zlib stream: {exc}") from None
-            if self._z.unconsumed_tail:
-                raise DecompressionError(f"object inflates beyond {self._max} bytes")
-        self._out += len(out)
+    @property
+    def produced(self) -> int:
+        """Inflated bytes yielded so far."""
+        return self._out
+
+    def _count(self, produced: int) -> None:
+        self._out += produced
         if self._out > self._max:
             raise DecompressionError(f"object inflates beyond {self._max} bytes")
-        return out
 
-    def flush(self) -> bytes:
+    def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
+        """Inflated pieces of `data`, each at most `step` bytes (consume them all)."""
         if self._z is None:
-            return b""
-        try:
-            out = self._z.flush()
-        except zlib.error as exc:
-            raise DecompressionError(f"corrupt zlib stream: {exc}") from None
+            if isinstance(data, bytes) and len(data) <= self._step:
+                self._count(len(data))
+                yield data
+                return
+            view = memoryview(data)
+            for start in range(0, len(view), self._step):
+                piece = bytes(view[start:start + self._step])
+                self._count(len(piece))
+                yield piece
+            return
+        pending: bytes | memoryview = data
+        while True:
+            limit = min(self._step, self._max - self._out + 1)
+            try:
+                out = self._z.decompress(pending, limit)
+            except zlib.error as exc:
+                raise DecompressionError(f"corrupt zlib stream: {exc}") from None
+            self._count(len(out))
+            if out:
+                yield out
+            pending = self._z.unconsumed_tail
+            if not pending and len(out) < limit:
+                return  # input used up and zlib holds no more output for it
+
+    def finish(self) -> None:
+        """The stream must have ended exactly at the end of the input."""
+        if self._z is None:
+            return
         if not self._z.eof:
             raise DecompressionError("truncated zlib stream")
         if self._z.unused_data:
             raise DecompressionError("trailing bytes after zlib stream")
-        self._out += len(out)
-        if self._out > self._max:
-            raise DecompressionError(f"object inflates beyond {self._max} bytes")
-        return out
+
+    def decode(self, data: bytes | memoryview) -> bytes:
+        """All of `feed(data)` joined (small objects; big ones should stream `feed`)."""
+        return b"".join(self.feed(data))
+
+    def flush(self) -> bytes:
+        """`finish()`; kept for callers of `decode` (`feed` leaves nothing to flush)."""
+        self.finish()
+        return b""
 
 
 def open_object(
@@ -106,7 +154,8 @@ def open_object(
     limit = expected_size if expected_size is not None else max_size
     inf = Inflater(compression, limit)
     try:
-        data = inf.decode(stored) + inf.flush()
+        data = inf.decode(stored)
+        inf.finish()
     except DecompressionError as exc:
         raise DecompressionError(f"{what} {expected}: {exc}") from None
     if expected_size is not None and len(data) != expected_size:

@@ -3,6 +3,9 @@
 `Downloader.download(path, sink)` asks the plan (`failover.plan`) for an attempt, sleeps its
 backoff, resets the sink, calls the transport, verifies the sink (the one place an object's
 bytes are checked, `_finish_attempt`), classifies, and sends the Failure back into the plan.
+The sink carries the download's byte budget; a response over it (announced or streamed, or a
+bomb inflating past the object's size) is cut by the transport and counts as BAD_DATA from
+that host, so the plan retries once without caches and then moves to the next host.
 When the plan gives up, `FetchError` lists every attempt (URL, proxy, reason). Each failure is
 logged with URL, proxy and reason; counters feed the magic xattrs (`user.rx`, `user.ndownload`,
 `user.nioerr`, `user.speed`).

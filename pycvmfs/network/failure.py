@@ -38,7 +38,7 @@ class Failure(enum.Enum):
     HOST_CONNECTION = "host connection failed or timed out"
     HOST_SHORT_TRANSFER = "host transfer cut short"
     HOST_HTTP = "host HTTP error"
-    BAD_DATA = "corrupted data (hash, size or decompression mismatch)"
+    BAD_DATA = "corrupted data (hash, size, decompression or byte budget)"
 
     @property
     def is_proxy(self) -> bool:

@@ -3,22 +3,43 @@
 `Transport.get(url, *, proxy, headers, sink, timeout, low_speed_limit) -> Outcome` reports facts
 (status, two headers, an error kind, bytes received); it never raises for network trouble and
 never decides blame (that is `failure.classify`). `Urllib3Transport` keeps one connection pool
-per proxy (keep-alive), streams in blocks and enforces the low-speed limit by measuring
-throughput per `timeout` window; urllib3's read timeout is the floor for a fully stalled link.
-urllib3 exceptions are mapped to `ErrorKind` in one place, `_error_kind`.
+per proxy (keep-alive) and streams in blocks. urllib3 exceptions are mapped to `ErrorKind` in
+one place, `_error_kind`.
+
+The watchdog covers the whole response, from the first byte of the request to the last byte
+of the body:
+- connect: urllib3's connect timeout (`timeout`);
+- status line, headers and any interim (1xx) responses: one deadline, `timeout` seconds after
+  the connection is ready (after the request starts on a kept-alive connection).
+  urllib3/http.client time out per socket operation only, so the pools make their
+  connections with `_DeadlineSocket` (`_DeadlineSSLSocket` for TLS), whose receives never
+  wait past the deadline armed for the calling thread (`_header_deadline`); a trickled
+  status line or an endless `100 Continue` fails there;
+- body: the low-speed limit, measured per `timeout` window (`_SpeedMeter`), with the read
+  timeout as the floor for a fully stalled link, and the sink's byte budget: a Content-Length
+  above it is refused before the body is read, and no more than one byte past it is read;
+- error bodies (non-2xx) are read only up to `ERROR_BODY_BYTES`, under the same meter, else
+  the connection is closed instead of drained.
 
 Thread-safety: `Urllib3Transport` may be used by many threads at once (urllib3 pools are
-thread-safe; the pool table is guarded by a lock). `MockTransport` is as safe as its handler.
+thread-safe; the pool table is guarded by a lock; header deadlines are per thread).
+`MockTransport` is as safe as its handler.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -29,16 +50,23 @@ from urllib3.exceptions import (
     ProxyError,
     ReadTimeoutError,
 )
+from urllib3.util.ssl_ import create_urllib3_context
 
 from pycvmfs import __version__
 from pycvmfs.errors import IntegrityError
 from pycvmfs.network.failure import ErrorKind, Outcome
 from pycvmfs.network.proxies import Direct, Proxy, ProxyChoice
-from pycvmfs.network.sink import Sink
+from pycvmfs.network.sink import Sink, over_budget
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+_T = TypeVar("_T")
 
 USER_AGENT = f"cvmfs Fuse pycvmfs/{__version__}"
 BLOCK_BYTES = 1 << 20  # one socket read at most: fewer Python round trips per verified MiB
 POOL_MAXSIZE = 16  # kept-alive connections per proxy (or direct host); reader threads + prefetch
+ERROR_BODY_BYTES = 64 * 1024  # an error body longer than this closes the connection
 BASE_HEADERS: Mapping[str, str] = {
     "Connection": "Keep-Alive",
     "Pragma": "",  # the reference client sends an empty Pragma (fact sheet 8.5)
@@ -58,7 +86,7 @@ def request_headers(no_cache: bool = False) -> dict[str, str]:
 class Transport(Protocol):
     def get(self, url: str, *, proxy: ProxyChoice, headers: Mapping[str, str], sink: Sink,
             timeout: float, low_speed_limit: int) -> Outcome:
-        """GET `url`; body blocks go to `sink` only for a 2xx response."""
+        """GET `url`; body blocks go to `sink` only for a 2xx response, within its budget."""
         ...
 
     def close(self) -> None: ...
@@ -80,6 +108,13 @@ def _error_kind(exc: BaseException) -> ErrorKind:
     return ErrorKind.OTHER
 
 
+def refused_length(content_length: int | None, budget: int) -> str | None:
+    """Why a response announcing `content_length` bytes is refused unread (None: it is not)."""
+    if content_length is None or content_length <= budget:
+        return None
+    return f"Content-Length {content_length} refused: " + over_budget(content_length, budget)
+
+
 class _SpeedMeter:
     """Low-speed detection: fewer than `limit * window` bytes in any `window` seconds."""
 
@@ -99,6 +134,128 @@ class _SpeedMeter:
         return False
 
 
+# --- the header watchdog: receives that never wait past a per-thread deadline --------------
+
+
+class _HeaderWindow(threading.local):
+    """The response-header deadline of the request the current thread is making (None: no
+    request in its header phase). `window` restarts it once a new connection is ready."""
+
+    window: float | None = None
+    deadline: float | None = None
+
+
+_HEADERS = _HeaderWindow()
+
+
+@contextmanager
+def _header_deadline(window: float) -> Iterator[None]:
+    """Within the block, this thread's receives on pool sockets end by `window` s from now
+    (from when a new connection is ready, if one is made: `_restart_header_window`)."""
+    _HEADERS.window, _HEADERS.deadline = window, time.monotonic() + window
+    try:
+        yield
+    finally:
+        _HEADERS.window = _HEADERS.deadline = None
+
+
+def _restart_header_window() -> None:
+    """Connecting has its own timeout: the header window counts from the ready connection."""
+    if _HEADERS.window is not None:
+        _HEADERS.deadline = time.monotonic() + _HEADERS.window
+
+
+def receive_timeout(current: float | None, deadline: float | None, now: float) -> float | None:
+    """The socket timeout for one receive: `current`, shortened to reach no further than
+    `deadline`; TimeoutError when the deadline has passed."""
+    if deadline is None:
+        return current
+    remaining = deadline - now
+    if remaining <= 0:
+        raise TimeoutError("no complete response status line and headers in time")
+    return remaining if current is None or remaining < current else current
+
+
+def _within_deadline(sock: socket.socket, receive: Callable[[], _T]) -> _T:
+    """Run one receive of `sock` with its timeout shortened to the thread's header
+    deadline (restored afterwards: the body phase has the plain read timeout)."""
+    saved = sock.gettimeout()
+    bounded = receive_timeout(saved, _HEADERS.deadline, time.monotonic())
+    if bounded == saved:
+        return receive()
+    sock.settimeout(bounded)
+    try:
+        return receive()
+    finally:
+        sock.settimeout(saved)
+
+
+class _DeadlineSocket(socket.socket):
+    """A plain TCP socket whose receives honour the thread's header deadline."""
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
+        return _within_deadline(self, functools.partial(super().recv_into, buffer, nbytes,
+                                                        flags))
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        return _within_deadline(self, functools.partial(super().recv, bufsize, flags))
+
+    @classmethod
+    def adopt(cls, sock: socket.socket) -> _DeadlineSocket:
+        """The same connection (file descriptor, options, timeout) as a `_DeadlineSocket`."""
+        timeout = sock.gettimeout()
+        watched = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        watched.settimeout(timeout)
+        return watched
+
+
+class _DeadlineSSLSocket(ssl.SSLSocket):
+    """The TLS counterpart (`SSLContext.sslsocket_class`): same rule for decrypted reads."""
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int | None = None,
+                  flags: int = 0) -> int:
+        return _within_deadline(self, functools.partial(super().recv_into, buffer, nbytes,
+                                                        flags))
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = _DeadlineSocket.adopt(super()._new_conn())
+        _restart_header_window()
+        return sock
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = _DeadlineSocket.adopt(super()._new_conn())
+        _restart_header_window()
+        return sock
+
+
+class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+def _watched_tls_context() -> ssl.SSLContext:
+    """urllib3's default context (system CAs, verified), making `_DeadlineSSLSocket`s."""
+    context = create_urllib3_context()
+    context.load_default_certs()
+    context.sslsocket_class = _DeadlineSSLSocket
+    return context
+
+
+def _watched(pool: urllib3.PoolManager) -> urllib3.PoolManager:
+    pool.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+    return pool
+
+
+# --- the transport ---------------------------------------------------------------------------
+
+
 class Urllib3Transport:
     """Pooled HTTP/1.1 with one urllib3 manager per proxy (and one for DIRECT).
 
@@ -111,64 +268,104 @@ class Urllib3Transport:
         self._block = block_bytes
         self._lock = threading.Lock()
         self._pools: dict[ProxyChoice, urllib3.PoolManager] = {}
+        self._tls: ssl.SSLContext | None = None
 
     def _pool(self, proxy: ProxyChoice) -> urllib3.PoolManager:
         with self._lock:
             pool = self._pools.get(proxy)
             if pool is None:
+                if self._tls is None:
+                    self._tls = _watched_tls_context()
                 if isinstance(proxy, Proxy):
-                    pool = urllib3.ProxyManager(proxy.url, maxsize=POOL_MAXSIZE, block=False)
+                    pool = urllib3.ProxyManager(proxy.url, maxsize=POOL_MAXSIZE, block=False,
+                                                ssl_context=self._tls)
                 else:
-                    pool = urllib3.PoolManager(maxsize=POOL_MAXSIZE, block=False)
-                self._pools[proxy] = pool
+                    pool = urllib3.PoolManager(maxsize=POOL_MAXSIZE, block=False,
+                                               ssl_context=self._tls)
+                self._pools[proxy] = _watched(pool)
             return pool
 
     def get(self, url: str, *, proxy: ProxyChoice, headers: Mapping[str, str], sink: Sink,
             timeout: float, low_speed_limit: int) -> Outcome:
         via_proxy = not isinstance(proxy, Direct)
         try:
-            response = self._pool(proxy).request(
-                "GET", url, headers=dict(headers), preload_content=False, decode_content=False,
-                retries=False, redirect=False,
-                timeout=urllib3.Timeout(connect=timeout, read=timeout))
+            with _header_deadline(timeout):
+                response = self._pool(proxy).request(
+                    "GET", url, headers=dict(headers), preload_content=False,
+                    decode_content=False, retries=False, redirect=False,
+                    timeout=urllib3.Timeout(connect=timeout, read=timeout))
         except HTTPError as exc:
-            return Outcome(None, _error_kind(exc), via_proxy, detail=str(exc))
+            detail = str(exc)
+            if isinstance(exc, ReadTimeoutError):
+                detail = f"no complete status line and headers within {timeout:g} s"
+            return Outcome(None, _error_kind(exc), via_proxy, detail=detail)
         status = response.status
-        squid_error = response.headers.get("X-Squid-Error")
-        proxy_status = response.headers.get("Proxy-Status")
+        facts = Outcome(status, via_proxy=via_proxy,
+                        x_squid_error=response.headers.get("X-Squid-Error"),
+                        proxy_status=response.headers.get("Proxy-Status"))
         if not 200 <= status < 300:
-            response.drain_conn()
+            self._discard(response, timeout, low_speed_limit)
+            return dataclasses.replace(facts, detail=f"HTTP {status}")
+        refused = refused_length(response.length_remaining, sink.budget)
+        if refused is not None:
+            response.close()
             response.release_conn()
-            return Outcome(status, ErrorKind.NONE, via_proxy, squid_error, proxy_status,
-                           detail=f"HTTP {status}")
+            return dataclasses.replace(facts, bad_data=True, detail=refused)
         error, received, detail = self._stream(response, sink, timeout, low_speed_limit)
-        return Outcome(status, error, via_proxy, squid_error, proxy_status, received,
-                       bad_data=error is ErrorKind.NONE and detail != "", detail=detail)
+        return dataclasses.replace(facts, error=error, bytes_received=received,
+                                   bad_data=error is ErrorKind.NONE and detail != "",
+                                   detail=detail)
 
     def _stream(self, response: urllib3.BaseHTTPResponse, sink: Sink, timeout: float,
                 low_speed_limit: int) -> tuple[ErrorKind, int, str]:
-        """Body -> sink; (error kind, bytes received, detail). Closes the connection on error."""
+        """Body -> sink; (error kind, bytes received, detail). Reads at most one byte past the
+        sink's budget. Closes the connection on error. Only receiving is the network's
+        fault: an error of the sink other than IntegrityError (a full local disk) is raised."""
         meter = _SpeedMeter(low_speed_limit, timeout, self._clock)
-        received = 0
+        received, budget = 0, sink.budget
         try:
             while True:
-                block = response.read1(self._block)
+                try:
+                    block = response.read1(min(self._block, budget - received + 1))
+                except (HTTPError, OSError) as exc:
+                    response.close()
+                    return _error_kind(exc), received, str(exc)
                 if not block:
-                    break
+                    return ErrorKind.NONE, received, ""
                 received += len(block)
-                sink.write(block)
+                try:
+                    sink.write(block)
+                except IntegrityError as exc:
+                    response.close()
+                    return ErrorKind.NONE, received, str(exc)
+                except BaseException:
+                    response.close()
+                    raise
                 if meter.too_slow(len(block)):
                     response.close()
                     return ErrorKind.LOW_SPEED, received, f"below {low_speed_limit} B/s"
-        except IntegrityError as exc:
-            response.close()
-            return ErrorKind.NONE, received, str(exc)
-        except (HTTPError, OSError) as exc:
-            response.close()
-            return _error_kind(exc), received, str(exc)
         finally:
             response.release_conn()
-        return ErrorKind.NONE, received, ""
+
+    def _discard(self, response: urllib3.BaseHTTPResponse, timeout: float,
+                 low_speed_limit: int) -> None:
+        """Read a short error body so the connection can be kept; a long, endless or slow
+        one closes the connection instead of being drained."""
+        meter = _SpeedMeter(low_speed_limit, timeout, self._clock)
+        seen = 0
+        try:
+            while seen <= ERROR_BODY_BYTES:
+                block = response.read1(ERROR_BODY_BYTES + 1 - seen)
+                if not block:
+                    response.release_conn()
+                    return
+                seen += len(block)
+                if meter.too_slow(len(block)):
+                    break
+        except (HTTPError, OSError):
+            pass
+        response.close()
+        response.release_conn()
 
     def close(self) -> None:
         with self._lock:
@@ -177,12 +374,16 @@ class Urllib3Transport:
             pool.clear()
 
 
-Handler = Callable[[str, ProxyChoice, Mapping[str, str]], tuple[int, Mapping[str, str], bytes]]
+Body = bytes | Iterable[bytes]
+Handler = Callable[[str, ProxyChoice, Mapping[str, str]], tuple[int, Mapping[str, str], Body]]
 
 
 class MockTransport:
     """Policy tests without sockets: `handler(url, proxy, headers) -> (status, headers, body)`;
-    raise `MockTransport.Error(kind)` from the handler to simulate a transport error."""
+    the body is bytes or an iterable of blocks (possibly endless: it is consumed only up to
+    the sink's budget). A `Content-Length` header above the budget is refused unread, as the
+    real transport does. Raise `MockTransport.Error(kind)` from the handler to simulate a
+    transport error."""
 
     class Error(Exception):
         def __init__(self, kind: ErrorKind) -> None:
@@ -201,16 +402,24 @@ class MockTransport:
             status, response_headers, body = self._handler(url, proxy, headers)
         except MockTransport.Error as exc:
             return Outcome(None, exc.kind, via_proxy, detail=str(exc))
-        outcome = Outcome(status, via_proxy=via_proxy,
-                          x_squid_error=response_headers.get("X-Squid-Error"),
-                          proxy_status=response_headers.get("Proxy-Status"),
-                          bytes_received=len(body) if 200 <= status < 300 else 0)
-        if 200 <= status < 300:
-            try:
-                sink.write(body)
-            except IntegrityError as exc:
-                return Outcome(status, via_proxy=via_proxy, bad_data=True, detail=str(exc))
-        return outcome
+        facts = Outcome(status, via_proxy=via_proxy,
+                        x_squid_error=response_headers.get("X-Squid-Error"),
+                        proxy_status=response_headers.get("Proxy-Status"))
+        if not 200 <= status < 300:
+            return facts
+        length = response_headers.get("Content-Length")
+        refused = refused_length(int(length) if length is not None else None, sink.budget)
+        if refused is not None:
+            return dataclasses.replace(facts, bad_data=True, detail=refused)
+        received = 0
+        try:
+            for block in [body] if isinstance(body, bytes) else body:
+                received += len(block)
+                sink.write(block)
+        except IntegrityError as exc:
+            return dataclasses.replace(facts, bytes_received=received, bad_data=True,
+                                       detail=str(exc))
+        return dataclasses.replace(facts, bytes_received=received)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -1,21 +1,20 @@
 """An `ObjectSource` over the client network layer: Stratum-1 ring, proxy groups,
-failover, retries and backoff (fact sheet 8). Objects are fetched whole into memory
-and verified by the repository; the on-disk cache joins in with `cache/fetcher.py`."""
+failover, retries and backoff (fact sheet 8). Small files come back as bytes within their
+budget (`MemorySink`); objects stream into the caller's `VerifyingSink`, verified by the
+download loop. The on-disk cache joins in with `cache/fetcher.py`."""
 
 from __future__ import annotations
 
 from pycvmfs.network.download import Downloader
 from pycvmfs.network.failover import RouteState
 from pycvmfs.network.proxies import parse_proxies, parse_server_urls
-from pycvmfs.network.sink import MemorySink
+from pycvmfs.network.sink import MemorySink, VerifyingSink
 from pycvmfs.network.transport import Urllib3Transport
-from pycvmfs.repository.source import check_relative
-
-MAX_OBJECT_BYTES = 1 << 31  # chunks are <= 16 MiB by default; whole files can be big
+from pycvmfs.repository.source import DEFAULT_FETCH_BYTES, check_relative
 
 
 class NetworkSource:
-    """`fetch(path)` through a shared `Downloader` (thread-safe, like the downloader)."""
+    """`fetch`/`fetch_into` through a shared `Downloader` (thread-safe, like the downloader)."""
 
     def __init__(self, downloader: Downloader, description: str) -> None:
         self.downloader = downloader
@@ -28,10 +27,13 @@ class NetworkSource:
         route = RouteState(parse_server_urls(urls), parse_proxies(proxy, ""))
         return cls(Downloader(Urllib3Transport(), route), urls)
 
-    def fetch(self, path: str) -> bytes:
-        sink = MemorySink(MAX_OBJECT_BYTES)
+    def fetch(self, path: str, *, max_bytes: int = DEFAULT_FETCH_BYTES) -> bytes:
+        sink = MemorySink(max_bytes)
         self.downloader.download("/" + check_relative(path), sink)
         return sink.getvalue()
+
+    def fetch_into(self, path: str, sink: VerifyingSink) -> None:
+        self.downloader.download("/" + check_relative(path), sink)
 
     def describe(self) -> str:
         return self._description

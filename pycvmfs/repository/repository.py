@@ -2,13 +2,14 @@
 
 `Repository.open` builds, in a fixed order: trust chain (`trust.establish_trust`) -> choice of
 root catalog (manifest, a tag from the history database, or an explicit hash) -> object loader
-(fetch + verify + inflate into a private work directory) -> catalog tree. The CLI (`ls`, `cat`,
-`stat`) uses it today; the FUSE client of the next issue builds on the same object, replacing
-the object loader by the cached network fetcher.
+(`objects.py`: fetch + verify + inflate into a private work directory, or through the cache
+fetcher for a mount) -> catalog tree. The CLI (`ls`, `cat`, `stat`) and the mount use it.
 
-Where bytes are verified: every object (catalog, history, whole file, chunk) goes through
-`format.compression.open_object`, which checks the content hash over the stored bytes,
-inflates with a bound and checks the size the catalog declares, before anything uses it.
+Where bytes are verified: every object (catalog, history, whole file, chunk) streams through a
+`network.sink.VerifyingSink` within its byte budget, which checks the content hash over the
+stored bytes, inflates in bounded steps and checks the size the catalog declares, before
+anything uses it. Reads (`iter_read`, `read_range`) go through the verified object as a file,
+so memory stays flat whatever the object size; `read` returns whole bytes for small uses.
 
 Thread-safety: `lookup`, `listdir`, `readlink`, `read*`, `walk` and `tags` may be called from
 several threads at once (the catalog tree and catalogs lock internally; objects are written
@@ -23,13 +24,9 @@ and bind mountpoints are refused with a PycvmfsError; symlink targets are return
 from __future__ import annotations
 
 import bisect
-import contextlib
 import datetime as dt
-import io
 import os
-import shutil
 import sqlite3
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -40,24 +37,19 @@ from urllib.parse import quote
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pycvmfs.cache.fetcher import Fetcher
-from pycvmfs.cache.host import CacheHost
-from pycvmfs.cache.quota import ObjectKind
 from pycvmfs.errors import CatalogError, ConfigError, NotFoundError, PycvmfsError
 from pycvmfs.format.blacklist import Blacklist
 from pycvmfs.format.catalog import DirEntry, total_counters
-from pycvmfs.format.compression import Compression, open_object
 from pycvmfs.format.hashes import ContentHash, Suffix
 from pycvmfs.format.history import Tag
 from pycvmfs.format.manifest import Manifest
 from pycvmfs.repository import catalog_sql as sql
-from pycvmfs.repository.catalog import Catalog
 from pycvmfs.repository.catalog_tree import CatalogTree, Resolved
+from pycvmfs.repository.objects import MAX_CATALOG_BYTES, CachedObjects, Objects, Workdir
 from pycvmfs.repository.source import ObjectSource
-from pycvmfs.repository.trust import TrustedManifest, error_context, establish_trust
+from pycvmfs.repository.trust import TrustedManifest, establish_trust
 
-MAX_CATALOG_BYTES = 1 << 30  # inflate cap for catalogs and history databases (1 GiB)
 DEFAULT_READ_BLOCK_BYTES = 1 << 20  # iter_read block: one FUSE-sized read
-PREFETCH_READ_BYTES = 1 << 20  # read-ahead warms the page cache in blocks of this size
 
 
 class Piece(NamedTuple):
@@ -92,12 +84,6 @@ def read_pieces(pieces: Sequence[Piece], offset: int, end: int,
     return b"".join(out)
 
 
-def catalog_name(content_hash: ContentHash, mountpoint: str) -> str:
-    """How errors name a catalog: `root catalog <hash>` or `catalog of /a/b <hash>`."""
-    return f"catalog of {mountpoint} {content_hash}" if mountpoint else \
-        f"root catalog {content_hash}"
-
-
 def apparent_size(entry: DirEntry) -> int:
     """st_size as the reference client reports it (13.3, 6.10): a symlink's is the length of
     its target (some writers, e.g. tarball ingestion, store 0 in the catalog)."""
@@ -111,174 +97,10 @@ def _name_key(item: tuple[str, DirEntry]) -> bytes:
     return item[0].encode("utf-8", "surrogateescape")
 
 
-class _Workdir:
-    """Private directory for verified, decompressed catalogs; removed by `cleanup`."""
-
-    def __init__(self, parent: str | os.PathLike[str] | None) -> None:
-        if parent is not None:
-            Path(parent).mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix="pycvmfs-", dir=parent))
-
-    def write(self, name: str, data: bytes) -> Path:
-        """Write atomically: a unique temporary file renamed into place."""
-        final = self.path / name
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{name}.")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return final
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
-class _Objects:
-    """Fetch an object from the source, verify and inflate it (the loader of this reader)."""
-
-    def __init__(self, source: ObjectSource, fqrn: str, workdir: _Workdir) -> None:
-        self.source = source
-        self.fqrn = fqrn
-        self.workdir = workdir
-
-    def get(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
-            compression: Compression = Compression.ZLIB,
-            expected_size: int | None = None, max_size: int = 1 << 32) -> bytes:
-        with error_context(self.fqrn, self.source):
-            stored = self.source.fetch(content_hash.object_path(suffix))
-            return open_object(stored, content_hash, compression, expected_size=expected_size,
-                               max_size=max_size, what=what)
-
-    def open(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
-             compression: Compression, expected_size: int) -> BinaryIO:
-        """The verified object as a readable file (in memory: this loader has no cache)."""
-        return io.BytesIO(self.get(content_hash, suffix, what=what, compression=compression,
-                                   expected_size=expected_size))
-
-    def prefetch(self, content_hash: ContentHash, suffix: Suffix, *,
-                 compression: Compression, expected_size: int) -> None:
-        """Warm a cache ahead of a read; nothing to warm without one."""
-
-    def discard(self, content_hash: ContentHash) -> None:
-        """Forget a stored copy found corrupt; nothing is stored without a cache."""
-
-    def database(self, content_hash: ContentHash, suffix: Suffix, what: str) -> Path:
-        data = self.get(content_hash, suffix, what=what, max_size=MAX_CATALOG_BYTES)
-        return self.workdir.write(f"{content_hash}{suffix.value}", data)
-
-    def load_catalog(self, content_hash: ContentHash, mountpoint: str) -> Catalog:
-        """The `CatalogTree` loader: download, verify, write, open read-only."""
-        path = self.database(content_hash, Suffix.CATALOG, catalog_name(content_hash, mountpoint))
-        with error_context(self.fqrn, self.source):
-            return Catalog(path, content_hash=content_hash)
-
-
-class _CachedObjects(_Objects):
-    """Objects through the client cache: downloaded once, verified while streaming, served
-    from `<cache>/XX/...` afterwards; catalogs are opened in place and pinned."""
-
-    def __init__(self, source: ObjectSource, fqrn: str, workdir: _Workdir,
-                 fetcher: Fetcher) -> None:
-        super().__init__(source, fqrn, workdir)
-        self.fetcher = fetcher
-        self.on_pressure: Callable[[], object] = lambda: None
-
-    def get(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
-            compression: Compression = Compression.ZLIB,
-            expected_size: int | None = None, max_size: int = 1 << 32) -> bytes:
-        with error_context(self.fqrn, self.source), \
-                self.fetcher.fetch(content_hash, suffix, compression,
-                                   expected_size=expected_size) as fh:
-            return fh.read()
-
-    def open(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
-             compression: Compression, expected_size: int) -> BinaryIO:
-        """The cached file itself, counted as open so this process never evicts it while a
-        reader holds it (the descriptor would keep the bytes anyway; the quota should not
-        count them as free)."""
-        with error_context(self.fqrn, self.source):
-            fh = self.fetcher.fetch(content_hash, suffix, compression,
-                                    expected_size=expected_size)
-        _advise(fh, os.POSIX_FADV_SEQUENTIAL)
-        return _OpenObject(fh, content_hash, self.fetcher.host)
-
-    def prefetch(self, content_hash: ContentHash, suffix: Suffix, *,
-                 compression: Compression, expected_size: int) -> None:
-        """Download it if missing; if cached, read it once so its pages are in memory when
-        the reader gets there (the disk works while the reader is busy elsewhere)."""
-        with error_context(self.fqrn, self.source), \
-                self.fetcher.fetch(content_hash, suffix, compression,
-                                   expected_size=expected_size) as fh:
-            _warm_page_cache(fh)
-
-    def discard(self, content_hash: ContentHash) -> None:
-        """Move a cached object found corrupt (wrong size, short read) to quarantine and
-        out of the index: the next open downloads and verifies it again."""
-        host = self.fetcher.host
-        host.store.quarantine(content_hash)
-        host.quota.remove(content_hash)
-
-    def database(self, content_hash: ContentHash, suffix: Suffix, what: str) -> Path:
-        with error_context(self.fqrn, self.source, what), \
-                self.fetcher.fetch(content_hash, suffix, Compression.ZLIB,
-                                   kind=ObjectKind.CATALOG) as fh:
-            path = Path(fh.name)
-            self.fetcher.host.pin(content_hash, path.stat().st_size)
-        return path
-
-    def load_catalog(self, content_hash: ContentHash, mountpoint: str) -> Catalog:
-        """Catalogs stay pinned in the cache while attached; when the cache gets crowded
-        with pinned catalogs, `on_pressure` (the tree's `detach_nested`) gives them back."""
-        if self.fetcher.host.quota.pin_pressure():
-            self.on_pressure()
-        path = self.database(content_hash, Suffix.CATALOG, catalog_name(content_hash, mountpoint))
-        with error_context(self.fqrn, self.source):
-            try:
-                return Catalog(path, content_hash=content_hash,
-                               on_release=lambda: self.fetcher.host.unpin(content_hash))
-            except BaseException:
-                self.fetcher.host.unpin(content_hash)
-                raise
-
-
-def _advise(fh: BinaryIO, advice: int) -> None:
-    """Page-cache hints for cache files (best effort: some filesystems refuse them)."""
-    with contextlib.suppress(OSError):
-        os.posix_fadvise(fh.fileno(), 0, 0, advice)
-
-
-def _warm_page_cache(fh: BinaryIO) -> None:
-    """Read a cache file into the page cache (into a scratch buffer: the GIL is free
-    while the disk works; `WILLNEED` alone measured barely faster than nothing)."""
-    scratch = bytearray(PREFETCH_READ_BYTES)
-    fd, offset = fh.fileno(), 0
-    with contextlib.suppress(OSError):
-        while (done := os.preadv(fd, [scratch], offset)) > 0:
-            offset += done
-
-
-class _OpenObject(io.BufferedReader):
-    """A cache file registered with the quota as open until closed."""
-
-    def __init__(self, fh: BinaryIO, content_hash: ContentHash, host: CacheHost) -> None:
-        super().__init__(io.FileIO(os.dup(fh.fileno()), "rb"))
-        fh.close()
-        self._hash, self._host = content_hash, host
-        host.open_ref(content_hash)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._host.close_ref(self._hash)
-        super().close()
-
-
 class _History:
     """The tag database (object H), downloaded on first use and queried read-only."""
 
-    def __init__(self, objects: _Objects, content_hash: ContentHash | None) -> None:
+    def __init__(self, objects: Objects, content_hash: ContentHash | None) -> None:
         self._objects = objects
         self._hash = content_hash
         self._path: Path | None = None
@@ -329,7 +151,7 @@ class Repository:
     Build it with `Repository.open`. Paths are '' or '/' for the root, '/a/b' otherwise."""
 
     def __init__(self, *, source: ObjectSource, fqrn: str, trusted: TrustedManifest | None,
-                 tree: CatalogTree, objects: _Objects, history: _History, tag: Tag | None,
+                 tree: CatalogTree, objects: Objects, history: _History, tag: Tag | None,
                  fixed: bool) -> None:
         self.source = source
         self._fqrn = fqrn
@@ -359,6 +181,7 @@ class Repository:
         fetcher: Fetcher | None = None,
         min_timestamp: int | None = None,
         blacklist: Blacklist | None = None,
+        max_catalog_bytes: int = MAX_CATALOG_BYTES,
     ) -> Repository:
         """Verify the trust chain, pick the root catalog and attach it.
 
@@ -368,13 +191,14 @@ class Repository:
         verified: it proves the source serves this repository). Catalogs are written to a
         fresh directory inside `workdir` (default: the system temp dir), removed on close.
         `min_timestamp` rejects a manifest published before it (OutdatedError); `blacklist`
-        revokes certificates and revisions (BlacklistedError)."""
+        revokes certificates and revisions (BlacklistedError). `max_catalog_bytes` caps the
+        inflated size of catalogs and histories without a `fetcher` (which has its own)."""
         if sum(x is not None for x in (tag, date, root_hash)) > 1:
             raise ConfigError("give at most one of a tag, a date and a root hash")
         trusted = establish_trust(source, fqrn, public_keys, now=now or dt.datetime.now(dt.UTC),
                                   min_timestamp=min_timestamp, blacklist=blacklist)
         return cls.attach(source, fqrn, trusted, tag=tag, date=date, root_hash=root_hash,
-                          workdir=workdir, fetcher=fetcher)
+                          workdir=workdir, fetcher=fetcher, max_catalog_bytes=max_catalog_bytes)
 
     @classmethod
     def attach(
@@ -388,23 +212,25 @@ class Repository:
         root_hash: ContentHash | str | None = None,
         workdir: str | os.PathLike[str] | None = None,
         fetcher: Fetcher | None = None,
+        max_catalog_bytes: int = MAX_CATALOG_BYTES,
     ) -> Repository:
         """Attach a root catalog of an already trusted manifest (the reload path), or,
         with `trusted=None`, the given `root_hash` alone: an offline mount of a catalog the
         cache verified when it was downloaded (no history, hence no tags)."""
         if trusted is None and root_hash is None:
             raise ConfigError("an untrusted attach needs the root catalog hash")
-        work = _Workdir(workdir)
+        work = Workdir(workdir)
         try:
-            objects = (_Objects(source, fqrn, work) if fetcher is None
-                       else _CachedObjects(source, fqrn, work, fetcher))
+            objects = (Objects(source, fqrn, work, max_catalog_bytes=max_catalog_bytes)
+                       if fetcher is None
+                       else CachedObjects(source, fqrn, work, fetcher))
             history = _History(objects, trusted.history if trusted is not None else None)
             chosen = (history.tag(tag) if tag is not None
                       else history.tag_at(parse_repository_date(date)) if date is not None
                       else None)
             root = _root_hash(trusted, chosen, root_hash)
             tree = CatalogTree(root, objects.load_catalog)
-            if isinstance(objects, _CachedObjects):
+            if isinstance(objects, CachedObjects):
                 objects.on_pressure = tree.detach_nested
         except BaseException:
             work.cleanup()
@@ -526,17 +352,18 @@ class Repository:
 
     def iter_read(self, path: str,
                   block: int = DEFAULT_READ_BLOCK_BYTES) -> Iterator[bytes]:
-        """The file's bytes in blocks of at most `block` bytes, each object verified."""
+        """The file's bytes in blocks of at most `block` bytes, each object verified before
+        its first block (read from the verified file: memory stays flat)."""
         if block <= 0:
             raise ValueError("block must be positive")
         entry, pieces = self.pieces(path)
         for piece in pieces:
-            data = self.load_piece(path, entry, piece)
-            for start in range(0, len(data), block):
-                yield data[start:start + block]
+            with self.open_piece(path, entry, piece) as fh:
+                while data := fh.read(block):
+                    yield data
 
     def read(self, path: str) -> bytes:
-        """The whole file (every object verified)."""
+        """The whole file in memory (every object verified); `iter_read` for big files."""
         entry, pieces = self.pieces(path)
         return b"".join(self.load_piece(path, entry, piece) for piece in pieces)
 
@@ -545,9 +372,13 @@ class Repository:
         if offset < 0 or size < 0:
             raise ValueError("offset and size must not be negative")
         entry, pieces = self.pieces(path)
-        return read_pieces(pieces, offset, min(offset + size, entry.size),
-                           lambda index, start, stop:
-                           self.load_piece(path, entry, pieces[index])[start:stop])
+
+        def load(index: int, start: int, stop: int) -> bytes:
+            with self.open_piece(path, entry, pieces[index]) as fh:
+                fh.seek(start)
+                return fh.read(stop - start)
+
+        return read_pieces(pieces, offset, min(offset + size, entry.size), load)
 
     # --- lifecycle -----------------------------------------------------------------------
     def acquire(self) -> bool:

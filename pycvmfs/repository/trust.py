@@ -10,6 +10,11 @@ Order, as the reference client's `manifest_fetch.cc`:
 Only then is the manifest's root catalog hash trusted; everything below it is
 content-addressed and verified by hash.
 
+Each of the three downloads has a small fixed byte budget (`MANIFEST_MAX_BYTES`,
+`WHITELIST_MAX_BYTES`, `CERTIFICATE_MAX_BYTES`), far above any real one and far below what
+could hurt: a server streaming an endless manifest is cut after 64 KiB. The reference caps
+the same downloads at 1 MiB (its `MemSink`).
+
 The checks themselves are the pure functions of `format.manifest`, `format.whitelist` and
 `format.certificates`; this module only fetches, orders and adds context: every error keeps
 its class and names the repository and the source it came from.
@@ -30,17 +35,25 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pycvmfs.config_files import MAX_KEY_BYTES, read_trusted_bytes, read_trusted_text
-from pycvmfs.errors import ConfigError, MissingFieldError, PycvmfsError
+from pycvmfs.errors import ConfigError, IntegrityError, MissingFieldError, PycvmfsError
 from pycvmfs.format.blacklist import Blacklist, parse_blacklist
-from pycvmfs.format.certificates import certificate_from_object, load_public_key
+from pycvmfs.format.certificates import load_certificate, load_public_key
+from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, Suffix
 from pycvmfs.format.manifest import Manifest, check_manifest, parse_manifest, verify_manifest
 from pycvmfs.format.whitelist import Whitelist, check_certificate_listed, verify_whitelist
+from pycvmfs.network.sink import MemoryDestination, VerifyingSink
 from pycvmfs.repository.source import ObjectSource
 
 MANIFEST_PATH = ".cvmfspublished"
 WHITELIST_PATH = ".cvmfswhitelist"
 PUBLIC_KEY_GLOB = "*.pub"
+# Byte budgets of the trust chain's downloads. A manifest is ~10 short lines and one RSA
+# signature (< 1 KiB); a whitelist adds one ~60-byte line per certificate; a certificate is
+# one PEM X.509 (~1-2 KiB, inflated size).
+MANIFEST_MAX_BYTES = 64 * 1024
+WHITELIST_MAX_BYTES = 256 * 1024
+CERTIFICATE_MAX_BYTES = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class TrustedManifest:
@@ -107,12 +120,12 @@ def establish_trust(
     if not public_keys:
         raise ConfigError(f"repository {fqrn}: no public keys given to verify the whitelist")
     with error_context(fqrn, source):
-        raw = source.fetch(MANIFEST_PATH)
+        raw = source.fetch(MANIFEST_PATH, max_bytes=MANIFEST_MAX_BYTES)
         parsed, _letter = parse_manifest(raw)
         check_manifest(parsed, fqrn=fqrn, min_timestamp=min_timestamp)
         certificate = fetch_certificate(source, parsed)
         manifest = verify_manifest(raw, certificate, fqrn=fqrn, min_timestamp=min_timestamp)
-        raw_whitelist = source.fetch(WHITELIST_PATH)
+        raw_whitelist = source.fetch(WHITELIST_PATH, max_bytes=WHITELIST_MAX_BYTES)
         whitelist = verify_whitelist(raw_whitelist, public_keys, fqrn=fqrn, now=now)
         if blacklist is not None:
             blacklist.check_certificate(certificate, fqrn)
@@ -129,8 +142,13 @@ def fetch_certificate(source: ObjectSource, manifest: Manifest) -> x509.Certific
         raise MissingFieldError(f"manifest of {manifest.fqrn}: no certificate hash (X)")
     path = (expected.alt_path(Suffix.CERTIFICATE) if manifest.alt_paths
             else expected.object_path(Suffix.CERTIFICATE))
-    stored = source.fetch(path)
-    return certificate_from_object(stored, expected, what=f"certificate object {path}")
+    pem = MemoryDestination(CERTIFICATE_MAX_BYTES + 1)  # the sink reports an overflow
+    with VerifyingSink(expected, Compression.ZLIB, pem, max_size=CERTIFICATE_MAX_BYTES) as sink:
+        try:
+            source.fetch_into(path, sink)
+        except IntegrityError as exc:
+            raise type(exc)(f"certificate object {path}: {exc}") from exc
+    return load_certificate(pem.getvalue(), what=f"certificate object {path}")
 
 
 # --- public keys (the files clients are configured with) ------------------------------------

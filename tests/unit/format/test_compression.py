@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 
 import pytest
@@ -9,8 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pycvmfs.errors import DecompressionError, HashMismatchError, SizeMismatchError
-from pycvmfs.format.compression import Compression, Inflater, make_object, open_object
+from pycvmfs.format.compression import (
+    INFLATE_STEP_BYTES,
+    Compression,
+    Inflater,
+    make_object,
+    open_object,
+    stored_size_bound,
+)
 from pycvmfs.format.hashes import Algorithm
+from tests.zlib_bomb import zlib_bomb
 
 
 def test_reference_vectors() -> None:
@@ -62,3 +71,53 @@ def test_compression_names() -> None:
     assert Compression.from_name("none") is Compression.NONE
     with pytest.raises(ValueError):
         Compression.from_name("zstd")
+
+
+@given(st.binary(max_size=70_000), st.integers(min_value=0, max_value=9))
+def test_stored_size_bound_holds_for_every_level(data: bytes, level: int) -> None:
+    assert len(zlib.compress(data, level)) <= stored_size_bound(len(data), Compression.ZLIB)
+    assert stored_size_bound(len(data), Compression.NONE) == len(data)
+
+
+def test_stored_size_bound_of_incompressible_data() -> None:
+    data = os.urandom(1 << 20)
+    for level in (0, 1, 6, 9):
+        assert len(zlib.compress(data, level)) <= stored_size_bound(len(data), Compression.ZLIB)
+    with pytest.raises(ValueError):
+        stored_size_bound(-1, Compression.ZLIB)
+
+
+def test_a_gibibyte_bomb_inflates_in_bounded_steps_and_fails_at_the_cap() -> None:
+    """1 MB -> 1 GiB fed in one block: never more than one step out at a time; the cap
+    (64 MiB here, to stay fast) ends it one byte past."""
+    bomb = zlib_bomb(1024)
+    inflater = Inflater(Compression.ZLIB, max_output=64 << 20)
+    sizes: list[int] = []
+    with pytest.raises(DecompressionError, match="beyond 67108864 bytes"):
+        for piece in inflater.feed(bomb):
+            sizes.append(len(piece))
+    assert max(sizes) <= INFLATE_STEP_BYTES and sum(sizes) <= (64 << 20) + 1
+
+
+@pytest.mark.parametrize("step", [1000, 1 << 16, INFLATE_STEP_BYTES])
+def test_feed_steps_add_up_to_the_object(step: int) -> None:
+    data = os.urandom(100_000) + bytes(3 << 20)
+    for compression in Compression:
+        _, stored = make_object(data, compression=compression)
+        inflater = Inflater(compression, len(data), step=step)
+        pieces = [p for i in range(0, len(stored), 4096)
+                  for p in inflater.feed(stored[i:i + 4096])]
+        inflater.finish()
+        assert b"".join(pieces) == data and max(map(len, pieces)) <= step
+        assert inflater.produced == len(data)
+
+
+def test_feed_stops_one_byte_past_the_cap_with_tiny_steps() -> None:
+    _, stored = make_object(bytes(10_000))
+    inflater = Inflater(Compression.ZLIB, 5000, step=7)
+    total = 0
+    with pytest.raises(DecompressionError, match="beyond 5000"):
+        for piece in inflater.feed(stored):
+            assert len(piece) <= 7
+            total += len(piece)
+    assert total <= 5001

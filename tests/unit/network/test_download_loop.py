@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import pytest
 
@@ -14,13 +14,13 @@ from pycvmfs.network.failover import RouteState
 from pycvmfs.network.failure import ErrorKind
 from pycvmfs.network.proxies import DIRECT, ProxyChoice, parse_proxies
 from pycvmfs.network.sink import MemoryDestination, MemorySink, VerifyingSink
-from pycvmfs.network.transport import MockTransport
+from pycvmfs.network.transport import Body, MockTransport
 
 DATA = b"payload " * 1000
 DIGEST, STORED = make_object(DATA)
 PATH = DIGEST.object_path()
 HOSTS = ["http://s1/cvmfs/r", "http://s2/cvmfs/r"]
-Reply = tuple[int, Mapping[str, str], bytes]
+Reply = tuple[int, Mapping[str, str], Body]
 
 
 def downloader(handler: MockTransport, proxies: str = "DIRECT") -> tuple[Downloader, list[float]]:
@@ -114,3 +114,107 @@ def test_statistics_speed() -> None:
 
     assert Statistics(1000, 1, 0, 2.0).speed == 500.0
     assert Statistics(0, 0, 0, 0.0).speed == 0.0
+
+
+# --- byte budgets ------------------------------------------------------------------------------
+
+SMALL = b"x" * 186
+SMALL_DIGEST, SMALL_STORED = make_object(SMALL)
+BLOCK = 4096
+
+
+class Endless:
+    """An endless body in blocks, counting what the client pulled."""
+
+    def __init__(self, prefix: bytes = b"") -> None:
+        self.pulled = 0
+        self.started = False
+        self._prefix = prefix
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.started = True
+        if self._prefix:
+            self.pulled += len(self._prefix)
+            yield self._prefix
+        while True:
+            self.pulled += BLOCK
+            yield b"\0" * BLOCK
+
+
+def small_sink() -> tuple[VerifyingSink, MemoryDestination]:
+    out = MemoryDestination()
+    return VerifyingSink(SMALL_DIGEST, Compression.ZLIB, out, expected_size=len(SMALL)), out
+
+
+def test_endless_body_is_cut_at_the_budget_and_the_next_host_serves() -> None:
+    bodies: list[Endless] = []
+
+    def handler(url: str, proxy: ProxyChoice, headers: Mapping[str, str]) -> Reply:
+        if url.startswith(HOSTS[1]):
+            return 200, {}, SMALL_STORED
+        bodies.append(Endless(SMALL_STORED))  # valid object, then more without end
+        return 200, {}, bodies[-1]
+
+    dl, _ = downloader(MockTransport(handler))
+    target, out = small_sink()
+    result = dl.download(SMALL_DIGEST.object_path(), target)
+    assert out.getvalue() == SMALL and result.url.startswith(HOSTS[1])
+    assert len(bodies) == 2  # first try, then the no-cache retry, then the next host
+    for body in bodies:
+        assert body.pulled <= target.budget + BLOCK
+    assert all(f"budget of {target.budget} bytes" in a.reason for a in result.attempts)
+
+
+def test_content_length_over_the_budget_is_refused_unread() -> None:
+    body = Endless()
+
+    def handler(url: str, proxy: ProxyChoice, headers: Mapping[str, str]) -> Reply:
+        return 200, {"Content-Length": str(1 << 40)}, body
+
+    dl, _ = downloader(MockTransport(handler))
+    target, _ = small_sink()
+    with pytest.raises(FetchError) as info:
+        dl.download(SMALL_DIGEST.object_path(), target)
+    assert not body.started and dl.statistics().bytes_received == 0
+    message = str(info.value)
+    assert SMALL_DIGEST.object_path() in message and HOSTS[0] in message and HOSTS[1] in message
+    assert f"Content-Length {1 << 40} refused" in message
+    assert f"budget of {target.budget} bytes" in message
+
+
+def test_content_length_within_the_budget_is_read() -> None:
+    def handler(url: str, proxy: ProxyChoice, headers: Mapping[str, str]) -> Reply:
+        return 200, {"Content-Length": str(len(SMALL_STORED))}, SMALL_STORED
+
+    dl, _ = downloader(MockTransport(handler))
+    target, out = small_sink()
+    dl.download(SMALL_DIGEST.object_path(), target)
+    assert out.getvalue() == SMALL
+
+
+def test_endless_small_file_into_a_memory_sink_stays_within_its_budget() -> None:
+    bodies: list[Endless] = []
+
+    def handler(url: str, proxy: ProxyChoice, headers: Mapping[str, str]) -> Reply:
+        bodies.append(Endless())
+        return 200, {}, bodies[-1]
+
+    dl, _ = downloader(MockTransport(handler))
+    with pytest.raises(FetchError, match="budget of 65536 bytes"):
+        dl.download("/.cvmfspublished", MemorySink(65536))
+    assert len(bodies) == 3 and all(b.pulled <= 65536 + BLOCK for b in bodies)
+    assert dl.statistics().bytes_received <= 3 * (65536 + BLOCK)
+
+
+def test_a_local_sink_failure_is_raised_not_blamed_on_the_host() -> None:
+    from pycvmfs.errors import CacheFullError
+
+    class FullDisk(MemorySink):
+        def write(self, data: bytes) -> None:
+            raise CacheFullError("no space for the cache")
+
+    transport = MockTransport(lambda url, proxy, headers: (200, {}, STORED))
+    dl, _ = downloader(transport)
+    with pytest.raises(CacheFullError):
+        dl.download(PATH, FullDisk(), expected=DIGEST)
+    assert len(transport.requests) == 1  # no retry, no failover

@@ -1,6 +1,13 @@
-"""Socket-free parts of the transport: exception mapping, low-speed meter, request headers."""
+"""Parts of the transport testable without a network: exception mapping, low-speed meter,
+request headers, Content-Length refusal, the header deadline (over a local socket pair)."""
 
 from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
 
 import pytest
 from urllib3.exceptions import (
@@ -15,7 +22,15 @@ from urllib3.exceptions import (
 )
 
 from pycvmfs.network.failure import ErrorKind
-from pycvmfs.network.transport import _error_kind, _SpeedMeter, request_headers
+from pycvmfs.network.transport import (
+    _DeadlineSocket,
+    _error_kind,
+    _header_deadline,
+    _SpeedMeter,
+    receive_timeout,
+    refused_length,
+    request_headers,
+)
 
 
 @pytest.mark.parametrize(("exc", "kind"), [
@@ -63,3 +78,80 @@ def test_request_headers() -> None:
     assert "Cache-Control" not in normal
     assert request_headers(no_cache=True)["Cache-Control"] == "no-cache"
     assert request_headers(no_cache=True)["Pragma"] == "no-cache"
+
+
+def test_refused_length() -> None:
+    assert refused_length(None, 10) is None and refused_length(10, 10) is None
+    reason = refused_length(11, 10)
+    assert reason is not None and "Content-Length 11 refused" in reason
+    assert "budget of 10 bytes" in reason
+
+
+def test_receive_timeout() -> None:
+    assert receive_timeout(5.0, None, 100.0) == 5.0  # no header phase: the socket's own
+    assert receive_timeout(None, None, 100.0) is None
+    assert receive_timeout(5.0, 102.0, 100.0) == 2.0  # shortened to the deadline
+    assert receive_timeout(1.0, 102.0, 100.0) == 1.0  # already shorter
+    assert receive_timeout(None, 102.0, 100.0) == 2.0
+    with pytest.raises(TimeoutError):
+        receive_timeout(5.0, 100.0, 100.0)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A local socket pair (no network): the client end adopted as a deadline socket."""
+    client, server = socket.socketpair()
+    client.settimeout(5.0)
+    watched = _DeadlineSocket.adopt(client)
+    try:
+        yield watched, server
+    finally:
+        watched.close()
+        server.close()
+
+
+def test_adopted_socket_keeps_its_timeout(pair: tuple[socket.socket, socket.socket]) -> None:
+    watched, server = pair
+    assert watched.gettimeout() == 5.0
+    server.sendall(b"ok")
+    assert watched.recv(10) == b"ok"
+
+
+def test_trickled_status_line_ends_at_the_header_deadline(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    """A byte every 0.05 s keeps every single receive short of its 5 s timeout; the
+    deadline still ends the whole header phase after 0.3 s."""
+    watched, server = pair
+    stop = threading.Event()
+
+    def trickle() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.wait(0.05):
+                server.sendall(b"H")
+
+    thread = threading.Thread(target=trickle)
+    thread.start()
+    reader = watched.makefile("rb")
+    start = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError), _header_deadline(0.3):
+            reader.readline()  # never ends: no newline ever comes
+    finally:
+        stop.set()
+        thread.join()
+        reader.close()
+    assert 0.25 <= time.monotonic() - start < 2.0
+    assert watched.gettimeout() == 5.0  # restored for the body phase
+
+
+def test_no_deadline_outside_the_header_phase(pair: tuple[socket.socket, socket.socket]) -> None:
+    watched, server = pair
+    with _header_deadline(0.2):
+        server.sendall(b"a")
+        assert watched.recv(1) == b"a"
+    time.sleep(0.3)  # past the old deadline: no longer armed
+    server.sendall(b"b")
+    assert watched.recv(1) == b"b"
+    buffer = bytearray(1)
+    server.sendall(b"c")
+    assert watched.recv_into(buffer) == 1 and buffer == b"c"
