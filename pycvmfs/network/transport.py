@@ -29,6 +29,7 @@ thread-safe; the pool table is guarded by a lock; header deadlines are per threa
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import socket
 import ssl
@@ -106,6 +107,25 @@ def _error_kind(exc: BaseException) -> ErrorKind:
     if isinstance(exc, ProtocolError | IncompleteRead | ConnectionError):
         return ErrorKind.SHORT_READ
     return ErrorKind.OTHER
+
+
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def local_exhaustion(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc` if it says this process or machine ran out of descriptors or
+    memory (a socket could not even be made): raised to the caller as it is, never blamed on
+    a host or proxy, which would mark a healthy route broken."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in LOCAL_ERRNOS:
+            return current
+        inner = getattr(current, "original_error", None) or getattr(current, "reason", None)
+        current = inner if isinstance(inner, BaseException) else \
+            (current.__cause__ or current.__context__)
+    return None
 
 
 def refused_length(content_length: int | None, budget: int) -> str | None:
@@ -295,6 +315,9 @@ class Urllib3Transport:
                     decode_content=False, retries=False, redirect=False,
                     timeout=urllib3.Timeout(connect=timeout, read=timeout))
         except HTTPError as exc:
+            local = local_exhaustion(exc)
+            if local is not None:  # this machine's limit, not the route's fault: no failover
+                raise local from exc
             detail = str(exc)
             if isinstance(exc, ReadTimeoutError):
                 detail = f"no complete status line and headers within {timeout:g} s"

@@ -4,6 +4,7 @@ request headers, Content-Length refusal, the header deadline (over a local socke
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 import threading
 import time
@@ -155,3 +156,41 @@ def test_no_deadline_outside_the_header_phase(pair: tuple[socket.socket, socket.
     buffer = bytearray(1)
     server.sendall(b"c")
     assert watched.recv_into(buffer) == 1 and buffer == b"c"
+
+
+def _no_descriptors(*args: object, **kwargs: object) -> socket.socket:
+    raise OSError(errno.EMFILE, "Too many open files")
+
+
+def test_running_out_of_descriptors_is_raised_not_blamed_on_the_host(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pycvmfs.network.download import Downloader
+    from pycvmfs.network.failover import RouteState
+    from pycvmfs.network.proxies import DIRECT, ProxyConfig
+    from pycvmfs.network.sink import MemorySink
+    from pycvmfs.network.transport import Urllib3Transport
+
+    monkeypatch.setattr(socket, "socket", _no_descriptors)
+    route = RouteState(["http://127.0.0.1:9/a", "http://127.0.0.1:9/b"],
+                       ProxyConfig(((DIRECT,),), 1))
+    downloader = Downloader(Urllib3Transport(), route)
+    with pytest.raises(OSError) as info:
+        downloader.download("/.cvmfspublished", MemorySink(100))
+    assert info.value.errno == errno.EMFILE
+    assert route.current()[0] == "http://127.0.0.1:9/a"  # nothing was marked broken
+    assert downloader.statistics().errors == 0
+
+
+def test_local_exhaustion_is_found_behind_urllib3_wrappers() -> None:
+    from pycvmfs.network.transport import local_exhaustion
+
+    cause = OSError(errno.ENFILE, "Too many open files in system")
+    try:
+        try:
+            raise cause
+        except OSError as exc:
+            raise NewConnectionError(None, "failed") from exc  # type: ignore[arg-type]
+    except NewConnectionError as wrapped:
+        assert local_exhaustion(wrapped) is cause
+    assert local_exhaustion(NewConnectionError(None, "refused")) is None  # type: ignore[arg-type]
+    assert local_exhaustion(OSError(errno.ECONNREFUSED, "refused")) is None
