@@ -36,7 +36,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.servers import Nginx, ServerContext
+from tests.servers import Nginx, ServerContext, ThreadedHTTPServer
 from tests.squid import Squid
 
 SLOW_STEP_BYTES = 50  # per 0.25 s
@@ -123,18 +123,13 @@ class _FaultHandler(http.server.BaseHTTPRequestHandler):
         """Quiet."""
 
 
-class FaultServer(ServerContext, http.server.ThreadingHTTPServer):
-    """The fault server on a free loopback port; `with` starts and stops its thread
-    (ServerContext first: its `__enter__` starts, socketserver's would only close)."""
-
-    daemon_threads = True
+class FaultServer(ThreadedHTTPServer):
+    """The fault server on a free loopback port; `with` starts and stops its thread."""
 
     def __init__(self, repos: Mapping[str, Path]) -> None:
-        super().__init__(("127.0.0.1", 0), _FaultHandler)
+        super().__init__(_FaultHandler)
         self.repos = dict(repos)
         self.requests: list[tuple[str, dict[str, str], int]] = []  # path, headers, client port
-        self.stopping = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def url(self, mode: str, fqrn: str | None = None) -> str:
         if fqrn is None:
@@ -143,19 +138,6 @@ class FaultServer(ServerContext, http.server.ThreadingHTTPServer):
 
     def requests_for(self, needle: str) -> list[tuple[str, dict[str, str], int]]:
         return [r for r in list(self.requests) if needle in r[0]]
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Ends trickling handlers, stops serving, closes the socket (idempotent)."""
-        self.stopping.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self.shutdown()
-            thread.join()
-        self.server_close()
 
 
 def stop_in_parallel(*servers: ServerContext) -> None:

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.fault_server import is_file_object
-from tests.servers import ServerContext
+from tests.servers import ThreadedHTTPServer
 from tests.zlib_bomb import zlib_bomb
 
 TRICKLE_S = 0.2
@@ -291,22 +291,18 @@ class _HostileHandler(http.server.BaseHTTPRequestHandler):
         """Quiet."""
 
 
-class HostileServer(ServerContext, http.server.ThreadingHTTPServer):
+class HostileServer(ThreadedHTTPServer):
     """The hostile server on a free loopback port; `with` starts and stops its thread."""
-
-    daemon_threads = True
 
     def __init__(self, repos: Mapping[str, Path], *, max_seconds: float = MAX_SECONDS,
                  max_bytes: int = MAX_BYTES) -> None:
-        super().__init__(("127.0.0.1", 0), _HostileHandler)
+        super().__init__(_HostileHandler)
         self.repos = dict(repos)
         self.max_seconds = max_seconds
         self.max_bytes = max_bytes
-        self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._served: list[Served] = []
         self._active = 0
-        self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
@@ -348,17 +344,4 @@ class HostileServer(ServerContext, http.server.ThreadingHTTPServer):
                     return True
             time.sleep(0.02)
         return False
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Ends every response in progress, stops serving, closes the socket (idempotent)."""
-        self.stopping.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self.shutdown()
-            thread.join()
-        self.server_close()
 

@@ -13,12 +13,14 @@ answers, and on exit terminates exactly the process it started.
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -135,6 +137,33 @@ class ServerContext:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+class ThreadedHTTPServer(ServerContext, http.server.ThreadingHTTPServer):
+    """A stdlib HTTP server of the tests on a free loopback port, served by a thread that
+    `with` starts and stops (ServerContext first: its `__enter__` starts, socketserver's
+    would only close). Handlers that wait should wait on `stopping`, so a stop never waits
+    for a trickling response."""
+
+    daemon_threads = True
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self.stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ends waiting handlers, stops serving, closes the socket (idempotent)."""
+        self.stopping.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self.shutdown()
+            thread.join()
+        self.server_close()
 
 
 class Nginx(ServerContext):

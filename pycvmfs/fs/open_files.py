@@ -6,7 +6,9 @@ never loaded whole into memory. A read never returns fewer bytes than the catalo
 a cache file whose size is not the chunk's, or a `pread` that comes back short (the file
 was truncated under us), is a corrupt cache entry — it is discarded (quarantined), fetched
 again and verified, and read once more; still short is an IntegrityError (EIO), never a
-short answer.
+short answer. A piece whose fetch failed answers the same error for `FAILURE_MEMORY_S` to
+the handle that met it (the kernel asks again at once, read-ahead then read: one hostile or
+dead server costs one timeout, not two); a new open tries again.
 
 Thread-safety: every method may be called from any thread; each open file guards its slots
 with its own lock, the table of handles with another. Downloads run outside both.
@@ -20,11 +22,12 @@ import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
-from pycvmfs.errors import IntegrityError
+from pycvmfs.errors import IntegrityError, PycvmfsError
 from pycvmfs.format.catalog import DirEntry
 from pycvmfs.fs.errors import FsError
 from pycvmfs.repository.repository import Piece, Repository, read_pieces
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 OPEN_PIECES_PER_HANDLE = 4  # cache files one handle keeps open (current chunk + read-ahead)
 READ_AHEAD_PIECES = 2  # chunks fetched in the background ahead of a sequential reader
 PREFETCH_THREADS = 2  # read-ahead downloads at once; more only fight over the GIL
+FAILURE_MEMORY_S = 5.0  # a piece that failed is not fetched again by the same handle sooner
 
 
 class WouldBlockError(Exception):
@@ -62,6 +66,7 @@ class OpenFile:
         self.ino, self.path, self.entry, self.pieces = ino, path, entry, pieces
         self._lock = threading.Lock()
         self._slots: dict[int, _Slot] = {}  # insertion order = age
+        self._failed: dict[int, tuple[float, PycvmfsError]] = {}  # piece: when, why
         self.prefetched: set[int] = set()
 
     def _open_piece(self, index: int, repository: Repository) -> _Slot:
@@ -85,8 +90,16 @@ class OpenFile:
             if slot is not None:
                 slot.uses += 1
                 return slot
+            failed = self._failed.get(index)
+        if failed is not None and time.monotonic() - failed[0] < FAILURE_MEMORY_S:
+            raise failed[1]  # the kernel asks again at once (read-ahead, then the read)
         # open (and maybe download) outside the lock: other pieces stay readable meanwhile
-        fresh = self._open_piece(index, repository)
+        try:
+            fresh = self._open_piece(index, repository)
+        except PycvmfsError as exc:
+            with self._lock:
+                self._failed[index] = (time.monotonic(), exc)
+            raise
         with self._lock:
             slot = self._slots.setdefault(index, fresh)
             slot.uses += 1

@@ -399,3 +399,22 @@ def test_a_cache_object_that_stays_short_is_an_io_error(site: Site, client: Clie
         vfs.read(vfs.open(_ino(client, "a.txt"), 0), 0, 100)
     assert info.value.errno == errno.EIO and "wrong size" in str(info.value)
     vfs.release(handle)
+
+
+def test_a_failed_piece_is_not_fetched_again_at_once_by_the_same_handle(
+        site: Site, client: Client) -> None:
+    vfs = client.vfs
+    handle = vfs.open(_ino(client, "big.bin"), 0)
+    site.online = False
+    for _ in range(2):  # the kernel's read-ahead, then its read: one round of attempts
+        with pytest.raises(FsError) as info:
+            vfs.read(handle, 0, 10)
+        assert info.value.errno == errno.EIO
+        if _ == 0:
+            attempts = len(site.transport.requests)
+    assert len(site.transport.requests) == attempts
+    site.online = True
+    fresh = vfs.open(_ino(client, "big.bin"), 0)  # a new open tries again
+    assert vfs.read(fresh, 0, 10) == BIG[:10]
+    vfs.release(fresh)
+    vfs.release(handle)
