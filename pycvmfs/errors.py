@@ -157,6 +157,10 @@ class CacheSecurityError(ConfigError):
     is writable by others (`cache.safe_dir`): refused, never followed, no fallback."""
 
 
+# errno values that say this process or machine ran out of something (descriptors, memory):
+# passed to the caller as they are, never turned into a verdict on a server or an object
+LOCAL_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
 ERRNO: dict[type[PycvmfsError], int] = {
     NotFoundError: errno.ENOENT,
     IntegrityError: errno.EIO,

@@ -232,6 +232,8 @@ def entry_to_row(entry: DirEntry, path: str) -> tuple[object, ...]:
 def _int(row: Mapping[str, object], key: str) -> int:
     """An INTEGER column; NULL or absent (old schema revisions) reads as 0."""
     value = row.get(key)
+    if type(value) is int:  # the common case first: rows are decoded by the million
+        return value
     return int(value) if isinstance(value, int | float | str) else 0
 
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 import errno
 import os
 
-from pycvmfs.errors import PycvmfsError, errno_for
+from pycvmfs.errors import LOCAL_RESOURCE_ERRNOS, PycvmfsError, errno_for
 
-PASSED_THROUGH = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.ENOMEM,
-                            errno.EDQUOT})
+PASSED_THROUGH = LOCAL_RESOURCE_ERRNOS | {errno.ENOSPC, errno.EDQUOT}
 
 
 class FsError(Exception):

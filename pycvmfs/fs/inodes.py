@@ -146,35 +146,40 @@ class InodeTable:
     def number(self, path: str, entry: DirEntry, catalog: Catalog) -> int:
         """The inode `path` (as `entry`, a row of `catalog`) has or would get. Records
         nothing: for d_ino in a plain READDIR and for answers that hand nothing out."""
-        return self._number(path, entry, catalog)[0]
+        return self._number(path, entry, catalog, None)
 
-    def _number(self, path: str, entry: DirEntry, catalog: Catalog) -> tuple[int, int]:
-        """(number, identity) of `path` (see `number`)."""
+    def _number(self, path: str, entry: DirEntry, catalog: Catalog, mark: int | None) -> int:
+        """See `number`; `mark` is `identity(entry)` if the caller has it (computed here
+        only where it decides: a path handed out before, a hardlink member)."""
         if path == "":
-            return ROOT_INODE, identity(entry)
-        base, mark = self.base(catalog), identity(entry)
+            return ROOT_INODE
+        base = self.base(catalog)
         with self._lock:
             packed = self._known.get(path)
-        if packed is not None and packed & _U64 == mark:
-            return packed >> 128, mark
+        if packed is not None:
+            mark = identity(entry) if mark is None else mark
+            if packed & _U64 == mark:
+                return packed >> 128
         rowid = entry.rowid
         if entry.hardlink_group and not entry.is_dir:
             leaders = self._group_leaders(catalog)
             if leaders is not None:
+                mark = identity(entry) if mark is None else mark
                 rowid = leaders.get((entry.hardlink_group, mark), rowid)
         if rowid < 1:  # only a forged catalog has such rows: a number of its own
             report_once(f"entry {path!r} has rowid {entry.rowid}: given a private inode")
             with self._lock:
                 self._next_base += 1
-                return self._next_base - 1, mark
-        return base + rowid, mark
+                return self._next_base - 1
+        return base + rowid
 
     def hand_out(self, path: str, entry: DirEntry, catalog: Catalog) -> int:
         """The inode of `path`, counted as one more lookup the kernel holds (LOOKUP,
         READDIRPLUS), in the same step: it cannot be dropped before the reply goes out."""
         if path == "":
             return ROOT_INODE
-        ino, mark = self._number(path, entry, catalog)
+        mark = identity(entry)
+        ino = self._number(path, entry, catalog, mark)
         with self._lock:
             first = self._paths.setdefault(ino, path)
             self._known[path] = ino << 128 | attributes(entry) << 64 | mark

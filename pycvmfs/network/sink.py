@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from typing import BinaryIO, Protocol
 
 from pycvmfs.errors import (
+    LOCAL_RESOURCE_ERRNOS,
     BudgetExceededError,
     CacheFullError,
     DecompressionError,
@@ -72,9 +73,12 @@ def over_budget(received: int, budget: int, hint: str = "") -> str:
     return f"{received} bytes, over the download budget of {budget} bytes{extra}"
 
 
-def local_write_error(exc: OSError, where: str) -> PycvmfsError:
-    """A destination's local write failure as a named error, not an OSError (which the
-    transport would take for the host's fault): disk full is CacheFullError (ENOSPC)."""
+def local_write_error(exc: OSError, where: str) -> Exception:
+    """A destination's local write failure as a named error: disk full is CacheFullError
+    (ENOSPC); running out of descriptors or memory stays the OSError it is (EMFILE for the
+    caller, `errors.LOCAL_RESOURCE_ERRNOS`)."""
+    if exc.errno in LOCAL_RESOURCE_ERRNOS:
+        return OSError(exc.errno, f"{exc.strerror} (writing {where})")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return CacheFullError(f"no space for {where}: {exc.strerror}; free space there "
                               "(TMPDIR moves the temporary files of pycvmfs ls/cat/stat)")
@@ -125,7 +129,7 @@ class TempFileDestination:
             raise self._local_error(exc) from exc
         self.size = 0
 
-    def _local_error(self, exc: OSError) -> PycvmfsError:
+    def _local_error(self, exc: OSError) -> Exception:
         return local_write_error(exc, f"a temporary file in {os.fspath(self._directory)}")
 
     def _flush(self) -> None:

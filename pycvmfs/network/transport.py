@@ -29,7 +29,6 @@ thread-safe; the pool table is guarded by a lock; header deadlines are per threa
 from __future__ import annotations
 
 import dataclasses
-import errno
 import functools
 import socket
 import ssl
@@ -54,7 +53,7 @@ from urllib3.exceptions import (
 from urllib3.util.ssl_ import create_urllib3_context
 
 from pycvmfs import __version__
-from pycvmfs.errors import IntegrityError
+from pycvmfs.errors import LOCAL_RESOURCE_ERRNOS, IntegrityError
 from pycvmfs.network.failure import ErrorKind, Outcome
 from pycvmfs.network.proxies import Direct, Proxy, ProxyChoice
 from pycvmfs.network.sink import Sink, over_budget
@@ -109,9 +108,6 @@ def _error_kind(exc: BaseException) -> ErrorKind:
     return ErrorKind.OTHER
 
 
-LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
 def local_exhaustion(exc: BaseException) -> OSError | None:
     """The OSError behind `exc` if it says this process or machine ran out of descriptors or
     memory (a socket could not even be made): raised to the caller as it is, never blamed on
@@ -120,7 +116,7 @@ def local_exhaustion(exc: BaseException) -> OSError | None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in LOCAL_ERRNOS:
+        if isinstance(current, OSError) and current.errno in LOCAL_RESOURCE_ERRNOS:
             return current
         inner = getattr(current, "original_error", None) or getattr(current, "reason", None)
         current = inner if isinstance(inner, BaseException) else \

@@ -1,7 +1,8 @@
 """Descriptors through a real mount: the serving process raises its soft open-files limit to
-CVMFS_NFILES (5,000 files open at once read fine where the soft limit is 1,024), and where the
-hard limit caps it, a caller that runs the mount out of descriptors gets EMFILE, never EIO,
-and nothing is marked broken: every file reads again once the others are closed."""
+CVMFS_NFILES (2,500 files open at once read fine where the soft limit is 1,024), and where
+the hard limit caps it (at 2,048), a caller that runs the mount out of descriptors gets
+EMFILE, never EIO, and nothing is marked broken: every file reads again once the others
+are closed."""
 
 from __future__ import annotations
 
@@ -21,14 +22,14 @@ from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, shared_scratch
 
 pytestmark = [*NEEDS_FUSE_AND_NGINX]
 
-OPENS = 5000  # distinct files (the page cache would answer a second open of the same one);
+OPENS = 2500  # distinct files (the page cache would answer a second open of the same one);
 # each holds a cache file open in the serving process once read
 T0 = int(time.time()) - 3600
 # the serving process: soft limit 1,024, and (second test) a hard limit it cannot raise
 NO_RAISE = ["setpriv", "--inh-caps=-sys_resource", "--bounding-set=-sys_resource"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def site(keys: Keys) -> Iterator[Site]:
     with shared_scratch("pycvmfs-descriptors-") as base, Nginx() as server:
         published = Site(keys, server, base)

@@ -24,7 +24,7 @@ pytestmark = [*NEEDS_FUSE_AND_NGINX, pytest.mark.slow]
 
 ENTRIES = 2000
 LISTERS = 8
-REVISIONS = 4  # swaps while the listers run
+REVISIONS = 2  # swaps while the listers run
 T0 = int(time.time()) - 7200
 
 

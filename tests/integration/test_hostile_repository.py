@@ -2,7 +2,8 @@
 with tests/hostile_repo.py): catalog graphs that loop answer EIO at once and the mount stays
 responsive, a mixed hardlink group never serves one file's bytes under another's name, a
 nested catalog swapped for another is refused, a TTL of 0 does not make the mount poll, and
-a directory of a million entries lists completely with the mount's memory bounded.
+a directory of a million entries lists completely with the mount's memory bounded; the
+mount's HOME and TMPDIR stay empty (it writes only below its cache and mount point).
 
 Watchdog: every filesystem call runs in its own process against a deadline (the configured
 timeout x attempts, plus slack); a call still running then would be a request that never
@@ -56,9 +57,12 @@ class Hostile:
                 "CVMFS_TIMEOUT_DIRECT": str(TIMEOUT_S), **extra}
 
     def env(self) -> dict[str, str]:
-        (self.base / "etc").mkdir(exist_ok=True)
+        """The mount's environment: its HOME and TMPDIR are watched (nothing outside the
+        mount point and the cache may change: `hostile` checks they stay empty)."""
+        for directory in ("etc", "home", "tmp"):
+            (self.base / directory).mkdir(exist_ok=True)
         return dict(os.environ, PYCVMFS_CONFIG_ROOT=str(self.base / "etc"),
-                    HOME=str(self.base))
+                    HOME=str(self.base / "home"), TMPDIR=str(self.base / "tmp"))
 
     @contextlib.contextmanager
     def mount(self, **extra: str) -> Iterator[Path]:
@@ -76,6 +80,8 @@ def hostile(keys: Keys) -> Iterator[Hostile]:
         site = Hostile(keys, base, server, storage)
         site.url = server.publish(f"cvmfs/{keys.fqrn}", storage)
         yield site
+        for watched in ("home", "tmp"):  # the mount wrote only in its cache
+            assert not any((base / watched).iterdir()), sorted((base / watched).iterdir())
 
 
 _CALL = """

@@ -163,8 +163,8 @@ def test_cli_webhook_serve_refuses_bad_registries(tmp_path: Path, keys: Keys,
 
 def test_cli_webhook_serve_queues_and_stops_on_sigint(tmp_path: Path, keys: Keys) -> None:
     """`webhook serve` in its own process: 401 without the token, 200 with it, the event is
-    on disk; an event for an unconfigured registry is ignored; SIGINT ends it after the
-    worker finished its item."""
+    on disk; an event for an unconfigured registry is ignored; the item fails (nothing
+    listens there) without a retry; SIGINT ends the service."""
     port = free_port()
     args = _serve_args(tmp_path, keys, port, "--registry-url", "http://127.0.0.1:1",
                        "--retry-seconds", "600", "--max-attempts", "1")
@@ -184,6 +184,14 @@ def test_cli_webhook_serve_queues_and_stops_on_sigint(tmp_path: Path, keys: Keys
             status, answer = _post(url, body, "tok")
             assert status == 200 and answer["queued"] == [1]
             assert len(answer["ignored"]) == 1  # type: ignore[arg-type]
+            deadline = time.monotonic() + 30  # the worker takes the item (or it stays
+            while time.monotonic() < deadline:  # pending on disk: the queue is durable)
+                watcher = EventQueue(tmp_path / "queue.sqlite")
+                done = watcher.state(1)
+                watcher.close()
+                if done is not None and done[0] == "failed":
+                    break
+                time.sleep(0.1)
         finally:
             process.send_signal(signal.SIGINT)
             _out, err = process.communicate(timeout=30)
