@@ -27,6 +27,7 @@ import threading
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
+from pycvmfs.errors import CatalogError
 from pycvmfs.format.catalog import DirEntry
 from pycvmfs.fs.errors import EXPECTED, FsError, fs_error
 from pycvmfs.fs.inodes import InodeTable
@@ -55,13 +56,14 @@ Listing = Generator["Listed", None, None]  # close() it when done taking
 
 class _Handle:
     def __init__(self, ino: int, path: str, repository: Repository,
-                 dots: list[Listed]) -> None:
+                 dots: list[Listed] | None) -> None:
         self.ino, self.path, self.repository, self.dots = ino, path, repository, dots
         self.lock = threading.Lock()
         self.page: list[DirEntry] = []
         self.page_after = -1  # the rowid the buffered page starts after (-1: none)
         self.page_last = 0
         self.more = True
+        self.listing: tuple[Catalog, int] | None = None  # catalog of the children, its base
 
 
 class DirectoryHandles:
@@ -74,17 +76,14 @@ class DirectoryHandles:
         self._next = itertools.count(1)
 
     def open(self, ino: int, path: str, repository: Repository) -> int:
-        """A handle listing directory `path` (inode `ino`) of `repository`."""
+        """A handle listing directory `path` (inode `ino`) of `repository`. Nothing is read
+        yet: a listing the kernel has cached is answered without a single READDIR, and
+        OPENDIR then costs only this."""
         if not repository.acquire():
             raise FsError(errno.EAGAIN, "the revision was replaced while opening")
-        try:
-            dots = self._dots(ino, path, repository)
-        except BaseException:
-            repository.release()
-            raise
         handle = next(self._next)
         with self._lock:
-            self._handles[handle] = _Handle(ino, path, repository, dots)
+            self._handles[handle] = _Handle(ino, path, repository, None)
         return handle
 
     def _dots(self, ino: int, path: str, repository: Repository) -> list[Listed]:
@@ -113,7 +112,10 @@ class DirectoryHandles:
         opened = self._get(handle)
         if offset == 0 and opened.repository is not current:
             self._move(opened, current)
-        for dot in opened.dots:
+        dots = opened.dots
+        if dots is None:
+            dots = opened.dots = self._dots(opened.ino, opened.path, opened.repository)
+        for dot in dots:
             if offset < dot.offset:
                 yield dot
         try:
@@ -123,14 +125,29 @@ class DirectoryHandles:
         except EXPECTED as exc:
             raise fs_error(exc) from exc
 
+    def _listing_catalog(self, opened: _Handle, fresh: bool = False) -> tuple[Catalog, int]:
+        """The catalog holding the children and its range base, found once per handle (or
+        again when `fresh`: the one found was detached and closed meanwhile)."""
+        with opened.lock:
+            found = opened.listing
+        if found is None or fresh:
+            repository, path = opened.repository, opened.path
+            catalog = repository.tree.listing_catalog(path, repository.resolve(path))
+            found = catalog, self._inodes.base(catalog)
+            with opened.lock:
+                opened.listing = found
+        return found
+
     def _children(self, opened: _Handle, offset: int) -> Iterator[Listed]:
-        repository, path = opened.repository, opened.path
-        resolved = repository.resolve(path)
-        catalog = repository.tree.listing_catalog(path, resolved)
-        base = self._inodes.base(catalog)
+        path = opened.path
+        catalog, base = self._listing_catalog(opened)
         after = max(offset - base, 0) if offset > DOTDOT_END else 0
         while True:
-            page, more = self._page(opened, catalog, after)
+            try:
+                page, more = self._page(opened, catalog, after)
+            except CatalogError:  # detached under cache pressure and closed: attach again
+                catalog, base = self._listing_catalog(opened, fresh=True)
+                page, more = self._page(opened, catalog, after)
             for entry in page:
                 if entry.rowid <= after:
                     continue
@@ -153,6 +170,7 @@ class DirectoryHandles:
         with opened.lock:
             old, opened.repository, opened.dots = opened.repository, current, dots
             opened.page, opened.page_after, opened.page_last, opened.more = [], -1, 0, True
+            opened.listing = None
         old.release()
 
     @staticmethod

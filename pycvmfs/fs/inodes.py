@@ -71,10 +71,10 @@ def identity(entry: DirEntry) -> int:
 def attributes(entry: DirEntry) -> int:
     """A digest of what the kernel caches with an inode besides its content (mode, owner,
     mtime, link count): when only these change, the inode is kept and its attributes are
-    invalidated, its page cache is not."""
-    fields = (entry.mode, entry.uid, entry.gid, entry.mtime, entry.mtimens, entry.linkcount,
-              entry.size)
-    return _digest(struct.pack("<7Q", *(value & _U64 for value in fields)))  # hostile too
+    invalidated, its page cache is not. Unkeyed and cheap: a collision could only leave
+    an attribute stale until the kernel's attribute timeout, never a wrong byte."""
+    return hash((entry.mode, entry.uid, entry.gid, entry.mtime, entry.mtimens,
+                 entry.linkcount, entry.size)) & _U64
 
 
 class InodeTable:
