@@ -1,4 +1,5 @@
-"""pyfuse3 adapter: the low-level inode API (libfuse 3, trio), the default backend.
+"""pyfuse3 adapter: the low-level inode API (libfuse 3, trio), the second inode-based
+backend (the ctypes `lowlevel` adapter is the default).
 
 READDIRPLUS answers attributes with the names, which is what makes a cold `ls -l` or
 `find` fast. Every call that may block (catalog loads, object downloads) runs in a
