@@ -37,3 +37,8 @@ def fs_error(exc: BaseException) -> FsError:
     if isinstance(exc, OSError) and exc.errno in PASSED_THROUGH:
         return FsError(exc.errno, str(exc))
     return FsError(errno.EIO, f"{type(exc).__name__}: {exc}")
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno an adapter replies for whatever a VFS call raised."""
+    return fs_error(exc).errno

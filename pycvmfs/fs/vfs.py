@@ -30,6 +30,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from pycvmfs.format.catalog import DirEntry
@@ -40,7 +41,8 @@ from pycvmfs.fs.errors import EXPECTED, FsError, fs_error
 from pycvmfs.fs.inodes import ROOT_INODE, InodeTable
 from pycvmfs.fs.magic_xattrs import CacheInfo, ClientStats, NetworkInfo, XattrContext
 from pycvmfs.fs.open_files import OpenFiles, WouldBlockError
-from pycvmfs.repository.catalog_tree import Resolved
+from pycvmfs.repository.catalog_tree import Resolved, no_loading
+from pycvmfs.repository.catalog_tree import WouldLoadError as WouldBlock
 from pycvmfs.repository.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ DIRECT_IO_FLAG = 0x10000  # catalog flag: serve this file with direct I/O
 DOTS = (".", "..")
 
 __all__ = ["ROOT_INODE", "Attr", "FsError", "Listed", "MountOptions", "RepositoryVFS",
-           "StatFs", "DOTS"]
+           "StatFs", "DOTS", "WouldBlock"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +399,13 @@ class RepositoryVFS:
 
     def release(self, handle: int) -> None:
         self._files.release(handle)
+
+    @staticmethod
+    def inline() -> AbstractContextManager[None]:
+        """In this thread, answer only what needs no download (`WouldBlock` otherwise): an
+        adapter tries a request on its own worker or event loop first and hands only the
+        rest to a thread where blocking is fine."""
+        return no_loading()
 
     def close(self) -> None:
         """Stop read-ahead, close every file and directory handle (at unmount)."""
