@@ -1,11 +1,10 @@
-"""SqliteLruQuota with real files: limits, LRU order, pins, batching, rebuilds."""
+"""SqliteLruQuota with real files: limits, LRU order, pins, batching, rebuilds (what other
+processes do to it: tests/integration/test_cache_quota_processes.py)."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from pycvmfs.cache.quota import (
     Quota,
     SqliteLruQuota,
 )
-from pycvmfs.cache.shared import owner_token
 from pycvmfs.cache.store import ObjectStore
 from pycvmfs.format.hashes import Algorithm, ContentHash
 
@@ -39,8 +37,10 @@ class Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ObjectStore:
-    return ObjectStore(tmp_path)
+def store(tmp_path: Path) -> Iterator[ObjectStore]:
+    store = ObjectStore(tmp_path)
+    yield store
+    store.close()
 
 
 @pytest.fixture
@@ -207,21 +207,6 @@ def test_rebuild_after_corruption(store: ObjectStore, tmp_path: Path) -> None:
         assert quota.rebuilt and quota.size() == 10 and quota.count() == 1
 
 
-def test_pins_of_dead_processes_are_released(store: ObjectStore, tmp_path: Path) -> None:
-    with SqliteLruQuota(tmp_path, LIMIT) as quota:
-        key = put(store, quota, 1, 300)
-        child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                               capture_output=True, text=True, check=True)
-        dead_owner = f"{child.stdout.strip()}:1"
-        conn = sqlite3.connect(tmp_path / CACHEDB_NAME)
-        with conn:
-            conn.execute("INSERT INTO pins VALUES (?, ?, 300)", (key, dead_owner))
-            conn.execute("INSERT INTO pins VALUES (?, ?, 300)", (h(99), owner_token(1)))
-        conn.close()
-        assert quota.pinned_size() == 300  # pid 1 (init) is alive
-        assert quota.cleanup(0) == 300  # the dead owner's pin does not protect
-
-
 def test_crashed_session_triggers_reconcile(store: ObjectStore, tmp_path: Path) -> None:
     with SqliteLruQuota(tmp_path, LIMIT) as quota:
         put(store, quota, 1, 10)
@@ -266,29 +251,3 @@ def test_live_process_recovers_crashed_neighbour(store: ObjectStore, tmp_path: P
         assert quota.recover_crashed()
         assert quota.size() == 30 and quota.count() == 2
         assert not quota.recover_crashed()
-
-
-HOLDER = r"""
-import fcntl, os, sys
-fd = os.open(sys.argv[1], os.O_RDWR)
-fcntl.flock(fd, fcntl.LOCK_EX)
-print("locked", flush=True)
-sys.stdin.readline()
-os.close(fd)
-"""
-
-
-def test_touch_never_waits_for_another_process(store: ObjectStore, tmp_path: Path) -> None:
-    with SqliteLruQuota(tmp_path, LIMIT, touch_batch_size=2) as quota:
-        keys = [put(store, quota, i, 10) for i in range(3)]
-        writes = quota.write_transactions
-        with subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "lock_cachedb")],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
-            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-            quota.touch(keys[0])
-            quota.touch(keys[1])  # batch due, index locked elsewhere: stays buffered
-            assert quota.write_transactions == writes
-            holder.communicate("\n", timeout=60)
-        quota.touch(keys[0])  # the lock is free again: the buffered hits are written
-        assert quota.write_transactions == writes + 1
-        assert [k for k, *_ in quota.entries()] == [keys[2], keys[1], keys[0]]

@@ -1,14 +1,13 @@
 """The ingest progress display: what it draws on a terminal, that it is silent otherwise,
 that counting from many threads adds up, and that `pycvmfs ingest` output stays the same
-when stderr is not a terminal."""
+when stderr is not a terminal (a real terminal and a fresh interpreter:
+tests/integration/test_ingest_progress_terminal.py)."""
 
 from __future__ import annotations
 
 import io
 import json
 import re
-import shutil
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -23,7 +22,6 @@ from pycvmfs.cli.progress import IngestProgressDisplay, PublishProgressBar
 from tests.oci_layouts import file_member, tar_bytes, write_oci_layout
 from tests.publish_helpers import Keys
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 NAME = "example.org/progress/image:latest"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
 
@@ -106,19 +104,6 @@ def test_silent_without_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
                 display.unpacked(1, 1)
                 display.end_image("oci:/a:1", skipped=False)
     assert stderr.getvalue() == ""
-
-
-def test_rich_is_not_imported_without_a_terminal() -> None:
-    code = ("import sys\n"
-            "import pycvmfs.cli.main\n"
-            "from pycvmfs.cli.progress import IngestProgressDisplay\n"
-            "with IngestProgressDisplay() as d:\n"
-            "    d.start_image('a', 1, 1); d.unpacked(1, 1); d.begin(1, 1); d.advance(1, 1)\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'rich'))\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=60, check=True)
-    assert proc.stdout.strip() == "[]"
-    assert proc.stderr == ""
 
 
 def test_advance_from_many_threads() -> None:
@@ -208,14 +193,3 @@ def test_ingest_command_drives_the_display(tmp_path: Path, keys: Keys,
     assert _Recording.last.calls[0][1][:2] == (args[1], 1)
     assert main(args) == 0
     assert _Recording.last.calls == [("end_image", (args[1], True))]
-
-
-@pytest.mark.skipif(shutil.which("script") is None, reason="needs script(1) for a terminal")
-def test_ingest_on_a_terminal(tmp_path: Path, keys: Keys) -> None:
-    command = " ".join([sys.executable, "-m", "pycvmfs", *_ingest_args(tmp_path, keys)])
-    proc = subprocess.run(["script", "-qec", command, "/dev/null"], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
-    screen = ANSI.sub("", proc.stdout)
-    assert proc.returncode == 0, screen
-    assert re.search(r"publishing \d+/\d+ files", screen), screen
-    assert "published test.pycvmfs.org revision 1" in screen
