@@ -1,0 +1,259 @@
+"""Leak checks for every test: threads, file descriptors, mounts and environment variables.
+
+A test fails (an error at teardown) when, after its teardown, something it started is still
+there: a Python thread (daemon or not) still alive, a descriptor still open, a mount still
+mounted under a temporary directory this session made, or `os.environ` not restored. Threads
+and descriptors that are finishing get a short bounded grace (`GRACE_S`).
+
+What a module-, class- or session-scoped fixture sets up is not the test's: each such
+fixture's setup is snapshotted around, and what it created is owned by it until pytest
+finalizes it. A test that must leave something behind says why with
+`@pytest.mark.allow_leaks("reason")`.
+
+Mounts are attributed by path (this process's basetemp and the directories `tempfile.mkdtemp`
+made in it), not by "any new FUSE mount": other test runs on the same machine share the mount
+namespace, and their mounts are not this test's.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+GRACE_S = 3.0
+POLL_S = 0.02
+MARKER = "allow_leaks"
+
+
+def _fds() -> frozenset[tuple[int, str]]:
+    """Open descriptors as (number, what it points at), so a reused number is told apart."""
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found.add((int(name), os.readlink(f"/proc/self/fd/{name}")))
+        except OSError:  # the directory's own descriptor, closed by now
+            continue
+    return frozenset(found)
+
+
+def _unescape(path: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal."""
+    for code in ("\\040", "\\011", "\\012", "\\134"):
+        path = path.replace(code, chr(int(code[1:], 8)))
+    return path
+
+
+def _mounts() -> frozenset[tuple[str, str, str]]:
+    """Mounts as (mount id, mount point, filesystem type)."""
+    found = set()
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            fields = line.split()
+            separator = fields.index("-")
+            found.add((fields[0], _unescape(fields[4]), fields[separator + 1]))
+    return frozenset(found)
+
+
+def _threads() -> frozenset[threading.Thread]:
+    # a _DummyThread stands for a thread started outside `threading` (libfuse's, say): it
+    # never reports its end, so it cannot be checked here (the mount check covers FUSE)
+    return frozenset(t for t in threading.enumerate()
+                     if t.is_alive() and not isinstance(t, threading._DummyThread))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    threads: frozenset[threading.Thread]
+    fds: frozenset[tuple[int, str]]
+    mounts: frozenset[tuple[str, str, str]]
+    env: dict[str, str]
+
+    @classmethod
+    def take(cls) -> Snapshot:
+        return cls(_threads(), _fds(), _mounts(), dict(os.environ))
+
+
+@dataclass
+class Owned:
+    """What a longer-scoped fixture created and still holds (or the union of them all)."""
+
+    name: str = ""
+    threads: set[threading.Thread] = field(default_factory=set)
+    fds: set[tuple[int, str]] = field(default_factory=set)
+    mounts: set[tuple[str, str, str]] = field(default_factory=set)
+    env: dict[str, str | None] = field(default_factory=dict)  # changed key -> value before
+
+
+def _env_changes(before: dict[str, str], after: dict[str, str]) -> set[str]:
+    return {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
+
+
+class LeakChecker:
+    """The pytest plugin (registered by tests/conftest.py)."""
+
+    def __init__(self) -> None:
+        self._before: dict[str, Snapshot] = {}
+        self._owned: dict[int, Owned] = {}  # id(fixturedef) -> what its setup created
+        self._finalized: list[Owned] = []  # to check at the end of the current teardown
+        self._tmp_roots: list[str] = []
+
+    # -- where this session's mounts may be ------------------------------------------------
+
+    def track_mkdtemp(self) -> Callable[[], None]:
+        """Record every directory `tempfile.mkdtemp` (and TemporaryDirectory) makes;
+        returns the undo."""
+        original = tempfile.mkdtemp
+        roots = self._tmp_roots
+
+        def mkdtemp(*args: Any, **kwargs: Any) -> Any:
+            made = original(*args, **kwargs)
+            roots.append(os.path.abspath(os.fsdecode(made)))
+            return made
+
+        tempfile.mkdtemp = mkdtemp  # type: ignore[assignment]
+
+        def undo() -> None:
+            tempfile.mkdtemp = original
+
+        return undo
+
+    def add_tmp_root(self, path: Path) -> None:
+        self._tmp_roots.append(str(path.resolve()))
+
+    def _ours(self, mountpoint: str) -> bool:
+        return any(mountpoint == root or mountpoint.startswith(root + os.sep)
+                   for root in self._tmp_roots)
+
+    # -- fixtures that outlive a test --------------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[Any],
+                             request: pytest.FixtureRequest) -> Generator[None, Any, Any]:
+        if fixturedef.scope == "function":
+            return (yield)
+        before = Snapshot.take()
+        try:
+            return (yield)
+        finally:
+            after = Snapshot.take()
+            self._owned[id(fixturedef)] = Owned(
+                f"{fixturedef.scope}-scoped fixture {fixturedef.argname!r}",
+                set(after.threads - before.threads), set(after.fds - before.fds),
+                set(after.mounts - before.mounts),
+                {key: before.env.get(key) for key in _env_changes(before.env, after.env)})
+
+    def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[Any]) -> None:
+        owned = self._owned.pop(id(fixturedef), None)
+        if owned is not None:
+            self._finalized.append(owned)
+
+    def _all_owned(self) -> Owned:
+        union = Owned()
+        for owned in self._owned.values():
+            union.threads |= owned.threads
+            union.fds |= owned.fds
+            union.mounts |= owned.mounts
+            union.env.update(owned.env)
+        return union
+
+    # -- the test ----------------------------------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        self._before[item.nodeid] = Snapshot.take()
+        return (yield)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item,
+                                nextitem: pytest.Item | None) -> Generator[None, None, None]:
+        result = yield
+        before = self._before.pop(item.nodeid, None)
+        finalized, self._finalized = self._finalized, []
+        problems = [] if before is None else self._leaks(before)
+        for owned in finalized:  # a longer-scoped fixture must give back what it took
+            problems += [f"{owned.name}: {problem}" for problem in self._left_behind(owned)]
+        if problems:
+            if before is not None:
+                self._restore_env(before.env)
+            marker = item.get_closest_marker(MARKER)
+            if marker is None:
+                raise pytest.fail.Exception(
+                    f"{item.nodeid} leaked (tests/leak_checks.py; opt out with "
+                    f"@pytest.mark.{MARKER}(reason)):\n  " + "\n  ".join(problems),
+                    pytrace=False)
+        return result
+
+    def _leaks(self, before: Snapshot) -> list[str]:
+        deadline = time.monotonic() + GRACE_S
+        collected = False
+        while True:
+            owned = self._all_owned()
+            now = Snapshot.take()
+            threads = now.threads - before.threads - owned.threads
+            fds = now.fds - before.fds - owned.fds
+            mounts = {m for m in now.mounts - before.mounts - owned.mounts if self._ours(m[1])}
+            env = _env_changes(before.env, now.env) - owned.env.keys()
+            if not (threads or fds or mounts) or time.monotonic() >= deadline:
+                break
+            if fds and not collected:  # an unreferenced file object closes when collected
+                gc.collect()
+                collected = True
+                continue
+            for thread in threads:
+                thread.join(min(POLL_S, max(0.0, deadline - time.monotonic())))
+            if not threads:
+                time.sleep(POLL_S)
+        return _describe(threads, fds, mounts, env, before.env, now.env)
+
+    def _left_behind(self, owned: Owned) -> list[str]:
+        """What a finalized fixture still holds, after the same grace as a test."""
+        deadline = time.monotonic() + GRACE_S
+        while True:
+            now = Snapshot.take()
+            threads = owned.threads & now.threads
+            fds = owned.fds & now.fds
+            mounts = owned.mounts & now.mounts
+            env = {key for key, value in owned.env.items() if now.env.get(key) != value}
+            if not (threads or fds or mounts) or time.monotonic() >= deadline:
+                break
+            gc.collect()
+            for thread in threads:
+                thread.join(min(POLL_S, max(0.0, deadline - time.monotonic())))
+            if not threads:
+                time.sleep(POLL_S)
+        if env:
+            self._restore_env({key: value for key, value in owned.env.items()
+                               if value is not None}, keys=env)
+        return _describe(threads, fds, mounts, env, owned.env, now.env)
+
+    @staticmethod
+    def _restore_env(before: dict[str, str | None], keys: Iterable[str] | None = None) -> None:
+        """Put the environment back so one leak does not fail every later test."""
+        for key in (_env_changes({k: v for k, v in before.items() if v is not None},
+                                 dict(os.environ)) if keys is None else keys):
+            value = before.get(key)
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _describe(threads: Iterable[threading.Thread], fds: Iterable[tuple[int, str]],
+              mounts: Iterable[tuple[str, str, str]], env: Iterable[str],
+              env_before: Mapping[str, str | None], env_after: Mapping[str, str]) -> list[str]:
+    problems = [f"thread {t.name!r} ({'daemon' if t.daemon else 'non-daemon'}, "
+                f"target {getattr(t, '_target', None)!r}) still alive" for t in threads]
+    problems += [f"descriptor {fd} -> {target} still open" for fd, target in sorted(fds)]
+    problems += [f"{fstype} mount on {point} still mounted" for _, point, fstype in mounts]
+    problems += [f"environment variable {key}: {env_before.get(key)!r} -> "
+                 f"{env_after.get(key)!r} not restored" for key in sorted(env)]
+    return problems
