@@ -328,6 +328,12 @@ class HostileServer(ThreadedHTTPServer):
             self._active -= 1
 
     @property
+    def active(self) -> int:
+        """Responses started and not yet ended."""
+        with self._lock:
+            return self._active
+
+    @property
     def served(self) -> list[Served]:
         with self._lock:
             return list(self._served)

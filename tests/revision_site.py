@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.publish_helpers import Keys, run_publish
 from tests.servers import Nginx
+from tests.waiting import poll_until
 
 
 class Site:
@@ -52,12 +52,7 @@ class Site:
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+    return bool(poll_until(predicate, timeout, interval_s=0.1))
 
 
 def revision(mnt: Path) -> int:

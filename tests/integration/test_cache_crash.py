@@ -34,7 +34,7 @@ while True:
         txn.write(bytes([n % 251]) * 4096)
         if n == stall_at and i == 7:
             print("mid", flush=True)
-            time.sleep(60)
+            time.sleep(60)  # the point: stalled mid-write until the test kills it
     host.commit(txn, expected_size=16 * 4096)
     print(n, flush=True)
     n += 1

@@ -35,6 +35,7 @@ from tests.fault_server import Sites, loopback_sites, make_world_readable
 from tests.publish_helpers import Keys, open_repository, pseudo_random, run_publish
 from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, shared_scratch
 from tests.squid import Squid
+from tests.waiting import poll_until, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNKS = ChunkParams.parse("256K,512K,1M")  # the 1 MB blobs become 2-3 chunks each
@@ -222,7 +223,7 @@ class Client:
                 if not _serving(pid, self.mnt):
                     break
                 os.kill(pid, sig)
-                time.sleep(1.0)
+                poll_until(lambda p=pid: not _serving(p, self.mnt), 1.0)
             if reap:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
@@ -467,6 +468,15 @@ def _object_bytes(cache_dir: Path) -> int:
     return sum(p.stat().st_size for p in cache_dir.glob("??/*") if p.is_file())
 
 
+def _streaming(txn: Path) -> bool:
+    """Some transaction file of the cache has bytes in it (a download is under way)."""
+    for path in txn.iterdir():
+        with contextlib.suppress(FileNotFoundError):  # committed or removed meanwhile
+            if path.stat().st_size:
+                return True
+    return False
+
+
 def _cache_status(client: Client) -> dict[str, str]:
     """`pycvmfs cache status --dir CACHE` as a dict of its `key: value` lines."""
     status = _pycvmfs("cache", "status", "--dir", str(client.cache_dir), env=client.env)
@@ -513,11 +523,8 @@ def test_kill_9_during_downloads_then_remount_with_the_same_cache(
     with client.mounted([fault.url("throttle.files")], "DIRECT", reap=reaped):
         for reader in readers:
             reader.start()
-        wanted = [o for p in files for o in site.objects[p]]
-        deadline = time.monotonic() + 20
-        while not any(fault.requests_for(o) for o in wanted) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.5)  # bytes are streaming into the cache's transactions
+        wait_until(lambda: _streaming(client.cache_dir / "txn"), 20,
+                   "bytes streaming into the cache's transactions")
         os.kill(client.pid, signal.SIGKILL)
         if reaped:
             os.waitpid(client.pid, 0)  # as a reaping init would, at once

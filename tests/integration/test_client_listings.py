@@ -19,6 +19,7 @@ from tests.mounting import cli_mount
 from tests.publish_helpers import Keys
 from tests.revision_site import Site, revision, wait_for
 from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, shared_scratch
+from tests.waiting import wait_until
 
 pytestmark = [*NEEDS_FUSE_AND_NGINX, pytest.mark.slow]
 
@@ -79,7 +80,9 @@ def test_concurrent_listings_never_mix_revisions(site: Site) -> None:
             for generation in range(1, REVISIONS + 1):
                 published = site.publish(_files(generation), T0 + 60 * generation)
                 assert wait_for(lambda p=published: revision(mnt) == p), "revision not mounted"
-                time.sleep(0.5)  # listings of the new revision, cached and not
+                seen = listings[0]  # listings of the new revision, cached and not
+                wait_until(lambda s=seen: listings[0] >= s + 2 * LISTERS, 30,
+                           "listings of the new revision")
         finally:
             stop.set()
             for thread in threads:

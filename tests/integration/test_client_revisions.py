@@ -16,6 +16,7 @@ from tests.mounting import cli_mount
 from tests.publish_helpers import Keys
 from tests.revision_site import Site, revision, wait_for
 from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, shared_scratch
+from tests.waiting import wait_until
 
 pytestmark = [
     *NEEDS_FUSE_AND_NGINX,
@@ -61,7 +62,9 @@ def test_new_revision_shows_while_open_files_keep_old_bytes(site: Site, backend:
                                   dir_mtime=T1)
             assert wait_for(lambda: revision(mnt) == second), "revision 2 never mounted"
             if backend == "mfusepy":  # names and sizes the kernel holds expire after 1 s
-                time.sleep(1.5)
+                wait_until(lambda: len(os.listdir(mnt)) == 4
+                           and os.stat(mnt / "a.txt").st_size == len("two, the second one"),
+                           10, "the kernel's names and sizes of revision 1 to expire")
             # pyfuse3 and lowlevel invalidated every name (and, lowlevel, every cached
             # listing) they handed out: the change shows at once
             assert sorted(os.listdir(mnt)) == ["a.txt", "dir", "keep.txt", "new.txt"]
@@ -106,7 +109,7 @@ def test_fixed_revisions_never_move(site: Site) -> None:
     with cli_mount(site.keys.fqrn, mnt, env=site.env(cache),
                    options=site.options(cache, CVMFS_AUTO_UPDATE="no")):
         site.publish({"a.txt": "three"}, T2 + 60)
-        time.sleep(2.5)  # more than the 1 s TTL: nothing may change
+        time.sleep(2.5)  # the point: more than the 1 s TTL passes, and nothing may change
         assert (mnt / "a.txt").read_text() == "two"
 
 

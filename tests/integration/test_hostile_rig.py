@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from tests.hostile_http import HostileServer, Served
+from tests.waiting import wait_until
 
 FQRN = "rig.example.org"
 
@@ -66,7 +67,7 @@ def test_stop_ends_every_response(tmp_path: Path) -> None:
     with server:
         clients = [start_request(server, attack) for attack in ("stall", "continue-flood",
                                                                 "trickle-headers")]
-        time.sleep(0.3)
+        wait_until(lambda: server.active == len(clients), 5, "every attack to be under way")
         start = time.monotonic()
     assert time.monotonic() - start < 3.0 and server.wait_idle(5)
     assert {s.ended for s in server.served} == {"stopped"}

@@ -173,7 +173,7 @@ def test_stopped_mount_is_detached(site: Site, force: bool) -> None:
         try:
             _stop_and_wait(pid, signal.SIGSTOP)
             waiter = _waiter(site.mnt / "docs")
-            time.sleep(0.3)
+            time.sleep(0.3)  # the point: a while later, the waiter is still waiting
             assert waiter.poll() is None  # waits on the stopped serving process
             again = pycvmfs("mount", DEMO_FQRN, str(site.mnt), env=site.env)
             assert again.returncode == 1 and "dead or hung mount" in again.stderr

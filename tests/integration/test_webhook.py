@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from tests.images import ImageSet, require_images
 from tests.publish_helpers import Keys, open_repository
 from tests.registry import NEEDS_REGISTRY_TOOLS, DockerRegistry, oci_index
 from tests.servers import free_port
+from tests.waiting import poll_until
 
 pytestmark = [NEEDS_REGISTRY_TOOLS, pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (device nodes, owners)")]
@@ -49,12 +49,8 @@ def _published_link(storage: Path, keys: Keys, name: str) -> str | None:
 
 
 def _wait_for(condition: Callable[[], bool], what: str, log: list[str]) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; worker log: {log}")
+    if not poll_until(condition, WAIT_SECONDS, interval_s=0.2):
+        raise AssertionError(f"timed out waiting for {what}; worker log: {log}")
 
 
 def _post(url: str, token: str | None) -> int:

@@ -79,7 +79,7 @@ class Recorder:
             self.seen.append(event)
             self.arrived.notify_all()
         if str(event.tag).startswith("bad"):
-            time.sleep(self.bad_seconds)
+            time.sleep(self.bad_seconds)  # the point: a slow failing item
             raise RuntimeError(f"{event}: no such image")
         return "ok"
 

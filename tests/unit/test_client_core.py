@@ -25,6 +25,7 @@ from pycvmfs.fs.vfs import ROOT_INODE, FsError
 from pycvmfs.network.failure import ErrorKind
 from pycvmfs.network.transport import MockTransport
 from tests.publish_helpers import Keys, pseudo_random, run_publish
+from tests.waiting import wait_until
 
 URL = "http://stratum1.test/cvmfs/test.pycvmfs.org"
 BIG = pseudo_random(7, 600_000)  # ~10 chunks of 16-64 KiB
@@ -98,10 +99,8 @@ def test_reads_come_from_cache_files_with_read_ahead(client: Client) -> None:
         _, pieces = client.repository.pieces("/big.bin")
         assert len(pieces) > 3
         # reading piece 0 asked for the next ones in the background
-        deadline = time.monotonic() + 5
-        while not client.cache.store.contains(pieces[1].hash) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert client.cache.store.contains(pieces[1].hash)
+        wait_until(lambda: client.cache.store.contains(pieces[1].hash), 5,
+                   "the read-ahead of piece 1")
     finally:
         vfs.release(handle)
     whole = b"".join(vfs.read(h, o, 65536) for h in [vfs.open(_ino(client, "big.bin"), 0)]

@@ -32,6 +32,7 @@ from pycvmfs.images.webhook import (
 )
 from pycvmfs.publisher.publish import PublishOptions
 from tests.publish_helpers import Keys, open_repository
+from tests.waiting import wait_until
 
 DIGEST = "sha256:" + "a" * 64
 BLOB = "sha256:" + "b" * 64
@@ -226,9 +227,7 @@ def test_worker_resumes_unfinished_items_and_retries(tmp_path: Path) -> None:
     worker = Worker(queue, options, on_item=lambda item, state, message: states.append(state),
                     handle=fake_process)
     worker.start()
-    deadline = time.monotonic() + 10
-    while queue.counts().get("pending") and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: not queue.counts().get("pending"), 10, "the queue to be worked off")
     worker.stop()
     worker.join(5)
     assert processed == ["1", "3", "2"]  # 2's retry came after 3 (another tag)

@@ -367,7 +367,7 @@ def test_a_retry_queues_behind_what_arrived_before_it_was_due(tmp_path: Path) ->
     queue = EventQueue(tmp_path / "q.sqlite")
     [bad] = queue.put([ImageEvent("push", "r.org", "ns/bad", "1")])
     queue.attempt_failed(bad, "boom", 0.01)
-    time.sleep(0.02)
+    time.sleep(0.02)  # the point: the retry falls due before the next push arrives
     [good] = queue.put([ImageEvent("push", "r.org", "ns/good", "1")])
     item = queue.next_due(time.time() + 1)
     assert item is not None and item.id == bad  # due first (its retry came before good)
