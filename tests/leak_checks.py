@@ -10,6 +10,9 @@ fixture's setup is snapshotted around, and what it created is owned by it until 
 finalizes it. A test that must leave something behind says why with
 `@pytest.mark.allow_leaks("reason")`.
 
+Descriptors on files of installed libraries are theirs to cache for the whole process
+(matplotlib keeps the font files it rendered with open), not a test's leak.
+
 Mounts are attributed by path (this process's basetemp and the directories `tempfile.mkdtemp`
 made in it), not by "any new FUSE mount": other test runs on the same machine share the mount
 namespace, and their mounts are not this test's.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sysconfig
 import tempfile
 import threading
 import time
@@ -30,6 +34,8 @@ from typing import Any
 import pytest
 
 GRACE_S = 3.0
+LIBRARY_DIRS = tuple(sorted({sysconfig.get_paths()[key] + os.sep
+                             for key in ("purelib", "platlib", "stdlib", "platstdlib")}))
 POLL_S = 0.02
 MARKER = "allow_leaks"
 
@@ -39,9 +45,11 @@ def _fds() -> frozenset[tuple[int, str]]:
     found = set()
     for name in os.listdir("/proc/self/fd"):
         try:
-            found.add((int(name), os.readlink(f"/proc/self/fd/{name}")))
+            target = os.readlink(f"/proc/self/fd/{name}")
         except OSError:  # the directory's own descriptor, closed by now
             continue
+        if not target.startswith(LIBRARY_DIRS):
+            found.add((int(name), target))
     return frozenset(found)
 
 

@@ -96,8 +96,6 @@ def test_size_histogram() -> None:
     assert sum(c for *_r, c in size_histogram(list(range(1000)))) == 1000
 
 
-@pytest.mark.allow_leaks("matplotlib keeps the font files it rendered with open in a "
-                        "process-wide cache")
 def test_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     out = tmp_path / "charts.png"
