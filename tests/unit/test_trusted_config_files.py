@@ -364,11 +364,12 @@ def test_an_unclosed_quote_in_9_mb_parses_in_well_under_a_second(name: str, text
 
 
 def _best_time(text: str) -> float:
+    """CPU seconds of this thread: another process on the cores does not count."""
     best = float("inf")
     for _ in range(3):
-        start = time.perf_counter()
+        start = time.thread_time()
         parse_config_text(text, source="f", settings=Settings())
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.thread_time() - start)
     return best
 
 
