@@ -6,7 +6,8 @@ DEMO_FQRN := demo.pycvmfs.org
 DEMO_KEY  := testdata/keys/$(DEMO_FQRN).pub
 DEMO_OUT  ?= /tmp/pycvmfs-demo
 
-.PHONY: setup demo lint test test-fast test-slow testdata bench bench-client bench-images clean
+.PHONY: setup demo lint test test-unit test-integration test-fast test-slow testdata bench bench-client \
+	bench-images clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +38,18 @@ lint: setup
 	$(VENV)/bin/ruff check pycvmfs tests bench testdata
 	$(VENV)/bin/mypy
 
-test: setup lint
-	$(PY) -m pytest -q
+# The unit tier has a contract (tests/unit/conftest.py): no network, no subprocess. It runs
+# in a network namespace of its own where `unshare --net` works (root), plainly otherwise, on
+# two workers; then every other test, one at a time (they mount, serve and time things).
+UNSHARE_NET := $(shell unshare --net true >/dev/null 2>&1 && echo unshare --net --)
+
+test: setup lint test-unit test-integration
+
+test-unit: setup
+	$(UNSHARE_NET) $(PY) -m pytest -q -n 2 tests/unit
+
+test-integration: setup
+	$(PY) -m pytest -q --ignore=tests/unit
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
