@@ -7,7 +7,9 @@ and descriptors that are finishing get a short bounded grace (`GRACE_S`).
 
 What a module-, class- or session-scoped fixture sets up is not the test's: each such
 fixture's setup is snapshotted around, and what it created is owned by it until pytest
-finalizes it. A test that must leave something behind says why with
+finalizes it, when it must be gone. So are the directories its setup made with
+`tempfile.mkdtemp`, and whatever a test mounts there (a module's mount made lazily by its
+first test, removed by the fixture). A test that must leave something behind says why with
 `@pytest.mark.allow_leaks("reason")`.
 
 Descriptors on files of installed libraries are theirs to cache for the whole process
@@ -99,6 +101,7 @@ class Owned:
     fds: set[tuple[int, str]] = field(default_factory=set)
     mounts: set[tuple[str, str, str]] = field(default_factory=set)
     env: dict[str, str | None] = field(default_factory=dict)  # changed key -> value before
+    roots: list[str] = field(default_factory=list)  # directories its setup made (mkdtemp)
 
 
 def _env_changes(before: dict[str, str], after: dict[str, str]) -> set[str]:
@@ -138,8 +141,7 @@ class LeakChecker:
         self._tmp_roots.append(str(path.resolve()))
 
     def _ours(self, mountpoint: str) -> bool:
-        return any(mountpoint == root or mountpoint.startswith(root + os.sep)
-                   for root in self._tmp_roots)
+        return _under(mountpoint, self._tmp_roots)
 
     # -- fixtures that outlive a test --------------------------------------------------------
 
@@ -148,7 +150,7 @@ class LeakChecker:
                              request: pytest.FixtureRequest) -> Generator[None, Any, Any]:
         if fixturedef.scope == "function":
             return (yield)
-        before = Snapshot.take()
+        before, made = Snapshot.take(), len(self._tmp_roots)
         try:
             return (yield)
         finally:
@@ -157,7 +159,8 @@ class LeakChecker:
                 f"{fixturedef.scope}-scoped fixture {fixturedef.argname!r}",
                 set(after.threads - before.threads), set(after.fds - before.fds),
                 set(after.mounts - before.mounts),
-                {key: before.env.get(key) for key in _env_changes(before.env, after.env)})
+                {key: before.env.get(key) for key in _env_changes(before.env, after.env)},
+                self._tmp_roots[made:])
 
     def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[Any]) -> None:
         owned = self._owned.pop(id(fixturedef), None)
@@ -171,6 +174,7 @@ class LeakChecker:
             union.fds |= owned.fds
             union.mounts |= owned.mounts
             union.env.update(owned.env)
+            union.roots += owned.roots
         return union
 
     # -- the test ----------------------------------------------------------------------------
@@ -208,7 +212,8 @@ class LeakChecker:
             now = Snapshot.take()
             threads = now.threads - before.threads - owned.threads
             fds = now.fds - before.fds - owned.fds
-            mounts = {m for m in now.mounts - before.mounts - owned.mounts if self._ours(m[1])}
+            mounts = {m for m in now.mounts - before.mounts - owned.mounts
+                      if self._ours(m[1]) and not _under(m[1], owned.roots)}
             env = _env_changes(before.env, now.env) - owned.env.keys()
             if not (threads or fds or mounts) or time.monotonic() >= deadline:
                 break
@@ -229,7 +234,8 @@ class LeakChecker:
             now = Snapshot.take()
             threads = owned.threads & now.threads
             fds = owned.fds & now.fds
-            mounts = owned.mounts & now.mounts
+            mounts = (owned.mounts & now.mounts) | {m for m in now.mounts
+                                                    if _under(m[1], owned.roots)}
             env = {key for key, value in owned.env.items() if now.env.get(key) != value}
             if not (threads or fds or mounts) or time.monotonic() >= deadline:
                 break
@@ -253,6 +259,10 @@ class LeakChecker:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _under(path: str, roots: Iterable[str]) -> bool:
+    return any(path == root or path.startswith(root + os.sep) for root in roots)
 
 
 def _describe(threads: Iterable[threading.Thread], fds: Iterable[tuple[int, str]],

@@ -14,33 +14,23 @@ from click.testing import CliRunner
 
 from pycvmfs.cli.gc_report import gc_command, report_group
 from pycvmfs.format.certificates import load_public_key
-from pycvmfs.format.chunking import DEFAULT_CHUNK_PARAMS
 from pycvmfs.images import layout
-from pycvmfs.images.ingest import IngestOptions, ingest
 from pycvmfs.images.report import dedup_report
-from pycvmfs.publisher.pipeline import Settings
-from pycvmfs.publisher.publish import PublishOptions
 from pycvmfs.repository.repository import Repository
 from pycvmfs.repository.source import LocalSource
-from tests.images import ImageSet, require_images
+from tests.ingested import IngestedImages
 from tests.publish_helpers import Keys
-from tests.registry import NEEDS_REGISTRY_TOOLS, DockerRegistry
+from tests.registry import NEEDS_REGISTRY_TOOLS
 
 pytestmark = [NEEDS_REGISTRY_TOOLS, pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (device nodes, owners)")]
 
 
-def test_dedup_report_of_two_debian_images(tmp_path: Path, keys: Keys) -> None:
-    images: ImageSet = require_images()
-    work, storage = tmp_path / "work", tmp_path / "storage"
-    options = IngestOptions(PublishOptions(keys.fqrn, work, storage, keys.keys_dir,
-                                           Settings(chunking=DEFAULT_CHUNK_PARAMS)))
-    with DockerRegistry() as registry:
-        base_ref = registry.push(images.base.layout, images.base.tag, "ns/debian:base")
-        python_ref = registry.push(images.python.layout, images.python.tag, "ns/debian:python")
-        ingest([base_ref], options)
-        ingest([python_ref], options)  # two revisions: the first only has `base`
-        names = [f"{registry.host}/ns/debian:{tag}" for tag in ("base", "python")]
+def test_dedup_report_of_two_debian_images(ingested_images: IngestedImages, tmp_path: Path,
+                                           keys: Keys) -> None:
+    images = ingested_images.images  # two revisions: the first only has `base`
+    storage = ingested_images.copy_storage(tmp_path / "storage")  # gc changes it below
+    names = [ingested_images.name(tag) for tag in ("base", "python")]
 
     public = load_public_key(keys.public_key_file.read_bytes())
     with Repository.open(LocalSource(storage), keys.fqrn, [public]) as repo:

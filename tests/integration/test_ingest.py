@@ -14,14 +14,17 @@ import pytest
 
 from pycvmfs.cli.main import main
 from pycvmfs.format.certificates import load_public_key
+from pycvmfs.format.chunking import DEFAULT_CHUNK_PARAMS
 from pycvmfs.images import layout
 from pycvmfs.images.ingest import IngestOptions, ingest
+from pycvmfs.publisher.pipeline import Settings
 from pycvmfs.publisher.publish import PublishOptions
 from pycvmfs.repository.repository import Repository
 from pycvmfs.repository.source import LocalSource
 from tests.images import ImageSet, require_images
+from tests.ingested import IngestedImages
 from tests.publish_helpers import Keys
-from tests.registry import NEEDS_REGISTRY_TOOLS, DockerRegistry, skopeo_copy
+from tests.registry import NEEDS_REGISTRY_TOOLS, skopeo_copy
 
 pytestmark = [NEEDS_REGISTRY_TOOLS, pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (device nodes, owners)")]
@@ -60,28 +63,25 @@ def _ours(path: str) -> bool:
     return first in ADDED_BY_INGEST or path in ("/etc/hosts", "/etc/resolv.conf")
 
 
-def test_ingest_from_registry(tmp_path: Path, keys: Keys,
+def test_ingest_from_registry(ingested_images: IngestedImages, tmp_path: Path, keys: Keys,
                               capsys: pytest.CaptureFixture[str]) -> None:
-    images: ImageSet = require_images()
-    work, storage = tmp_path / "work", tmp_path / "storage"
-    events: list[dict[str, object]] = []
-    options = IngestOptions(PublishOptions(keys.fqrn, work, storage, keys.keys_dir),
-                            notify=events.append)
-    with DockerRegistry() as registry:
-        base_ref = registry.push(images.base.layout, images.base.tag, "ns/debian:base")
-        python_ref = registry.push(images.python.layout, images.python.tag, "ns/debian:python")
-        first = ingest([base_ref], options)
-        assert first.published is not None and not first.images[0].skipped
-        second = ingest([python_ref, base_ref], options)
-        again = ingest([base_ref, python_ref], options)
-        log = tmp_path / "events.jsonl"  # the command line: nothing new to publish
-        assert main(["ingest", base_ref, "--repo", keys.fqrn, "--storage", str(storage),
-                     "--keys-dir", str(keys.keys_dir), "--work", str(work),
-                     "--notify", str(log)]) == 0
-        assert "nothing new" in capsys.readouterr().out
-        logged = [json.loads(line) for line in log.read_text().splitlines()]
-        assert [e["action"] for e in logged] == ["start_image", "end_image"]
-        assert logged[1]["skipped"] is True and logged[1]["status"] == "ok"
+    shared = ingested_images  # first: ingest([base]); second: ingest([python, base])
+    images, registry, events = shared.images, shared.registry, shared.events
+    work, storage = shared.work, shared.storage
+    base_ref, python_ref = shared.base_ref, shared.python_ref
+    options = IngestOptions(PublishOptions(keys.fqrn, work, storage, keys.keys_dir,
+                                           Settings(chunking=DEFAULT_CHUNK_PARAMS)))
+    first, second = shared.first, shared.second
+    assert first.published is not None and not first.images[0].skipped
+    again = ingest([base_ref, python_ref], options)
+    log = tmp_path / "events.jsonl"  # the command line: nothing new to publish
+    assert main(["ingest", base_ref, "--repo", keys.fqrn, "--storage", str(storage),
+                 "--keys-dir", str(keys.keys_dir), "--work", str(work),
+                 "--notify", str(log)]) == 0
+    assert "nothing new" in capsys.readouterr().out
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["action"] for e in logged] == ["start_image", "end_image"]
+    assert logged[1]["skipped"] is True and logged[1]["status"] == "ok"
     assert second.published is not None
     assert [i.skipped for i in second.images] == [False, True]
     assert again.published is None and all(i.skipped for i in again.images)

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pycvmfs.images.ingest import IngestOptions, ingest
-from pycvmfs.publisher.publish import PublishOptions
-from tests.images import require_images
+from tests.ingested import IngestedImages
 from tests.integration.test_client_unprivileged import (  # noqa: F401 - fixtures
     SYSTEM_PYTHON,
     area,
@@ -26,7 +24,7 @@ from tests.integration.test_client_unprivileged import (  # noqa: F401 - fixture
 )
 from tests.mounting import User, force_unmount, is_mounted, mountinfo
 from tests.publish_helpers import Keys
-from tests.registry import NEEDS_REGISTRY_TOOLS, DockerRegistry, needs_tools
+from tests.registry import NEEDS_REGISTRY_TOOLS, needs_tools
 from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, shared_scratch
 
 pytestmark = [*NEEDS_FUSE_AND_NGINX, NEEDS_REGISTRY_TOOLS, needs_tools("bwrap"),
@@ -45,27 +43,21 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(keys: Keys) -> Iterator[Served]:
-    images = require_images()
-    with shared_scratch("pycvmfs-run-") as base, DockerRegistry() as registry:
-        ref = registry.push(images.python.layout, images.python.tag, "ns/debian:python")
-        storage = base / "storage"
-        ingest([ref], IngestOptions(PublishOptions(keys.fqrn, base / "work", storage,
-                                                   keys.keys_dir)))
-        with Nginx() as server:
-            url = server.publish(f"cvmfs/{keys.fqrn}", storage)
-            options = ",".join([f"CVMFS_SERVER_URL={url}", "CVMFS_HTTP_PROXY=DIRECT",
-                                f"CVMFS_PUBLIC_KEY={keys.public_key_file}",
-                                f"CVMFS_CACHE_BASE={base / 'cache'}"])
-            mnt = base / "cache" / "mnt" / keys.fqrn
-            try:
-                yield Served(keys.fqrn, f"{keys.fqrn}/{registry.host}/ns/debian:python",
-                             options, mnt)
-            finally:
-                if is_mounted(mnt):
-                    subprocess.run([sys.executable, "-m", "pycvmfs", "umount", str(mnt)],
-                                   capture_output=True, cwd=ROOT)
-                force_unmount(mnt)
+def served(keys: Keys, ingested_images: IngestedImages) -> Iterator[Served]:
+    with shared_scratch("pycvmfs-run-") as base, Nginx() as server:
+        url = server.publish(f"cvmfs/{keys.fqrn}", ingested_images.storage)
+        options = ",".join([f"CVMFS_SERVER_URL={url}", "CVMFS_HTTP_PROXY=DIRECT",
+                            f"CVMFS_PUBLIC_KEY={keys.public_key_file}",
+                            f"CVMFS_CACHE_BASE={base / 'cache'}"])
+        mnt = base / "cache" / "mnt" / keys.fqrn
+        try:
+            yield Served(keys.fqrn, f"{keys.fqrn}/{ingested_images.name('python')}",
+                         options, mnt)
+        finally:
+            if is_mounted(mnt):
+                subprocess.run([sys.executable, "-m", "pycvmfs", "umount", str(mnt)],
+                               capture_output=True, cwd=ROOT)
+            force_unmount(mnt)
 
 
 def _run(served: Served, *command: str) -> subprocess.CompletedProcess[str]:
