@@ -701,7 +701,7 @@ def serve(vfs: RepositoryVFS, mountpoint: str, *, fsname: str, entry_timeout: fl
     LIB.fuse_opt_free_args(ctypes.byref(args))  # what option parsing left (never our argv)
     if not session:
         raise OSError(errno.EINVAL, "fuse_session_new failed (see the message above)")
-    vfs.revision_listeners.append(operations.invalidate_all)
+    vfs.subscribe(operations.invalidate_all)
     mounted = False
     try:
         with _SignalsToLibfuse(session):
@@ -718,7 +718,7 @@ def serve(vfs: RepositoryVFS, mountpoint: str, *, fsname: str, entry_timeout: fl
         operations.closing = True
         operations.stop()
         with contextlib.suppress(ValueError):
-            vfs.revision_listeners.remove(operations.invalidate_all)
+            vfs.unsubscribe(operations.invalidate_all)
         if not operations.notify_lock.acquire(timeout=5.0):  # a notification is stuck
             _abort_connection(mountpoint)
             operations.notify_lock.acquire()

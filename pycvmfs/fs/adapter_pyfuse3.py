@@ -49,7 +49,7 @@ class Pyfuse3Operations(pyfuse3.Operations):
         self.entry_timeout = entry_timeout
         self._limiter = trio.CapacityLimiter(WORKER_THREADS)
         self.kernel = KernelCache(vfs)  # what a revision change must make the kernel drop
-        vfs.revision_listeners.append(self.invalidate_all)
+        vfs.subscribe(self.invalidate_all)
 
     def invalidate_all(self) -> None:
         """Drop what the kernel caches from the old revision (`kernel_cache.KernelCache`).

@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from pycvmfs.fs.vfs import RepositoryVFS
-    from pycvmfs.repository.repository import Repository
+    from pycvmfs.repository.open import RevisionSelector, open_repository
     from pycvmfs.repository.source import open_source
     from pycvmfs.repository.trust import load_public_keys
 
@@ -484,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend")
     args = parser.parse_args(argv)
     source = open_source(args.repo)
-    with Repository.open(source, args.fqrn, load_public_keys(args.keys), tag=args.tag) as repo:
+    with open_repository(source, args.fqrn, load_public_keys(args.keys),
+                         RevisionSelector.of(tag=args.tag)) as repo:
         serve(RepositoryVFS(repo), args.mountpoint, backend=args.backend)
     return 0
 

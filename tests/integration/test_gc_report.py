@@ -20,7 +20,7 @@ from pycvmfs.images.ingest import IngestOptions, ingest
 from pycvmfs.images.report import dedup_report
 from pycvmfs.publisher.pipeline import Settings
 from pycvmfs.publisher.publish import PublishOptions
-from pycvmfs.repository.repository import Repository
+from pycvmfs.repository.open import open_repository
 from pycvmfs.repository.source import LocalSource
 from tests.images import ImageSet, require_images
 from tests.publish_helpers import Keys
@@ -43,7 +43,7 @@ def test_dedup_report_of_two_debian_images(tmp_path: Path, keys: Keys) -> None:
         names = [f"{registry.host}/ns/debian:{tag}" for tag in ("base", "python")]
 
     public = load_public_key(keys.public_key_file.read_bytes())
-    with Repository.open(LocalSource(storage), keys.fqrn, [public]) as repo:
+    with open_repository(LocalSource(storage), keys.fqrn, [public]) as repo:
         report = dedup_report(repo, storage)
     assert [image.name for image, _level in report.images] == names
     base, python = (level for _image, level in report.images)
@@ -72,7 +72,7 @@ def test_dedup_report_of_two_debian_images(tmp_path: Path, keys: Keys) -> None:
     swept = runner.invoke(gc_command, [*common, "--no-tags"])
     assert swept.exit_code == 0, swept.output
     print(swept.output)
-    with Repository.open(LocalSource(storage), keys.fqrn, [public]) as repo:
+    with open_repository(LocalSource(storage), keys.fqrn, [public]) as repo:
         assert dedup_report(repo, storage).total == total
         for path, entry in repo.walk():
             if entry.is_regular:
