@@ -1,25 +1,24 @@
-"""The backend-neutral, inode-based read-only filesystem over one `Repository`.
+"""The backend-neutral, inode-based read-only filesystem over one repository: the façade
+the FUSE adapters call; they translate requests and reply `errors.errno_of(exc)`, no
+repository semantics live in them. Rooms: `inodes.InodeTable` (numbers from catalog rows,
+what the kernel holds), `directories.DirectoryHandles` (listings paged from one revision),
+`open_files.OpenFiles` (handles of `repository.reader.OpenFile`), `attributes`,
+`magic_xattrs`. The root is inode 1 (FUSE_ROOT_ID).
 
-Adapters (lowlevel, pyfuse3, mfusepy) only translate calls into these methods and `FsError`
-into errno; no repository semantics live in them. The parts: `inodes.InodeTable` (numbers
-derived from catalog rows, what the kernel holds), `directories.DirectoryHandles` (listings
-paged from the revision a handle was opened on), `open_files.OpenFiles` (chunk lists, cache
-files, read-ahead, short reads refetched). The root is inode 1 (FUSE_ROOT_ID).
-
-Revisions: `set_repository` swaps in a newer revision while mounted. A path keeps its
-inode as long as what it is stays the same (type, content hash, size, symlink target), so
-the kernel's page cache of unchanged files survives; anything that changed gets a fresh
-inode, so no stale page can ever be served for new content. Open files keep the chunk list
-they opened with and directory handles the revision they opened on. After a swap, entries
-go to the kernel with timeout 0 for `DRAIN_S`, and adapters are told (`revision_listeners`)
-to drop the kernel's names and listings.
+Revisions: a mount's `RevisionWatcher` calls `set_repository` with a newer revision, or
+`revoke` when the blacklist refuses the served one. A path keeps its inode while what it
+is stays the same (type, content hash, size, symlink target), so the page cache of
+unchanged files survives; anything changed gets a fresh inode, so no stale page is ever
+served for new content. Open files keep the chunk list they opened with, directory
+handles their revision. After a swap, entries go out with timeout 0 for `DRAIN_S`, and
+the adapters (`subscribe`) drop the kernel's names and listings.
 
 Errors: every failure leaves as an `FsError` with the errno `fs.errors.fs_error` decides
-(ENOENT, EIO for anything untrusted, EMFILE/ENFILE/ENOSPC passed through), never as wrong
-or short bytes.
+from `pycvmfs.errors.errno_for` (ENOENT; EIO for anything untrusted; ENOSPC for a full
+cache; EMFILE/ENFILE passed through), never as wrong or short bytes.
 
-Thread-safety: every method may be called from several threads at once; repository calls
-run outside the locks of the parts.
+Thread-safety: any method from several threads at once; repository calls run outside the
+locks of the rooms.
 """
 
 from __future__ import annotations
@@ -84,8 +83,7 @@ class RepositoryVFS:
             revisions.subscribe(self)
 
     def subscribe(self, listener: Callable[[], None]) -> None:
-        """Call `listener` (an adapter dropping the kernel's caches) after every revision
-        change and revocation, in the revision watcher's thread."""
+        """Call `listener` (an adapter dropping kernel caches) after each revision change."""
         self._listeners.append(listener)
 
     def unsubscribe(self, listener: Callable[[], None]) -> None:
@@ -114,12 +112,10 @@ class RepositoryVFS:
             self._drop_caches()
 
     def _check_revoked(self) -> None:
-        reason = self._revoked
-        if reason is not None:
-            raise FsError(errno.EIO, reason)
+        if self._revoked is not None:
+            raise FsError(errno.EIO, self._revoked)
 
     def _drop_caches(self) -> None:
-        """The kernel's names and listings (adapters)."""
         for listener in list(self._listeners):
             try:
                 listener()
@@ -356,9 +352,8 @@ class RepositoryVFS:
 
     @staticmethod
     def inline() -> AbstractContextManager[None]:
-        """In this thread, answer only what needs no download (`WouldBlock` otherwise): an
-        adapter tries a request on its own worker or event loop first and hands only the
-        rest to a thread where blocking is fine."""
+        """In this thread, answer only what needs no download (else `WouldBlock`: the
+        adapter hands the request to a thread where blocking is fine)."""
         return no_loading()
 
     def close(self) -> None:
