@@ -57,7 +57,7 @@ from pycvmfs.publisher.publish import PublishOptions, PublishResult, publish
 from pycvmfs.publisher.tree_walk import CATALOG_MARKER
 
 SCRATCH = ".pycvmfs-ingest"  # in the working tree: unfinished images, the lock
-UNPUBLISHED = f"{SCRATCH}/unpublished"  # the working tree has changes not yet published
+UNPUBLISHED = f"{SCRATCH}/unpublished"  # the working tree has unpublished changes
 CONFIG_FILE = "config.json"
 INGEST_FILE = "ingest.json"  # ours: reference, manifest and index digests, platform
 
