@@ -13,7 +13,7 @@ import pytest
 from pycvmfs.format.certificates import load_public_key
 from pycvmfs.images import layout
 from pycvmfs.images.ingest import IngestOptions, ingest
-from pycvmfs.images.layers import FindingKind
+from pycvmfs.images.layer_report import FindingKind
 from pycvmfs.publisher.publish import PublishOptions
 from pycvmfs.repository.open import open_repository
 from pycvmfs.repository.source import LocalSource
