@@ -7,9 +7,9 @@ Which library: `PYCVMFS_LIBFUSE3` (a path such as
 `libfuse3.so.4` (3.17 and later) and `libfuse3.so.3` (3.10-3.16) that the dynamic loader
 finds (`LD_LIBRARY_PATH` is honoured).
 
-Declared for libfuse 3.10 to 3.19 on little-endian x86_64 and aarch64 Linux (3.19 as
-libfuse's master branch shows it); `fuse_version()` is checked and anything else is
-refused with `UnsupportedLibfuseError`, an ImportError (the backend is then skipped).
+Declared for libfuse 3.10 to 3.19 on little-endian x86_64 and aarch64 Linux (3.19 as of
+3.19.0-rc0); `fuse_version()` is checked and anything else is refused with
+`UnsupportedLibfuseError`, an ImportError (`mount.load_backend` then skips the backend).
 What differs between versions:
   * 3.15-3.16 inserted `parallel_direct_writes` after `keep_cache` in `fuse_file_info`,
     moving `cache_readdir` one bit up; 3.17 moved it back (the 3.10 ABI restored).

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pycvmfs.errors import HashMismatchError, NotFoundError
+from pycvmfs.errors import ConfigError, HashMismatchError, NotFoundError
 from pycvmfs.fs import _libfuse3
 from pycvmfs.fs._libfuse3 import (
     FI_DIRECT_IO,
@@ -31,6 +31,7 @@ from pycvmfs.fs._libfuse3 import (
 )
 from pycvmfs.fs.adapter_lowlevel import LowlevelOperations
 from pycvmfs.fs.lowlevel_session import Notifier
+from pycvmfs.fs.mount import load_backend
 from pycvmfs.fs.vfs import FsError
 from tests.fake_vfs import FakeVFS
 
@@ -171,6 +172,12 @@ def wait_for_reply(fuse: FakeFuse, count: int = 1) -> None:
 
 def file_info(**fields: Any) -> Any:
     return ctypes.pointer(FileInfo(**fields))
+
+
+def test_an_unusable_libfuse_skips_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(_libfuse3.LIBRARY_ENV, "/nonexistent/libfuse3.so.4")
+    with pytest.raises(ConfigError, match="lowlevel: /nonexistent/libfuse3.so.4 not found"):
+        load_backend("lowlevel")
 
 
 def test_lookup_hands_out_one_entry(ops: LowlevelOperations, fuse: FakeFuse,
