@@ -64,7 +64,9 @@ def load_backend(preference: str | None = None) -> tuple[str, ModuleType]:
         if name not in BACKENDS:
             raise ConfigError(f"unknown FUSE backend {name!r} (choose from {', '.join(BACKENDS)})")
         try:
-            return name, importlib.import_module(f"pycvmfs.fs.adapter_{name}")
+            module = importlib.import_module(f"pycvmfs.fs.adapter_{name}")
+            getattr(module, "probe", lambda: None)()  # lowlevel: loads libfuse3 only now
+            return name, module
         except Exception as exc:  # mfusepy raises OSError when libfuse is missing
             reasons.append(f"{name}: {exc}")
     raise ConfigError("no usable FUSE binding: " + "; ".join(reasons))
