@@ -1,27 +1,23 @@
 """The composition root of a mount, in one place and a fixed order (style guide R12):
 configuration -> proxies and Stratum-1 ring -> downloader -> cache host + fetcher ->
-trusted repository -> filesystem core. The CLI and tests build mounts only through
+revision source (trusted repository, `repository.revisions`) -> revision watcher ->
+filesystem core, which subscribes to the watcher. The CLI and tests build mounts only through
 `open_client`, in the process that serves the mount (the cache's lock and SQLite
 connection must not cross a fork)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-from pycvmfs.cache.breadcrumb import Breadcrumb, read_breadcrumb, write_breadcrumb
 from pycvmfs.cache.fetcher import Fetcher
 from pycvmfs.cache.host import CacheConfig, CacheHost, open_cache_directory
 from pycvmfs.cache.identity import cache_uuid
 from pycvmfs.config import ClientConfig, symlink_environment
-from pycvmfs.errors import BlacklistedError, ConfigError, FetchError, OutdatedError
+from pycvmfs.errors import ConfigError
 from pycvmfs.format.certificates import load_public_key
 from pycvmfs.fs.magic_xattrs import CacheInfo, NetworkInfo
 from pycvmfs.fs.vfs import MountOptions, RepositoryVFS
@@ -31,9 +27,10 @@ from pycvmfs.network.geo import order_hosts, proxy_label
 from pycvmfs.network.proxies import parse_proxies, parse_server_urls
 from pycvmfs.network.transport import Transport, Urllib3Transport
 from pycvmfs.repository.network_source import NetworkSource
+from pycvmfs.repository.objects import cache_loader
+from pycvmfs.repository.open import RevisionSelector
 from pycvmfs.repository.repository import Repository
-from pycvmfs.repository.revisions import RevisionWatcher
-from pycvmfs.repository.trust import establish_trust, load_blacklist
+from pycvmfs.repository.revisions import RevisionSource, RevisionWatcher
 
 log = logging.getLogger(__name__)
 
@@ -118,76 +115,6 @@ def _cache_uuid(config: ClientConfig) -> str:
         return cache_uuid(directory)
 
 
-class _Revisions:
-    """Where revisions come from: the server (trust chain every time, the blacklist read
-    again each time), remembered in the cache's breadcrumb so a later mount can start
-    offline from the last one."""
-
-    def __init__(self, config: ClientConfig, source: NetworkSource, cache: CacheHost,
-                 fetcher: Fetcher, keys: list[rsa.RSAPublicKey]) -> None:
-        self.config, self.source, self.cache, self.fetcher = config, source, cache, fetcher
-        self.keys = keys
-        self.directory = cache.root  # the checked cache directory (breadcrumbs)
-        # the served revision became blacklisted (reason) or is fine again (None)
-        self.on_revoked: Callable[[str | None], None] = lambda reason: None
-
-    def _remember(self, repository: Repository) -> None:
-        trusted = repository.trusted
-        if trusted is None or repository.fixed:
-            return
-        crumb = Breadcrumb(repository.root_hash, trusted.timestamp or 0, repository.revision)
-        try:
-            write_breadcrumb(self.directory, self.config.fqrn, crumb)
-        except OSError as exc:  # a hint for offline mounts, never worth failing a mount
-            log.warning("cannot write the breadcrumb in %s: %s", self.directory, exc)
-
-    def first(self) -> Repository:
-        """The revision to mount: as configured, else the newest the server proves, else
-        (server unreachable or older than what this cache saw) the breadcrumb's."""
-        c = self.config
-        fixed = c.repository_tag or c.repository_date or c.root_hash
-        crumb = None if fixed else read_breadcrumb(self.directory, c.fqrn)
-        blacklist = load_blacklist(c.blacklist_files)
-        try:
-            repository = Repository.open(
-                self.source, c.fqrn, self.keys, tag=c.repository_tag, date=c.repository_date,
-                root_hash=c.root_hash, fetcher=self.fetcher, blacklist=blacklist,
-                min_timestamp=crumb.timestamp if crumb is not None else None)
-        except (FetchError, OutdatedError) as exc:
-            if crumb is None or not self.cache.store.contains(crumb.catalog_hash):
-                raise
-            blacklist.check_revision(c.fqrn, crumb.revision)  # offline, too
-            log.warning("%s: %s; mounting revision %d from the cache (offline)",
-                        c.fqrn, exc, crumb.revision)
-            return Repository.attach(self.source, c.fqrn, None, root_hash=crumb.catalog_hash,
-                                     fetcher=self.fetcher)
-        self._remember(repository)
-        return repository
-
-    def newer(self, current: Repository) -> Repository | None:
-        """The server's revision if it is newer than `current` (the TTL check)."""
-        known = current.trusted.timestamp if current.trusted is not None else None
-        blacklist = load_blacklist(self.config.blacklist_files)
-        try:
-            blacklist.check_revision(self.config.fqrn, current.revision)
-            if current.trusted is not None:
-                blacklist.check_certificate(current.trusted.certificate, self.config.fqrn)
-        except BlacklistedError as exc:  # the reference aborts the mount here
-            log.error("%s: its files are refused until a newer revision verifies", exc)
-            self.on_revoked(str(exc))
-        else:
-            self.on_revoked(None)
-        trusted = establish_trust(self.source, self.config.fqrn, self.keys,
-                                  now=dt.datetime.now(dt.UTC), min_timestamp=known,
-                                  blacklist=blacklist)
-        if trusted.root_hash == current.root_hash or trusted.revision <= current.revision:
-            return None
-        repository = Repository.attach(self.source, self.config.fqrn, trusted,
-                                       fetcher=self.fetcher)
-        self._remember(repository)
-        return repository
-
-
 def open_client(config: ClientConfig, transport: Transport | None = None) -> Client:
     """Verify the trust chain and attach the root catalog; raises a named error if not.
     `transport` replaces the HTTP connection pool (tests without sockets)."""
@@ -205,11 +132,15 @@ def open_client(config: ClientConfig, transport: Transport | None = None) -> Cli
     except BaseException:  # CacheSecurityError: refused, no fallback
         source.close()
         raise
-    fetcher = Fetcher(cache, downloader, max_unsized_bytes=config.max_catalog_mb << 20)
+    fetcher = Fetcher(cache, source, max_unsized_bytes=config.max_catalog_mb << 20)
     try:
         keys = [load_public_key(path.read_bytes(), what=str(path))
                 for path in config.public_key_files]
-        revisions = _Revisions(config, source, cache, fetcher, keys)
+        selector = RevisionSelector.of(tag=config.repository_tag, date=config.repository_date,
+                                       root_hash=config.root_hash)
+        revisions = RevisionSource(source, config.fqrn, keys, selector,
+                                   cache_loader(fetcher, config.fqrn, source),
+                                   blacklist_files=config.blacklist_files)
         repository = revisions.first()
     except BaseException:
         source.close()
@@ -237,11 +168,9 @@ def open_client(config: ClientConfig, transport: Transport | None = None) -> Cli
         return (total if total > 0 else used), used
 
     max_ttl = config.max_ttl_minutes * 60.0 if config.max_ttl_minutes else None
-    watcher = RevisionWatcher(repository, revisions.newer, max_ttl_s=max_ttl,
-                              min_ttl_s=float(config.min_ttl_s),
+    watcher = RevisionWatcher(repository, revisions.newer, revocation=revisions.revocation,
+                              max_ttl_s=max_ttl, min_ttl_s=float(config.min_ttl_s),
                               auto_update=config.auto_update)
     vfs = RepositoryVFS(repository, options, capacity=capacity, network=network,
-                        expires=watcher.expires, cache=cache_info)
-    watcher.on_swap = vfs.set_repository
-    revisions.on_revoked = vfs.revoke
+                        cache=cache_info, revisions=watcher)
     return Client(config, source, cache, watcher, vfs)

@@ -382,7 +382,7 @@ class RepositoryForge:
         return refs
 
     def _descend(self, chain: list[_Link], path: str) -> _Link | None:
-        """The deepest not yet visited child of chain[-1] whose mountpoint holds `path`."""
+        """The deepest unvisited child of chain[-1] whose mountpoint holds `path`."""
         if len(chain) > MAX_GRAPH_DEPTH:
             raise ForgeError(f"catalog graph deeper than {MAX_GRAPH_DEPTH} towards {path!r}")
         visited = {link.mountpoint for link in chain}

@@ -15,6 +15,8 @@ from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import Algorithm
 from pycvmfs.publisher.pipeline import Settings
 from pycvmfs.publisher.publish import PublishOptions, PublishProgress, PublishResult, publish
+from pycvmfs.repository import open as repository_open
+from pycvmfs.repository.open import RevisionSelector
 from pycvmfs.repository.repository import Repository
 from pycvmfs.repository.source import LocalSource
 
@@ -46,7 +48,8 @@ def run_publish(source: Path, storage: Path, keys: Keys, *, tag: str | None = No
 
 def open_repository(storage: Path, keys: Keys, *, tag: str | None = None) -> Repository:
     public = load_public_key(keys.public_key_file.read_bytes())
-    return Repository.open(LocalSource(storage), keys.fqrn, [public], tag=tag)
+    return repository_open.open_repository(LocalSource(storage), keys.fqrn, [public],
+                                           RevisionSelector.of(tag=tag))
 
 
 def pseudo_random(seed: int, size: int) -> bytes:

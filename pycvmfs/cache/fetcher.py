@@ -1,4 +1,5 @@
-"""Store-or-download: the one joint between the cache and the network (style guide R1, R9).
+"""Store-or-download: the one joint between the cache and where objects come from (a
+Stratum-1 ring through the network layer, or a storage directory), style guide R1, R9.
 
 `fetch` serves a cache hit directly; on a miss exactly one thread downloads the object
 (concurrent requests for the same hash wait for it), streaming the compressed bytes
@@ -15,13 +16,12 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from pycvmfs.cache.host import CacheHost
 from pycvmfs.cache.quota import ObjectKind
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, Suffix
-from pycvmfs.network.download import Downloader
 from pycvmfs.network.sink import VerifyingSink
 
 MAX_UNSIZED_OBJECT_BYTES = 1 << 30  # catalogs and histories: no size in any catalog
@@ -34,13 +34,21 @@ def unsized_hint(max_bytes: int) -> str:
             "(PYCVMFS_MAX_CATALOG_MB)")
 
 
+class ObjectFeed(Protocol):
+    """Where a fetcher downloads from: `repository.source.ObjectSource` (its streaming half)."""
+
+    def fetch_into(self, path: str, sink: VerifyingSink) -> None:
+        """Stream object `path` (relative to the repository base) into `sink`, verified."""
+        ...
+
+
 class Fetcher:
     """Objects by content hash, from the cache or the network; see the module docstring."""
 
-    def __init__(self, host: CacheHost, downloader: Downloader, *,
+    def __init__(self, host: CacheHost, feed: ObjectFeed, *,
                  max_unsized_bytes: int = MAX_UNSIZED_OBJECT_BYTES) -> None:
         self.host = host
-        self.downloader = downloader
+        self.feed = feed
         self.max_unsized_bytes = max_unsized_bytes
         self._lock = threading.Lock()
         self._inflight: dict[ContentHash, Future[None]] = {}
@@ -86,7 +94,7 @@ class Fetcher:
                                spool_dir=self.host.config.directory,
                                hint=unsized_hint(self.max_unsized_bytes)
                                if expected_size is None else "") as sink:
-                self.downloader.download("/" + content_hash.object_path(suffix), sink)
+                self.feed.fetch_into(content_hash.object_path(suffix), sink)
         except BaseException:
             txn.abort()
             raise

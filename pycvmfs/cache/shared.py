@@ -135,7 +135,7 @@ def owner_alive(token: str) -> bool:
     except PermissionError:
         pass  # exists, owned by someone else
     fields = _stat_fields(pid)
-    if fields and fields[0] in (b"Z", b"X"):  # killed, not yet reaped: it holds nothing
+    if fields and fields[0] in (b"Z", b"X"):  # a zombie (dead, unreaped): it holds nothing
         return False
     if not start:
         return True

@@ -83,7 +83,7 @@ def dedup_command(storage: Path, fqrn: str, keys_dir: Path, png: Path | None,
     from pycvmfs.format.certificates import load_public_key
     from pycvmfs.images.report import dedup_report, render, report_as_json, write_png
     from pycvmfs.publisher.keys import KeyPaths
-    from pycvmfs.repository.repository import Repository
+    from pycvmfs.repository.open import open_repository
     from pycvmfs.repository.source import LocalSource
 
     if png is not None and not os.access(png.parent, os.W_OK):
@@ -96,7 +96,7 @@ def dedup_command(storage: Path, fqrn: str, keys_dir: Path, png: Path | None,
         raise ConfigError(f"cannot read the public key {key_file}: {exc.strerror} "
                           f"(--keys-dir must hold {key_file.name})") from None
     public = load_public_key(pem, what=str(key_file))
-    with Repository.open(LocalSource(storage), fqrn, [public]) as repo:
+    with open_repository(LocalSource(storage), fqrn, [public]) as repo:
         report = dedup_report(repo, storage)
     if as_json:
         click.echo(json.dumps(report_as_json(report), indent=1))

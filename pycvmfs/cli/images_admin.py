@@ -305,12 +305,10 @@ def webhook_serve_command(listen: str, token: str, queue_file: Path | None,
     --registry-url or --wishlist, and apply them to the repository, one transaction at a
     time."""
     from pycvmfs.errors import ConfigError
-    from pycvmfs.images.webhook import (
-        RegistryAllowlist,
-        WebhookOptions,
-        WebhookService,
-        parse_listen,
-    )
+    from pycvmfs.images.webhook import WebhookService
+    from pycvmfs.images.webhook_http import parse_listen
+    from pycvmfs.images.webhook_options import WebhookOptions
+    from pycvmfs.images.webhook_registries import RegistryAllowlist
     from pycvmfs.images.wishlist import WishlistError, load_wishlist
 
     if not registry_urls and wishlist_file is None:

@@ -23,6 +23,8 @@ import click
 from pycvmfs.errors import ConfigError, NameMismatchError
 from pycvmfs.format.catalog import DirEntry
 from pycvmfs.format.manifest import parse_manifest
+from pycvmfs.repository import open as repository_open
+from pycvmfs.repository.open import RevisionSelector
 from pycvmfs.repository.repository import Repository, apparent_size, normalize_path
 from pycvmfs.repository.source import ObjectSource, open_source
 from pycvmfs.repository.trust import MANIFEST_MAX_BYTES, MANIFEST_PATH, load_public_keys
@@ -103,13 +105,14 @@ def repository_options(func: _F) -> _F:
 @contextmanager
 def open_repository(repo: str, keys: Iterable[Path], fqrn: str | None, tag: str | None,
                     now: dt.datetime | None, proxy: str = "DIRECT") -> Iterator[Repository]:
-    """Source -> keys -> Repository.open; both are closed on exit."""
+    """Source -> keys -> `repository.open.open_repository`; both are closed on exit."""
     public_keys = load_public_keys(keys)
     source = open_source(repo, proxy=proxy)
     try:
         name = fqrn or default_fqrn(repo) or _manifest_name(source, repo)
         try:
-            repository = Repository.open(source, name, public_keys, now=now, tag=tag)
+            repository = repository_open.open_repository(
+                source, name, public_keys, RevisionSelector.of(tag=tag), now=now)
         except NameMismatchError as exc:
             if fqrn is not None:
                 raise

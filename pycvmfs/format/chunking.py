@@ -192,7 +192,7 @@ class StreamingChunker:
         return self._decide()
 
     def finish(self) -> list[int]:
-        """Signal end of file; return the cuts not yet reported (always all known by now).
+        """Signal end of file; return the cuts still unreported (always all known by now).
 
         Every cut is decided as soon as the bytes deciding it are fed, so this returns an
         empty list; it exists so callers need not rely on that.

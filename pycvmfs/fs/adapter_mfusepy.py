@@ -2,7 +2,8 @@
 
 The portable fallback where neither the lowlevel binding nor pyfuse3 loads. Only
 translation happens here: paths straight to the VFS's path methods (nothing is recorded per
-inode), `FsError` to `FuseOSError`. A listing is answered whole (memory grows with the
+inode), any exception to `FuseOSError(errno_of(exc))` (a bug, not an FsError, PycvmfsError
+or OSError, logged with its traceback). A listing is answered whole (memory grows with the
 directory; the inode-based adapters page it).
 
 Limits of the path-based API, against the pyfuse3 adapter: libfuse, not we, numbers the
@@ -15,7 +16,6 @@ stale pages.
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 from collections.abc import Callable
@@ -23,24 +23,26 @@ from typing import Any, TypeVar
 
 import mfusepy
 
+from pycvmfs.errors import PycvmfsError
+from pycvmfs.fs.errors import errno_of
 from pycvmfs.fs.vfs import Attr, FsError, RepositoryVFS
 
 log = logging.getLogger(__name__)
 _F = TypeVar("_F", bound=Callable[..., Any])
+EXPECTED = (FsError, PycvmfsError, OSError)  # anything else a VFS call raises is a bug
 
 
 def _boundary(func: _F) -> _F:
-    """The one place errors become errno: FsError as is, anything else EIO, logged once."""
+    """The one place errors become errno (`errno_of`); a bug is logged once."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except FsError as exc:
-            raise mfusepy.FuseOSError(exc.errno) from None
-        except Exception:
-            log.exception("unexpected error in %s", func.__name__)
-            raise mfusepy.FuseOSError(errno.EIO) from None
+        except Exception as exc:
+            if not isinstance(exc, EXPECTED):
+                log.exception("unexpected error in %s", func.__name__)
+            raise mfusepy.FuseOSError(errno_of(exc)) from None
 
     return wrapper  # type: ignore[return-value]
 

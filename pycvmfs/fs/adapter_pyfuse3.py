@@ -10,15 +10,18 @@ Lookup counts: the VFS counts every entry LOOKUP and READDIRPLUS hand to the ker
 evicts inodes. Directory handles are the VFS's: one revision from opendir to releasedir,
 read page by page.
 
-Kernel caches: entries, attributes and negative lookups are cached for
-`CVMFS_KCACHE_TIMEOUT`; the page cache is kept across opens (an inode's content never
-changes, see vfs.py). When a new revision is swapped in, every name handed to the kernel
-(negative ones too) is invalidated, so changes show at once instead of after the timeout.
+Kernel caches (`kernel_cache.KernelCache`, shared with the lowlevel adapter): entries,
+attributes and negative lookups are cached for `CVMFS_KCACHE_TIMEOUT`; the page cache is
+kept across opens (an inode's content never changes, see vfs.py). When a new revision is
+swapped in, the names handed to the kernel (negative ones too) that changed are
+invalidated, so changes show at once instead of after the timeout.
+
+Errors: a handler answers `errno_of(exc)` for whatever a VFS call raised; only exceptions
+that are not FsError, PycvmfsError or OSError (bugs) are logged with their traceback.
 """
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 from collections.abc import Callable, Sequence
@@ -27,14 +30,16 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from pycvmfs.fs.kernel_cache import KernelCache
-from pycvmfs.fs.vfs import DOTS, Attr, FsError, Listed, RepositoryVFS
-from pycvmfs.repository.catalog_tree import WouldLoadError, no_loading
+from pycvmfs.errors import PycvmfsError
+from pycvmfs.fs.errors import errno_of
+from pycvmfs.fs.kernel_cache import HandOut, KernelCache
+from pycvmfs.fs.vfs import Attr, FsError, Listed, RepositoryVFS, WouldBlock
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 WORKER_THREADS = 16  # like libfuse's default pool: slow downloads don't block lookups
 READDIR_BATCH = 128  # listing entries read per READDIRPLUS (one catalog page holds more)
+EXPECTED = (FsError, PycvmfsError, OSError)  # anything else a VFS call raises is a bug
 
 
 class Pyfuse3Operations(pyfuse3.Operations):
@@ -48,35 +53,35 @@ class Pyfuse3Operations(pyfuse3.Operations):
         vfs.track_lookups()  # forget is implemented: the VFS may drop what the kernel lets go
         self.entry_timeout = entry_timeout
         self._limiter = trio.CapacityLimiter(WORKER_THREADS)
-        self.kernel = KernelCache(vfs)  # what a revision change must make the kernel drop
-        vfs.revision_listeners.append(self.invalidate_all)
-
-    def invalidate_all(self) -> None:
-        """Drop what the kernel caches from the old revision (`kernel_cache.KernelCache`).
-        Runs in the revision watcher's thread (never in a request handler: the call waits
-        for related requests)."""
-        self.kernel.invalidate(lambda ino, attr_only: pyfuse3.invalidate_inode(ino, attr_only),
-                               pyfuse3.invalidate_entry, self.entry_timeout)
+        # what a revision change must make the kernel drop (pyfuse3 caches no listings)
+        self.kernel = KernelCache(vfs, pyfuse3.invalidate_inode, pyfuse3.invalidate_entry,
+                                  entry_timeout)
+        vfs.subscribe(self.kernel.invalidate_all)
 
     async def _call(self, func: Callable[..., _T], *args: Any, inline: bool = False) -> _T:
-        """The boundary: FsError -> FUSEError, others -> EIO. With `inline`, first try on
-        the event loop with catalog loading forbidden (SQLite lookups in attached catalogs
+        """The boundary: any exception -> FUSEError(errno_of). With `inline`, first try
+        on the event loop with downloads forbidden (SQLite lookups in attached catalogs
         take microseconds, a thread hop much longer); whatever would download goes to a
         worker thread."""
         try:
             if inline:
                 try:
-                    with no_loading():
+                    with self.vfs.inline():
                         return func(*args)
-                except WouldLoadError:
+                except WouldBlock:
                     pass
             result: _T = await trio.to_thread.run_sync(func, *args, limiter=self._limiter)
             return result
-        except FsError as exc:
-            raise pyfuse3.FUSEError(exc.errno) from None
-        except Exception:
-            log.exception("unexpected error in %s", getattr(func, "__name__", func))
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as exc:
+            raise _fuse_error(func, exc) from None
+
+    @staticmethod
+    def _now(func: Callable[..., _T], *args: Any) -> _T:
+        """`func(*args)` on the event loop, for calls that never wait; the same boundary."""
+        try:
+            return func(*args)
+        except Exception as exc:
+            raise _fuse_error(func, exc) from None
 
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -92,12 +97,11 @@ class Pyfuse3Operations(pyfuse3.Operations):
         try:
             return self._entry(await self._call(self.vfs.lookup, parent_inode, text, inline=True))
         except pyfuse3.FUSEError as exc:
-            if exc.errno != errno.ENOENT:
+            if not self.kernel.missing(parent_inode, name, exc.errno):
                 raise
             negative = pyfuse3.EntryAttributes()  # cached by the kernel like a hit
             negative.st_ino = 0
             negative.entry_timeout = self.vfs.entry_timeout(self.entry_timeout)
-            self.kernel.negative(parent_inode, name)
             return negative
 
     async def getattr(self, inode: int, ctx: Any = None) -> Any:
@@ -117,39 +121,47 @@ class Pyfuse3Operations(pyfuse3.Operations):
             entries.close()
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        """READDIRPLUS: every entry but `.` and `..` that goes out is counted before the
-        reply is sent, and taken back if it did not fit."""
+        """READDIRPLUS: the entries that go out are handed out (`HandOut`)."""
+        handed = HandOut(self.vfs)
         for item in await self._call(self._batch, fh, start_id, inline=True):
-            counted = item.name not in DOTS
-            attr = self.vfs.listed_attr(item, hand_out=counted)
-            added = False
             try:
                 added = pyfuse3.readdir_reply(token, item.name.encode("utf-8",
                                                                       "surrogateescape"),
-                                              self._entry(attr), item.offset)
-            finally:
-                if counted and not added:  # did not fit: not handed out
-                    self.vfs.forget([(attr.ino, 1)])
-            if not added:
+                                              self._entry(handed.attr(item)), item.offset)
+            except Exception as exc:  # an error is answered: nothing of this reply is sent
+                handed.take_back()
+                raise _fuse_error(self.vfs.listed_attr, exc) from None
+            if not added:  # did not fit: not handed out
+                handed.take_back_last()
                 return
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        self.kernel.forgotten(self.vfs.forget(inode_list))
+        try:
+            self.kernel.forgotten(self.vfs.forget(inode_list))
+        except Exception:  # FORGET has no answer
+            log.exception("unexpected error in forget")
 
     async def releasedir(self, fh: int) -> None:
-        self.vfs.releasedir(fh)
+        self._now(self.vfs.releasedir, fh)
 
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
         handle = await self._call(self.vfs.open, inode, flags, inline=True)
-        direct = self.vfs.direct_io(handle)
+        try:
+            direct = self._now(self.vfs.direct_io, handle)
+        except BaseException:
+            self.vfs.release(handle)
+            raise
         return pyfuse3.FileInfo(fh=handle, keep_cache=not direct, direct_io=direct)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        cached = self.vfs.read_nowait(fh, off, size)  # in the page cache: no worker thread
+        try:  # in the page cache: no worker thread
+            cached = self.vfs.read_nowait(fh, off, size)
+        except Exception as exc:
+            raise _fuse_error(self.vfs.read_nowait, exc) from None
         return cached if cached is not None else await self._call(self.vfs.read, fh, off, size)
 
     async def release(self, fh: int) -> None:
-        self.vfs.release(fh)
+        self._now(self.vfs.release, fh)
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         return await self._call(self.vfs.getxattr, inode, name.decode("utf-8", "surrogateescape"))
@@ -166,6 +178,13 @@ class Pyfuse3Operations(pyfuse3.Operations):
         out.f_files, out.f_ffree, out.f_favail = s.files, s.files_free, s.files_free
         out.f_namemax = s.name_max
         return out
+
+
+def _fuse_error(func: Callable[..., Any], exc: BaseException) -> pyfuse3.FUSEError:
+    """What a handler raises for `exc` from `func`; a bug is logged with its traceback."""
+    if not isinstance(exc, EXPECTED):
+        log.error("unexpected error in %s", getattr(func, "__name__", func), exc_info=exc)
+    return pyfuse3.FUSEError(errno_of(exc))
 
 
 def serve(vfs: RepositoryVFS, mountpoint: str, *, fsname: str, entry_timeout: float) -> None:

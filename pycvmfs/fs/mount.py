@@ -64,7 +64,9 @@ def load_backend(preference: str | None = None) -> tuple[str, ModuleType]:
         if name not in BACKENDS:
             raise ConfigError(f"unknown FUSE backend {name!r} (choose from {', '.join(BACKENDS)})")
         try:
-            return name, importlib.import_module(f"pycvmfs.fs.adapter_{name}")
+            module = importlib.import_module(f"pycvmfs.fs.adapter_{name}")
+            getattr(module, "probe", lambda: None)()  # lowlevel: loads libfuse3 only now
+            return name, module
         except Exception as exc:  # mfusepy raises OSError when libfuse is missing
             reasons.append(f"{name}: {exc}")
     raise ConfigError("no usable FUSE binding: " + "; ".join(reasons))
@@ -471,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from pycvmfs.fs.vfs import RepositoryVFS
-    from pycvmfs.repository.repository import Repository
+    from pycvmfs.repository.open import RevisionSelector, open_repository
     from pycvmfs.repository.source import open_source
     from pycvmfs.repository.trust import load_public_keys
 
@@ -484,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend")
     args = parser.parse_args(argv)
     source = open_source(args.repo)
-    with Repository.open(source, args.fqrn, load_public_keys(args.keys), tag=args.tag) as repo:
+    with open_repository(source, args.fqrn, load_public_keys(args.keys),
+                         RevisionSelector.of(tag=args.tag)) as repo:
         serve(RepositoryVFS(repo), args.mountpoint, backend=args.backend)
     return 0
 

@@ -1,25 +1,24 @@
-"""The backend-neutral, inode-based read-only filesystem over one `Repository`.
+"""The backend-neutral, inode-based read-only filesystem over one repository: the façade
+the FUSE adapters call; they translate requests and reply `errors.errno_of(exc)`, no
+repository semantics live in them. Rooms: `inodes.InodeTable` (numbers from catalog rows,
+what the kernel holds), `directories.DirectoryHandles` (listings paged from one revision),
+`open_files.OpenFiles` (handles of `repository.reader.OpenFile`), `attributes`,
+`magic_xattrs`. The root is inode 1 (FUSE_ROOT_ID).
 
-Adapters (lowlevel, pyfuse3, mfusepy) only translate calls into these methods and `FsError`
-into errno; no repository semantics live in them. The parts: `inodes.InodeTable` (numbers
-derived from catalog rows, what the kernel holds), `directories.DirectoryHandles` (listings
-paged from the revision a handle was opened on), `open_files.OpenFiles` (chunk lists, cache
-files, read-ahead, short reads refetched). The root is inode 1 (FUSE_ROOT_ID).
-
-Revisions: `set_repository` swaps in a newer revision while mounted. A path keeps its
-inode as long as what it is stays the same (type, content hash, size, symlink target), so
-the kernel's page cache of unchanged files survives; anything that changed gets a fresh
-inode, so no stale page can ever be served for new content. Open files keep the chunk list
-they opened with and directory handles the revision they opened on. After a swap, entries
-go to the kernel with timeout 0 for `DRAIN_S`, and adapters are told (`revision_listeners`)
-to drop the kernel's names and listings.
+Revisions: a mount's `RevisionWatcher` calls `set_repository` with a newer revision, or
+`revoke` when the blacklist refuses the served one. A path keeps its inode while what it
+is stays the same (type, content hash, size, symlink target), so the page cache of
+unchanged files survives; anything changed gets a fresh inode, so no stale page is ever
+served for new content. Open files keep the chunk list they opened with, directory
+handles their revision. After a swap, entries go out with timeout 0 for `DRAIN_S`, and
+the adapters (`subscribe`) drop the kernel's names and listings.
 
 Errors: every failure leaves as an `FsError` with the errno `fs.errors.fs_error` decides
-(ENOENT, EIO for anything untrusted, EMFILE/ENFILE/ENOSPC passed through), never as wrong
-or short bytes.
+from `pycvmfs.errors.errno_for` (ENOENT; EIO for anything untrusted; ENOSPC for a full
+cache; EMFILE/ENFILE passed through), never as wrong or short bytes.
 
-Thread-safety: every method may be called from several threads at once; repository calls
-run outside the locks of the parts.
+Thread-safety: any method from several threads at once; repository calls run outside the
+locks of the rooms.
 """
 
 from __future__ import annotations
@@ -29,70 +28,30 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 
 from pycvmfs.format.catalog import DirEntry
-from pycvmfs.format.symlinks import expand_symlink
-from pycvmfs.fs import magic_xattrs
+from pycvmfs.fs import attributes, magic_xattrs
+from pycvmfs.fs.attributes import Attr, MountOptions, StatFs
 from pycvmfs.fs.directories import DirectoryHandles, Listed, Listing
 from pycvmfs.fs.errors import EXPECTED, FsError, fs_error
 from pycvmfs.fs.inodes import ROOT_INODE, InodeTable
 from pycvmfs.fs.magic_xattrs import CacheInfo, ClientStats, NetworkInfo, XattrContext
-from pycvmfs.fs.open_files import OpenFiles, WouldBlockError
+from pycvmfs.fs.open_files import OpenFiles
 from pycvmfs.repository.catalog_tree import Resolved, no_loading
 from pycvmfs.repository.catalog_tree import WouldLoadError as WouldBlock
+from pycvmfs.repository.reader import WouldBlockError
 from pycvmfs.repository.repository import Repository
+from pycvmfs.repository.revisions import RevisionWatcher
 
 log = logging.getLogger(__name__)
-BLOCK_SIZE = 4096
 DRAIN_S = 2.0  # after a swap, entries go to the kernel with timeout 0 for this long
 DIRECT_IO_FLAG = 0x10000  # catalog flag: serve this file with direct I/O
 DOTS = (".", "..")
 
 __all__ = ["ROOT_INODE", "Attr", "FsError", "Listed", "MountOptions", "RepositoryVFS",
            "StatFs", "DOTS", "WouldBlock"]
-
-
-@dataclass(frozen=True, slots=True)
-class Attr:
-    """stat values as the reference client reports them (fact sheet 13.3)."""
-
-    ino: int
-    mode: int
-    nlink: int
-    uid: int
-    gid: int
-    size: int
-    mtime_ns: int
-    rdev: int = 0
-
-    @property
-    def blocks(self) -> int:
-        return 1 + self.size // 512
-
-
-@dataclass(frozen=True, slots=True)
-class MountOptions:
-    """How entries are presented; fixed for one mount."""
-
-    uid: int = os.getuid()
-    gid: int = os.getgid()
-    claim_ownership: bool = True  # CVMFS_CLAIM_OWNERSHIP: show the mounting user as owner
-    world_readable: bool = False  # CVMFS_WORLD_READABLE
-    environment: Mapping[str, str] | None = None  # for $(VAR) symlinks; None: os.environ
-    magic_xattrs_visibility: str = "rootonly"  # CVMFS_MAGIC_XATTRS_VISIBILITY
-
-
-@dataclass(frozen=True, slots=True)
-class StatFs:
-    block_size: int
-    blocks: int
-    blocks_free: int
-    files: int
-    files_free: int
-    name_max: int = 255
 
 
 class RepositoryVFS:
@@ -103,7 +62,8 @@ class RepositoryVFS:
                  stats: ClientStats | None = None,
                  network: NetworkInfo | None = None,
                  expires: Callable[[], str] = lambda: "never (fixed root catalog)",
-                 cache: CacheInfo | None = None) -> None:
+                 cache: CacheInfo | None = None,
+                 revisions: RevisionWatcher | None = None) -> None:
         self.repository = repository
         self._announced = repository  # what magic xattrs report: swapped after invalidation
         self.options = options or MountOptions()
@@ -116,8 +76,18 @@ class RepositoryVFS:
         self._directories = DirectoryHandles(self.inodes)
         self._files = OpenFiles()
         self._drain_until = 0.0
-        self.revision_listeners: list[Callable[[], None]] = []  # adapters drop kernel caches
+        self._listeners: list[Callable[[], None]] = []  # adapters drop kernel caches
         self._revoked: str | None = None  # why the served revision is refused (`revoke`)
+        if revisions is not None:  # follow a mount's revisions (otherwise fixed)
+            self._expires = revisions.expires
+            revisions.subscribe(self)
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (an adapter dropping kernel caches) after each revision change."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.remove(listener)
 
     # --- revisions -------------------------------------------------------------------
     def set_repository(self, repository: Repository) -> None:
@@ -142,13 +112,11 @@ class RepositoryVFS:
             self._drop_caches()
 
     def _check_revoked(self) -> None:
-        reason = self._revoked
-        if reason is not None:
-            raise FsError(errno.EIO, reason)
+        if self._revoked is not None:
+            raise FsError(errno.EIO, self._revoked)
 
     def _drop_caches(self) -> None:
-        """The kernel's names and listings (adapters)."""
-        for listener in self.revision_listeners:
+        for listener in list(self._listeners):
             try:
                 listener()
             except Exception:
@@ -244,15 +212,8 @@ class RepositoryVFS:
         return self.inodes.number(path, entry, catalog), entry
 
     # --- metadata --------------------------------------------------------------------
-    def attr(self, ino: int, entry: DirEntry, path: str) -> Attr:
-        mode = entry.mode
-        if self.options.world_readable:
-            mode |= 0o555 if entry.is_dir else 0o444
-        uid, gid = ((self.options.uid, self.options.gid) if self.options.claim_ownership
-                    else (entry.uid, entry.gid))
-        size = len(self.readlink_entry(entry)) if entry.is_symlink else entry.size
-        return Attr(ino, mode, entry.linkcount, uid, gid, size,
-                    entry.mtime * 10**9 + entry.mtimens, entry.rdev)
+    def attr(self, ino: int, entry: DirEntry) -> Attr:
+        return attributes.attributes(ino, entry, self.options)
 
     def lookup(self, parent: int, name: str) -> Attr:
         """LOOKUP: the reply hands the inode out (counted before it is sent)."""
@@ -262,7 +223,7 @@ class RepositoryVFS:
         entry, catalog = self._resolve(path)
         ino = self.inodes.hand_out(path, entry, catalog)
         try:
-            return self.attr(ino, entry, path)
+            return self.attr(ino, entry)
         except BaseException:
             self.forget([(ino, 1)])
             raise
@@ -272,7 +233,7 @@ class RepositoryVFS:
         nothing: not for adapters that `track_lookups`."""
         canonical = "" if path in ("", "/") else path.rstrip("/")
         ino, entry = self._current(canonical)
-        return self.attr(ino, entry, canonical)
+        return self.attr(ino, entry)
 
     def getattr(self, ino: int) -> Attr:
         path = self.path_of(ino)
@@ -282,7 +243,7 @@ class RepositoryVFS:
             if opened is None:  # the kernel re-looks the name up and gets the new inode
                 raise FsError(errno.ESTALE, f"{path}: replaced in a newer revision")
             entry = opened.entry  # an open file: what it still reads
-        return self.attr(ino, entry, path)
+        return self.attr(ino, entry)
 
     # --- directories -----------------------------------------------------------------
     def opendir(self, ino: int) -> int:
@@ -309,7 +270,7 @@ class RepositoryVFS:
         ino = item.ino
         if hand_out and item.catalog is not None:
             ino = self.inodes.hand_out(item.path, item.entry, item.catalog)
-        return self.attr(ino, item.entry, item.path)
+        return self.attr(ino, item.entry)
 
     def releasedir(self, handle: int) -> None:
         self._directories.release(handle)
@@ -327,12 +288,6 @@ class RepositoryVFS:
         finally:
             self.releasedir(handle)
 
-    def readlink_entry(self, entry: DirEntry) -> bytes:
-        environment = self.options.environment
-        target = expand_symlink(entry.symlink,
-                                environment if environment is not None else os.environ)
-        return target.encode("utf-8", "surrogateescape")
-
     def readlink(self, ino: int) -> bytes:
         return self.readlink_path(self.path_of(ino))
 
@@ -340,7 +295,7 @@ class RepositoryVFS:
         _, entry = self._current(path)
         if not entry.is_symlink:
             raise FsError(errno.EINVAL, "not a symbolic link")
-        return self.readlink_entry(entry)
+        return attributes.symlink_target(entry, self.options)
 
     # --- contents --------------------------------------------------------------------
     def open(self, ino: int, flags: int) -> int:
@@ -349,17 +304,18 @@ class RepositoryVFS:
     def open_path(self, path: str, flags: int, ino: int | None = None) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC | os.O_CREAT):
             raise FsError(errno.EROFS, "read-only file system")
-        current, entry = self._current(path)
-        ino = current if ino is None else ino
+        resolved = self._resolve(path)
+        entry = resolved.entry
+        ino = self.inodes.number(path, entry, resolved.catalog) if ino is None else ino
         if entry.is_dir:
             raise FsError(errno.EISDIR)
         if not stat.S_ISREG(entry.mode):
             raise FsError(errno.EINVAL)
         try:
-            entry, pieces = self.repository.pieces(path)
+            opened = self.repository.open_file(path, self._files.prefetcher, resolved=resolved)
         except EXPECTED as exc:
             raise fs_error(exc) from exc
-        handle = self._files.open(ino, path, entry, pieces)
+        handle = self._files.add(ino, opened)
         with self.stats.lock:
             self.stats.nopen += 1
         return handle
@@ -376,21 +332,15 @@ class RepositoryVFS:
         if opened is None or self._revoked is not None:
             return None  # `read` answers
         try:
-            return self._files.read(opened, offset, size, self.repository,
-                                    opened.read_slice_nowait)
+            return opened.read_nowait(offset, size)
         except WouldBlockError:
             return None
 
     def read(self, handle: int, offset: int, size: int) -> bytes:
         self._check_revoked()
         opened = self._files.get(handle)
-        repository = self.repository
-
-        def read_slice(index: int, start: int, stop: int) -> bytes:
-            return opened.read_slice(index, start, stop, repository)
-
         try:
-            return self._files.read(opened, offset, size, repository, read_slice)
+            return opened.read(offset, size)
         except EXPECTED as exc:  # hash mismatch, fetch failure: never wrong bytes
             error = fs_error(exc)
             if error.errno == errno.EIO:
@@ -402,9 +352,8 @@ class RepositoryVFS:
 
     @staticmethod
     def inline() -> AbstractContextManager[None]:
-        """In this thread, answer only what needs no download (`WouldBlock` otherwise): an
-        adapter tries a request on its own worker or event loop first and hands only the
-        rest to a thread where blocking is fine."""
+        """In this thread, answer only what needs no download (else `WouldBlock`: the
+        adapter hands the request to a thread where blocking is fine)."""
         return no_loading()
 
     def close(self) -> None:
@@ -447,7 +396,4 @@ class RepositoryVFS:
         raise FsError(errno.ENODATA)
 
     def statfs(self) -> StatFs:
-        total, used = self._capacity()
-        counters = self.repository.statistics()
-        files = sum(counters.get(k, 0) for k in ("regular", "symlink", "special", "dir"))
-        return StatFs(512, total // 512, max(total - used, 0) // 512, files, 0)
+        return attributes.statfs(self._capacity(), self.repository.statistics())

@@ -43,8 +43,10 @@ from typing import Protocol
 from pycvmfs.errors import ImageError
 from pycvmfs.images import layout
 from pycvmfs.images.archives import open_local_image
+from pycvmfs.images.layer_members import LayerLimits
+from pycvmfs.images.layer_report import LayerReport
 from pycvmfs.images.layer_stream import COPY_CHUNK_BYTES
-from pycvmfs.images.layers import LayerLimits, LayerReport, apply_layers, unpack_layer_tree
+from pycvmfs.images.layers import apply_layers, unpack_layer_tree
 from pycvmfs.images.manifest import LINUX_AMD64, ImageSource, Platform
 from pycvmfs.images.reference import ImageReference, parse_reference
 from pycvmfs.images.registry import RegistryClient
@@ -55,7 +57,7 @@ from pycvmfs.publisher.publish import PublishOptions, PublishResult, publish
 from pycvmfs.publisher.tree_walk import CATALOG_MARKER
 
 SCRATCH = ".pycvmfs-ingest"  # in the working tree: unfinished images, the lock
-UNPUBLISHED = f"{SCRATCH}/unpublished"  # the working tree has changes not yet published
+UNPUBLISHED = f"{SCRATCH}/unpublished"  # the working tree has unpublished changes
 CONFIG_FILE = "config.json"
 INGEST_FILE = "ingest.json"  # ours: reference, manifest and index digests, platform
 

@@ -1,7 +1,7 @@
 """Layer blobs as tar streams: compression detected by magic bytes, bytes counted against
 a shared budget (tar bombs), corrupt compressed data turned into one exception type.
 
-Pure stream plumbing for `images/layers.py`; nothing here touches the filesystem except
+Pure stream plumbing for `layer_extractor.py`; nothing here touches the filesystem except
 opening a blob given by path.
 """
 

@@ -19,9 +19,9 @@ rewriting) are listed by `Catalog.nested_catalogs()` but not entered: descending
 raises PycvmfsError.
 
 Pressure: `detach_nested` drops every nested catalog at once (the reference does the same
-when the cache is crowded with pinned catalogs); they are released at once (unpinned) but
-closed only at the next detach or at `close`, so a lookup already running in one finishes;
-the next lookup attaches them again.
+when the cache is crowded with pinned catalogs: `crowded()` says so before each load);
+they are released at once (unpinned) but closed only at the next detach or at `close`,
+so a lookup already running in one finishes; the next lookup attaches them again.
 """
 
 from __future__ import annotations
@@ -77,9 +77,11 @@ def _under(path: str, mountpoint: str) -> bool:
 class CatalogTree:
     """Attached catalogs of one root catalog, keyed by mountpoint ('' is the root)."""
 
-    def __init__(self, root_hash: ContentHash, load: CatalogLoader) -> None:
+    def __init__(self, root_hash: ContentHash, load: CatalogLoader, *,
+                 crowded: Callable[[], bool] = lambda: False) -> None:
         self.root_hash = root_hash
         self._load = load
+        self._crowded = crowded  # pinned catalogs crowd the cache (`detach_nested` first)
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[Catalog]] = {}
         root = load(root_hash, "")
@@ -190,6 +192,8 @@ class CatalogTree:
         if any(bind.path == ref.path for bind in parent.bind_mountpoints()):
             raise PycvmfsError(f"{ref.path}: bind mountpoints (links to other root catalogs) "
                                "are not supported yet")
+        if self._crowded():
+            self.detach_nested()
         catalog = self._load(ref.hash, ref.path)  # the loader checks the content hash
         if catalog.root_prefix != ref.path:
             catalog.close()

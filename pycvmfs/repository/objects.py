@@ -1,22 +1,25 @@
-"""Object loaders of a `Repository`: where its verified catalogs, histories and file objects
-come from.
+"""The object loader of a `Repository`: where its verified catalogs, histories and file
+objects come from — one class for the mount and for the no-FUSE reader.
 
-`Objects` (no cache; `pycvmfs ls | cat | stat`) streams every object through a
-`VerifyingSink` (`source.fetch_into`), the one place object bytes are checked: hash over the
-stored bytes, inflation in bounded steps, size. File objects over 1 MiB land in an unlinked
-temporary file of the work directory and are read from there (memory stays flat for any
-object size), smaller ones stay in memory; catalogs and histories are written to the work
-directory under their hash and opened in place. `CachedObjects` (a mount) goes through the
-cache `Fetcher` instead: downloaded once, verified while streaming, served from
-`<cache>/XX/...` afterwards.
+Every object goes through a cache `Fetcher` (`cache/fetcher.py`), the one place object
+bytes are checked: a `VerifyingSink` within the object's byte budget (hash over the stored
+bytes, inflation in bounded steps, size), into a cache transaction that becomes visible
+only once verified. A mount's loader uses the mount's cache (`cache_loader`); the no-FUSE
+reader (`pycvmfs ls | cat | stat`) gets a temporary, unmanaged store in a private work
+directory, removed on `close` (`temporary_loader`). Files are read from their verified
+cache file, so memory stays flat for any object size.
 
 Budgets: a file object or chunk may bring no more than its catalog size allows
-(`format.compression.stored_size_bound`); catalogs and histories may inflate to
-`max_catalog_bytes` (the reader's default is `config.MAX_CATALOG_MB_DEFAULT`; a mount takes
-`PYCVMFS_MAX_CATALOG_MB` through its fetcher).
+(`format.compression.stored_size_bound`); catalogs and histories may inflate to the
+fetcher's `max_unsized_bytes` (`PYCVMFS_MAX_CATALOG_MB`, default
+`config.MAX_CATALOG_MB_DEFAULT`).
 
-Thread-safety: loaders may be used from several threads; each call has its own sink and
-temporary file, and work directory files are renamed into place.
+Catalogs and histories stay pinned in the cache while open (`Catalog.on_release` unpins).
+Open files are counted (`CacheHost.open_ref`) so this process never evicts an object a
+reader holds.
+
+Thread-safety: every method may be called from several threads (the fetcher is
+single-flight per object).
 """
 
 from __future__ import annotations
@@ -27,30 +30,22 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from pycvmfs.cache.fetcher import Fetcher, unsized_hint
-from pycvmfs.cache.host import CacheHost
-from pycvmfs.cache.quota import ObjectKind
+from pycvmfs.cache.fetcher import Fetcher
+from pycvmfs.cache.host import CacheConfig, CacheHost
+from pycvmfs.cache.quota import UNLIMITED, ObjectKind
 from pycvmfs.config import MAX_CATALOG_MB_DEFAULT
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, Suffix
-from pycvmfs.network.sink import (
-    Destination,
-    MemoryDestination,
-    TempFileDestination,
-    VerifyingSink,
-    local_write_error,
-)
 from pycvmfs.repository.catalog import Catalog
 from pycvmfs.repository.source import ObjectSource
 from pycvmfs.repository.trust import error_context
 
 MAX_CATALOG_BYTES = MAX_CATALOG_MB_DEFAULT << 20  # inflate cap for catalogs and histories
 PREFETCH_READ_BYTES = 1 << 20  # read-ahead warms the page cache in blocks of this size
-IN_MEMORY_OBJECT_BYTES = 1 << 20  # `open` keeps objects up to this size in memory, not a file
 
 
 def catalog_name(content_hash: ContentHash, mountpoint: str) -> str:
@@ -59,51 +54,8 @@ def catalog_name(content_hash: ContentHash, mountpoint: str) -> str:
         f"root catalog {content_hash}"
 
 
-class WorkFile:
-    """A `Destination` writing one work directory file under a temporary name; `commit`
-    renames it into place, `discard` removes it."""
-
-    def __init__(self, directory: Path, name: str) -> None:
-        self.path = directory / name
-        try:
-            fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-        except OSError as exc:
-            raise local_write_error(exc, f"{self.path}") from exc
-        self._temp = Path(temp)
-        self._file = os.fdopen(fd, "wb")
-
-    def write(self, data: bytes) -> None:
-        try:
-            self._file.write(data)
-        except OSError as exc:
-            raise local_write_error(exc, f"{self.path}") from exc
-
-    def reset(self) -> None:
-        try:
-            self._file.seek(0)
-            self._file.truncate()
-        except OSError as exc:
-            raise local_write_error(exc, f"{self.path}") from exc
-
-    def commit(self) -> Path:
-        try:
-            self._file.close()
-            os.replace(self._temp, self.path)
-        except OSError as exc:
-            self.discard()
-            raise local_write_error(exc, f"{self.path}") from exc
-        return self.path
-
-    def discard(self) -> None:
-        with contextlib.suppress(OSError):  # closing flushes, which may fail on a full disk
-            self._file.close()
-        self._temp.unlink(missing_ok=True)
-
-
 class Workdir:
-    """Private directory for verified, decompressed catalogs; removed by `cleanup`. Made on
-    first use only: a mount, whose objects live in its cache, never creates one (nothing
-    outside the mount point and the cache is touched)."""
+    """A private temporary directory, made on first use, removed by `cleanup`."""
 
     def __init__(self, parent: str | os.PathLike[str] | None) -> None:
         self._parent = parent
@@ -119,17 +71,6 @@ class Workdir:
                 self._path = Path(tempfile.mkdtemp(prefix="pycvmfs-", dir=self._parent))
             return self._path
 
-    @contextlib.contextmanager
-    def new_file(self, name: str) -> Iterator[WorkFile]:
-        """A file written atomically: in place under `name` only if the block succeeds."""
-        out = WorkFile(self.path, name)
-        try:
-            yield out
-        except BaseException:
-            out.discard()
-            raise
-        out.commit()
-
     def cleanup(self) -> None:
         with self._lock:
             path, self._path = self._path, None
@@ -137,109 +78,46 @@ class Workdir:
             shutil.rmtree(path, ignore_errors=True)
 
 
-class Objects:
-    """Fetch an object from the source, verified and inflated while it streams (the loader
-    of the no-cache reader)."""
+class ObjectLoader:
+    """Verified objects of one repository, by content hash (see the module docstring)."""
 
-    def __init__(self, source: ObjectSource, fqrn: str, workdir: Workdir, *,
-                 max_catalog_bytes: int = MAX_CATALOG_BYTES) -> None:
-        self.source = source
-        self.fqrn = fqrn
-        self.workdir = workdir
-        self.max_catalog_bytes = max_catalog_bytes
-
-    def _fetch_into(self, content_hash: ContentHash, suffix: Suffix, out: Destination, *,
-                    what: str, compression: Compression, expected_size: int | None) -> None:
-        hint = unsized_hint(self.max_catalog_bytes) if expected_size is None else ""
-        with error_context(self.fqrn, self.source, what), \
-                VerifyingSink(content_hash, compression, out, expected_size=expected_size,
-                              max_size=self.max_catalog_bytes, spool_dir=self.workdir.path,
-                              hint=hint) as sink:
-            self.source.fetch_into(content_hash.object_path(suffix), sink)
-
-    def get(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
-            compression: Compression = Compression.ZLIB,
-            expected_size: int | None = None) -> bytes:
-        """The verified object in memory (small objects; `open` streams big ones)."""
-        cap = self.max_catalog_bytes if expected_size is None else expected_size
-        out = MemoryDestination(cap + 1)  # the sink's own cap reports an overflow first
-        self._fetch_into(content_hash, suffix, out, what=what, compression=compression,
-                         expected_size=expected_size)
-        return out.getvalue()
-
-    def open(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
-             compression: Compression, expected_size: int) -> BinaryIO:
-        """The verified object as a readable unlinked temporary file (no cache here); a
-        small one in memory."""
-        if expected_size <= IN_MEMORY_OBJECT_BYTES:
-            return io.BytesIO(self.get(content_hash, suffix, what=what, compression=compression,
-                                       expected_size=expected_size))
-        out = TempFileDestination(self.workdir.path)
-        try:
-            self._fetch_into(content_hash, suffix, out, what=what, compression=compression,
-                             expected_size=expected_size)
-        except BaseException:
-            out.close()
-            raise
-        return out.reader()
-
-    def prefetch(self, content_hash: ContentHash, suffix: Suffix, *,
-                 compression: Compression, expected_size: int) -> None:
-        """Warm a cache ahead of a read; nothing to warm without one."""
-
-    def discard(self, content_hash: ContentHash) -> None:
-        """Forget a stored copy found corrupt; nothing is stored without a cache."""
-
-    def database(self, content_hash: ContentHash, suffix: Suffix, what: str) -> Path:
-        """A catalog or history database, verified, in the work directory."""
-        with self.workdir.new_file(f"{content_hash}{suffix.value}") as out:
-            self._fetch_into(content_hash, suffix, out, what=what,
-                             compression=Compression.ZLIB, expected_size=None)
-        return out.path
-
-    def load_catalog(self, content_hash: ContentHash, mountpoint: str) -> Catalog:
-        """The `CatalogTree` loader: download, verify, write, open read-only."""
-        path = self.database(content_hash, Suffix.CATALOG, catalog_name(content_hash, mountpoint))
-        with error_context(self.fqrn, self.source):
-            return Catalog(path, content_hash=content_hash)
-
-
-class CachedObjects(Objects):
-    """Objects through the client cache: downloaded once, verified while streaming, served
-    from `<cache>/XX/...` afterwards; catalogs are opened in place and pinned."""
-
-    def __init__(self, source: ObjectSource, fqrn: str, workdir: Workdir,
-                 fetcher: Fetcher) -> None:
-        super().__init__(source, fqrn, workdir, max_catalog_bytes=fetcher.max_unsized_bytes)
+    def __init__(self, fetcher: Fetcher, fqrn: str, source: ObjectSource, *,
+                 on_close: Callable[[], None] = lambda: None) -> None:
         self.fetcher = fetcher
-        self.on_pressure: Callable[[], object] = lambda: None
+        self.fqrn = fqrn
+        self.source = source  # named in error messages
+        self._on_close = on_close
+
+    def _fetch(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
+               compression: Compression, expected_size: int | None,
+               kind: ObjectKind = ObjectKind.REGULAR) -> BinaryIO:
+        with error_context(self.fqrn, self.source, what):
+            return self.fetcher.fetch(content_hash, suffix, compression,
+                                      expected_size=expected_size, kind=kind)
 
     def get(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
             compression: Compression = Compression.ZLIB,
             expected_size: int | None = None) -> bytes:
-        with error_context(self.fqrn, self.source), \
-                self.fetcher.fetch(content_hash, suffix, compression,
-                                   expected_size=expected_size) as fh:
+        """The verified object in memory (small objects; `open` for big ones)."""
+        with self._fetch(content_hash, suffix, what=what, compression=compression,
+                         expected_size=expected_size) as fh:
             return fh.read()
 
     def open(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
              compression: Compression, expected_size: int) -> BinaryIO:
-        """The cached file itself, counted as open so this process never evicts it while a
-        reader holds it (the descriptor would keep the bytes anyway; the quota should not
-        count them as free)."""
-        with error_context(self.fqrn, self.source):
-            fh = self.fetcher.fetch(content_hash, suffix, compression,
-                                    expected_size=expected_size)
+        """The verified cache file itself, counted as open until closed (the descriptor
+        would keep the bytes anyway; the quota should not count them as free)."""
+        fh = self._fetch(content_hash, suffix, what=what, compression=compression,
+                         expected_size=expected_size)
         _advise(fh, os.POSIX_FADV_SEQUENTIAL)
         return _OpenObject(fh, content_hash, self.fetcher.host)
 
-    def prefetch(self, content_hash: ContentHash, suffix: Suffix, *,
+    def prefetch(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
                  compression: Compression, expected_size: int) -> None:
         """Download it if missing; if cached, read it once so its pages are in memory when
         the reader gets there (the disk works while the reader is busy elsewhere)."""
-        with error_context(self.fqrn, self.source), \
-                self.fetcher.fetch(content_hash, suffix, compression,
-                                   expected_size=expected_size) as fh:
+        with self._fetch(content_hash, suffix, what=what, compression=compression,
+                         expected_size=expected_size) as fh:
             _warm_page_cache(fh)
 
     def discard(self, content_hash: ContentHash) -> None:
@@ -250,18 +128,15 @@ class CachedObjects(Objects):
         host.quota.remove(content_hash)
 
     def database(self, content_hash: ContentHash, suffix: Suffix, what: str) -> Path:
-        with error_context(self.fqrn, self.source, what), \
-                self.fetcher.fetch(content_hash, suffix, Compression.ZLIB,
-                                   kind=ObjectKind.CATALOG) as fh:
+        """A catalog or history database, verified, pinned, opened in place by SQLite."""
+        with self._fetch(content_hash, suffix, what=what, compression=Compression.ZLIB,
+                         expected_size=None, kind=ObjectKind.CATALOG) as fh:
             path = Path(fh.name)
             self.fetcher.host.pin(content_hash, path.stat().st_size)
         return path
 
     def load_catalog(self, content_hash: ContentHash, mountpoint: str) -> Catalog:
-        """Catalogs stay pinned in the cache while attached; when the cache gets crowded
-        with pinned catalogs, `on_pressure` (the tree's `detach_nested`) gives them back."""
-        if self.fetcher.host.quota.pin_pressure():
-            self.on_pressure()
+        """The `CatalogTree` loader: pinned while attached, unpinned on release."""
         path = self.database(content_hash, Suffix.CATALOG, catalog_name(content_hash, mountpoint))
         with error_context(self.fqrn, self.source):
             try:
@@ -270,6 +145,42 @@ class CachedObjects(Objects):
             except BaseException:
                 self.fetcher.host.unpin(content_hash)
                 raise
+
+    def crowded(self) -> bool:
+        """Pinned catalogs crowd the cache: the tree should give its nested ones back."""
+        return self.fetcher.host.quota.pin_pressure()
+
+    def close(self) -> None:
+        """Release what this loader owns (a temporary store; nothing for a mount's cache)."""
+        self._on_close()
+
+
+def cache_loader(fetcher: Fetcher, fqrn: str, source: ObjectSource) -> ObjectLoader:
+    """A mount's loader: objects in the mount's cache, shared by all its revisions."""
+    return ObjectLoader(fetcher, fqrn, source)
+
+
+def temporary_loader(source: ObjectSource, fqrn: str, *,
+                     parent: str | os.PathLike[str] | None = None,
+                     max_catalog_bytes: int = MAX_CATALOG_BYTES) -> ObjectLoader:
+    """The no-FUSE reader's loader: an unmanaged store in a fresh directory inside `parent`
+    (default: the system temporary directory), removed with everything in it on `close`."""
+    work = Workdir(parent)
+    try:
+        host = CacheHost(CacheConfig(work.path / "objects", quota_limit_mb=UNLIMITED,
+                                     shared=False, base=work.path))
+    except BaseException:
+        work.cleanup()
+        raise
+
+    def close() -> None:
+        try:
+            host.close()
+        finally:
+            work.cleanup()
+
+    fetcher = Fetcher(host, source, max_unsized_bytes=max_catalog_bytes)
+    return ObjectLoader(fetcher, fqrn, source, on_close=close)
 
 
 def _advise(fh: BinaryIO, advice: int) -> None:

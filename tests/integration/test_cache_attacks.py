@@ -37,7 +37,8 @@ from pycvmfs.errors import CacheFullError, errno_for
 from pycvmfs.format.certificates import load_public_key
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, Suffix
-from pycvmfs.repository.repository import Repository
+from pycvmfs.repository.network_source import NetworkSource
+from pycvmfs.repository.open import open_repository
 from pycvmfs.repository.source import LocalSource
 from tests.mounting import (
     DEMO_FQRN,
@@ -99,7 +100,7 @@ Demo = tuple[str, bytes, list[tuple[str, int, Compression]]]
 def demo() -> Demo:
     """README.txt's content hash and bytes, and the chunks of data/random.bin."""
     key = load_public_key(DEMO_KEY.read_bytes())
-    with Repository.open(LocalSource(DEMO_REPO), FQRN, [key]) as repo:
+    with open_repository(LocalSource(DEMO_REPO), FQRN, [key]) as repo:
         readme = repo.lookup("/README.txt")
         assert readme.content_hash is not None
         entry, pieces = repo.pieces("/data/random.bin")
@@ -384,7 +385,7 @@ def test_download_into_a_full_cache_leaves_no_transaction_file(
                                                CVMFS_QUOTA_LIMIT=quota))
         downloader, _ = downloader_for(config)
         with CacheHost(cache_config_of(config)) as host, closing(downloader.transport):
-            fetcher = Fetcher(host, downloader)
+            fetcher = Fetcher(host, NetworkSource(downloader, "nginx"))
             with pytest.raises(CacheFullError) as info:
                 for key, size, compression in chunks:  # 12 x 125 kB: the third cannot fit
                     fetcher.fetch(ContentHash.parse(key), Suffix.PARTIAL, compression,

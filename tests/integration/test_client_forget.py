@@ -20,7 +20,7 @@ from tests.publish_helpers import Keys, open_repository, run_publish
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
                                 reason="needs /dev/fuse and root (drop_caches)")
-BACKEND_MODULES = {"lowlevel": "pycvmfs.fs.adapter_lowlevel", "pyfuse3": "pyfuse3"}
+BACKENDS = ("lowlevel", "pyfuse3")  # those that answer FORGET
 DIRS, FILES_PER_DIR = 20, 60
 MOUNT_WAIT_S = 20.0
 SHRINK_WAIT_S = 15.0
@@ -62,11 +62,11 @@ def _walk(mnt: Path) -> dict[str, bytes]:
     return seen
 
 
-@pytest.fixture(params=list(BACKEND_MODULES))
+@pytest.fixture(params=BACKENDS)
 def served(request: pytest.FixtureRequest, storage: Path, keys: Keys,
            tmp_path: Path) -> Iterator[tuple[RepositoryVFS, Path]]:
     try:
-        __import__(BACKEND_MODULES[request.param])
+        mount.load_backend(request.param)
     except Exception as exc:
         pytest.skip(f"{request.param} is not usable: {exc}")
     mnt = tmp_path / "mnt"

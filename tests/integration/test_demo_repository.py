@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pycvmfs.format.certificates import load_public_key
+from pycvmfs.repository.open import RevisionSelector, open_repository
 from pycvmfs.repository.repository import Repository
 from pycvmfs.repository.source import LocalSource
 
@@ -21,7 +22,7 @@ FQRN = "demo.pycvmfs.org"
 
 def _open(tag: str | None = None) -> Repository:
     key = load_public_key((ROOT / "testdata" / "keys" / f"{FQRN}.pub").read_bytes())
-    return Repository.open(LocalSource(DEMO), FQRN, [key], tag=tag)
+    return open_repository(LocalSource(DEMO), FQRN, [key], RevisionSelector.of(tag=tag))
 
 
 def _same_tree(a: Path, b: Path) -> list[str]:

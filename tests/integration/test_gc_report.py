@@ -16,7 +16,7 @@ from pycvmfs.cli.gc_report import gc_command, report_group
 from pycvmfs.format.certificates import load_public_key
 from pycvmfs.images import layout
 from pycvmfs.images.report import dedup_report
-from pycvmfs.repository.repository import Repository
+from pycvmfs.repository.open import open_repository
 from pycvmfs.repository.source import LocalSource
 from tests.ingested import IngestedImages
 from tests.publish_helpers import Keys
@@ -33,7 +33,7 @@ def test_dedup_report_of_two_debian_images(ingested_images: IngestedImages, tmp_
     names = [ingested_images.name(tag) for tag in ("base", "python")]
 
     public = load_public_key(keys.public_key_file.read_bytes())
-    with Repository.open(LocalSource(storage), keys.fqrn, [public]) as repo:
+    with open_repository(LocalSource(storage), keys.fqrn, [public]) as repo:
         report = dedup_report(repo, storage)
     assert [image.name for image, _level in report.images] == names
     base, python = (level for _image, level in report.images)
@@ -62,7 +62,7 @@ def test_dedup_report_of_two_debian_images(ingested_images: IngestedImages, tmp_
     swept = runner.invoke(gc_command, [*common, "--no-tags"])
     assert swept.exit_code == 0, swept.output
     print(swept.output)
-    with Repository.open(LocalSource(storage), keys.fqrn, [public]) as repo:
+    with open_repository(LocalSource(storage), keys.fqrn, [public]) as repo:
         assert dedup_report(repo, storage).total == total
         for path, entry in repo.walk():
             if entry.is_regular:

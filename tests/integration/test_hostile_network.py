@@ -39,7 +39,7 @@ from pycvmfs.network.proxies import DIRECT, ProxyChoice, parse_proxies
 from pycvmfs.network.sink import MemorySink, Sink
 from pycvmfs.network.transport import ERROR_BODY_BYTES, Urllib3Transport, request_headers
 from pycvmfs.repository.network_source import NetworkSource
-from pycvmfs.repository.repository import Repository
+from pycvmfs.repository.open import RevisionSelector, open_repository
 from pycvmfs.repository.source import LocalSource
 from pycvmfs.repository.trust import (
     CERTIFICATE_MAX_BYTES,
@@ -84,7 +84,7 @@ def published(keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> Published
     (tree / "chunked.bin").write_bytes(CHUNKED)
     run_publish(tree, storage, keys, tag=TAG, chunking=SMALL_CHUNKS)
     public = load_public_key(keys.public_key_file.read_bytes())
-    with Repository.open(LocalSource(storage), keys.fqrn, [public]) as repo:
+    with open_repository(LocalSource(storage), keys.fqrn, [public]) as repo:
         assert repo.trusted is not None and repo.trusted.history is not None
         certificate = repo.trusted.manifest.certificate
         assert certificate is not None
@@ -140,8 +140,8 @@ def read_through(published: Published, hosts: list[str], kind: str,
     source = NetworkSource(Downloader(transport, route, FAST), ";".join(hosts))
     public = load_public_key(published.keys.public_key_file.read_bytes())
     try:
-        with Repository.open(source, published.keys.fqrn, [public],
-                             tag=TAG if kind == "history" else None,
+        with open_repository(source, published.keys.fqrn, [public],
+                             RevisionSelector.of(tag=TAG if kind == "history" else None),
                              max_catalog_bytes=CATALOG_CAP) as repo:
             if kind == "chunk":
                 return b"".join(repo.iter_read("/chunked.bin", 1 << 16))

@@ -19,6 +19,7 @@ from pycvmfs.images import layout
 from pycvmfs.images.ingest import IngestOptions, ingest
 from pycvmfs.publisher.pipeline import Settings
 from pycvmfs.publisher.publish import PublishOptions
+from pycvmfs.repository.open import open_repository
 from pycvmfs.repository.repository import Repository
 from pycvmfs.repository.source import LocalSource
 from tests.images import ImageSet, require_images
@@ -99,7 +100,7 @@ def test_ingest_from_registry(ingested_images: IngestedImages, tmp_path: Path, k
     assert second.published.bytes_written < base_bytes / 3
 
     public = load_public_key(keys.public_key_file.read_bytes())
-    with Repository.open(LocalSource(storage), keys.fqrn, [public]) as repo:
+    with open_repository(LocalSource(storage), keys.fqrn, [public]) as repo:
         for image in (images.base, images.python):
             name = f"{registry.host}/ns/debian:{image.tag}"
             flat = "/" + layout.flat_dir(image.config_digest)
@@ -132,7 +133,7 @@ def test_ingest_local_images_under_a_name(tmp_path: Path, keys: Keys,
                 f"docker-archive:{archive}:example.org/debian:python")
     assert main(["ingest", f"docker-archive:{archive}", *common]) == 0
     public = load_public_key(keys.public_key_file.read_bytes())
-    with Repository.open(LocalSource(storage), keys.fqrn, [public]) as repo:
+    with open_repository(LocalSource(storage), keys.fqrn, [public]) as repo:
         for image in (images.base, images.python):
             name = f"example.org/debian:{image.tag}"
             assert repo.readlink("/" + name) == layout.public_link(name, image.config_digest)[1]

@@ -11,7 +11,7 @@ from pycvmfs.cli.main import main
 from pycvmfs.errors import PublishError
 from pycvmfs.images import ingest as ingest_module
 from pycvmfs.images.ingest import UNPUBLISHED, IngestError, IngestOptions, ingest
-from pycvmfs.images.layers import LayerLimits
+from pycvmfs.images.layer_members import LayerLimits
 from pycvmfs.publisher.publish import PublishOptions
 from tests.oci_layouts import file_member, tar_bytes, write_oci_layout
 from tests.publish_helpers import Keys, open_repository

@@ -13,9 +13,9 @@ import pytest
 from pycvmfs.format.certificates import load_public_key
 from pycvmfs.images import layout
 from pycvmfs.images.ingest import IngestOptions, ingest
-from pycvmfs.images.layers import FindingKind
+from pycvmfs.images.layer_report import FindingKind
 from pycvmfs.publisher.publish import PublishOptions
-from pycvmfs.repository.repository import Repository
+from pycvmfs.repository.open import open_repository
 from pycvmfs.repository.source import LocalSource
 from tests.oci_layouts import dir_member, file_member, link_member, tar_bytes, write_oci_layout
 from tests.publish_helpers import Keys
@@ -57,7 +57,7 @@ def test_hostile_layers_stay_inside_the_image(tmp_path: Path, keys: Keys) -> Non
             FindingKind.HARDLINK_SKIPPED, FindingKind.PARENT_RESCOPED} <= kinds
     assert result.published is not None
     public = load_public_key(keys.public_key_file.read_bytes())
-    with Repository.open(LocalSource(storage), keys.fqrn, [public]) as repo:
+    with open_repository(LocalSource(storage), keys.fqrn, [public]) as repo:
         flat = "/" + layout.flat_dir(result.images[0].config_digest)
         assert repo.read(flat + "/keep.txt") == b"kept\n"
         assert repo.read(flat + "/etc/os-release") == b"ID=hostile\n"

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from pycvmfs.images.layers import FindingKind, apply_layers
+from pycvmfs.images.layer_report import FindingKind
+from pycvmfs.images.layers import apply_layers
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed"),

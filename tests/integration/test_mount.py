@@ -26,22 +26,20 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() 
                                 reason="needs /dev/fuse and root")
 
 
-def _importable(name: str) -> bool:
+def _usable(backend: str) -> bool:
+    from pycvmfs.fs.mount import load_backend
+
     try:
-        __import__(name)
+        load_backend(backend)
     except Exception:
         return False
     return True
 
 
-BACKEND_MODULES = {"pyfuse3": "pyfuse3", "lowlevel": "pycvmfs.fs.adapter_lowlevel",
-                   "mfusepy": "mfusepy"}
-
-
-@pytest.fixture(params=list(BACKEND_MODULES))
+@pytest.fixture(params=["pyfuse3", "lowlevel", "mfusepy"])
 def mounted(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     backend = request.param
-    if not _importable(BACKEND_MODULES[backend]):
+    if not _usable(backend):
         pytest.skip(f"{backend} is not installed")
     mnt = tmp_path / "mnt"
     mnt.mkdir()

@@ -35,6 +35,7 @@ from pycvmfs.format.compression import open_object
 from pycvmfs.format.hashes import ContentHash, Suffix
 from pycvmfs.repository.catalog import Catalog
 from pycvmfs.repository.catalog_tree import CatalogTree
+from pycvmfs.repository.open import RevisionSelector, open_repository
 from pycvmfs.repository.repository import Repository
 from pycvmfs.repository.source import LocalSource
 from pycvmfs.repository.trust import establish_trust, load_public_keys
@@ -69,7 +70,7 @@ def oracle_keys() -> list:
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repository]:
     workdir = tmp_path_factory.mktemp("oracle-work")
-    with Repository.open(LocalSource(ORACLE_REPO), FQRN, oracle_keys(), now=NOW,
+    with open_repository(LocalSource(ORACLE_REPO), FQRN, oracle_keys(), now=NOW,
                          workdir=workdir) as repository:
         yield repository
 
@@ -163,8 +164,8 @@ def test_tags(oracle: Repository) -> None:
     (TAG_REV2, 2, "expected-rev2.sha1"),
 ])
 def test_tagged_revision_content(tag: str, revision: int, sums: str, tmp_path: Path) -> None:
-    with Repository.open(LocalSource(ORACLE_REPO), FQRN, oracle_keys(), now=NOW, tag=tag,
-                         workdir=tmp_path) as repository:
+    with open_repository(LocalSource(ORACLE_REPO), FQRN, oracle_keys(),
+                         RevisionSelector.of(tag=tag), now=NOW, workdir=tmp_path) as repository:
         assert repository.revision == revision
         assert repository.tag is not None and repository.tag.name == tag
         got = {path: hashlib.sha1(repository.read(path)).hexdigest()
@@ -174,8 +175,8 @@ def test_tagged_revision_content(tag: str, revision: int, sums: str, tmp_path: P
 
 def test_unknown_tag_lists_available(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="available: .*trunk"):
-        Repository.open(LocalSource(ORACLE_REPO), FQRN, oracle_keys(), now=NOW, tag="nope",
-                        workdir=tmp_path)
+        open_repository(LocalSource(ORACLE_REPO), FQRN, oracle_keys(),
+                        RevisionSelector.of(tag="nope"), now=NOW, workdir=tmp_path)
     assert list(tmp_path.iterdir()) == []  # the work directory was removed
 
 
@@ -275,7 +276,7 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
 
 
 def open_copy(copy: Path, tmp_path: Path, keys: list | None = None) -> Repository:
-    return Repository.open(LocalSource(copy), FQRN, keys or oracle_keys(), now=NOW,
+    return open_repository(LocalSource(copy), FQRN, keys or oracle_keys(), now=NOW,
                            workdir=tmp_path / "work")
 
 
@@ -336,7 +337,7 @@ def test_wrong_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     other = tmp_path / "other.pub"
     other.write_bytes(public_key_pem(generate_private_key().public_key()))
     with pytest.raises(SignatureError, match="whitelist of oracle.local"):
-        Repository.open(LocalSource(ORACLE_REPO), FQRN, load_public_keys([other]), now=NOW)
+        open_repository(LocalSource(ORACLE_REPO), FQRN, load_public_keys([other]), now=NOW)
     code, _, err = run_cli(["ls", str(ORACLE_REPO), "--keys", str(other), "--fqrn", FQRN,
                             "--now", NOW_ARG], capsys)
     assert code == 1 and "signature" in err
@@ -399,10 +400,11 @@ def test_tree_attaches_each_nested_catalog_once(tmp_path: Path) -> None:
 
 def test_open_by_root_hash(tmp_path: Path) -> None:
     rev1 = "452f349a45f6db70b5aa5a5cb217875395ecd44a"
-    with Repository.open(LocalSource(ORACLE_REPO), FQRN, oracle_keys(), now=NOW,
-                         root_hash=rev1, workdir=tmp_path) as repository:
+    with open_repository(LocalSource(ORACLE_REPO), FQRN, oracle_keys(),
+                         RevisionSelector.of(root_hash=rev1), now=NOW,
+                         workdir=tmp_path) as repository:
         assert repository.revision == 1
         assert str(repository.root_hash) == rev1
     with pytest.raises(ConfigError):
-        Repository.open(LocalSource(ORACLE_REPO), FQRN, oracle_keys(), now=NOW,
-                        root_hash=rev1, tag="trunk")
+        open_repository(LocalSource(ORACLE_REPO), FQRN, oracle_keys(),
+                        RevisionSelector.of(root_hash=rev1, tag="trunk"), now=NOW)

@@ -19,7 +19,10 @@ import pytest
 from pycvmfs.errors import PycvmfsError
 from pycvmfs.images import layout
 from pycvmfs.images.ingest import IngestOptions
-from pycvmfs.images.webhook import QueueItem, RegistryAllowlist, WebhookOptions, WebhookService
+from pycvmfs.images.webhook import WebhookService
+from pycvmfs.images.webhook_options import WebhookOptions
+from pycvmfs.images.webhook_queue import QueueItem
+from pycvmfs.images.webhook_registries import RegistryAllowlist
 from pycvmfs.images.wishlist import convert
 from pycvmfs.publisher.publish import PublishOptions
 from tests.images import ImageSet, require_images

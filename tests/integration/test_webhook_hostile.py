@@ -25,14 +25,12 @@ from pathlib import Path
 import pytest
 
 from pycvmfs.images.ingest import IngestOptions
-from pycvmfs.images.webhook import (
-    EventQueue,
-    HttpLimits,
-    ImageEvent,
-    RegistryAllowlist,
-    WebhookOptions,
-    WebhookService,
-)
+from pycvmfs.images.webhook import WebhookService
+from pycvmfs.images.webhook_http import HttpLimits
+from pycvmfs.images.webhook_options import WebhookOptions
+from pycvmfs.images.webhook_payload import ImageEvent
+from pycvmfs.images.webhook_queue import EventQueue
+from pycvmfs.images.webhook_registries import RegistryAllowlist
 from pycvmfs.publisher.publish import PublishOptions
 
 TOKEN = "hostile-test-token"

@@ -20,14 +20,11 @@ import pytest
 
 from pycvmfs.errors import ConfigError
 from pycvmfs.images.ingest import IngestOptions
-from pycvmfs.images.webhook import (
-    DOCKER_EVENTS_TYPE,
-    EventQueue,
-    ImageEvent,
-    RegistryAllowlist,
-    WebhookOptions,
-    WebhookService,
-)
+from pycvmfs.images.webhook import WebhookService
+from pycvmfs.images.webhook_options import WebhookOptions
+from pycvmfs.images.webhook_payload import DOCKER_EVENTS_TYPE, ImageEvent
+from pycvmfs.images.webhook_queue import EventQueue
+from pycvmfs.images.webhook_registries import RegistryAllowlist
 from pycvmfs.publisher.publish import PublishOptions
 from tests.publish_helpers import Keys
 from tests.servers import free_port
@@ -119,7 +116,8 @@ def test_queue_survives_a_killed_process(tmp_path: Path) -> None:
     path = tmp_path / "q.sqlite"
     script = f"""
 import os, sys
-from pycvmfs.images.webhook import EventQueue, ImageEvent
+from pycvmfs.images.webhook_payload import ImageEvent
+from pycvmfs.images.webhook_queue import EventQueue
 queue = EventQueue({str(path)!r})
 for tag in ("1", "2", "3"):
     queue.put([ImageEvent("push", "h.org", "ns/x", tag)])

@@ -132,7 +132,7 @@ def test_new_revision_keeps_unchanged_inodes_and_open_files(site: Site,
     handle = vfs.open(old_a, 0)
     assert vfs.read(handle, 0, 4) == b"one,"
     swapped = []
-    vfs.revision_listeners.append(lambda: swapped.append(True))
+    vfs.subscribe(lambda: swapped.append(True))
     assert not client.watcher.check_now()  # nothing new yet
     second = site.publish({"a.txt": b"two, the second one", "keep.txt": b"unchanged",
                            "big.bin": BIG, "new.txt": b"new"}, T2)
@@ -385,14 +385,14 @@ def test_a_cache_object_that_stays_short_is_an_io_error(site: Site, client: Clie
     handle = vfs.open(_ino(client, "a.txt"), 0)
     assert vfs.read(handle, 0, 3) == b"one"
     cached = _cache_file(client, "a.txt")
-    original = client.repository._objects.open  # type: ignore[attr-defined]
+    original = client.repository.loader.open
 
     def shrinking(*args: object, **kwargs: object) -> object:
         opened = original(*args, **kwargs)
         cached.write_bytes(b"one")  # every fresh copy is truncated again at once
         return opened
 
-    client.repository._objects.open = shrinking  # type: ignore[attr-defined]
+    client.repository.loader.open = shrinking  # type: ignore[method-assign]
     cached.write_bytes(b"one")
     with pytest.raises(FsError) as info:
         vfs.read(vfs.open(_ino(client, "a.txt"), 0), 0, 100)

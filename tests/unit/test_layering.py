@@ -15,7 +15,7 @@ FORBIDDEN = {
     "pycvmfs.publisher": {"pycvmfs.network", "pycvmfs.cache", "pycvmfs.repository",
                           "pycvmfs.fs", "pycvmfs.cli", "urllib3"},
     "pycvmfs.repository": {"pycvmfs.publisher", "pycvmfs.fs", "pycvmfs.cli"},
-    # cache/fetcher.py will be the one joint between cache and network (style guide R1)
+    # cache/fetcher.py is the one joint between cache and network (its verifying sink)
     "pycvmfs.cache": {"pycvmfs.network", "pycvmfs.repository", "pycvmfs.fs", "pycvmfs.cli",
                       "pycvmfs.publisher"},
     "pycvmfs.fs": {"pycvmfs.publisher", "pycvmfs.cli"},

@@ -1,5 +1,6 @@
-"""The lowlevel adapter's struct-format packers against its ctypes layouts, and the libfuse
-versions it loads (the layouts against the C compiler: tests/integration/test_lowlevel_abi_c.py)."""
+"""The lowlevel adapter's struct-format packers against its ctypes layouts (`_libfuse3`), and
+the libfuse versions it loads (the layouts against the C compiler:
+tests/integration/test_lowlevel_abi_c.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,7 @@ from typing import Any
 
 import pytest
 
-try:
-    from pycvmfs.fs import adapter_lowlevel as ll
-except ImportError as exc:  # no libfuse3, or a version without declared layouts
-    pytest.skip(f"lowlevel adapter unavailable: {exc}", allow_module_level=True)
-
+from pycvmfs.fs import _libfuse3 as ll
 from pycvmfs.fs.vfs import Attr
 
 
@@ -33,15 +30,23 @@ def test_packers_match_ctypes_layouts() -> None:
     assert ll.pack_entry(None, 5.0) == bytes(negative)
 
 
-def test_cache_readdir_bit_moves_in_3_15_and_3_16() -> None:
-    assert [ll.fi_cache_readdir_bit(v) for v in (310, 314, 315, 316)] == [64, 64, 128, 128]
+def test_cache_readdir_bit_moves_in_3_15_and_3_16_only() -> None:
+    assert [ll.fi_cache_readdir_bit(v) for v in (310, 314, 315, 316, 317, 319)] == [
+        64, 64, 128, 128, 64, 64]
+
+
+def test_file_info_grew_in_3_17() -> None:
+    assert [ll.file_info_size(v) for v in (310, 316, 317, 319)] == [40, 40, 64, 64]
 
 
 @pytest.mark.parametrize(("version", "accepted"), [(309, False), (310, True), (316, True),
-                                                   (317, False), (318, False)])
+                                                   (317, True), (319, True), (320, False)])
 def test_only_declared_libfuse_versions_load(monkeypatch: pytest.MonkeyPatch, version: int,
                                              accepted: bool) -> None:
-    real = ctypes.CDLL("libfuse3.so.3")
+    try:
+        real = ll.load().cdll
+    except ImportError as exc:
+        pytest.skip(f"no usable libfuse3: {exc}")
 
     class VersionOnly:
         restype: Any = None
@@ -57,8 +62,12 @@ def test_only_declared_libfuse_versions_load(monkeypatch: pytest.MonkeyPatch, ve
             return getattr(real, name)
 
     monkeypatch.setattr(ctypes, "CDLL", lambda name: Library())
-    if accepted:
-        assert ll.load_library()[1] == version
-    else:
-        with pytest.raises(ImportError, match=f"libfuse 3.{version % 100} is not supported"):
-            ll.load_library()
+    monkeypatch.setenv(ll.LIBRARY_ENV, "libfuse3-version-only.so")
+    try:
+        if accepted:
+            assert ll.load().version == version
+        else:
+            with pytest.raises(ImportError, match=f"libfuse 3.{version % 100} is not supported"):
+                ll.load()
+    finally:
+        ll._load.cache_clear()

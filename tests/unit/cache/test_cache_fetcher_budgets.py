@@ -21,6 +21,7 @@ from pycvmfs.network.download import Downloader, DownloadSettings
 from pycvmfs.network.failover import RouteState
 from pycvmfs.network.proxies import ProxyChoice, parse_proxies
 from pycvmfs.network.transport import Body, MockTransport
+from pycvmfs.repository.network_source import NetworkSource
 from tests.zlib_bomb import zlib_bomb
 
 MIB = 1 << 20
@@ -44,7 +45,7 @@ def fetcher(host: CacheHost, body: Body, *, max_unsized_bytes: int) -> Fetcher:
 
     downloader = Downloader(MockTransport(handler), RouteState(HOSTS, parse_proxies("DIRECT")),
                             DownloadSettings(), sleep=lambda _: None, rng=random.Random(1))
-    return Fetcher(host, downloader, max_unsized_bytes=max_unsized_bytes)
+    return Fetcher(host, NetworkSource(downloader, "mock"), max_unsized_bytes=max_unsized_bytes)
 
 
 def cache_bytes(host: CacheHost) -> int:

@@ -151,7 +151,7 @@ def test_touches_are_batched(store: ObjectStore, tmp_path: Path) -> None:
         for key in keys[:3]:
             quota.touch(key)
         assert quota.write_transactions == writes  # no SQLite write per hit
-        assert _acseq_order(tmp_path) == keys  # not yet on disk
+        assert _acseq_order(tmp_path) == keys  # the touches are still in memory
         quota.touch(keys[3])  # batch full
         assert quota.write_transactions == writes + 1
         assert _acseq_order(tmp_path) == keys[4:] + keys[:4]

@@ -21,14 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pycvmfs.errors import ImageError
-from pycvmfs.images.layers import (
-    FindingKind,
-    LayerLimits,
-    LayerReport,
-    apply_layers,
-    normalise_member_name,
-    unpack_layer_tree,
-)
+from pycvmfs.images.layer_members import LayerLimits, normalise_member_name
+from pycvmfs.images.layer_report import FindingKind, LayerReport
+from pycvmfs.images.layers import apply_layers, unpack_layer_tree
 
 K = FindingKind
 AS_ROOT = os.geteuid() == 0

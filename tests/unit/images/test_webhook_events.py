@@ -19,17 +19,12 @@ from pycvmfs.errors import ImageError
 from pycvmfs.images import layout
 from pycvmfs.images.ingest import INGEST_FILE, IngestOptions
 from pycvmfs.images.removal import names_for_digest, referenced_flats, remove_images
-from pycvmfs.images.webhook import (
-    EventQueue,
-    ImageEvent,
-    PayloadError,
-    RegistryAllowlist,
-    WebhookOptions,
-    Worker,
-    fetch_reference,
-    parse_listen,
-    parse_payload,
-)
+from pycvmfs.images.webhook_http import parse_listen
+from pycvmfs.images.webhook_options import WebhookOptions
+from pycvmfs.images.webhook_payload import ImageEvent, PayloadError, parse_payload
+from pycvmfs.images.webhook_queue import EventQueue
+from pycvmfs.images.webhook_registries import RegistryAllowlist
+from pycvmfs.images.webhook_worker import Worker, fetch_reference
 from pycvmfs.publisher.publish import PublishOptions
 from tests.publish_helpers import Keys, open_repository
 from tests.waiting import wait_until

@@ -17,31 +17,27 @@ from pathlib import Path
 import pytest
 
 from pycvmfs.errors import ConfigError
-from pycvmfs.images import webhook as webhook_module
+from pycvmfs.images import webhook_worker
 from pycvmfs.images.ingest import IngestOptions
-from pycvmfs.images.webhook import (
+from pycvmfs.images.webhook import WebhookService, accept_events
+from pycvmfs.images.webhook_http import FramingError, check_header_fields, request_body_length
+from pycvmfs.images.webhook_options import WebhookOptions
+from pycvmfs.images.webhook_payload import (
     MAX_EVENTS_PER_PAYLOAD,
-    EventQueue,
+    MAX_REASON_CHARS,
     ImageEvent,
     PayloadError,
-    RegistryAllowlist,
-    WebhookOptions,
-    WebhookService,
-    Worker,
-    accept_events,
-    fetch_reference,
     parse_payload,
-    process,
 )
-from pycvmfs.images.webhook_http import FramingError, check_header_fields, request_body_length
-from pycvmfs.images.webhook_payload import MAX_REASON_CHARS
-from pycvmfs.images.webhook_queue import QueueFullError, retry_delay
+from pycvmfs.images.webhook_queue import EventQueue, QueueFullError, retry_delay
 from pycvmfs.images.webhook_registries import (
+    RegistryAllowlist,
     RegistryNotAllowedError,
     RegistrySource,
     parse_registry_option,
     registry_name,
 )
+from pycvmfs.images.webhook_worker import Worker, fetch_reference, process
 from pycvmfs.images.wishlist import parse_wishlist
 from pycvmfs.publisher.publish import PublishOptions
 
@@ -289,8 +285,8 @@ def test_process_refuses_before_any_fetch(tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """An item queued under an older configuration: no ingest, no removal is started."""
     calls: list[object] = []
-    monkeypatch.setattr(webhook_module, "ingest", lambda *args, **kw: calls.append(args))
-    monkeypatch.setattr(webhook_module, "remove_images", lambda *args: calls.append(args))
+    monkeypatch.setattr(webhook_worker, "ingest", lambda *args, **kw: calls.append(args))
+    monkeypatch.setattr(webhook_worker, "remove_images", lambda *args: calls.append(args))
     options = WebhookOptions(_ingest_options(tmp_path), "s", tmp_path / "q",
                              registries=RegistryAllowlist.build(["https://reg.example.org"]))
     for event in (ImageEvent("push", "127.0.0.1:9", "ns/x", "1"),

@@ -17,7 +17,7 @@ from pycvmfs.errors import (
 from pycvmfs.format.compression import Compression, make_object
 from pycvmfs.format.hashes import Algorithm, ContentHash, Suffix
 from pycvmfs.network.sink import MemoryDestination, VerifyingSink
-from pycvmfs.repository.objects import Objects, Workdir
+from pycvmfs.repository.objects import ObjectLoader, temporary_loader
 from pycvmfs.repository.source import LocalSource
 from tests.zlib_bomb import zlib_bomb
 
@@ -79,41 +79,52 @@ def test_fetch_into_verifies(tmp_path: Path) -> None:
         LocalSource(tmp_path).fetch_into(wrong, sink)
 
 
+BOOKKEEPING = {".pycvmfs-owner", ".cvmfscache", "lock_cachedb"}
+
+
+def stored_files(loader: ObjectLoader) -> list[Path]:
+    """Every file in the loader's store but its own bookkeeping (no partial downloads)."""
+    directory = loader.fetcher.host.config.directory
+    return [p for p in directory.rglob("*") if p.is_file() and p.name not in BOOKKEEPING]
+
+
 def test_objects_open_gives_a_verified_file(tmp_path: Path) -> None:
-    storage, work = tmp_path / "storage", Workdir(tmp_path / "work")
+    storage = tmp_path / "storage"
     data = bytes(range(256)) * 40_000  # 10 MB
     digest, stored = make_object(data)
     store(storage, digest, stored)
-    objects = Objects(LocalSource(storage), FQRN, work)
-    with objects.open(digest, Suffix.NONE, what="file /x", compression=Compression.ZLIB,
-                      expected_size=len(data)) as fh:
+    loader = temporary_loader(LocalSource(storage), FQRN, parent=tmp_path / "work")
+    with loader.open(digest, Suffix.NONE, what="file /x", compression=Compression.ZLIB,
+                     expected_size=len(data)) as fh:
         assert fh.read(5) == data[:5]
         fh.seek(len(data) - 3)
         assert fh.read() == data[-3:]
-    assert objects.get(digest, Suffix.NONE, what="file /x", expected_size=len(data)) == data
-    assert list(work.path.iterdir()) == []  # unlinked temporary files only
-    work.cleanup()
+    assert loader.get(digest, Suffix.NONE, what="file /x", expected_size=len(data)) == data
+    assert [p.name for p in stored_files(loader)] == [str(digest)[2:]]  # the verified copy
+    loader.close()
+    assert list((tmp_path / "work").iterdir()) == []  # the temporary store is gone
 
 
 def test_a_bomb_catalog_under_a_wrong_hash_is_never_inflated(tmp_path: Path) -> None:
-    storage, work = tmp_path / "storage", Workdir(tmp_path / "work")
+    storage = tmp_path / "storage"
     name = ContentHash.of(Algorithm.SHA1, b"the catalog the manifest names")
     store(storage, name, zlib_bomb(1024), Suffix.CATALOG)
-    objects = Objects(LocalSource(storage), FQRN, work)
+    loader = temporary_loader(LocalSource(storage), FQRN, parent=tmp_path / "work")
     with pytest.raises(HashMismatchError, match="root catalog"):
-        objects.database(name, Suffix.CATALOG, "root catalog")
-    assert list(work.path.iterdir()) == []
-    work.cleanup()
+        loader.database(name, Suffix.CATALOG, "root catalog")
+    assert stored_files(loader) == []
+    loader.close()
 
 
 def test_a_catalog_over_the_cap_names_the_setting(tmp_path: Path) -> None:
-    storage, work = tmp_path / "storage", Workdir(tmp_path / "work")
+    storage = tmp_path / "storage"
     bomb = zlib_bomb(8)
     digest = ContentHash.of(Algorithm.SHA1, bomb)  # a "valid" catalog of 8 MiB
     store(storage, digest, bomb, Suffix.CATALOG)
-    objects = Objects(LocalSource(storage), FQRN, work, max_catalog_bytes=4 << 20)
+    loader = temporary_loader(LocalSource(storage), FQRN, parent=tmp_path / "work",
+                              max_catalog_bytes=4 << 20)
     with pytest.raises(DecompressionError, match="PYCVMFS_MAX_CATALOG_MB") as info:
-        objects.database(digest, Suffix.CATALOG, "root catalog")
+        loader.database(digest, Suffix.CATALOG, "root catalog")
     assert "beyond 4194304 bytes" in str(info.value)
-    assert list(work.path.iterdir()) == []
-    work.cleanup()
+    assert stored_files(loader) == []
+    loader.close()
