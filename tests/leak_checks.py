@@ -13,7 +13,8 @@ first test, removed by the fixture). A test that must leave something behind say
 `@pytest.mark.allow_leaks("reason")`.
 
 Descriptors on files of installed libraries are theirs to cache for the whole process
-(matplotlib keeps the font files it rendered with open), not a test's leak.
+(matplotlib keeps the font files it rendered with open), and so are daemon threads that run
+an installed library's code (trio keeps idle worker threads for a while): not a test's leak.
 
 Mounts are attributed by path (this process's basetemp and the directories `tempfile.mkdtemp`
 made in it), not by "any new FUSE mount": other test runs on the same machine share the mount
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import sysconfig
 import tempfile
 import threading
@@ -38,6 +40,7 @@ import pytest
 GRACE_S = 3.0
 LIBRARY_DIRS = tuple(sorted({sysconfig.get_paths()[key] + os.sep
                              for key in ("purelib", "platlib", "stdlib", "platstdlib")}))
+SITE_DIRS = tuple(sorted({sysconfig.get_paths()[key] + os.sep for key in ("purelib", "platlib")}))
 POLL_S = 0.02
 MARKER = "allow_leaks"
 
@@ -73,11 +76,19 @@ def _mounts() -> frozenset[tuple[str, str, str]]:
     return frozenset(found)
 
 
+def _library_pool(thread: threading.Thread) -> bool:
+    """A daemon thread running an installed (site-packages) library's code."""
+    target = getattr(thread, "_target", None)
+    module = sys.modules.get(getattr(target, "__module__", None) or "")
+    return thread.daemon and str(getattr(module, "__file__", "")).startswith(SITE_DIRS)
+
+
 def _threads() -> frozenset[threading.Thread]:
     # a _DummyThread stands for a thread started outside `threading` (libfuse's, say): it
     # never reports its end, so it cannot be checked here (the mount check covers FUSE)
     return frozenset(t for t in threading.enumerate()
-                     if t.is_alive() and not isinstance(t, threading._DummyThread))
+                     if t.is_alive() and not isinstance(t, threading._DummyThread)
+                     and not _library_pool(t))
 
 
 @dataclass(frozen=True)
