@@ -329,7 +329,7 @@ class HostileServer(ThreadedHTTPServer):
 
     @property
     def active(self) -> int:
-        """Responses started and not yet ended."""
+        """Responses under way: started, their record unwritten."""
         with self._lock:
             return self._active
 
