@@ -122,8 +122,9 @@ def test_ingest_local_images_under_a_name(tmp_path: Path, keys: Keys,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     images: ImageSet = require_images()
     work, storage = tmp_path / "work", tmp_path / "storage"
+    # flat images only: layer trees of real images are the shared fixture's (ingested_images)
     common = ["--repo", keys.fqrn, "--storage", str(storage), "--keys-dir", str(keys.keys_dir),
-              "--work", str(work)]
+              "--work", str(work), "--skip-layers"]
     oci = f"oci:{images.base.layout}:{images.base.tag}"
     assert main(["ingest", oci, *common]) == 1  # no name to publish it under
     assert "needs a name" in capsys.readouterr().err
