@@ -73,7 +73,8 @@ def _post(url: str, token: str | None) -> int:
 def test_registry_notifications_drive_the_repository(tmp_path: Path, keys: Keys) -> None:
     images: ImageSet = require_images()
     work, storage = tmp_path / "work", tmp_path / "storage"
-    ingest_options = IngestOptions(PublishOptions(keys.fqrn, work, storage, keys.keys_dir))
+    ingest_options = IngestOptions(PublishOptions(keys.fqrn, work, storage, keys.keys_dir),
+                                   layer_trees=False)  # flat images: what the events change
     log: list[str] = []
 
     def on_item(item: QueueItem, state: str, message: str) -> None:
@@ -147,7 +148,7 @@ def test_wishlist_glob_against_the_registry(tmp_path: Path, keys: Keys) -> None:
     work, storage = tmp_path / "work", tmp_path / "storage"
     events: list[dict[str, object]] = []
     options = IngestOptions(PublishOptions(keys.fqrn, work, storage, keys.keys_dir),
-                            notify=events.append)
+                            notify=events.append, layer_trees=False)  # flat images suffice
     with DockerRegistry() as registry:
         for tag in ("v1", "v2", "x"):
             registry.push(images.base.layout, images.base.tag, f"ns/debian:{tag}")
