@@ -176,7 +176,7 @@ class LeakChecker:
             self._owned[id(fixturedef)] = Owned(
                 f"{fixturedef.scope}-scoped fixture {fixturedef.argname!r}",
                 set(after.threads - before.threads), set(after.fds - before.fds),
-                set(after.mounts - before.mounts),
+                {m for m in after.mounts - before.mounts if self._ours(m[1])},
                 {key: before.env.get(key) for key in _env_changes(before.env, after.env)},
                 self._tmp_roots[made:])
 
