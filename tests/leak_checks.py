@@ -8,9 +8,10 @@ and descriptors that are finishing get a short bounded grace (`GRACE_S`).
 What a module-, class- or session-scoped fixture sets up is not the test's: each such
 fixture's setup is snapshotted around, and what it created is owned by it until pytest
 finalizes it, when it must be gone. So are the directories its setup made with
-`tempfile.mkdtemp`, and whatever a test mounts there (a module's mount made lazily by its
-first test, removed by the fixture). A test that must leave something behind says why with
-`@pytest.mark.allow_leaks("reason")`.
+`tempfile.mkdtemp` and whatever a test mounts there (a module's mount made lazily by its
+first test, removed by the fixture), and the threads that run for an object its own threads
+run for, with the sockets they were handed (a server's handlers of keep-alive connections).
+A test that must leave something behind says why with `@pytest.mark.allow_leaks("reason")`.
 
 Descriptors on files of installed libraries are theirs to cache for the whole process
 (matplotlib keeps the font files it rendered with open), and so are daemon threads that run
@@ -23,8 +24,10 @@ namespace, and their mounts are not this test's.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import socket
 import sys
 import sysconfig
 import tempfile
@@ -91,6 +94,23 @@ def _threads() -> frozenset[threading.Thread]:
                      and not _library_pool(t))
 
 
+def _runs_for(thread: threading.Thread) -> object | None:
+    """The object whose method the thread runs (a server for its serving and handler
+    threads), if any."""
+    return getattr(getattr(thread, "_target", None), "__self__", None)
+
+
+def _handed_sockets(threads: Iterable[threading.Thread]) -> set[tuple[int, str]]:
+    """The descriptors of the sockets the threads were started with (a handler's request)."""
+    found = set()
+    for thread in threads:
+        for arg in getattr(thread, "_args", ()):
+            if isinstance(arg, socket.socket) and arg.fileno() >= 0:
+                with contextlib.suppress(OSError):
+                    found.add((arg.fileno(), os.readlink(f"/proc/self/fd/{arg.fileno()}")))
+    return found
+
+
 @dataclass(frozen=True)
 class Snapshot:
     threads: frozenset[threading.Thread]
@@ -113,6 +133,7 @@ class Owned:
     mounts: set[tuple[str, str, str]] = field(default_factory=set)
     env: dict[str, str | None] = field(default_factory=dict)  # changed key -> value before
     roots: list[str] = field(default_factory=list)  # directories its setup made (mkdtemp)
+    serves: dict[int, object] = field(default_factory=dict)  # objects its threads run for
 
 
 def _env_changes(before: dict[str, str], after: dict[str, str]) -> set[str]:
@@ -173,12 +194,14 @@ class LeakChecker:
             return (yield)
         finally:
             after = Snapshot.take()
+            threads = after.threads - before.threads
+            serves = {id(obj): obj for obj in map(_runs_for, threads) if obj is not None}
             self._owned[id(fixturedef)] = Owned(
                 f"{fixturedef.scope}-scoped fixture {fixturedef.argname!r}",
-                set(after.threads - before.threads), set(after.fds - before.fds),
+                set(threads), set(after.fds - before.fds),
                 {m for m in after.mounts - before.mounts if self._ours(m[1])},
                 {key: before.env.get(key) for key in _env_changes(before.env, after.env)},
-                self._tmp_roots[made:])
+                self._tmp_roots[made:], serves)
 
     def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[Any]) -> None:
         owned = self._owned.pop(id(fixturedef), None)
@@ -193,6 +216,7 @@ class LeakChecker:
             union.mounts |= owned.mounts
             union.env.update(owned.env)
             union.roots += owned.roots
+            union.serves.update(owned.serves)
         return union
 
     # -- the test ----------------------------------------------------------------------------
@@ -229,7 +253,9 @@ class LeakChecker:
             owned = self._all_owned()
             now = Snapshot.take()
             threads = now.threads - before.threads - owned.threads
-            fds = now.fds - before.fds - owned.fds
+            serving = {t for t in threads if id(_runs_for(t)) in owned.serves}
+            threads -= serving  # a handler of a fixture's server, with the socket it was handed
+            fds = now.fds - before.fds - owned.fds - _handed_sockets(serving)
             mounts = {m for m in now.mounts - before.mounts - owned.mounts
                       if self._ours(m[1]) and not _under(m[1], owned.roots)}
             env = _env_changes(before.env, now.env) - owned.env.keys()
@@ -249,7 +275,8 @@ class LeakChecker:
         deadline = time.monotonic() + GRACE_S
         while True:
             now = Snapshot.take()
-            threads = owned.threads & now.threads
+            threads = (owned.threads & now.threads) | {
+                t for t in now.threads if id(_runs_for(t)) in owned.serves}
             fds = owned.fds & now.fds
             mounts = (owned.mounts & now.mounts) | {m for m in now.mounts
                                                     if _under(m[1], owned.roots)}
