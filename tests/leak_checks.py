@@ -33,6 +33,7 @@ import sysconfig
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,28 @@ def _handed_sockets(threads: Iterable[threading.Thread]) -> set[tuple[int, str]]
     return found
 
 
+def _pooled_sockets(values: list[object], limit: int = 50_000) -> set[tuple[int, str]]:
+    """Descriptors of the sockets that fixture values hold, however deep (a client's
+    connection pool opens its connections when first used); a bounded walk."""
+    found: set[tuple[int, str]] = set()
+    seen: set[int] = set()
+    stack = list(values)
+    while stack and len(seen) < limit:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, _NOT_HOLDERS):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, socket.socket):
+            with contextlib.suppress(OSError):
+                found.add((obj.fileno(), os.readlink(f"/proc/self/fd/{obj.fileno()}")))
+        stack.extend(gc.get_referents(obj))
+    return found
+
+
+_NOT_HOLDERS = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType,
+                types.CodeType, str, bytes, int, float)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     threads: frozenset[threading.Thread]
@@ -134,6 +157,7 @@ class Owned:
     env: dict[str, str | None] = field(default_factory=dict)  # changed key -> value before
     roots: list[str] = field(default_factory=list)  # directories its setup made (mkdtemp)
     serves: dict[int, object] = field(default_factory=dict)  # objects its threads run for
+    values: list[object] = field(default_factory=list)  # what it gave the tests
 
 
 def _env_changes(before: dict[str, str], after: dict[str, str]) -> set[str]:
@@ -190,8 +214,10 @@ class LeakChecker:
         if fixturedef.scope == "function":
             return (yield)
         before, made = Snapshot.take(), len(self._tmp_roots)
+        value = None
         try:
-            return (yield)
+            value = yield
+            return value
         finally:
             after = Snapshot.take()
             threads = after.threads - before.threads
@@ -201,7 +227,7 @@ class LeakChecker:
                 set(threads), set(after.fds - before.fds),
                 {m for m in after.mounts - before.mounts if self._ours(m[1])},
                 {key: before.env.get(key) for key in _env_changes(before.env, after.env)},
-                self._tmp_roots[made:], serves)
+                self._tmp_roots[made:], serves, [value])
 
     def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[Any]) -> None:
         owned = self._owned.pop(id(fixturedef), None)
@@ -217,6 +243,7 @@ class LeakChecker:
             union.env.update(owned.env)
             union.roots += owned.roots
             union.serves.update(owned.serves)
+            union.values += owned.values
         return union
 
     # -- the test ----------------------------------------------------------------------------
@@ -259,6 +286,8 @@ class LeakChecker:
             mounts = {m for m in now.mounts - before.mounts - owned.mounts
                       if self._ours(m[1]) and not _under(m[1], owned.roots)}
             env = _env_changes(before.env, now.env) - owned.env.keys()
+            if fds and any(target.startswith("socket:") for _, target in fds):
+                fds -= _pooled_sockets(owned.values)  # a fixture's client keeps connections
             if not (threads or fds or mounts) or time.monotonic() >= deadline:
                 break
             if fds and generations:  # an unreferenced file object closes when collected
