@@ -7,10 +7,11 @@ and descriptors that are finishing get a short bounded grace (`GRACE_S`).
 
 What a module-, class- or session-scoped fixture sets up is not the test's: each such
 fixture's setup is snapshotted around, and what it created is owned by it until pytest
-finalizes it, when it must be gone. So are the directories its setup made with
-`tempfile.mkdtemp` and whatever a test mounts there (a module's mount made lazily by its
-first test, removed by the fixture), and the threads that run for an object its own threads
-run for, with the sockets they were handed (a server's handlers of keep-alive connections).
+finalizes it, when it must be gone. So are the directories its setup made (`mktemp`,
+`tempfile.mkdtemp`) with the files opened and the mounts made there (a repository's catalogs
+opened as a test walks it, a mount made by a module's first test), the threads that run for
+an object its own threads run for, with the sockets they were handed (a server's handlers of
+keep-alive connections), and the sockets its value holds (a client's connection pool).
 A test that must leave something behind says why with `@pytest.mark.allow_leaks("reason")`.
 
 Descriptors on files of installed libraries are theirs to cache for the whole process
@@ -155,7 +156,7 @@ class Owned:
     fds: set[tuple[int, str]] = field(default_factory=set)
     mounts: set[tuple[str, str, str]] = field(default_factory=set)
     env: dict[str, str | None] = field(default_factory=dict)  # changed key -> value before
-    roots: list[str] = field(default_factory=list)  # directories its setup made (mkdtemp)
+    roots: list[str] = field(default_factory=list)  # directories its setup made
     serves: dict[int, object] = field(default_factory=dict)  # objects its threads run for
     values: list[object] = field(default_factory=list)  # what it gave the tests
 
@@ -172,6 +173,7 @@ class LeakChecker:
         self._owned: dict[int, Owned] = {}  # id(fixturedef) -> what its setup created
         self._finalized: list[Owned] = []  # to check at the end of the current teardown
         self._tmp_roots: list[str] = []
+        self._basetemp: str | None = None
 
     # -- where this session's mounts may be ------------------------------------------------
 
@@ -194,7 +196,14 @@ class LeakChecker:
         return undo
 
     def add_tmp_root(self, path: Path) -> None:
-        self._tmp_roots.append(str(path.resolve()))
+        """This session's basetemp: where `tmp_path_factory.mktemp` makes directories."""
+        self._basetemp = str(path.resolve())
+        self._tmp_roots.append(self._basetemp)
+
+    def _basetemp_children(self) -> set[str]:
+        if self._basetemp is None:
+            return set()
+        return {os.path.join(self._basetemp, name) for name in os.listdir(self._basetemp)}
 
     def _ours(self, mountpoint: str) -> bool:
         return _under(mountpoint, self._tmp_roots)
@@ -214,6 +223,7 @@ class LeakChecker:
         if fixturedef.scope == "function":
             return (yield)
         before, made = Snapshot.take(), len(self._tmp_roots)
+        children = self._basetemp_children()
         value = None
         try:
             value = yield
@@ -227,7 +237,8 @@ class LeakChecker:
                 set(threads), set(after.fds - before.fds),
                 {m for m in after.mounts - before.mounts if self._ours(m[1])},
                 {key: before.env.get(key) for key in _env_changes(before.env, after.env)},
-                self._tmp_roots[made:], serves, [value])
+                [*self._tmp_roots[made:], *(self._basetemp_children() - children)],
+                serves, [value])
 
     def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[Any]) -> None:
         owned = self._owned.pop(id(fixturedef), None)
@@ -282,7 +293,8 @@ class LeakChecker:
             threads = now.threads - before.threads - owned.threads
             serving = {t for t in threads if id(_runs_for(t)) in owned.serves}
             threads -= serving  # a handler of a fixture's server, with the socket it was handed
-            fds = now.fds - before.fds - owned.fds - _handed_sockets(serving)
+            fds = {(fd, target) for fd, target in now.fds - before.fds - owned.fds
+                   - _handed_sockets(serving) if not _under(target, owned.roots)}
             mounts = {m for m in now.mounts - before.mounts - owned.mounts
                       if self._ours(m[1]) and not _under(m[1], owned.roots)}
             env = _env_changes(before.env, now.env) - owned.env.keys()
@@ -306,7 +318,8 @@ class LeakChecker:
             now = Snapshot.take()
             threads = (owned.threads & now.threads) | {
                 t for t in now.threads if id(_runs_for(t)) in owned.serves}
-            fds = owned.fds & now.fds
+            fds = (owned.fds & now.fds) | {
+                (fd, target) for fd, target in now.fds if _under(target, owned.roots)}
             mounts = (owned.mounts & now.mounts) | {m for m in now.mounts
                                                     if _under(m[1], owned.roots)}
             env = {key for key, value in owned.env.items() if now.env.get(key) != value}
