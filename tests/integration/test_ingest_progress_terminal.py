@@ -11,22 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.oci_layouts import file_member, tar_bytes, write_oci_layout
+from tests.ingest_args import ANSI, ingest_args
 from tests.publish_helpers import Keys
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-NAME = "example.org/progress/image:latest"
-ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
 
 
-def _ingest_args(tmp_path: Path, keys: Keys) -> list[str]:
-    layout_dir = tmp_path / "oci"
-    if not layout_dir.exists():
-        files = [file_member(f"f{i}.txt", b"file %d\n" % i * 1000) for i in range(5)]
-        write_oci_layout(layout_dir, [tar_bytes(*files)])
-    return ["ingest", f"oci:{layout_dir}:latest", "--as", NAME, "--repo", keys.fqrn,
-            "--storage", str(tmp_path / "storage"), "--keys-dir", str(keys.keys_dir),
-            "--work", str(tmp_path / "work"), "--notify", str(tmp_path / "events.jsonl")]
 
 
 def test_rich_is_not_imported_without_a_terminal() -> None:
@@ -44,7 +34,7 @@ def test_rich_is_not_imported_without_a_terminal() -> None:
 
 @pytest.mark.skipif(shutil.which("script") is None, reason="needs script(1) for a terminal")
 def test_ingest_on_a_terminal(tmp_path: Path, keys: Keys) -> None:
-    command = " ".join([sys.executable, "-m", "pycvmfs", *_ingest_args(tmp_path, keys)])
+    command = " ".join([sys.executable, "-m", "pycvmfs", *ingest_args(tmp_path, keys)])
     proc = subprocess.run(["script", "-qec", command, "/dev/null"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
     screen = ANSI.sub("", proc.stdout)

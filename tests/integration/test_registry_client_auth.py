@@ -5,7 +5,6 @@ blobs, `Link` pagination (the parsers: tests/unit/images/test_registry_auth.py).
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -21,32 +20,11 @@ from pycvmfs.images.manifest import (
     OCI_MANIFEST,
 )
 from pycvmfs.images.registry import RegistryClient
+from tests.registry_samples import LAYER, MANIFEST, sha
 
 Reply = tuple[int, dict[str, str], bytes]
 
 
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-CONFIG = json.dumps({"architecture": "amd64", "os": "linux",
-                     "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/w"},
-                     "rootfs": {"type": "layers", "diff_ids": [sha(b"layer")]}}).encode()
-LAYER = b"layer-bytes" * 100
-
-
-def manifest_bytes(media_type: str = OCI_MANIFEST, layer_type: str | None = None) -> bytes:
-    layer_type = layer_type or "application/vnd.oci.image.layer.v1.tar+gzip"
-    config_type = "application/vnd.oci.image.config.v1+json" if media_type == OCI_MANIFEST \
-        else "application/vnd.docker.container.image.v1+json"
-    return json.dumps({
-        "schemaVersion": 2, "mediaType": media_type,
-        "config": {"mediaType": config_type, "size": len(CONFIG), "digest": sha(CONFIG)},
-        "layers": [{"mediaType": layer_type, "size": len(LAYER), "digest": sha(LAYER)}],
-    }).encode()
-
-
-MANIFEST = manifest_bytes()
 
 
 @dataclass

@@ -19,11 +19,8 @@ from rich.console import Console
 from pycvmfs.cli import images_admin
 from pycvmfs.cli.main import main
 from pycvmfs.cli.progress import IngestProgressDisplay, PublishProgressBar
-from tests.oci_layouts import file_member, tar_bytes, write_oci_layout
+from tests.ingest_args import ANSI, ingest_args
 from tests.publish_helpers import Keys
-
-NAME = "example.org/progress/image:latest"
-ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
 
 
 def _terminal() -> tuple[Console, io.StringIO]:
@@ -131,19 +128,11 @@ def test_advance_from_many_threads() -> None:
 # -- the command --------------------------------------------------------------------------
 
 
-def _ingest_args(tmp_path: Path, keys: Keys) -> list[str]:
-    layout_dir = tmp_path / "oci"
-    if not layout_dir.exists():
-        files = [file_member(f"f{i}.txt", b"file %d\n" % i * 1000) for i in range(5)]
-        write_oci_layout(layout_dir, [tar_bytes(*files)])
-    return ["ingest", f"oci:{layout_dir}:latest", "--as", NAME, "--repo", keys.fqrn,
-            "--storage", str(tmp_path / "storage"), "--keys-dir", str(keys.keys_dir),
-            "--work", str(tmp_path / "work"), "--notify", str(tmp_path / "events.jsonl")]
 
 
 def test_ingest_command_output_without_a_terminal(tmp_path: Path, keys: Keys,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    args = _ingest_args(tmp_path, keys)
+    args = ingest_args(tmp_path, keys)
     assert main(args) == 0
     out, err = capsys.readouterr()
     assert err == ""  # no display when stderr is not a terminal
@@ -184,7 +173,7 @@ def test_ingest_command_drives_the_display(tmp_path: Path, keys: Keys,
                                            monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(images_admin, "IngestProgressDisplay", _Recording)
-    args = _ingest_args(tmp_path, keys)
+    args = ingest_args(tmp_path, keys)
     assert main(args) == 0
     out, _ = capsys.readouterr()
     assert f"{args[1]}: ok" in out and "published" in out  # the normal output
