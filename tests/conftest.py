@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,18 @@ _undo: list[Callable[[], None]] = []
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_LEAKS, "pycvmfs-leak-checks")
     _undo.append(_LEAKS.track_mkdtemp())
+    _undo.append(_deliver_sigint_to_children())
+
+
+def _deliver_sigint_to_children() -> Callable[[], None]:
+    """A suite started in the background of a non-interactive shell inherits SIGINT
+    ignored, and so would every process a test starts (exec keeps an ignored signal):
+    tests that stop a service or a publish with SIGINT would wait for nothing. A handled
+    SIGINT here becomes the default one in children."""
+    if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+        return lambda: None
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
