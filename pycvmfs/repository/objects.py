@@ -95,14 +95,6 @@ class ObjectLoader:
             return self.fetcher.fetch(content_hash, suffix, compression,
                                       expected_size=expected_size, kind=kind)
 
-    def get(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
-            compression: Compression = Compression.ZLIB,
-            expected_size: int | None = None) -> bytes:
-        """The verified object in memory (small objects; `open` for big ones)."""
-        with self._fetch(content_hash, suffix, what=what, compression=compression,
-                         expected_size=expected_size) as fh:
-            return fh.read()
-
     def open(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
              compression: Compression, expected_size: int) -> BinaryIO:
         """The verified cache file itself, counted as open until closed (the descriptor

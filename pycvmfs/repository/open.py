@@ -84,8 +84,7 @@ class RevisionSelector:
                 raise CatalogError(f"tag {tag.name}: bad root hash {tag.hash!r}") from None
         if self.root_hash is not None:
             return self.root_hash, None
-        if trusted is None:
-            raise ConfigError("an untrusted attach needs the root catalog hash")
+        assert trusted is not None  # attach_repository refuses an untrusted trunk first
         return trusted.root_hash, None
 
 

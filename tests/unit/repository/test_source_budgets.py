@@ -99,7 +99,9 @@ def test_objects_open_gives_a_verified_file(tmp_path: Path) -> None:
         assert fh.read(5) == data[:5]
         fh.seek(len(data) - 3)
         assert fh.read() == data[-3:]
-    assert loader.get(digest, Suffix.NONE, what="file /x", expected_size=len(data)) == data
+    with loader.open(digest, Suffix.NONE, what="file /x", compression=Compression.ZLIB,
+                     expected_size=len(data)) as fh:  # a hit: the stored copy, whole
+        assert fh.read() == data
     assert [p.name for p in stored_files(loader)] == [str(digest)[2:]]  # the verified copy
     loader.close()
     assert list((tmp_path / "work").iterdir()) == []  # the temporary store is gone
