@@ -2,7 +2,8 @@
 Stratum-1 ring through the network layer, or a storage directory), style guide R1, R9.
 
 `fetch` serves a cache hit directly; on a miss exactly one thread downloads the object
-(concurrent requests for the same hash wait for it), streaming the compressed bytes
+(concurrent requests for the same hash wait for it, and a miss that raced with the end of
+a download finds the object instead of fetching it twice), streaming the compressed bytes
 through a `VerifyingSink` into a cache transaction that becomes visible only after the
 hash, the inflation and the size all check out. The sink's byte budget comes from the
 catalog size of a data object or chunk, and from `max_unsized_bytes`
@@ -59,12 +60,24 @@ class Fetcher:
               expected_size: int | None = None,
               kind: ObjectKind = ObjectKind.REGULAR) -> BinaryIO:
         """The decompressed object opened for reading (the caller closes it)."""
+        fd = self.fetch_fd(content_hash, suffix, compression, expected_size=expected_size,
+                           kind=kind)
+        assert fd is not None
+        return self.host.store.file_of(fd, content_hash)
+
+    def fetch_fd(self, content_hash: ContentHash, suffix: Suffix, compression: Compression, *,
+                 expected_size: int | None = None, kind: ObjectKind = ObjectKind.REGULAR,
+                 download: bool = True) -> int | None:
+        """The decompressed object as a raw read-only descriptor (the caller closes it);
+        without `download`, None on a miss instead of fetching it (a caller that must not
+        wait for the network)."""
         while True:
-            cached = self.host.open(content_hash)
+            cached = self.host.open_fd(content_hash)
             if cached is not None:
-                with self._lock:
-                    self.hits += 1
+                self.hits += 1  # a statistic: a lost increment under a race is harmless
                 return cached
+            if not download:
+                return None
             with self._lock:
                 waiting = self._inflight.get(content_hash)
                 leader = waiting is None
@@ -76,7 +89,10 @@ class Fetcher:
                 waiting.result()  # the leader's error, if any, is ours too
                 continue
             try:
-                self._download(content_hash, suffix, compression, expected_size, kind)
+                # a download that ended between our miss and taking the lead is not
+                # repeated: the object is in the cache now (looked up once more)
+                if not self.host.store.contains(content_hash):
+                    self._download(content_hash, suffix, compression, expected_size, kind)
                 waiting.set_result(None)
             except BaseException as exc:
                 waiting.set_exception(exc)

@@ -107,10 +107,16 @@ class CacheHost:
 
     def open(self, key: ContentHash) -> BinaryIO | None:
         """A cache hit opened for reading (caller closes), or None on a miss."""
-        fh = self.store.open(key)
-        if fh is not None:
+        fd = self.open_fd(key)
+        return None if fd is None else self.store.file_of(fd, key)
+
+    def open_fd(self, key: ContentHash) -> int | None:
+        """A cache hit as a raw read-only descriptor (caller closes), or None on a miss:
+        the read path's way in, without a file object around it."""
+        fd = self.store.open_fd(key)
+        if fd is not None:
             self.quota.touch(key)
-        return fh
+        return fd
 
     def begin(self, key: ContentHash, size_hint: int | None = None) -> Txn:
         """Start writing `key`. With a known (catalog) size, refuse objects that can never

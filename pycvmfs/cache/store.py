@@ -297,8 +297,10 @@ class ObjectStore:
         is a `/proc/self/fd` path through the cache descriptor (SQLite opens catalogs by
         name)."""
         fd = self.open_fd(key)
-        if fd is None:
-            return None
+        return None if fd is None else self.file_of(fd, key)
+
+    def file_of(self, fd: int, key: ContentHash | str) -> BinaryIO:
+        """Descriptor `fd` of object `key` (from `open_fd`) as a file object that owns it."""
         name = self.root.proc_path(object_relpath(str(key)))
         return open(name, "rb", opener=lambda _path, _flags: fd)  # noqa: SIM115 - caller closes
 

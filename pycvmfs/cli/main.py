@@ -14,6 +14,7 @@ import importlib
 import os
 import sys
 import traceback
+from collections.abc import Callable
 
 import click
 
@@ -67,8 +68,16 @@ def describe_os_error(exc: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; errors become one clear line on stderr (see the module docstring). A
     command that returns an int (`pycvmfs run`) exits with it."""
+    return exit_code_of(lambda: cli.main(args=argv, prog_name="pycvmfs",
+                                         standalone_mode=False))
+
+
+def exit_code_of(command: Callable[[], object]) -> int:
+    """Run `command`; its result (an int) or 0, or the error as one line on stderr and
+    its exit code (see the module docstring). Also the frame of a forked serving process
+    (`cli.mount`), which never returns into the CLI."""
     try:
-        result = cli.main(args=argv, prog_name="pycvmfs", standalone_mode=False)
+        result = command()
     except PycvmfsError as exc:
         click.echo(f"pycvmfs: error: {one_line(exc)}", err=True)
         return 1

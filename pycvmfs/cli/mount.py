@@ -1,7 +1,8 @@
 """`pycvmfs mount FQRN MOUNTPOINT` and `pycvmfs umount [--force] MOUNTPOINT`.
 
-Background by default: the command starts a detached serving process and returns once
-the mount is ready (or prints why it failed, with a non-zero exit). `--foreground`
+Background by default: the command starts a detached serving process (a fork of itself
+when it can: `mount_in_background`) and returns once the mount is ready (or prints why it
+failed, with a non-zero exit). `--foreground`
 serves in this process until unmounted; Ctrl-C unmounts.
 
 Neither command stats MOUNTPOINT before it knows from the mount table that nothing is
@@ -15,10 +16,13 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import select
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +37,8 @@ if TYPE_CHECKING:
 READY_TIMEOUT_S = 60.0  # trust chain + root catalog over a slow link
 SYSLOG_SOCKET = "/dev/log"
 USYSLOG_BYTES = 500 * 1024  # the reference rotates its user syslog file at 500 kB
+READY_MARK = b"\0pycvmfs-ready "  # a forked serving process reports readiness (no NUL in errors)
+MAX_REPORT_BYTES = 64 * 1024  # what a failing serving process may say, kept
 
 
 def _backend(value: str | None) -> str | None:
@@ -80,10 +86,8 @@ def mount(fqrn: str, mountpoint: str, options: tuple[str, ...],
     Logs: CVMFS_USYSLOG=FILE (rotated), CVMFS_DEBUGLOG=FILE (everything), syslog when
     /dev/log exists; a background mount without any of them logs to
     CACHE_BASE/FQRN.log, a foreground one to stderr."""
-    from pycvmfs.client import open_client
     from pycvmfs.config import load_config
-    from pycvmfs.fs.limits import raise_open_files_limit
-    from pycvmfs.fs.mount import check_fuse_usable, serve
+    from pycvmfs.fs.mount import check_fuse_usable
 
     check_mount_point(mountpoint)
     overrides = overrides_of(options)
@@ -92,8 +96,20 @@ def mount(fqrn: str, mountpoint: str, options: tuple[str, ...],
     if not foreground:  # skipped lines etc.: shown here once, logged by the serving process
         for warning in config.warnings:
             click.echo(f"pycvmfs: warning: {warning}", err=True)
-        mount_in_background(fqrn, Path(mountpoint), options, config_files, backend)
+        mount_in_background(fqrn, Path(mountpoint), options, config_files, backend,
+                            config=config)
         return
+    serve_mount(config, mountpoint, backend, detached=detached)
+
+
+def serve_mount(config: ClientConfig, mountpoint: str, backend: str | None, *,
+                detached: bool, ready: Callable[[], None] | None = None) -> None:
+    """Open the repository and serve it at `mountpoint` until unmounted (blocks); `ready`
+    is called once the mount answers."""
+    from pycvmfs.client import open_client
+    from pycvmfs.fs.limits import raise_open_files_limit
+    from pycvmfs.fs.mount import serve
+
     try:
         _configure_logging(config, detached)
     except OSError as exc:
@@ -109,7 +125,7 @@ def mount(fqrn: str, mountpoint: str, options: tuple[str, ...],
     client.watcher.start()
     try:
         serve(client.vfs, str(mountpoint), backend=backend,
-              kcache_timeout_s=float(config.kcache_timeout_s))
+              kcache_timeout_s=float(config.kcache_timeout_s), ready=ready)
     finally:
         client.close()
 
@@ -174,14 +190,31 @@ def _file_handler(path: str, level: int, *, rotate: bool,
 
 def mount_in_background(fqrn: str, mountpoint: Path, options: tuple[str, ...],
                         config_files: tuple[Path, ...], backend: str | None, *,
-                        quiet: bool = False) -> None:
-    """Start `pycvmfs mount --foreground` detached; return when the mount is ready. The
-    serving process gets the mount point as the mount table will show it (so `pycvmfs
-    umount` finds it by its command line)."""
-    from pycvmfs.fs.mount import check_fuse_usable, mount_point_path, set_read_ahead
+                        quiet: bool = False, config: ClientConfig | None = None) -> None:
+    """Start a detached serving process; return when the mount is ready. With the loaded
+    `config`, the serving process is a fork of this one (one interpreter start, imports
+    already done) when this process's command line names the mount point as the mount
+    table will (`pycvmfs umount` finds serving processes by their command line) and runs
+    no other thread; otherwise `pycvmfs mount --foreground` is started with it."""
+    from pycvmfs.fs.mount import check_fuse_usable, mount_point_path, names_path, set_read_ahead
 
     check_fuse_usable()
-    command = [sys.executable, "-m", "pycvmfs", "mount", fqrn, mount_point_path(mountpoint),
+    canonical = mount_point_path(mountpoint)
+    if config is not None and threading.active_count() == 1 \
+            and names_path(os.getpid(), canonical):
+        pid = _fork_serving(config, canonical, backend)
+    else:
+        pid = _exec_serving(fqrn, canonical, options, config_files, backend)
+    set_read_ahead(str(mountpoint))  # ready means INIT is done: set now, not "soon"
+    if not quiet:
+        click.echo(f"mounted {fqrn} on {mountpoint} (pid {pid})")
+
+
+def _exec_serving(fqrn: str, canonical: str, options: tuple[str, ...],
+                  config_files: tuple[Path, ...], backend: str | None) -> int:
+    """`pycvmfs mount --foreground --detached` with the canonical mount point on its
+    command line, polled until the mount is there; its pid."""
+    command = [sys.executable, "-m", "pycvmfs", "mount", fqrn, canonical,
                "--foreground", "--detached"]
     for option in options:
         command += ["-o", option]
@@ -193,7 +226,7 @@ def mount_in_background(fqrn: str, mountpoint: Path, options: tuple[str, ...],
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                  stderr=errors, start_new_session=True)
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not os.path.ismount(mountpoint):
+        while not os.path.ismount(canonical):
             if child.poll() is not None:
                 errors.seek(0)
                 raise ConfigError(_failure_of(errors.read().decode(errors="replace"))
@@ -202,9 +235,68 @@ def mount_in_background(fqrn: str, mountpoint: Path, options: tuple[str, ...],
                 child.kill()
                 raise ConfigError(f"mounting {fqrn} did not finish in {READY_TIMEOUT_S:.0f} s")
             time.sleep(0.05)
-    set_read_ahead(str(mountpoint))  # ready means INIT is done: set now, not "soon"
-    if not quiet:
-        click.echo(f"mounted {fqrn} on {mountpoint} (pid {child.pid})")
+    return child.pid
+
+
+def _fork_serving(config: ClientConfig, canonical: str, backend: str | None) -> int:
+    """Fork twice (the serving process belongs to init, not to this command, which may go
+    on running a container) and wait until it reports the mount ready on a pipe, which is
+    also its stderr until then; its pid. EOF without the report: it failed, and what it
+    wrote is the reason."""
+    from pycvmfs.cli.main import exit_code_of
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    reader, writer = os.pipe()
+    middle = os.fork()
+    if middle == 0:  # pragma: no cover - in the forked processes (exercised end to end)
+        code = 1
+        try:
+            os.close(reader)
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.dup2(devnull, 1)
+            os.dup2(writer, 2)
+
+            def ready() -> None:
+                os.write(writer, READY_MARK + str(os.getpid()).encode() + b"\n")
+                os.dup2(devnull, 2)  # from now on it logs to its files only
+                os.close(writer)
+
+            code = exit_code_of(lambda: serve_mount(config, canonical, backend,
+                                                    detached=True, ready=ready))
+        finally:
+            os._exit(code)
+    os.close(writer)
+    try:
+        os.waitpid(middle, 0)
+        said = _read_until_ready(reader, time.monotonic() + READY_TIMEOUT_S)
+    finally:
+        os.close(reader)
+    if READY_MARK in said:
+        return int(said.split(READY_MARK, 1)[1].split(b"\n", 1)[0])
+    text = said.decode(errors="replace")
+    if said.endswith(b"\0timeout"):
+        raise ConfigError(f"mounting {config.fqrn} did not finish in {READY_TIMEOUT_S:.0f} s")
+    raise ConfigError(_failure_of(text) or f"mounting {config.fqrn} failed")
+
+
+def _read_until_ready(fd: int, deadline: float) -> bytes:
+    """What the serving process wrote until it reported ready or closed the pipe (ended),
+    at most `MAX_REPORT_BYTES`; ends in "\\0timeout" if the deadline passed first."""
+    said = b""
+    while READY_MARK not in said or not said.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return said + b"\0timeout"
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return said
+        said = (said + chunk)[-MAX_REPORT_BYTES:]
+    return said
 
 
 def _failure_of(stderr: str) -> str:

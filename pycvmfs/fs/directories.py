@@ -49,6 +49,7 @@ class Listed:
     path: str
     offset: int
     catalog: Catalog | None
+    repository: Repository | None = None  # the revision listed (None for `.` and `..`)
 
 
 Listing = Generator["Listed", None, None]  # close() it when done taking
@@ -153,7 +154,7 @@ class DirectoryHandles:
                     continue
                 child = f"{path}/{entry.name}"
                 yield Listed(entry.name, self._inodes.number(child, entry, catalog), entry,
-                             child, base + entry.rowid, catalog)
+                             child, base + entry.rowid, catalog, opened.repository)
                 after = entry.rowid
             if not more:
                 return

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -46,6 +47,7 @@ BACKENDS = ("lowlevel", "pyfuse3", "mfusepy")
 DEFAULT_KCACHE_TIMEOUT_S = 60.0  # CVMFS_KCACHE_TIMEOUT default
 READ_AHEAD_KB = 4096  # kernel read-ahead of the mount: 1 MiB requests, several in flight
 MOUNT_WAIT_S = 30.0
+READY_POLL_S = 0.005  # how often a new mount looks for itself in the mount table
 FUSE_DEVICE = "/dev/fuse"
 FUSECTL = Path("/sys/fs/fuse/connections")  # fusectl: one directory per FUSE connection
 UNMOUNT_TIMEOUT_S = 5.0  # an unmount call that takes longer is treated as hung
@@ -195,25 +197,31 @@ def set_read_ahead(mountpoint: str, kilobytes: int = READ_AHEAD_KB) -> bool:
     return True
 
 
-def tune_read_ahead(mountpoint: str, before: str | None, wait_s: float = MOUNT_WAIT_S) -> None:
-    """Once a mount other than `before` is there and answering (INIT done), set its
-    read-ahead. Runs in a thread of the serving process (`pycvmfs mount --foreground`; a
-    background mount's parent sets it too before it reports the mount ready)."""
+def tune_read_ahead(mountpoint: str, before: str | None, wait_s: float = MOUNT_WAIT_S,
+                    ready: Callable[[], None] | None = None) -> None:
+    """Once a mount other than `before` is there and answering (INIT done: the kernel
+    sets the read-ahead from INIT's reply), set its read-ahead and call `ready`. Runs in
+    a thread of the serving process (a background mount's parent sets the read-ahead too
+    before it reports the mount ready)."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         device = mounted_device(mountpoint)
         if device is not None and device != before and os.path.ismount(mountpoint):
             set_read_ahead(mountpoint)
+            if ready is not None:
+                ready()
             return
-        time.sleep(0.02)
+        time.sleep(READY_POLL_S)
 
 
 def serve(vfs: RepositoryVFS, mountpoint: str, *, backend: str | None = None,
-          kcache_timeout_s: float = DEFAULT_KCACHE_TIMEOUT_S) -> None:
-    """Mount `vfs` at `mountpoint` and serve requests until unmounted (blocks)."""
+          kcache_timeout_s: float = DEFAULT_KCACHE_TIMEOUT_S,
+          ready: Callable[[], None] | None = None) -> None:
+    """Mount `vfs` at `mountpoint` and serve requests until unmounted (blocks); `ready`
+    is called (from another thread) once the mount is in place."""
     name, adapter = load_backend(backend)
     threading.Thread(target=tune_read_ahead, args=(mountpoint, mounted_device(mountpoint)),
-                     daemon=True, name="read-ahead-tuning").start()
+                     kwargs={"ready": ready}, daemon=True, name="read-ahead-tuning").start()
     fsname = f"cvmfs2#{vfs.repository.fqrn}"
     if name in ("pyfuse3", "lowlevel"):
         adapter.serve(vfs, mountpoint, fsname=fsname, entry_timeout=kcache_timeout_s)
@@ -312,7 +320,7 @@ def serving_processes(mountpoint: str) -> list[int]:
         if not name.isdigit() or int(name) == os.getpid():
             continue
         pid = int(name)
-        if _holds_fuse_device(pid) and _names_path(pid, mountpoint) \
+        if _holds_fuse_device(pid) and names_path(pid, mountpoint) \
                 and _process_state(pid) not in (None, "Z", "X"):
             found.append(pid)
     return found
@@ -332,7 +340,8 @@ def _holds_fuse_device(pid: int) -> bool:
     return False
 
 
-def _names_path(pid: int, path: str) -> bool:
+def names_path(pid: int, path: str) -> bool:
+    """Whether process `pid`'s command line names `path` (relative to its directory)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             arguments = handle.read().split(b"\0")[1:]

@@ -2,7 +2,8 @@
 the FUSE adapters call; they translate requests and reply `errors.errno_of(exc)`, no
 repository semantics live in them. Rooms: `inodes.InodeTable` (numbers from catalog rows,
 what the kernel holds), `directories.DirectoryHandles` (listings paged from one revision),
-`open_files.OpenFiles` (handles of `repository.reader.OpenFile`), `attributes`,
+`open_files.OpenFiles` (handles of `repository.reader.OpenFile`), `recent.RecentEntries`
+(the entry a LOOKUP resolved, for the OPEN and GETATTR that follow), `attributes`,
 `magic_xattrs`. The root is inode 1 (FUSE_ROOT_ID).
 
 Revisions: a mount's `RevisionWatcher` calls `set_repository` with a newer revision, or
@@ -39,6 +40,7 @@ from pycvmfs.fs.errors import EXPECTED, FsError, fs_error
 from pycvmfs.fs.inodes import ROOT_INODE, InodeTable
 from pycvmfs.fs.magic_xattrs import CacheInfo, ClientStats, NetworkInfo, XattrContext
 from pycvmfs.fs.open_files import OpenFiles
+from pycvmfs.fs.recent import RecentEntries
 from pycvmfs.repository.catalog_tree import Resolved, no_loading
 from pycvmfs.repository.catalog_tree import WouldLoadError as WouldBlock
 from pycvmfs.repository.reader import WouldBlockError
@@ -75,6 +77,7 @@ class RepositoryVFS:
         self.inodes = InodeTable()
         self._directories = DirectoryHandles(self.inodes)
         self._files = OpenFiles()
+        self._recent = RecentEntries()
         self._drain_until = 0.0
         self._listeners: list[Callable[[], None]] = []  # adapters drop kernel caches
         self._revoked: str | None = None  # why the served revision is refused (`revoke`)
@@ -95,6 +98,7 @@ class RepositoryVFS:
         while the kernel's caches are dropped and `DRAIN_S` after."""
         self._drain_until = float("inf")
         self.repository = repository
+        self._recent.clear()  # stale already (another revision); only frees the memory
         self._revoked = None
         try:
             self._drop_caches()
@@ -178,7 +182,10 @@ class RepositoryVFS:
 
     def forget(self, items: Iterable[tuple[int, int]]) -> list[int]:
         """FORGET/BATCH_FORGET: the inodes the kernel no longer holds at all."""
-        return self.inodes.forget(items)
+        forgotten = self.inodes.forget(items)
+        if forgotten:
+            self._recent.forget(forgotten)
+        return forgotten
 
     def lookup_count(self, ino: int) -> int:
         return self.inodes.lookup_count(ino)
@@ -211,6 +218,18 @@ class RepositoryVFS:
         entry, catalog = self._resolve(path)
         return self.inodes.number(path, entry, catalog), entry
 
+    def _entry_of(self, ino: int) -> tuple[str, DirEntry, bool]:
+        """Path and current entry of inode `ino`, and whether `ino` is still its number:
+        from the answer a LOOKUP just gave when it is of the revision served (no query),
+        else resolved again."""
+        self._check_revoked()
+        recent = self._recent.get(ino, self.repository)
+        if recent is not None:
+            return recent[0], recent[1], True
+        path = self.path_of(ino)
+        current, entry = self._current(path)
+        return path, entry, current == ino
+
     # --- metadata --------------------------------------------------------------------
     def attr(self, ino: int, entry: DirEntry) -> Attr:
         return attributes.attributes(ino, entry, self.options)
@@ -220,8 +239,10 @@ class RepositoryVFS:
         if name in DOTS:
             raise FsError(errno.ENOENT, "'.' and '..' are answered by the kernel")
         path = f"{self.path_of(parent)}/{name}"
-        entry, catalog = self._resolve(path)
+        repository = self.repository
+        entry, catalog = self._resolve(path, repository)
         ino = self.inodes.hand_out(path, entry, catalog)
+        self._recent.remember(ino, repository, path, entry)
         try:
             return self.attr(ino, entry)
         except BaseException:
@@ -236,9 +257,8 @@ class RepositoryVFS:
         return self.attr(ino, entry)
 
     def getattr(self, ino: int) -> Attr:
-        path = self.path_of(ino)
-        current, entry = self._current(path)
-        if current != ino:  # the path changed in a newer revision; `ino` is the old one
+        path, entry, same = self._entry_of(ino)
+        if not same:  # the path changed in a newer revision; `ino` is the old one
             opened = self._files.holding(ino)
             if opened is None:  # the kernel re-looks the name up and gets the new inode
                 raise FsError(errno.ESTALE, f"{path}: replaced in a newer revision")
@@ -270,6 +290,8 @@ class RepositoryVFS:
         ino = item.ino
         if hand_out and item.catalog is not None:
             ino = self.inodes.hand_out(item.path, item.entry, item.catalog)
+            if item.repository is not None:  # `ls -l` asks for its xattrs next
+                self._recent.remember(ino, item.repository, item.path, item.entry)
         return self.attr(ino, item.entry)
 
     def releasedir(self, handle: int) -> None:
@@ -299,20 +321,41 @@ class RepositoryVFS:
 
     # --- contents --------------------------------------------------------------------
     def open(self, ino: int, flags: int) -> int:
+        recent = self._recent.get(ino, self.repository)
+        if recent is not None and not recent[1].is_chunked:  # chunks: a catalog query
+            path, entry = recent
+            self._check_open(flags, entry)
+            return self._open(ino, path, entry, None)
         return self.open_path(self.path_of(ino), flags, ino)
 
-    def open_path(self, path: str, flags: int, ino: int | None = None) -> int:
+    @staticmethod
+    def _check_flags(flags: int) -> None:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC | os.O_CREAT):
             raise FsError(errno.EROFS, "read-only file system")
-        resolved = self._resolve(path)
-        entry = resolved.entry
-        ino = self.inodes.number(path, entry, resolved.catalog) if ino is None else ino
+
+    def _check_open(self, flags: int, entry: DirEntry) -> None:
+        self._check_flags(flags)
         if entry.is_dir:
             raise FsError(errno.EISDIR)
         if not stat.S_ISREG(entry.mode):
             raise FsError(errno.EINVAL)
+
+    def open_path(self, path: str, flags: int, ino: int | None = None) -> int:
+        self._check_flags(flags)
+        resolved = self._resolve(path)
+        entry = resolved.entry
+        ino = self.inodes.number(path, entry, resolved.catalog) if ino is None else ino
+        self._check_open(flags, entry)
+        return self._open(ino, path, entry, resolved)
+
+    def _open(self, ino: int, path: str, entry: DirEntry, resolved: Resolved | None) -> int:
+        self._check_revoked()
         try:
-            opened = self.repository.open_file(path, self._files.prefetcher, resolved=resolved)
+            if resolved is None:  # from `recent`: a file of one object needs no catalog
+                opened = self.repository.open_entry(path, entry, self._files.prefetcher)
+            else:
+                opened = self.repository.open_file(path, self._files.prefetcher,
+                                                   resolved=resolved)
         except EXPECTED as exc:
             raise fs_error(exc) from exc
         handle = self._files.add(ino, opened)
@@ -325,9 +368,10 @@ class RepositoryVFS:
         return bool(self._files.get(handle).entry.flags & DIRECT_IO_FLAG)
 
     def read_nowait(self, handle: int, offset: int, size: int) -> bytes | None:
-        """`read` if it can be answered without waiting (objects open, bytes in the page
-        cache), else None. Adapters call it on their event loop to skip the hop to a worker
-        thread, which costs more than copying a cached MiB."""
+        """`read` if it can be answered without waiting for the network (every object it
+        needs is in the cache), else None. Adapters call it on the thread the request
+        arrived on, to skip the hop to a thread that may wait, which costs more than
+        reading a cached file."""
         opened = self._files.find(handle)
         if opened is None or self._revoked is not None:
             return None  # `read` answers
@@ -335,6 +379,8 @@ class RepositoryVFS:
             return opened.read_nowait(offset, size)
         except WouldBlockError:
             return None
+        except EXPECTED:
+            return None  # `read` tries again and answers the error
 
     def read(self, handle: int, offset: int, size: int) -> bytes:
         self._check_revoked()
@@ -363,11 +409,14 @@ class RepositoryVFS:
 
     # --- extended attributes and statfs ----------------------------------------------
     def listxattr(self, ino: int) -> list[str]:
-        return self.listxattr_path(self.path_of(ino))
+        path, entry, _ = self._entry_of(ino)
+        return self._listxattr(path, entry)
 
     def listxattr_path(self, path: str) -> list[str]:
+        return self._listxattr(path, self._current(path)[1])
+
+    def _listxattr(self, path: str, entry: DirEntry) -> list[str]:
         """Stored xattrs, plus the magic names on the root (by default) or everywhere."""
-        _, entry = self._current(path)
         names = [name for name, _ in entry.xattrs]
         visibility = self.options.magic_xattrs_visibility
         if visibility == "always" or (visibility == "rootonly" and path == ""):
@@ -375,11 +424,14 @@ class RepositoryVFS:
         return names
 
     def getxattr(self, ino: int, name: str) -> bytes:
-        return self.getxattr_path(self.path_of(ino), name)
+        path, entry, _ = self._entry_of(ino)
+        return self._getxattr(path, entry, name)
 
     def getxattr_path(self, path: str, name: str) -> bytes:
+        return self._getxattr(path, self._current(path)[1], name)
+
+    def _getxattr(self, path: str, entry: DirEntry, name: str) -> bytes:
         """Magic attributes shadow stored ones and are gettable on every entry."""
-        _, entry = self._current(path)
         if magic_xattrs.is_magic(name):
             context = XattrContext(self._announced, self.stats, self.network, self.cache,
                                    path, entry, self._expires, self.inode_max)

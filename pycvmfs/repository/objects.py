@@ -25,7 +25,6 @@ single-flight per object).
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import tempfile
@@ -46,6 +45,7 @@ from pycvmfs.repository.trust import error_context
 
 MAX_CATALOG_BYTES = MAX_CATALOG_MB_DEFAULT << 20  # inflate cap for catalogs and histories
 PREFETCH_READ_BYTES = 1 << 20  # read-ahead warms the page cache in blocks of this size
+SEQUENTIAL_HINT_BYTES = 1 << 20  # objects this big are read with a sequential hint
 
 
 def catalog_name(content_hash: ContentHash, mountpoint: str) -> str:
@@ -96,21 +96,32 @@ class ObjectLoader:
                                       expected_size=expected_size, kind=kind)
 
     def open(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
-             compression: Compression, expected_size: int) -> BinaryIO:
-        """The verified cache file itself, counted as open until closed (the descriptor
-        would keep the bytes anyway; the quota should not count them as free)."""
-        fh = self._fetch(content_hash, suffix, what=what, compression=compression,
-                         expected_size=expected_size)
-        _advise(fh, os.POSIX_FADV_SEQUENTIAL)
-        return _OpenObject(fh, content_hash, self.fetcher.host)
+             compression: Compression, expected_size: int,
+             download: bool = True) -> OpenObject | None:
+        """The verified cache file itself, by descriptor, counted as open until closed (the
+        descriptor would keep the bytes anyway; the quota should not count them as free).
+        Without `download`: None when it is not in the cache (the caller must not wait)."""
+        with error_context(self.fqrn, self.source, what):
+            fd = self.fetcher.fetch_fd(content_hash, suffix, compression,
+                                       expected_size=expected_size, download=download)
+        if fd is None:
+            return None
+        if expected_size >= SEQUENTIAL_HINT_BYTES:
+            _advise(fd, os.POSIX_FADV_SEQUENTIAL)
+        return OpenObject(fd, content_hash, self.fetcher.host)
 
     def prefetch(self, content_hash: ContentHash, suffix: Suffix, *, what: str,
                  compression: Compression, expected_size: int) -> None:
         """Download it if missing; if cached, read it once so its pages are in memory when
         the reader gets there (the disk works while the reader is busy elsewhere)."""
-        with self._fetch(content_hash, suffix, what=what, compression=compression,
-                         expected_size=expected_size) as fh:
-            _warm_page_cache(fh)
+        with error_context(self.fqrn, self.source, what):
+            fd = self.fetcher.fetch_fd(content_hash, suffix, compression,
+                                       expected_size=expected_size)
+        assert fd is not None
+        try:
+            _warm_page_cache(fd)
+        finally:
+            os.close(fd)
 
     def discard(self, content_hash: ContentHash) -> None:
         """Move a cached object found corrupt (wrong size, short read) to quarantine and
@@ -175,32 +186,54 @@ def temporary_loader(source: ObjectSource, fqrn: str, *,
     return ObjectLoader(fetcher, fqrn, source, on_close=close)
 
 
-def _advise(fh: BinaryIO, advice: int) -> None:
+def _advise(fd: int, advice: int) -> None:
     """Page-cache hints for cache files (best effort: some filesystems refuse them)."""
     with contextlib.suppress(OSError):
-        os.posix_fadvise(fh.fileno(), 0, 0, advice)
+        os.posix_fadvise(fd, 0, 0, advice)
 
 
-def _warm_page_cache(fh: BinaryIO) -> None:
+def _warm_page_cache(fd: int) -> None:
     """Read a cache file into the page cache (into a scratch buffer: the GIL is free
     while the disk works; `WILLNEED` alone measured barely faster than nothing)."""
     scratch = bytearray(PREFETCH_READ_BYTES)
-    fd, offset = fh.fileno(), 0
+    offset = 0
     with contextlib.suppress(OSError):
         while (done := os.preadv(fd, [scratch], offset)) > 0:
             offset += done
 
 
-class _OpenObject(io.BufferedReader):
-    """A cache file registered with the quota as open until closed."""
+class OpenObject:
+    """A verified cache file held by its descriptor (read with `pread`), registered with
+    the quota as open until closed. No file object: a small file's read path opens and
+    closes one of these per file."""
 
-    def __init__(self, fh: BinaryIO, content_hash: ContentHash, host: CacheHost) -> None:
-        super().__init__(io.FileIO(os.dup(fh.fileno()), "rb"))
-        fh.close()
-        self._hash, self._host = content_hash, host
+    __slots__ = ("_fd", "_hash", "_host")
+
+    def __init__(self, fd: int, content_hash: ContentHash, host: CacheHost) -> None:
+        self._fd, self._hash, self._host = fd, content_hash, host
         host.open_ref(content_hash)
 
+    def fileno(self) -> int:
+        return self._fd
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
     def close(self) -> None:
-        if not self.closed:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
             self._host.close_ref(self._hash)
-        super().close()
+
+    def __enter__(self) -> OpenObject:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

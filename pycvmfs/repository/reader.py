@@ -29,18 +29,17 @@ from __future__ import annotations
 import bisect
 import functools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 from pycvmfs.errors import CatalogError, IntegrityError, PycvmfsError
 from pycvmfs.format.catalog import DirEntry
 from pycvmfs.format.hashes import ContentHash, Suffix
 from pycvmfs.repository.catalog import Catalog
-from pycvmfs.repository.objects import ObjectLoader
+from pycvmfs.repository.objects import ObjectLoader, OpenObject
 
 log = logging.getLogger(__name__)
 OPEN_PIECES_PER_HANDLE = 4  # cache files one open file keeps open (current + read-ahead)
@@ -62,14 +61,17 @@ class WouldBlockError(Exception):
     """The non-blocking read cannot answer without waiting (`OpenFile.read_nowait`)."""
 
 
-def file_pieces(path: str, entry: DirEntry, catalog: Catalog) -> list[Piece]:
-    """The objects that make up regular file `path`, checked to tile it exactly."""
+def file_pieces(path: str, entry: DirEntry, catalog: Catalog | None) -> list[Piece]:
+    """The objects that make up regular file `path`, checked to tile it exactly (a chunked
+    file's chunk list comes from its `catalog`, which only such a file needs)."""
     if not entry.is_regular:
         raise PycvmfsError(f"{path or '/'}: not a regular file")
     if entry.is_external:
         raise PycvmfsError(f"{path}: external files (flag 128, served from "
                            "CVMFS_EXTERNAL_URL) are not supported")
     if entry.is_chunked:
+        if catalog is None:
+            raise CatalogError(f"{path}: a chunked file is read with its catalog")
         rows = catalog.chunks(path, entry.hash_algorithm)
         pieces = [Piece(r.offset, r.size, r.content_hash, Suffix.PARTIAL) for r in rows]
     elif entry.content_hash is not None:
@@ -152,7 +154,7 @@ class _Slot:
 
     __slots__ = ("file", "uses", "retired")
 
-    def __init__(self, file: BinaryIO) -> None:
+    def __init__(self, file: OpenObject) -> None:
         self.file, self.uses, self.retired = file, 0, False
 
 
@@ -180,9 +182,10 @@ class OpenFile:
         return self._read(offset, size, self._read_slice)
 
     def read_nowait(self, offset: int, size: int) -> bytes:
-        """Like `read`, but only from objects already open whose bytes are in the page
-        cache; `WouldBlockError` otherwise (the caller then takes the blocking path)."""
-        return self._read(offset, size, self._read_slice_nowait)
+        """Like `read`, but only from objects already in the cache (read from the local
+        disk if their pages are not in memory); `WouldBlockError` if one must be
+        downloaded (the caller then takes the path that may wait for the network)."""
+        return self._read(offset, size, self._read_slice_local)
 
     def _read(self, offset: int, size: int, load: Callable[[int, int, int], bytes]) -> bytes:
         touched: list[int] = []
@@ -209,10 +212,16 @@ class OpenFile:
 
     def _read_slice(self, index: int, start: int, stop: int) -> bytes:
         """Bytes [start, stop) of piece `index`, exactly (see the module docstring)."""
+        return self._read_exactly(index, start, stop, download=True)
+
+    def _read_slice_local(self, index: int, start: int, stop: int) -> bytes:
+        return self._read_exactly(index, start, stop, download=False)
+
+    def _read_exactly(self, index: int, start: int, stop: int, *, download: bool) -> bytes:
         for _ in range(2):
-            slot = self._acquire(index)
+            slot = self._acquire(index, download)
             try:
-                data = os.pread(slot.file.fileno(), stop - start, start)
+                data = slot.file.pread(stop - start, start)
             finally:
                 self._release(slot)
             if len(data) == stop - start:
@@ -224,34 +233,19 @@ class OpenFile:
         raise IntegrityError(f"{self.path}: object {self.pieces[index].hash} reads short "
                              "even after fetching it again")
 
-    def _read_slice_nowait(self, index: int, start: int, stop: int) -> bytes:
-        with self._lock:
-            slot = self._slots.get(index)
-            if slot is None:
-                raise WouldBlockError
-            slot.uses += 1
-        try:
-            buffer = bytearray(stop - start)
-            try:
-                done = os.preadv(slot.file.fileno(), [buffer], start, os.RWF_NOWAIT)
-            except OSError:  # EAGAIN, or RWF_NOWAIT unsupported here
-                raise WouldBlockError from None
-            if done != len(buffer):  # not all cached, or short: the blocking path decides
-                raise WouldBlockError
-            return bytes(buffer)
-        finally:
-            self._release(slot)
-
     # --- slots -----------------------------------------------------------------------
-    def _open_piece(self, index: int) -> _Slot:
+    def _open_piece(self, index: int, download: bool) -> _Slot:
         """The verified object of piece `index`, opened; a cache file of the wrong size is
-        discarded and fetched once more."""
+        discarded and fetched once more. Without `download`, WouldBlockError if it is
+        not in the cache."""
         piece = self.pieces[index]
         for _ in range(2):
             file = self._loader.open(piece.hash, piece.suffix, what=self._what(piece),
                                      compression=self.entry.compression,
-                                     expected_size=piece.size)
-            if os.fstat(file.fileno()).st_size == piece.size:
+                                     expected_size=piece.size, download=download)
+            if file is None:
+                raise WouldBlockError
+            if file.size() == piece.size:
                 return _Slot(file)
             file.close()
             log.warning("%s: cached object %s has the wrong size; fetching it again",
@@ -260,7 +254,7 @@ class OpenFile:
         raise IntegrityError(f"{self.path}: object {piece.hash} keeps arriving with the wrong "
                              "size in the cache")
 
-    def _acquire(self, index: int) -> _Slot:
+    def _acquire(self, index: int, download: bool = True) -> _Slot:
         with self._lock:
             slot = self._slots.get(index)
             if slot is not None:
@@ -271,7 +265,7 @@ class OpenFile:
             raise failed[1]  # the kernel asks again at once (read-ahead, then the read)
         # open (and maybe download) outside the lock: other pieces stay readable meanwhile
         try:
-            fresh = self._open_piece(index)
+            fresh = self._open_piece(index, download)
         except PycvmfsError as exc:
             with self._lock:
                 self._failed[index] = (time.monotonic(), exc)

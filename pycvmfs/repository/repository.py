@@ -159,6 +159,12 @@ class Repository:
         pieces = file_pieces(canonical, entry, catalog)
         return OpenFile(canonical, entry, pieces, self.loader, prefetcher)
 
+    def open_entry(self, path: str, entry: DirEntry,
+                   prefetcher: Prefetcher | None = None) -> OpenFile:
+        """Like `open_file` for an `entry` of this revision the caller resolved before and
+        kept (a file of one object: no catalog query; chunked files need `open_file`)."""
+        return OpenFile(path, entry, file_pieces(path, entry, None), self.loader, prefetcher)
+
     def iter_read(self, path: str,
                   block: int = DEFAULT_READ_BLOCK_BYTES) -> Iterator[bytes]:
         """The file's bytes in blocks of at most `block` bytes, each object verified before
