@@ -198,10 +198,14 @@ class FakeVFS:
         return StatFs(512, 1000, 10, len(self.inodes), 0)
 
     def getxattr(self, ino: int, name: str) -> bytes:
-        self._check(self._path(ino), ino)
-        if name != "user.pycvmfs.test":
+        value = self.find_xattr(ino, name)
+        if value is None:
             raise FsError(errno.ENODATA)
-        return b"value"
+        return value
+
+    def find_xattr(self, ino: int, name: str) -> bytes | None:
+        self._check(self._path(ino), ino)
+        return b"value" if name == "user.pycvmfs.test" else None
 
     def listxattr(self, ino: int) -> list[str]:
         self._check(self._path(ino), ino)

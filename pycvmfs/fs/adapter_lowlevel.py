@@ -306,7 +306,10 @@ class LowlevelOperations:
             self._fuse.fuse_reply_buf(req, value, len(value))
 
     def _op_getxattr(self, req: int, ino: int, name: bytes, size: int) -> None:
-        value = self.vfs.getxattr(ino, name.decode("utf-8", "surrogateescape"))
+        value = self.vfs.find_xattr(ino, name.decode("utf-8", "surrogateescape"))
+        if value is None:
+            self._fuse.fuse_reply_err(req, errno.ENODATA)
+            return
         self._reply_sized(req, value, size)
 
     def _op_listxattr(self, req: int, ino: int, size: int) -> None:

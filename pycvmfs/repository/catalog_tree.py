@@ -27,9 +27,8 @@ so a lookup already running in one finishes; the next lookup attaches them again
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
-from contextlib import contextmanager
 from typing import NamedTuple
 
 from pycvmfs.errors import CatalogError, NotFoundError, PycvmfsError
@@ -51,16 +50,19 @@ class WouldLoadError(Exception):
 _loading = threading.local()
 
 
-@contextmanager
-def no_loading() -> Iterator[None]:
+class no_loading:  # noqa: N801 - used like the function it replaces: `with no_loading():`
     """In this thread, answer only from attached catalogs (`WouldLoadError` otherwise):
-    an event loop can then run lookups inline and hand only the rest to a thread."""
-    previous = getattr(_loading, "forbidden", False)
-    _loading.forbidden = True
-    try:
-        yield
-    finally:
-        _loading.forbidden = previous
+    an event loop can then run lookups inline and hand only the rest to a thread. A class,
+    not a generator: it wraps every FUSE request."""
+
+    __slots__ = ("_previous",)
+
+    def __enter__(self) -> None:
+        self._previous = getattr(_loading, "forbidden", False)
+        _loading.forbidden = True
+
+    def __exit__(self, *exc: object) -> None:
+        _loading.forbidden = self._previous
 
 
 class Resolved(NamedTuple):
