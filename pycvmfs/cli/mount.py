@@ -107,7 +107,7 @@ def serve_mount(config: ClientConfig, mountpoint: str, backend: str | None, *,
     """Open the repository and serve it at `mountpoint` until unmounted (blocks); `ready`
     is called once the mount answers."""
     from pycvmfs.client import open_client
-    from pycvmfs.fs.limits import raise_open_files_limit
+    from pycvmfs.fs.limits import limit_malloc_arenas, raise_open_files_limit
     from pycvmfs.fs.mount import serve
 
     try:
@@ -118,6 +118,7 @@ def serve_mount(config: ClientConfig, mountpoint: str, backend: str | None, *,
                           "writable directory)") from None
     for warning in config.warnings:  # to the logs, and to stderr unless detached
         logging.getLogger(__name__).warning("configuration: %s", warning)
+    limit_malloc_arenas()
     _, capped = raise_open_files_limit(config.nfiles)
     if capped:
         logging.getLogger(__name__).warning("%s", capped)

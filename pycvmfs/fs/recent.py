@@ -18,7 +18,7 @@ from collections import OrderedDict
 from pycvmfs.format.catalog import DirEntry
 from pycvmfs.repository.repository import Repository
 
-RECENT_ENTRIES = 4096  # about the working set of one directory walk or container start
+RECENT_ENTRIES = 2048  # the working set of a container start, or of `ls -l` in one directory
 
 
 class RecentEntries:

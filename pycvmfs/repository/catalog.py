@@ -97,6 +97,10 @@ def ref_problem(path: str, root_prefix: str) -> str | None:
     return None
 
 
+CATALOG_CACHE_KIB = 512  # SQLite's page cache per catalog (default 2 MiB): the file's
+# pages are in the kernel's page cache anyway, and a mount may hold hundreds of catalogs
+
+
 def _decode_text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
@@ -108,6 +112,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise CatalogError(f"catalog {path}: cannot open: {exc}") from exc
     conn.text_factory = _decode_text
+    conn.execute(f"PRAGMA cache_size=-{CATALOG_CACHE_KIB}")
     return conn
 
 
