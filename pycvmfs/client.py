@@ -1,7 +1,8 @@
 """The composition root of a mount, in one place and a fixed order (style guide R12):
 configuration -> proxies and Stratum-1 ring -> downloader -> cache host + fetcher ->
-revision source (trusted repository, `repository.revisions`) -> revision watcher ->
-filesystem core, which subscribes to the watcher. The CLI and tests build mounts only through
+revision source (trusted repository, `repository.revisions`) -> revision watcher -> file
+bundle prefetcher (`CVMFS_PREFETCH_FILEBUNDLES`) -> filesystem core, which subscribes to the
+watcher. The CLI and tests build mounts only through
 `open_client`, in the process that serves the mount (the cache's lock and SQLite
 connection must not cross a fork)."""
 
@@ -26,6 +27,7 @@ from pycvmfs.network.failover import RouteState
 from pycvmfs.network.geo import order_hosts, proxy_label
 from pycvmfs.network.proxies import parse_proxies, parse_server_urls
 from pycvmfs.network.transport import Transport, Urllib3Transport
+from pycvmfs.repository.bundles import BundlePrefetcher
 from pycvmfs.repository.network_source import NetworkSource
 from pycvmfs.repository.objects import cache_loader
 from pycvmfs.repository.open import RevisionSelector
@@ -42,6 +44,7 @@ class Client:
     cache: CacheHost
     watcher: RevisionWatcher
     vfs: RepositoryVFS
+    bundles: BundlePrefetcher | None = None  # None: CVMFS_PREFETCH_FILEBUNDLES=no
 
     @property
     def repository(self) -> Repository:
@@ -50,6 +53,8 @@ class Client:
 
     def close(self) -> None:
         self.watcher.stop()
+        if self.bundles is not None:  # before the cache closes under its downloads
+            self.bundles.close()
         self.vfs.close()
         self.source.close()
         self.cache.close()
@@ -138,8 +143,8 @@ def open_client(config: ClientConfig, transport: Transport | None = None) -> Cli
                 for path in config.public_key_files]
         selector = RevisionSelector.of(tag=config.repository_tag, date=config.repository_date,
                                        root_hash=config.root_hash)
-        revisions = RevisionSource(source, config.fqrn, keys, selector,
-                                   cache_loader(fetcher, config.fqrn, source),
+        loader = cache_loader(fetcher, config.fqrn, source)
+        revisions = RevisionSource(source, config.fqrn, keys, selector, loader,
                                    blacklist_files=config.blacklist_files)
         repository = revisions.first()
     except BaseException:
@@ -171,6 +176,14 @@ def open_client(config: ClientConfig, transport: Transport | None = None) -> Cli
     watcher = RevisionWatcher(repository, revisions.newer, revocation=revisions.revocation,
                               max_ttl_s=max_ttl, min_ttl_s=float(config.min_ttl_s),
                               auto_update=config.auto_update)
+    bundles = None
+    if config.prefetch_filebundles:
+        # the revision the filesystem serves (`vfs`, bound once it exists: a trigger comes
+        # through it)
+        bundles = BundlePrefetcher(lambda path: vfs.repository.pieces(path), loader.prefetch,
+                                   lambda path: vfs.repository.read(path),
+                                   pool_size=config.bundle_pool_size)
     vfs = RepositoryVFS(repository, options, capacity=capacity, network=network,
-                        cache=cache_info, revisions=watcher)
-    return Client(config, source, cache, watcher, vfs)
+                        cache=cache_info, revisions=watcher,
+                        bundle_trigger=bundles.triggered if bundles is not None else None)
+    return Client(config, source, cache, watcher, vfs, bundles)

@@ -286,6 +286,8 @@ class ClientConfig:
     files_read: tuple[Path, ...]
     blacklist_files: tuple[Path, ...] = ()  # `<root>/blacklist` (the reference's /etc/cvmfs)
     max_catalog_mb: int = MAX_CATALOG_MB_DEFAULT  # inflated size cap of catalogs, histories
+    prefetch_filebundles: bool = True  # CVMFS_PREFETCH_FILEBUNDLES (reference default: off)
+    bundle_pool_size: int = 8  # CVMFS_BUNDLE_POOL_SIZE: file bundle prefetch threads
 
     def origin(self, key: str) -> str:
         """Where `key` was set, for messages: `file:line`, `<built-in ...>` or `unset`."""
@@ -363,6 +365,8 @@ def resolve(merged: MergedSettings, *, trust: FileTrust | None = None) -> Client
         warnings=(*merged.warnings, *typed.warnings), files_read=merged.files_read,
         blacklist_files=(merged.config_root / "blacklist",),
         max_catalog_mb=typed.integer("PYCVMFS_MAX_CATALOG_MB"),
+        prefetch_filebundles=typed.boolean("CVMFS_PREFETCH_FILEBUNDLES"),
+        bundle_pool_size=typed.integer("CVMFS_BUNDLE_POOL_SIZE"),
     )
 
 

@@ -83,6 +83,9 @@ INTEGER_KEYS: Final = MappingProxyType({
         "(inflated); the reference has no such limit"),
     "CVMFS_QUOTA_LIMIT": IntegerKey(1024, 1, (2**63 - 1) >> 20, "MB", "-1: unmanaged",
                                     also=frozenset({-1})),
+    "CVMFS_BUNDLE_POOL_SIZE": IntegerKey(
+        8, 1, 256, "threads", "file bundle prefetch threads (the reference ignores 0 or an "
+        "unparsable value and keeps 8)"),
 })
 
 BOOLEAN_KEYS: Final = MappingProxyType({
@@ -97,6 +100,7 @@ BOOLEAN_KEYS: Final = MappingProxyType({
     "CVMFS_HIDE_MAGIC_XATTRS": False,
     "CVMFS_USE_CDN": False,
     "CVMFS_USE_OPENHTC": False,  # the older name of CVMFS_USE_CDN
+    "CVMFS_PREFETCH_FILEBUNDLES": True,  # the reference's default is off (2.14)
 })
 
 

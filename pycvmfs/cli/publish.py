@@ -91,6 +91,10 @@ def publish_command(source_dir: Path, fqrn: str, storage: Path, keys_dir: Path,
                    f"{len(result.catalogs_kept)}")
     if tag:
         click.echo(f"  tagged {tag!r}")
+    if result.bundle_triggers:
+        click.echo(f"  file bundle triggers: {result.bundle_triggers}")
+    for warning in result.warnings:
+        click.echo(f"  warning: {warning}", err=True)
     if result.whitelist_note:
         click.echo(f"  {result.whitelist_note}")
 

@@ -67,11 +67,13 @@ class Flags(enum.IntFlag):
     BIND_MOUNTPOINT = 0x4000
     HIDDEN = 0x8000
     DIRECT_IO = 0x10000
+    BUNDLE_TRIGGER = 0x20000  # opening it prefetches the files its .cvmfsbundle-<name> lists
 
 
 _CHUNKED, _EXTERNAL, _HIDDEN = int(Flags.CHUNKED), int(Flags.EXTERNAL), int(Flags.HIDDEN)
 _NESTED_MOUNTPOINT, _NESTED_ROOT = int(Flags.NESTED_MOUNTPOINT), int(Flags.NESTED_ROOT)
 _BIND_MOUNTPOINT = int(Flags.BIND_MOUNTPOINT)
+_BUNDLE_TRIGGER = int(Flags.BUNDLE_TRIGGER)
 
 HASH_ALGO_SHIFT = 8
 HASH_ALGO_MASK = 0x700
@@ -183,6 +185,10 @@ class DirEntry:
     @property
     def is_bind_mountpoint(self) -> bool:
         return bool(self.flags & _BIND_MOUNTPOINT)
+
+    @property
+    def is_bundle_trigger(self) -> bool:
+        return bool(self.flags & _BUNDLE_TRIGGER)
 
     @property
     def rdev(self) -> int:

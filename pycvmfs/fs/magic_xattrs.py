@@ -192,6 +192,11 @@ def _direct_io(c: XattrContext) -> str:
     return "1" if c.entry.flags & 0x10000 else "0"
 
 
+@magic_xattr("user.bundle_trigger", Flavor.REGULAR)
+def _bundle_trigger(c: XattrContext) -> str:
+    return "1" if c.entry.is_bundle_trigger else "0"
+
+
 @magic_xattr("user.rawlink", Flavor.SYMLINK)
 def _rawlink(c: XattrContext) -> str:
     return c.entry.symlink

@@ -65,7 +65,8 @@ class RepositoryVFS:
                  network: NetworkInfo | None = None,
                  expires: Callable[[], str] = lambda: "never (fixed root catalog)",
                  cache: CacheInfo | None = None,
-                 revisions: RevisionWatcher | None = None) -> None:
+                 revisions: RevisionWatcher | None = None,
+                 bundle_trigger: Callable[[str], None] | None = None) -> None:
         self.repository = repository
         self._announced = repository  # what magic xattrs report: swapped after invalidation
         self.options = options or MountOptions()
@@ -81,6 +82,7 @@ class RepositoryVFS:
         self._drain_until = 0.0
         self._listeners: list[Callable[[], None]] = []  # adapters drop kernel caches
         self._revoked: str | None = None  # why the served revision is refused (`revoke`)
+        self._bundle_trigger = bundle_trigger  # a file bundle trigger was opened (never waits)
         if revisions is not None:  # follow a mount's revisions (otherwise fixed)
             self._expires = revisions.expires
             revisions.subscribe(self)
@@ -361,6 +363,8 @@ class RepositoryVFS:
         handle = self._files.add(ino, opened)
         with self.stats.lock:
             self.stats.nopen += 1
+        if entry.is_bundle_trigger and self._bundle_trigger is not None:
+            self._bundle_trigger(path)
         return handle
 
     def direct_io(self, handle: int) -> bool:

@@ -107,6 +107,7 @@ class CatalogWriter:
         context: CatalogContext,
         previous: Callable[[str], PreviousCatalog | None] = lambda path: None,
         kept: Mapping[str, KeptCatalog] | None = None,
+        bundle_triggers: frozenset[str] = frozenset(),
     ) -> None:
         self.storage = storage
         self.settings = settings
@@ -114,6 +115,7 @@ class CatalogWriter:
         self.context = context
         self.previous = previous
         self.kept = kept or {}
+        self.bundle_triggers = bundle_triggers  # paths flagged BUNDLE_TRIGGER (bundles.py)
         self.written: list[str] = []  # mountpoints of catalogs written this time
         self.grafted: list[str] = []  # mountpoints of kept catalogs taken over as they were
 
@@ -194,6 +196,7 @@ class CatalogWriter:
             size, content_hash = content.size, content.content_hash
             compression = content.compression
             flags |= Flags.CHUNKED if content.chunks else 0
+            flags |= Flags.BUNDLE_TRIGGER if node.path in self.bundle_triggers else 0
         elif node.is_symlink:
             symlink = node.symlink
             size = len(symlink.encode("utf-8", "surrogateescape"))

@@ -23,6 +23,7 @@ from pycvmfs.format.compression import Compression, make_object
 from pycvmfs.format.hashes import ContentHash, Suffix
 from pycvmfs.format.history import Tag
 from pycvmfs.format.manifest import Manifest, sign_manifest
+from pycvmfs.publisher.bundles import find_bundles
 from pycvmfs.publisher.catalog_writer import CatalogContext, CatalogWriter
 from pycvmfs.publisher.history_writer import check_new_tag, history_image, next_tags
 from pycvmfs.publisher.keys import RepositoryKeys, load_keys
@@ -59,6 +60,8 @@ class PublishResult:
     files_unchanged: int = 0
     whitelist_note: str = ""
     catalogs_kept: list[str] = field(default_factory=list)  # mountpoints grafted unchanged
+    bundle_triggers: int = 0  # files marked as file bundle triggers (publisher.bundles)
+    warnings: tuple[str, ...] = ()  # what was published, but not as the source asked
 
 
 class PublishProgress(Protocol):
@@ -81,6 +84,7 @@ def publish(options: PublishOptions, progress: PublishProgress | None = None) ->
         storage.clean_temporaries()
         keys = load_keys(options.fqrn, options.keys_dir)
         root = TreeWalker(options.source).walk()
+        bundles = find_bundles(root)
         kept = _kept_directories(root)
         previous = load_previous(storage, options.fqrn, keys, kept)
         if options.tag is not None:
@@ -94,14 +98,15 @@ def publish(options: PublishOptions, progress: PublishProgress | None = None) ->
         with storage.transaction():  # a failure removes the objects written so far
             contents = pipeline.run(files, progress.advance if progress is not None else None)
             manifest, writer = _write_revision(storage, options, keys, previous, root,
-                                               contents)
+                                               contents, bundles.triggers)
             whitelist_note = _ensure_whitelist(storage, options.fqrn, keys, options.timestamp)
             storage.put_file(MANIFEST_NAME, sign_manifest(manifest, keys.signing_key))
     stats = pipeline.stats
     return PublishResult(manifest, stats.files, stats.bytes_in, stats.objects_written,
                          stats.bytes_written, writer.written, time.monotonic() - started,
                          files_unchanged=stats.files_unchanged, whitelist_note=whitelist_note,
-                         catalogs_kept=writer.grafted)
+                         catalogs_kept=writer.grafted,
+                         bundle_triggers=len(bundles.triggers), warnings=bundles.warnings)
 
 
 def _kept_directories(root: Node) -> list[str]:
@@ -154,14 +159,15 @@ def _known_contents(storage: LocalStorage, options: PublishOptions,
 
 def _write_revision(storage: LocalStorage, options: PublishOptions, keys: RepositoryKeys,
                     previous: PreviousRevision | None, root: Node,
-                    contents: dict[tuple[int, int], FileContent]) -> tuple[Manifest, CatalogWriter]:
+                    contents: dict[tuple[int, int], FileContent],
+                    bundle_triggers: frozenset[str]) -> tuple[Manifest, CatalogWriter]:
     revision = previous.manifest.revision + 1 if previous else 1
     now = options.timestamp if options.timestamp is not None else int(time.time())
     timestamp = max(now, (previous.manifest.timestamp or 0) if previous else 0)
     context = CatalogContext(revision, timestamp, options.ttl_seconds, options.owner)
     writer = CatalogWriter(storage, options.settings, contents, context,
                            previous.catalogs.get if previous else (lambda path: None),
-                           previous.kept if previous else None)
+                           previous.kept if previous else None, bundle_triggers)
     root_ref = writer.write(root)
     head = Tag("trunk", str(root_ref.content_hash), revision, timestamp, size=root_ref.size)
     tags = next_tags(previous.tags if previous else {}, head, options.tag)
