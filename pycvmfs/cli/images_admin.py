@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import math
 import os
+import shlex
 import sqlite3
 import threading
 import time
@@ -145,6 +147,9 @@ def _ingest_options(args: RepositoryArgs, fqrn: str | None = None, *, echo: bool
                           "pid": os.getpid(), **event}
                 log.write(json.dumps(record, sort_keys=True) + "\n")
                 log.flush()
+            if event["action"] == "warning":
+                click.echo(f"warning: {event.get('image', '')}: {event.get('message')}",
+                           err=True)
             if echo and event["action"] == "end_image":
                 state = "already there" if event.get("skipped") else event.get("status")
                 click.echo(f"{event['image']}: {state}")
@@ -190,17 +195,38 @@ def _echo_result(fqrn: str, published: Any) -> None:
 @_repository_options(repo_required=True)
 @click.option("--as", "name", default=None, metavar="REGISTRY/REPOSITORY:TAG",
               help="Public name of a local image (oci:, docker-archive:); one IMAGE only.")
+@click.option("--start-set", "start_sets", multiple=True, metavar="'CMD ARGS'",
+              help="Run CMD once in each newly unpacked image (bubblewrap, no network) and "
+              "publish the files it opens as a file bundle triggered by the first "
+              "(repeatable).")
+@click.option("--start-set-timeout", type=Seconds(), default=60, show_default=True,
+              help="Seconds a --start-set command may run before it is stopped.")
 def ingest_command(images: tuple[str, ...], repo_args: RepositoryArgs,
-                   name: str | None) -> None:
+                   name: str | None, start_sets: tuple[str, ...],
+                   start_set_timeout: float) -> None:
     """Ingest IMAGE... (docker://HOST/NAME:TAG[@DIGEST], oci:DIR:TAG,
     docker-archive:FILE) into the repository and publish once."""
     from pycvmfs.images.ingest import ingest
 
     if name is not None and len(images) != 1:
         raise click.BadParameter("--as names exactly one IMAGE", param_hint="--as")
-    with _ingest_options(repo_args) as options, _partial_results(options.publish.fqrn):
+    commands = tuple(_start_set_command(text) for text in start_sets)
+    with _ingest_options(repo_args) as base, _partial_results(base.publish.fqrn):
+        options = dataclasses.replace(base, start_sets=commands,
+                                      start_set_timeout=start_set_timeout)
         result = ingest(list(images), options, names={images[0]: name} if name else None)
     _echo_result(options.publish.fqrn, result.published)
+
+
+def _start_set_command(text: str) -> tuple[str, ...]:
+    """`--start-set 'CMD ARGS'` split as a shell would (quotes, no expansion)."""
+    try:
+        words = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r}: {exc}", param_hint="--start-set") from None
+    if not words:
+        raise click.BadParameter("an empty command", param_hint="--start-set")
+    return words
 
 
 # -- wishlist ---------------------------------------------------------------------------

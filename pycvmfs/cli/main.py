@@ -27,7 +27,8 @@ COMMAND_MODULES = {"keys": "keys", "publish": "publish", "whitelist": "whitelist
                    "ls": "read", "cat": "read", "stat": "read",
                    "mount": "mount", "umount": "mount", "cache": "cache", "ingest": "images_admin",
                    "run": "run", "wishlist": "images_admin", "webhook": "images_admin",
-                   "images": "images_admin", "gc": "gc_report", "report": "gc_report"}
+                   "images": "images_admin", "gc": "gc_report", "report": "gc_report",
+                   "bundle": "bundle"}
 
 
 class _LazyGroup(click.Group):

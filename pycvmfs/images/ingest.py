@@ -7,7 +7,9 @@ symlinks, metadata.
             -> each missing layer tree (`layers.unpack_layer_tree`, overlayfs whiteouts)
                renamed into `.layers/XX/<digest>/layerfs`, its origin.json updated
             -> applied in order into a fresh rootfs (`layers.apply_layers`: whiteouts,
-               hostile entries neutralised), Apptainer files, renamed into `.flat/XX/<config>`
+               hostile entries neutralised), Apptainer files, start sets (`--start-set`:
+               start_set.py, file bundles recorded by running a command in it), renamed
+               into `.flat/XX/<config>`
          -> `<registry>/<repository>:<tag>` symlink, `.metadata/.../{manifest,config,ingest}.json`
          -> one publish of the working tree (unchanged files are not read again)
 
@@ -52,6 +54,7 @@ from pycvmfs.images.reference import ImageReference, parse_reference
 from pycvmfs.images.registry import RegistryClient
 from pycvmfs.images.singularity import ImageConfig as RunConfig
 from pycvmfs.images.singularity import write_singularity_files
+from pycvmfs.images.start_set import DEFAULT_TIMEOUT_S, record_start_sets_at_ingest
 from pycvmfs.publisher.kept import is_kept, keep_published
 from pycvmfs.publisher.publish import PublishOptions, PublishResult, publish
 from pycvmfs.publisher.tree_walk import CATALOG_MARKER
@@ -95,6 +98,8 @@ class IngestOptions:
     notify: Notify = lambda event: None  # one JSON-able dict per event
     progress: IngestProgress | None = None  # a terminal display
     layer_trees: bool = True  # also write `.layers/XX/<digest>/layerfs` (DUCC)
+    start_sets: tuple[tuple[str, ...], ...] = ()  # commands recorded in a new flat tree
+    start_set_timeout: float = DEFAULT_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +272,13 @@ def _unpack(source: ImageSource, text: str, work: Path, flat: Path | None,
             rootfs = scratch / "rootfs"
             report = apply_layers([blobs[layer.digest] for layer in wanted], rootfs,
                                   limits=options.limits, on_entry=on_entry)
-            write_singularity_files(rootfs, RunConfig.from_oci(json.loads(source.config.raw)))
+            run_config = RunConfig.from_oci(json.loads(source.config.raw))
+            write_singularity_files(rootfs, run_config)
+            if options.start_sets:
+                record_start_sets_at_ingest(
+                    rootfs, run_config, options.start_sets,
+                    "/" + flat.relative_to(work).as_posix(), options.start_set_timeout,
+                    lambda event: options.notify({"image": text, **event}))
             ready.append((rootfs, flat))
         _mark_unpublished(work)
         for built, target in ready:

@@ -251,6 +251,7 @@ class BwrapRunner:
     executable: str
     name: str = "bwrap"
     new_session: bool | None = None   # None: only when stdin is not a terminal
+    share_net: bool = True   # False: no network at all (a start set recorded at ingest)
 
     def problem(self) -> str | None:
         """Try a trivial sandbox with the host's root: fails where user namespaces are off."""
@@ -277,13 +278,14 @@ class BwrapRunner:
                            "--dev", "/dev", "--proc", "/proc"]
         if (root / "tmp").is_dir() and not (root / "tmp").is_symlink():
             argv += ["--tmpfs", "/tmp"]
-        argv += ["--unshare-all", "--share-net", "--die-with-parent"]
+        argv += ["--unshare-all", *(["--share-net"] if self.share_net else []),
+                 "--die-with-parent"]
         new_session = self.new_session
         if new_session is None:
             new_session = not _stdin_is_terminal()
         if new_session:
             argv.append("--new-session")
-        for relative in HOST_FILES:
+        for relative in HOST_FILES if self.share_net else ():
             host, inside = Path("/") / relative, root / relative
             if host.exists() and inside.is_file() and not inside.is_symlink():
                 argv += ["--ro-bind", str(host), f"/{relative}"]

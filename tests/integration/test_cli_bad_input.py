@@ -149,6 +149,22 @@ CASES = [
          "/proc/nope"),
     case("ingest-notify-in-proc",
          f"ingest docker-archive:{{garbage}} {IMAGES} --notify /proc/nope", "--notify"),
+    case("ingest-start-set-empty",
+         f"ingest docker-archive:{{garbage}} {IMAGES} --start-set ''", "--start-set"),
+    case("ingest-start-set-unbalanced",
+         f"ingest docker-archive:{{garbage}} {IMAGES} --start-set python3~-c~'pass",
+         "--start-set"),
+    # bundle
+    case("bundle-record-relative-path", "bundle record --repo-path sw --mount {empty} -- true",
+         "--repo-path"),
+    case("bundle-record-path-missing",
+         "bundle record --repo-path /nope --mount {empty} -- true", "does not exist"),
+    case("bundle-record-output-and-tree", "bundle record --repo-path / --mount {empty} "
+         "--output {s}/spec --tree {empty} -- true", "not both"),
+    case("bundle-record-command-fails",
+         "bundle record --repo-path / --mount {empty} -- false", "exit status 1"),
+    case("bundle-record-nothing-opened",
+         "bundle record --repo-path / --mount {empty} -- true", "opened no file"),
     # run
     case("run-no-image-path", "run demo.pycvmfs.org -- true", "FQRN/IMAGE-PATH"),
     case("run-mount-is-proc", "run demo.pycvmfs.org/i --mount /proc -- true",
