@@ -111,8 +111,12 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
     except sqlite3.Error as exc:
         raise CatalogError(f"catalog {path}: cannot open: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA cache_size=-{CATALOG_CACHE_KIB}")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise CatalogError(f"catalog {path}: cannot open: {exc}") from exc
     conn.text_factory = _decode_text
-    conn.execute(f"PRAGMA cache_size=-{CATALOG_CACHE_KIB}")
     return conn
 
 

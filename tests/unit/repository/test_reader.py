@@ -3,8 +3,8 @@ keeps objects as plain files (no network, no cache, no mount)."""
 
 from __future__ import annotations
 
-import stat
 import os
+import stat
 import threading
 import time
 from pathlib import Path
