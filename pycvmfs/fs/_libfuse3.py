@@ -51,6 +51,11 @@ FILE_INFO_SIZE_BEFORE_317 = 40  # up to `poll_events`, padded to 8 bytes
 FUSE_CAP_READDIRPLUS = 1 << 13
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
 FUSE_CAP_CACHE_SYMLINKS = 1 << 23
+FUSE_CAP_SPLICE_WRITE = 1 << 7  # read replies spliced from a file descriptor
+
+# struct fuse_buf flags: the data is in `fd` at `pos`
+FUSE_BUF_IS_FD = 1 << 1
+FUSE_BUF_FD_SEEK = 1 << 2
 
 # bits of the bitfield word of struct fuse_file_info (little-endian: first field = bit 0)
 FI_DIRECT_IO = 1 << 1
@@ -200,6 +205,29 @@ def conn_info_type(version: int) -> type[ConnInfo] | type[ConnInfo317]:
     return ConnInfo317 if version >= 317 else ConnInfo
 
 
+class FuseBuf(ctypes.Structure):
+    """struct fuse_buf as of 3.17 (`mem_size` appended, zero here; older versions read the
+    prefix only: a vector of one buffer is never indexed past its first)."""
+
+    _fields_ = [("size", ctypes.c_size_t), ("flags", ctypes.c_int), ("mem", ctypes.c_void_p),
+                ("fd", ctypes.c_int), ("pos", ctypes.c_int64), ("mem_size", ctypes.c_size_t)]
+
+
+class FuseBufvec(ctypes.Structure):
+    """struct fuse_bufvec of one buffer."""
+
+    _fields_ = [("count", ctypes.c_size_t), ("idx", ctypes.c_size_t),
+                ("off", ctypes.c_size_t), ("buf", FuseBuf * 1)]
+
+
+def fd_buffer(fd: int, position: int, size: int) -> FuseBufvec:
+    """`size` bytes of file `fd` from `position`, for `fuse_reply_data`."""
+    vector = FuseBufvec(count=1)
+    vector.buf[0] = FuseBuf(size=size, flags=FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK, fd=fd,
+                            pos=position)
+    return vector
+
+
 class FuseArgs(ctypes.Structure):
     _fields_ = [("argc", ctypes.c_int), ("argv", ctypes.POINTER(ctypes.c_char_p)),
                 ("allocated", ctypes.c_int)]
@@ -271,6 +299,7 @@ SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "fuse_reply_readlink": (_INT, [_VP, ctypes.c_char_p]),
     "fuse_reply_open": (_INT, [_VP, _FI]),
     "fuse_reply_buf": (_INT, [_VP, _VP, _SIZE]),
+    "fuse_reply_data": (_INT, [_VP, ctypes.POINTER(FuseBufvec), _INT]),
     "fuse_reply_xattr": (_INT, [_VP, _SIZE]),
     "fuse_reply_statfs": (_INT, [_VP, _VP]),
     "fuse_add_direntry": (_SIZE, [_VP, _VP, _SIZE, ctypes.c_char_p, _VP, ctypes.c_int64]),

@@ -86,6 +86,7 @@ class LowlevelOperations:
         self.vfs = vfs
         vfs.track_lookups()  # FORGET is answered: the VFS may drop what the kernel lets go
         self.entry_timeout = entry_timeout
+        self.splice = False  # READ replies spliced from cache files (FUSE_CAP_SPLICE_WRITE)
         self.kernel = KernelCache(vfs, notifier.inval_inode, notifier.inval_entry,
                                   entry_timeout, redrain_s=REDRAIN_S)
         self._pool: ThreadPoolExecutor | None = None
@@ -151,7 +152,9 @@ class LowlevelOperations:
     def _op_init(self, userdata: int, conn: int) -> None:
         try:
             cached = self.lib.want(conn, _libfuse3.FUSE_CAP_CACHE_SYMLINKS)
-            log.debug("FUSE init: symlinks cached by the kernel: %s", cached)
+            self.splice = self.lib.want(conn, _libfuse3.FUSE_CAP_SPLICE_WRITE)
+            log.debug("FUSE init: symlinks cached by the kernel: %s; reads spliced: %s",
+                      cached, self.splice)
         except BaseException:
             log.exception("unexpected error in init")
 
@@ -198,12 +201,22 @@ class LowlevelOperations:
 
     def _op_read(self, req: int, ino: int, size: int, off: int, fi: Any) -> None:
         handle = fi.contents.fh
+        if self.splice and self.vfs.send_cached(handle, off, size,
+                                                lambda fd, position, length:
+                                                self._reply_spliced(req, fd, position, length)):
+            return
         data = self.vfs.read_nowait(handle, off, size)
         if data is None:  # may wait for the network: reply later, from a pool thread
             self._blocking().submit(self._unrestricted, "read", self._read_blocking, req,
                                     (handle, off, size))
             return
         self._fuse.fuse_reply_buf(req, data, len(data))
+
+    def _reply_spliced(self, req: int, fd: int, position: int, length: int) -> None:
+        """The reply to a READ, spliced by libfuse from cache file `fd` (no copy through
+        Python); the caller holds the file open until this returns."""
+        self._fuse.fuse_reply_data(req, ctypes.byref(_libfuse3.fd_buffer(fd, position, length)),
+                                   0)
 
     def _read_blocking(self, req: int, handle: int, off: int, size: int) -> None:
         data = self.vfs.read(handle, off, size)

@@ -386,6 +386,16 @@ class RepositoryVFS:
         except EXPECTED:
             return None  # `read` tries again and answers the error
 
+    def send_cached(self, handle: int, offset: int, size: int,
+                    send: Callable[[int, int, int], None]) -> bool:
+        """Hand the bytes of a read to `send(descriptor, position, length)` straight from
+        their cache file, if they lie in one object already in the cache (the adapter
+        splices them into its reply); False: `read_nowait` or `read` answers."""
+        opened = self._files.find(handle)
+        if opened is None or self._revoked is not None:
+            return False
+        return opened.send_local(offset, size, send)
+
     def read(self, handle: int, offset: int, size: int) -> bytes:
         self._check_revoked()
         opened = self._files.get(handle)

@@ -171,6 +171,7 @@ class OpenFile:
         self._slots: dict[int, _Slot] = {}  # insertion order = age
         self._failed: dict[int, tuple[float, PycvmfsError]] = {}  # piece: when, why
         self._prefetched: set[int] = set()
+        self._starts = [piece.offset for piece in pieces]
 
     def _what(self, piece: Piece) -> str:
         kind = "chunk" if piece.suffix is Suffix.PARTIAL else "file"
@@ -186,6 +187,31 @@ class OpenFile:
         disk if their pages are not in memory); `WouldBlockError` if one must be
         downloaded (the caller then takes the path that may wait for the network)."""
         return self._read(offset, size, self._read_slice_local)
+
+    def send_local(self, offset: int, size: int, send: Callable[[int, int, int], None]) -> bool:
+        """If up to `size` bytes from `offset` lie in one object already in the cache, call
+        `send(descriptor, position, length)` with them while that cache file is held open
+        (a FUSE reply spliced from it: no copy through Python) and return True; False
+        for anything else (the end of the file, two objects, one still to download), which
+        `read` then answers."""
+        end = min(offset + size, self.entry.size)
+        if offset >= end:
+            return False
+        index = bisect.bisect_right(self._starts, offset) - 1
+        piece = self.pieces[index]
+        if end > piece.offset + piece.size:
+            return False
+        try:
+            slot = self._acquire(index, download=False)
+        except (WouldBlockError, PycvmfsError):
+            return False
+        try:  # the size was checked when the cache file was opened
+            send(slot.file.fileno(), offset - piece.offset, end - offset)
+        finally:
+            self._release(slot)
+        if self._prefetcher is not None:
+            self._read_ahead(index, self._prefetcher)
+        return True
 
     def _read(self, offset: int, size: int, load: Callable[[int, int, int], bytes]) -> bytes:
         touched: list[int] = []

@@ -76,6 +76,11 @@ class FakeFuse:
     def fuse_reply_buf(self, req: int, data: Any, size: int) -> int:
         return self._record("buf", req, ctypes.string_at(data, size) if size else b"")
 
+    def fuse_reply_data(self, req: int, vector: Any, flags: int) -> int:
+        buf = vector._obj.buf[0]  # a ctypes.byref of one FuseBufvec
+        assert buf.flags == _libfuse3.FUSE_BUF_IS_FD | _libfuse3.FUSE_BUF_FD_SEEK
+        return self._record("data", req, os.pread(buf.fd, buf.size, buf.pos))
+
     def fuse_reply_xattr(self, req: int, size: int) -> int:
         return self._record("xattr", req, size)
 
@@ -279,6 +284,18 @@ def test_open_read_release(ops: LowlevelOperations, fuse: FakeFuse, vfs: FakeVFS
     call(ops, "release", vfs.inodes["a/x.txt"], fi)
     assert fuse.replies()[1:] == [("buf", (b"xxxx",)), ("buf", (b"xx",)), ("err", (0,))]
     assert vfs.open_handles == {}
+
+
+def test_reads_from_the_cache_are_spliced_when_the_kernel_takes_them(
+        ops: LowlevelOperations, fuse: FakeFuse, vfs: FakeVFS) -> None:
+    ops.splice = True  # as INIT sets it when the kernel offers FUSE_CAP_SPLICE_WRITE
+    fi = file_info(flags=os.O_RDONLY)
+    call(ops, "open", vfs.inodes["a/x.txt"], fi)
+    call(ops, "read", vfs.inodes["a/x.txt"], 4, 3, fi)  # from the cache file's descriptor
+    vfs.page_cached = False
+    call(ops, "read", vfs.inodes["a/x.txt"], 100, 8, fi)  # not in the cache: copied
+    wait_for_reply(fuse, 3)
+    assert fuse.replies()[1:] == [("data", (b"xxxx",)), ("buf", (b"xx",))]
 
 
 def test_direct_io_and_an_interrupted_open(ops: LowlevelOperations, fuse: FakeFuse,
