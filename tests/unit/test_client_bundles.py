@@ -89,8 +89,9 @@ def test_opening_the_trigger_prefetches_the_listed_files(client: Client) -> None
     other = client.repository.pieces("/other.txt")[1][0].hash
     assert not store.contains(other)
     assert client.bundles is not None
-    wait_until(lambda: client.bundles is not None and client.bundles.counters.failures == 1,
-               10, "the missing /not/there counted")
+    counted = client.bundles.counters  # updated after each file's last object arrived
+    wait_until(lambda: (counted.files, counted.failures) == (3, 1), 10,
+               "the three files and the missing /not/there counted")
     c = client.bundles.counters
     assert (c.triggered, c.files, c.objects, c.dropped) == (1, 3, len(objects), 0)
     assert client.vfs.getxattr(trigger, "user.bundle_trigger") == b"1"
