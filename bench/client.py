@@ -10,6 +10,15 @@ What it measures
     nginx on loopback) and through a fresh mount on the filled cache; and 8 readers in
     parallel (threads), each reading its own file. Memory: VmRSS/VmHWM of the mount
     process after walking 100,000 distinct entries in a fresh mount.
+    Container image ("img", "start" rows; `--no-image` skips them, `--image-only` keeps
+    only them): a Debian + python3 image ingested into a repository of its own -- 8 readers
+    over all its regular files (empty cache, cache filled) with the client's CPU seconds,
+    `ls -lR` (fresh mount, repeat) and of the tree's many/, mount time (empty cache, cache
+    filled), VmRSS after the listing, container start (bwrap + python3 with imports; cache
+    filled, empty cache, and empty cache on a repository ingested with a start set), bytes
+    fetched (% of the image) and objects fetched twice during each cold measurement.
+    These rows are the median of `--rounds` (5) rounds interleaved between local disk,
+    pycvmfs and cvmfs2; bench/client_image.py says exactly what each round does.
 
 Why local disk is the baseline
     The tree the repository was published from sits on the same disk; walking and reading
@@ -27,7 +36,8 @@ Fairness and caveats
     fresh mount (empty kernel caches, page cache dropped) with the catalogs already in the
     client cache on disk. "mnt CPU" is user+sys of the mount process per wall second
     (cores); "others" is the CPU all other processes used meanwhile (nginx, other users;
-    this script's own threads excluded): a high value marks a disturbed measurement. The
+    this script and the commands it waits for excluded): a high value marks a disturbed
+    measurement. The
     timed code shares this machine's cores with the mount process. The kernel's read
     requests to FUSE are 128 KiB unless `--read-ahead-kb 1024` raises the mount's bdi
     read-ahead (machine notes: then 1 MiB). Rows marked "(info)" and rows without a target
@@ -40,13 +50,15 @@ The reference client (`--reference-cvmfs2 PATH`, or $PYCVMFS_REFERENCE_CVMFS2)
     (config: CVMFS_SHARED_CACHE=no, CVMFS_QUOTA_LIMIT=-1, CVMFS_USER=root; the process
     measured is the `user.pid` xattr of its mount root). Its rows ("walk cvmfs2, warm
     (same mount)", ...) carry no targets; a final block lists "x cvmfs2" = pycvmfs seconds /
-    cvmfs2 seconds for each paired measurement (memory: MB / MB). In --json they are under
+    cvmfs2 seconds for each paired measurement (value rows -- memory, CPU seconds, bytes
+    fetched, objects fetched twice: value / value). In --json they are under
     "reference_cvmfs2". Its mounts are unmounted with `fusermount3 -u` (then `-u -z`).
 
 The tree, the keys and the published repository are cached under `--workdir` (keyed by
-the sizes and seed) so re-runs skip the setup; the client cache and mount point are made
-fresh every run. Run from the repository root: `python bench/client.py [--quick]`.
-Needs root (drop_caches, FUSE mounts), /dev/fuse and nginx.
+the sizes and seed; the image repositories by the image) so re-runs skip the setup; the
+client cache and mount point are made fresh every run. Run from the repository root:
+`python bench/client.py [--quick]`. Needs root (drop_caches, FUSE mounts), /dev/fuse and
+nginx; the image rows also bwrap and the test images of tests/images.py (built once).
 """
 
 from __future__ import annotations
@@ -441,6 +453,7 @@ def image_rows(args: argparse.Namespace, results: Results, env: Env, server: Any
         results.notes.append("image rows skipped: needs bwrap")
         return
     options = ImageOptions(workdir=env.base.parent, rounds=args.rounds, drop=drop,
+                           scope="etc" if args.quick else "",
                            backend=args.backend, read_ahead_kb=args.read_ahead_kb)
     print(f"image rows ({args.rounds} interleaved rounds):", flush=True)
     bench_image(results, options, env, AccessLog(server.run / "access.log"), server.publish,

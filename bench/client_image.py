@@ -69,6 +69,7 @@ class ImageOptions:
     workdir: Path
     rounds: int
     drop: bool
+    scope: str  # the image directory read and listed ("": all of it)
     backend: str | None
     read_ahead_kb: int | None
 
@@ -158,30 +159,34 @@ class Image:
     """The local unpacked image: its files and the start command line (on any root)."""
 
     rootfs: Path
-    files: list[str]  # regular files, relative
-    entries: int
-    file_bytes: int
+    scope: str  # the directory read and listed, relative ("" : the whole image)
+    files: list[str]  # regular files below scope, relative to rootfs
+    entries: int  # entries below scope
+    file_bytes: int  # regular file bytes of the whole image (what "%" rows compare with)
     argv: list[str]  # bwrap ... with `rootfs` as the root
     env: dict[str, str]
 
     @classmethod
-    def load(cls, rootfs: Path, config: dict[str, object]) -> Image:
+    def load(cls, rootfs: Path, config: dict[str, object], scope: str) -> Image:
         from pycvmfs.images.runner import BwrapRunner, RunRequest
         from pycvmfs.images.singularity import ImageConfig
 
         files, entries, size = [], 0, 0
+        inside = os.path.join(rootfs, scope) if scope else str(rootfs)
         for dirpath, dirnames, filenames in os.walk(rootfs):
-            entries += len(dirnames) + len(filenames)
+            counted = dirpath == inside or dirpath.startswith(inside + os.sep)
+            entries += (len(dirnames) + len(filenames)) if counted else 0
             for name in filenames:
                 st = os.lstat(os.path.join(dirpath, name))
                 if (st.st_mode & 0o170000) == 0o100000:
-                    files.append(os.path.relpath(os.path.join(dirpath, name), rootfs))
                     size += st.st_size
+                    if counted:
+                        files.append(os.path.relpath(os.path.join(dirpath, name), rootfs))
         bwrap = shutil.which("bwrap") or "bwrap"
         runner = BwrapRunner(bwrap, new_session=True)
         invocation = runner.invocation(RunRequest.for_image(
             rootfs, START_COMMAND, ImageConfig.from_oci(config)))
-        return cls(rootfs, sorted(files), entries, size, list(invocation.argv),
+        return cls(rootfs, scope, sorted(files), entries, size, list(invocation.argv),
                    dict(invocation.env))
 
     def start_on(self, root: Path) -> Callable[[], float]:
@@ -196,13 +201,20 @@ class Image:
 # -- the rounds ----------------------------------------------------------------------
 
 
+def empty(cache: Path) -> None:
+    """An empty client cache directory (the client fills it on mounting)."""
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir(parents=True)
+
+
 class ImageBench:
     """Collects samples per (measurement, client) over interleaved rounds."""
 
     def __init__(self, image: Image, repo: ImageRepo, log: AccessLog, options: ImageOptions,
-                 many: Path | None) -> None:
+                 many: Path | None, many_local: Path | None) -> None:
         self.image, self.repo, self.log, self.options = image, repo, log, options
         self.many = many  # the tree's many/ below a mount root, or None
+        self.many_local = many_local  # the same on local disk
         self.samples: dict[tuple[str, str], list[Sample]] = defaultdict(list)
 
     def add(self, key: str, who: str, s: Sample) -> None:
@@ -212,8 +224,12 @@ class ImageBench:
         image, drop = self.image, self.options.drop
         drop_caches(drop)
         self.add("read", "local", sample(lambda: read_all(image.rootfs, image.files)))
-        self.add("ls", "local", sample(lambda: (ls_lr(image.rootfs), image.entries)[1]))
+        self.add("ls", "local",
+                 sample(lambda: (ls_lr(image.rootfs / image.scope), image.entries)[1]))
         self.add("start", "local", sample(image.start_on(image.rootfs)))
+        if self.many is not None and self.many_local is not None:
+            many = self.many_local
+            self.add("ls many", "local", sample(lambda: (ls_lr(many), 1)[1]))
 
     def served(self, key: str, who: str, s: Sample) -> None:
         """`s` and what nginx sent during it (`fetched`: % of the image, `twice`)."""
@@ -224,7 +240,7 @@ class ImageBench:
 
     def client_round(self, side: Side) -> None:
         image, drop, who = self.image, self.options.drop, side.name
-        shutil.rmtree(side.image_cache, ignore_errors=True)
+        empty(side.image_cache)
         drop_caches(drop)
         with side.image() as m:
             self.add("mount empty", who, Sample(m.seconds, 1))
@@ -240,20 +256,20 @@ class ImageBench:
             self.add("read warm", who, s)
             self.add("read warm cpu", who, Sample(0.0, s.cpu_seconds))
         with side.image() as m:
-            root = m.mnt / self.repo.rootfs
+            root = m.mnt / self.repo.rootfs / image.scope
             self.add("ls fresh", who, sample(lambda: (ls_lr(root), image.entries)[1], m.pid))
             self.add("ls repeat", who, sample(lambda: (ls_lr(root), image.entries)[1], m.pid))
             self.add("rss", who, Sample(0.0, memory_mb(m.pid)[0]))
         with side.image() as m:
             self.add("start warm", who,
                      sample(image.start_on(m.mnt / self.repo.rootfs), m.pid))
-        shutil.rmtree(side.image_cache, ignore_errors=True)
+        empty(side.image_cache)
         with side.image() as m:
             self.log.skip()
             self.served("start cold", who,
                         sample(image.start_on(m.mnt / self.repo.rootfs), m.pid))
         if side.start_set is not None and side.start_set_cache is not None:
-            shutil.rmtree(side.start_set_cache, ignore_errors=True)
+            empty(side.start_set_cache)
             with side.start_set() as m:
                 self.log.skip()
                 self.served("start set", who,
@@ -276,7 +292,7 @@ ROWS: list[tuple[str, str, str, str | None]] = [
     ("mount empty", "img mount {c}, empty cache", "op", None),
     ("ls fresh", "img ls -lR {c}, fresh mount", "entries", "ls"),
     ("ls repeat", "img ls -lR {c}, repeat (same mount)", "entries", "ls"),
-    ("ls many", "ls -lR many/ {c}, fresh mount", "op", None),
+    ("ls many", "ls -lR many/ {c}, fresh mount", "op", "ls many"),
     ("rss", "img VmRSS {c} after ls -lR", "MB", None),
     ("start warm", "start {c}, cache filled (fresh mount)", "op", "start"),
     ("start cold", "start {c}, empty cache", "op", "start"),
@@ -287,7 +303,7 @@ ROWS: list[tuple[str, str, str, str | None]] = [
     ("start set twice", "  {c} objects fetched twice", "count", None),
 ]
 LOCAL_ROWS = {"read": "img {n} readers local ({d})", "ls": "img ls -lR local",
-              "start": "start local (unpacked rootfs)"}
+              "ls many": "ls -lR many/ local", "start": "start local (unpacked rootfs)"}
 
 
 def add_rows(bench: ImageBench, results: Results, sides: list[str]) -> None:
@@ -297,9 +313,10 @@ def add_rows(bench: ImageBench, results: Results, sides: list[str]) -> None:
     d = "page cache dropped" if bench.options.drop else "page cache NOT dropped"
     local: dict[str, str] = {}
     for key, template in LOCAL_ROWS.items():
-        unit = {"read": "bytes", "ls": "entries", "start": "op"}[key]
-        local[key] = median_row(results, template.format(n=n, d=d),
-                                bench.samples[(key, "local")], unit).name
+        if bench.samples.get((key, "local")):
+            unit = {"read": "bytes", "ls": "entries"}.get(key, "op")
+            local[key] = median_row(results, template.format(n=n, d=d),
+                                    bench.samples[(key, "local")], unit).name
     for key, template, unit, base in ROWS:
         made: dict[str, Row] = {}
         for who in sides:
@@ -311,7 +328,7 @@ def add_rows(bench: ImageBench, results: Results, sides: list[str]) -> None:
                 mb = sorted(s.amount for s in samples)[(len(samples) - 1) // 2]
                 note = f"{mb * bench.image.file_bytes / 100 / MB:.2f} MB"
             made[who] = median_row(results, template.format(n=n, c=who), samples, unit,
-                                   baseline=local[base] if base else None, note=note)
+                                   baseline=local.get(base) if base else None, note=note)
         if "pycvmfs" in made and "cvmfs2" in made:
             results.reference.add(made["cvmfs2"].name)
             results.pairs.append((made["pycvmfs"], made["cvmfs2"]))
@@ -339,9 +356,10 @@ def bench_image(results: Results, options: ImageOptions, url_env: Env, log: Acce
     else:
         results.notes.append("start-set rows skipped: `pycvmfs ingest --help` offers no "
                              "--start-set")
-    image = Image.load(built.rootfs, built.config)
-    results.notes.append(f"image: {image.file_bytes / MB:,.1f} MB in {len(image.files):,} "
-                         f"regular files, {image.entries:,} entries; start: "
+    image = Image.load(built.rootfs, built.config, options.scope)
+    scope = f"/{options.scope}: " if options.scope else ""
+    results.notes.append(f"image: {image.file_bytes / MB:,.1f} MB; read and listed: {scope}"
+                         f"{len(image.files):,} regular files, {image.entries:,} entries; start: "
                          f"{shlex.join(START_COMMAND)}; rounds: {options.rounds} (median), "
                          "interleaved local / pycvmfs / cvmfs2")
 
@@ -375,7 +393,8 @@ def bench_image(results: Results, options: ImageOptions, url_env: Env, log: Acce
             (lambda: Cvmfs2Mount(ref_set, ra)) if ref_set else None,
             ref_set.cache if ref_set else None,
             (lambda: Cvmfs2Mount(reference, ra)) if tree else None))
-    bench = ImageBench(image, repo, log, options, Path(many) if many and tree else None)
+    bench = ImageBench(image, repo, log, options, Path(many) if many and tree else None,
+                       tree.base / "src" / many if many and tree else None)
     warm_files(repo.base / "storage")  # nginx serves from the page cache
     if start_set_repo is not None:
         warm_files(start_set_repo.base / "storage")

@@ -58,7 +58,7 @@ class Results:
     def add(self, row: Row) -> Row:
         if row.baseline is not None:
             base = self.get(row.baseline)
-            if row.unit not in (*VALUES, "op") and base.seconds > 0:
+            if row.unit not in VALUES and base.seconds > 0:
                 row.ratio = (row.seconds / base.seconds) * (base.amount / row.amount
                                                             if row.amount else 1.0)
         self.rows.append(row)
@@ -134,7 +134,8 @@ def print_table(results: Results) -> None:
               f"{r.target:>18} {verdict:>6}")
     print("(x local = seconds / seconds of the same work on local disk; mnt CPU = CPU cores "
           "the mount process used; others = cores used by all other processes -- nginx, other "
-          f"users -- this script excluded; {os.cpu_count()} cores here)")
+          f"users -- this script and the commands it waits for excluded; {os.cpu_count()} "
+          "cores here)")
     for note in results.notes:
         print(f"note: {note}")
     busy = [r.name for r in results.rows if r.others is not None and r.others > 0.5
@@ -175,7 +176,7 @@ def print_pairs(results: Results) -> None:
         ratio = f"{x:8.2f}x" if x is not None else f"{'':>9}"
         print(f"{mine.name:<48} {a} {mine.rate:>16} {b} {ref.rate:>16} {ratio}")
     print("(x cvmfs2 = pycvmfs seconds / cvmfs2 seconds for the same work, both against the "
-          "same nginx and local rows; memory rows: pycvmfs MB / cvmfs2 MB)")
+          "same nginx and local rows; value rows -- MB, CPU s, %, count: pycvmfs / cvmfs2)")
 
 
 
