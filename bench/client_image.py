@@ -22,6 +22,8 @@ Per client and round, each a fresh mount:
      START_COMMAND on the mounted rootfs;
   5. empty cache: the same start, with bytes fetched and objects fetched twice;
   6. empty cache, the start-set repository: the same start (pycvmfs prefetches the set).
+Bytes are counted until nginx has logged nothing for 0.3 s after the timed work (a
+prefetch still running in the background is the client's too; at most 5 s).
 And `ls -lR` of the tree's many/ directory in a fresh mount (catalogs cached), when the
 run has one. The page cache is dropped before 1 and 2 only (with root, unless
 --no-drop-caches); starts and listings run with the cache files as the previous steps left
@@ -234,6 +236,7 @@ class ImageBench:
     def served(self, key: str, who: str, s: Sample) -> None:
         """`s` and what nginx sent during it (`fetched`: % of the image, `twice`)."""
         self.add(key, who, s)
+        self.log.settle()  # background fetches (a start set's prefetch) count too
         got = self.log.served()
         self.add(key + " fetched", who, Sample(0.0, 100 * got.bytes / self.image.file_bytes))
         self.add(key + " twice", who, Sample(0.0, got.twice))

@@ -162,6 +162,19 @@ class AccessLog:
         """Forget what was logged so far (the next window starts now)."""
         self.served()
 
+    def settle(self, quiet: float = 0.3, limit: float = 5.0) -> None:
+        """Wait until nothing was logged for `quiet` seconds (at most `limit`): what a client
+        still fetches in the background after the timed work belongs to it."""
+        deadline = time.monotonic() + limit
+        size, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now = self.path.stat().st_size if self.path.exists() else 0
+            if now != size:
+                size, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
+            time.sleep(0.05)
+
     def served(self) -> Served:
         """Bytes, requests and objects fetched twice since the last call."""
         time.sleep(0.05)  # nginx writes the log line after the response
