@@ -32,6 +32,7 @@ them, the same for both clients.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -64,6 +65,7 @@ class ImageRepo:
     base: Path
     rootfs: str  # the flat rootfs, relative to the repository root
     storage_bytes: int
+    warnings: tuple[str, ...] = ()  # what the ingest warned about (a failed start set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +78,7 @@ class ImageOptions:
     read_ahead_kb: int | None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Side:
     """One client's mounts of the image repositories (and of the tree, for many/)."""
 
@@ -96,7 +98,10 @@ def start_set_supported() -> bool:
 def ensure_image_repo(workdir: Path, layout: Path, digest: str, fqrn: str,
                       start_set: tuple[str, ...] | None) -> ImageRepo:
     """Ingest the image once per (image, fqrn); WORKDIR/image-.../ready.json marks it."""
-    base = workdir / f"image-{fqrn}-{digest.replace(':', '-')[:19]}"
+    name = f"image-{fqrn}-{digest.replace(':', '-')[:19]}"
+    if start_set:  # a new command makes a new repository
+        name += "-" + hashlib.sha256(shlex.join(start_set).encode()).hexdigest()[:8]
+    base = workdir / name
     ready = base / "ready.json"
     if not ready.exists():
         shutil.rmtree(base, ignore_errors=True)
@@ -105,17 +110,22 @@ def ensure_image_repo(workdir: Path, layout: Path, digest: str, fqrn: str,
         print(f"setup: ingesting the image into {base} ...", flush=True)
         pycvmfs("keys", "create", fqrn, "--keys-dir", str(base / "keys"))
         extra = ["--start-set", shlex.join(start_set)] if start_set else []
-        pycvmfs("ingest", f"oci:{layout}:python", "--as", PUBLIC_NAME, "--repo", fqrn,
-                "--storage", str(base / "storage"), "--keys-dir", str(base / "keys"),
-                "--work", str(base / "work"), "--skip-layers", *extra)
+        done = pycvmfs("ingest", f"oci:{layout}:python", "--as", PUBLIC_NAME, "--repo", fqrn,
+                       "--storage", str(base / "storage"), "--keys-dir", str(base / "keys"),
+                       "--work", str(base / "work"), "--skip-layers", *extra)
+        said = (done.stdout + done.stderr).strip().splitlines()
+        for line in said:
+            print(f"  [ingest] {line}")
         link = base / "work" / PUBLIC_NAME
         rootfs = os.path.normpath(link.parent / os.readlink(link))
         info = {"rootfs": os.path.relpath(rootfs, base / "work"),
+                "warnings": [line for line in said if "warn" in line.lower()],
                 "storage_bytes": sum(p.stat().st_size for p in (base / "storage").rglob("*")
                                      if p.is_file())}
         ready.write_text(json.dumps(info, indent=1))
     info = json.loads(ready.read_text())
-    return ImageRepo(fqrn, base, str(info["rootfs"]), int(info["storage_bytes"]))
+    return ImageRepo(fqrn, base, str(info["rootfs"]), int(info["storage_bytes"]),
+                     tuple(info.get("warnings", ())))
 
 
 # -- workloads -----------------------------------------------------------------------
@@ -356,6 +366,7 @@ def bench_image(results: Results, options: ImageOptions, url_env: Env, log: Acce
     if start_set_supported():
         start_set_repo = ensure_image_repo(workdir, built.layout, built.manifest_digest,
                                            START_SET_FQRN, START_COMMAND)
+        results.notes.extend(f"start-set ingest: {line}" for line in start_set_repo.warnings)
     else:
         results.notes.append("start-set rows skipped: `pycvmfs ingest --help` offers no "
                              "--start-set")

@@ -62,6 +62,7 @@ class ClientMount:
         started = time.perf_counter()
         try:
             self._mount()
+            os.listdir(self.mnt)  # until the mount answers
             self.seconds = time.perf_counter() - started
             self.pid = int(os.getxattr(self.mnt, "user.pid"))
             self.read_ahead_kb = self._read_ahead(self.want_read_ahead_kb)
