@@ -457,7 +457,8 @@ def image_rows(args: argparse.Namespace, results: Results, env: Env, server: Any
                            backend=args.backend, read_ahead_kb=args.read_ahead_kb)
     print(f"image rows ({args.rounds} interleaved rounds):", flush=True)
     bench_image(results, options, env, AccessLog(server.run / "access.log"), server.publish,
-                reference, env if spec.many else None, "many" if spec.many else None)
+                reference, env if spec.many else None, "many" if spec.many else None,
+                tree_cached=not args.image_only)
 
 
 def main(argv: list[str] | None = None) -> int:

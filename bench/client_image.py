@@ -24,10 +24,11 @@ Per client and round, each a fresh mount:
   6. empty cache, the start-set repository: the same start (pycvmfs prefetches the set).
 Bytes are counted until nginx has logged nothing for 0.3 s after the timed work (a
 prefetch still running in the background is the client's too; at most 5 s).
-And `ls -lR` of the tree's many/ directory in a fresh mount (catalogs cached), when the
-run has one. The page cache is dropped before 1 and 2 only (with root, unless
---no-drop-caches); starts and listings run with the cache files as the previous steps left
-them, the same for both clients.
+And, in the first round only (it takes minutes), `ls -lR` of the tree's many/ directory in
+a fresh mount (catalogs cached), when the run has one. The page cache is dropped before 1
+and 2 only (with root, unless --no-drop-caches); starts and listings run with the cache
+files as the previous steps left them, the same for both clients. With --quick only the
+image's /etc is read and listed (starts use the whole image).
 """
 
 from __future__ import annotations
@@ -239,9 +240,17 @@ class ImageBench:
         self.add("ls", "local",
                  sample(lambda: (ls_lr(image.rootfs / image.scope), image.entries)[1]))
         self.add("start", "local", sample(image.start_on(image.rootfs)))
-        if self.many is not None and self.many_local is not None:
+        if (self.many is not None and self.many_local is not None
+                and not self.samples[("ls many", "local")]):
             many = self.many_local
             self.add("ls many", "local", sample(lambda: (ls_lr(many), 1)[1]))
+
+    def progress(self, who: str) -> None:
+        """One line with this round's seconds of `who` (the rows come at the end)."""
+        last = {key: samples[-1].seconds for (key, name), samples in self.samples.items()
+                if name == who and samples and samples[-1].seconds > 0}
+        print(f"  {who}: " + ", ".join(f"{key} {sec:.2f} s" for key, sec in last.items()),
+              flush=True)
 
     def served(self, key: str, who: str, s: Sample) -> None:
         """`s` and what nginx sent during it (`fetched`: % of the image, `twice`)."""
@@ -287,7 +296,8 @@ class ImageBench:
                 self.log.skip()
                 self.served("start set", who,
                             sample(image.start_on(m.mnt / self.repo.rootfs), m.pid))
-        if side.tree is not None and self.many is not None:
+        listed = bool(self.samples[("ls many", who)])
+        if side.tree is not None and self.many is not None and not listed:
             many = self.many
             with side.tree() as m:
                 self.add("ls many", who, sample(lambda: (ls_lr(m.mnt / many), 1)[1], m.pid))
@@ -349,10 +359,11 @@ def add_rows(bench: ImageBench, results: Results, sides: list[str]) -> None:
 
 def bench_image(results: Results, options: ImageOptions, url_env: Env, log: AccessLog,
                 publish: Callable[[str, Path], object], reference: Reference | None,
-                tree: Env | None, many: str | None) -> None:
+                tree: Env | None, many: str | None, tree_cached: bool) -> None:
     """Set up (or reuse) the image repositories, publish them on nginx (`publish`), run the
-    rounds and add the rows. `tree` is the tree's pycvmfs Env (catalogs cached) for the
-    many/ listing, `many` its path in the repository."""
+    rounds and add the rows. `tree` is the tree's pycvmfs Env for the many/ listing, `many`
+    its path in the repository; unless `tree_cached`, each client lists it once first to
+    cache its catalogs."""
     from tests.images import ensure_images
 
     images = ensure_images()
@@ -412,16 +423,18 @@ def bench_image(results: Results, options: ImageOptions, url_env: Env, log: Acce
     warm_files(repo.base / "storage")  # nginx serves from the page cache
     if start_set_repo is not None:
         warm_files(start_set_repo.base / "storage")
-    if bench.many is not None:  # the catalogs of many/ in each client's cache
+    if bench.many is not None and not tree_cached:  # the catalogs of many/ in the caches
         for side in sides:
             assert side.tree is not None
             with side.tree() as m:
                 ls_lr(m.mnt / bench.many)
     for i in range(options.rounds):
-        print(f"image round {i + 1}/{options.rounds} ...", flush=True)
+        print(f"image round {i + 1}/{options.rounds}:", flush=True)
         bench.local_round()
+        bench.progress("local")
         for side in sides:
             bench.client_round(side)
+            bench.progress(side.name)
     add_rows(bench, results, [side.name for side in sides])
     if reference is not None and not results.reference_version:
         results.reference_version = ref_image.version
