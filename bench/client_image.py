@@ -10,7 +10,8 @@ the local unpacked rootfs (the "x local" baseline), interleaved: each round meas
 pycvmfs, cvmfs2 in turn; rows show the median of `--rounds` rounds.
 
 Per client and round, each a fresh mount:
-  1. empty cache: 8 threads read every regular file of the image (1 MiB reads): MB/s, the
+  1. empty cache (page cache dropped, then the storage nginx serves read back into it):
+     8 threads read every regular file of the image (1 MiB reads): MB/s, the
      mount process's CPU seconds, what nginx sent meanwhile (% of the image's regular file
      bytes) and objects fetched twice (object URLs answered 200 more than once);
   2. cache filled, page cache dropped before mounting: the same read;
@@ -224,8 +225,9 @@ class ImageBench:
     """Collects samples per (measurement, client) over interleaved rounds."""
 
     def __init__(self, image: Image, repo: ImageRepo, log: AccessLog, options: ImageOptions,
-                 many: Path | None, many_local: Path | None) -> None:
+                 many: Path | None, many_local: Path | None, storages: list[Path]) -> None:
         self.image, self.repo, self.log, self.options = image, repo, log, options
+        self.storages = storages  # what nginx serves: kept in the page cache
         self.many = many  # the tree's many/ below a mount root, or None
         self.many_local = many_local  # the same on local disk
         self.samples: dict[tuple[str, str], list[Sample]] = defaultdict(list)
@@ -245,6 +247,11 @@ class ImageBench:
             many = self.many_local
             self.add("ls many", "local", sample(lambda: (ls_lr(many), 1)[1]))
 
+    def warm_storage(self) -> None:
+        """Read the repositories' storage, so nginx serves from the page cache."""
+        for storage in self.storages:
+            warm_files(storage)
+
     def progress(self, who: str) -> None:
         """One line with this round's seconds of `who` (the rows come at the end)."""
         last = {key: samples[-1].seconds for (key, name), samples in self.samples.items()
@@ -263,7 +270,8 @@ class ImageBench:
     def client_round(self, side: Side) -> None:
         image, drop, who = self.image, self.options.drop, side.name
         empty(side.image_cache)
-        drop_caches(drop)
+        if drop_caches(drop):
+            self.warm_storage()
         with side.image() as m:
             self.add("mount empty", who, Sample(m.seconds, 1))
             root = m.mnt / self.repo.rootfs
@@ -277,6 +285,8 @@ class ImageBench:
             s = sample(lambda: read_all(m.mnt / self.repo.rootfs, image.files), m.pid)
             self.add("read warm", who, s)
             self.add("read warm cpu", who, Sample(0.0, s.cpu_seconds))
+        if drop:
+            self.warm_storage()  # for the cold starts
         with side.image() as m:
             root = m.mnt / self.repo.rootfs / image.scope
             self.add("ls fresh", who, sample(lambda: (ls_lr(root), image.entries)[1], m.pid))
@@ -419,10 +429,9 @@ def bench_image(results: Results, options: ImageOptions, url_env: Env, log: Acce
             ref_set.cache if ref_set else None,
             (lambda: Cvmfs2Mount(reference, ra)) if tree else None))
     bench = ImageBench(image, repo, log, options, Path(many) if many and tree else None,
-                       tree.base / "src" / many if many and tree else None)
-    warm_files(repo.base / "storage")  # nginx serves from the page cache
-    if start_set_repo is not None:
-        warm_files(start_set_repo.base / "storage")
+                       tree.base / "src" / many if many and tree else None,
+                       [r.base / "storage" for r in (repo, start_set_repo) if r is not None])
+    bench.warm_storage()
     if bench.many is not None and not tree_cached:  # the catalogs of many/ in the caches
         for side in sides:
             assert side.tree is not None
