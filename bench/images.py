@@ -52,10 +52,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
-import stat
 import statistics
 import subprocess
 import sys
@@ -70,6 +68,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.common import MIB, AccessLog, child_env, tree_bytes, warm_files  # noqa: E402
 from pycvmfs.images.ingest import IngestOptions, IngestResult, ingest  # noqa: E402
 from pycvmfs.images.runner import BwrapRunner, RunRequest  # noqa: E402
 from pycvmfs.images.singularity import ImageConfig  # noqa: E402
@@ -84,11 +83,8 @@ BASE_NAME = "ns/debian:base"  # the second image of the ingest rows
 COMMAND = ("python3", "-c", "pass")
 TARGET_BYTES_SHARE = 0.10
 KIB = 1024
-MIB = 1024 * 1024
 STEP_TIMEOUT_S = 600
 TOOLS = ("nginx", "docker-registry", "skopeo", "umoci", "bwrap")
-# combined log format: ... "GET /path HTTP/1.1" 200 12345 "referer" "agent"
-LOG_LINE = re.compile(r'"[A-Z]+ (\S+) [^"]*" (\d{3}) (\d+|-)')
 
 
 # -- setup ---------------------------------------------------------------------------
@@ -115,9 +111,7 @@ class Setup:
 
 
 def pycvmfs_env() -> dict[str, str]:
-    env = dict(os.environ, PYCVMFS_CONFIG_ROOT="/nonexistent")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    return env
+    return child_env(PYCVMFS_CONFIG_ROOT="/nonexistent")
 
 
 def ensure_setup(workdir: Path, image: BuiltImage) -> Setup:
@@ -154,33 +148,6 @@ def ensure_setup(workdir: Path, image: BuiltImage) -> Setup:
     info = json.loads(ready.read_text())
     return Setup(base, str(info["image_path"]), keys_dir, Path(info["public_key"]),
                  base / "storage", base / "registry")
-
-
-def warm_files(root: Path) -> int:
-    """Read every regular file below `root` (into the page cache); their total size."""
-    total = 0
-    for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            with open(path, "rb") as fh:
-                while chunk := fh.read(MIB):
-                    total += len(chunk)
-    return total
-
-
-def tree_bytes(root: Path) -> int:
-    """Sum of regular file sizes below `root` (hard links once; files that vanish during
-    the walk, such as a client cache's sqlite `-shm` file after the unmount, are skipped)."""
-    seen: set[int] = set()
-    total = 0
-    for path in root.rglob("*"):
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            continue
-        if stat.S_ISREG(st.st_mode) and st.st_ino not in seen:
-            seen.add(st.st_ino)
-            total += st.st_size
-    return total
 
 
 def manifest_layers(image: BuiltImage) -> list[tuple[str, int]]:
@@ -245,31 +212,6 @@ def ingest_rounds(registry: DockerRegistry, keys_dir: Path,
             "second": second_s, "second_bytes_written": float(second.published.bytes_written),
             "again": again_s, "again_skipped": float(skipped),
             "work_bytes": float(work_bytes), "storage_bytes": float(storage_bytes)}
-
-
-class AccessLog:
-    """Body bytes nginx sent since the last `take()` (from its access log)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = path.stat().st_size if path.exists() else 0
-
-    def take(self) -> tuple[int, int]:
-        """(bytes, requests) logged since the last call."""
-        time.sleep(0.05)  # nginx writes the log line after the response
-        if not self.path.exists():
-            return 0, 0
-        with open(self.path, "rb") as fh:
-            fh.seek(self.offset)
-            text = fh.read().decode(errors="replace")
-            self.offset = fh.tell()
-        total = requests = 0
-        for line in text.splitlines():
-            match = LOG_LINE.search(line)
-            if match:
-                requests += 1
-                total += 0 if match.group(3) == "-" else int(match.group(3))
-        return total, requests
 
 
 def unmount(mnt: Path) -> None:

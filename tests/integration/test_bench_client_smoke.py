@@ -1,4 +1,6 @@
-"""`bench/client.py --quick` runs end to end: tiny tree, publish, nginx, three mounts, table."""
+"""`bench/client.py --quick --no-image` runs end to end: tiny tree, publish, nginx, three
+mounts, table (the image rows have a smoke test of their own:
+test_bench_client_image_smoke.py)."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def workdir() -> Iterator[Path]:
 def test_quick_run_prints_the_table(workdir: Path) -> None:
     report = workdir / "results.json"
     run = run_bench("client.py", ["--entries", "120", "--size-gb", "0.008", "--parallel-mb",
-                                  "0.5", "--rss-entries", "300", "--workdir",
+                                  "0.5", "--rss-entries", "300", "--no-image", "--workdir",
                                   str(workdir / "work"), "--json", str(report)],
                     ratio_column="x local", timeout=120)
     table = run.table
