@@ -53,7 +53,7 @@ test-unit: setup
 	$(UNSHARE_NET) $(PY) -m pytest -q -n 2 tests/unit
 
 test-integration: setup
-	$(PY) -m pytest -q --ignore=tests/unit
+	$(PY) -m pytest -q --durations=15 --ignore=tests/unit
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -91,7 +91,14 @@ from bench.client_mounts import (  # noqa: E402
 )
 from bench.client_results import Results, Row, measure, print_table, x_reference  # noqa: E402
 from bench.client_tree import FQRN, Spec, ensure_repository  # noqa: E402
-from bench.common import MB, MIB, AccessLog, drop_caches, warm_files  # noqa: E402
+from bench.common import (  # noqa: E402
+    MB,
+    MIB,
+    AccessLog,
+    compile_package,
+    drop_caches,
+    warm_files,
+)
 
 READ_BLOCK = MIB
 PARALLEL_READERS = 8
@@ -468,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/client.py: {problem}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)
+    compile_package()
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     from tests.servers import Nginx

@@ -68,7 +68,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import MIB, AccessLog, child_env, tree_bytes, warm_files  # noqa: E402
+from bench.common import (  # noqa: E402
+    MIB,
+    AccessLog,
+    child_env,
+    compile_package,
+    tree_bytes,
+    warm_files,
+)
 from pycvmfs.images.ingest import IngestOptions, IngestResult, ingest  # noqa: E402
 from pycvmfs.images.runner import BwrapRunner, RunRequest  # noqa: E402
 from pycvmfs.images.singularity import ImageConfig  # noqa: E402
@@ -329,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/images.py: {problem}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)
+    compile_package()
     images = ensure_images()
     if isinstance(images, str):
         print(f"bench/images.py: cannot build the test images: {images}", file=sys.stderr)
