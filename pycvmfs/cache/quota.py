@@ -209,7 +209,8 @@ class SqliteLruQuota:
         self._touch_lock = threading.Lock()  # guards only the touch buffer (hit path)
         self._last_flush = clock()
         self._pins: Counter[str] = Counter()
-        self._open: Counter[str] = Counter()
+        self._open: Counter[str] = Counter()  # objects this process holds open
+        self._open_lock = threading.Lock()
         self._closed = False
         try:
             self._lock = CacheLock(self.root)
@@ -426,11 +427,11 @@ class SqliteLruQuota:
                     )
 
     def open_ref(self, key: Key) -> None:
-        with self._mutex:
+        with self._open_lock:  # not the index mutex: never waits for a transaction
             self._open[str(key)] += 1
 
     def close_ref(self, key: Key) -> None:
-        with self._mutex:
+        with self._open_lock:
             key = str(key)
             self._open[key] -= 1
             if self._open[key] <= 0:
@@ -461,7 +462,9 @@ class SqliteLruQuota:
         total = self._total_locked()
         if total <= target:
             return 0
-        protected = set(self._live_pins_locked()) | set(self._open)
+        with self._open_lock:
+            held_open = set(self._open)
+        protected = set(self._live_pins_locked()) | held_open
         if protect is not None:
             protected.add(protect)
         rows = self._conn.execute("SELECT sha1, size, acseq FROM cache_catalog ORDER BY acseq")

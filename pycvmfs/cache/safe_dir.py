@@ -65,8 +65,7 @@ FILE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 PROC_FD = "/proc/self/fd"
-TEMP_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
-TEMP_NAME_LENGTH = 8  # as tempfile.mkstemp
+TEMP_NAME_BYTES = 6  # random bytes in a temporary name (12 hex digits; mkstemp has ~41 bits)
 TEMP_ATTEMPTS = 100
 WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 # open() of a symlink with O_NOFOLLOW, of a FIFO (no reader) or socket, of a dead device
@@ -313,8 +312,7 @@ class SafeDir:
     def create_temp(self, prefix: str, mode: int = FILE_MODE) -> tuple[int, str]:
         """A new file `prefix` + random characters, created exclusively: (fd, name)."""
         for _ in range(TEMP_ATTEMPTS):
-            name = prefix + "".join(secrets.choice(TEMP_NAME_CHARS)
-                                    for _ in range(TEMP_NAME_LENGTH))
+            name = prefix + secrets.token_hex(TEMP_NAME_BYTES)  # one getrandom call
             try:
                 fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                              | os.O_CLOEXEC, mode, dir_fd=self.fd)

@@ -128,6 +128,8 @@ class Txn:
     def reset(self) -> None:
         """Drop everything written (a failed download attempt retries into the same txn)."""
         fh = self._live()
+        if self.size == 0:  # nothing written: every download starts with a reset
+            return
         try:
             fh.seek(0)
             fh.truncate()
