@@ -13,10 +13,12 @@ mounts (`pycvmfs.fs.mount.unmount`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import os
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +40,7 @@ READY_TIMEOUT_S = 60.0  # trust chain + root catalog over a slow link
 SYSLOG_SOCKET = "/dev/log"
 USYSLOG_BYTES = 500 * 1024  # the reference rotates its user syslog file at 500 kB
 READY_MARK = b"\0pycvmfs-ready "  # a forked serving process reports readiness (no NUL in errors)
+STARTED_MARK = b"\0pycvmfs-started "  # ... and its pid first (ended if it never gets ready)
 MAX_REPORT_BYTES = 64 * 1024  # what a failing serving process may say, kept
 
 
@@ -257,6 +260,7 @@ def _fork_serving(config: ClientConfig, canonical: str, backend: str | None) -> 
             os.setsid()
             if os.fork() != 0:
                 os._exit(0)
+            os.write(writer, STARTED_MARK + str(os.getpid()).encode() + b"\n")
             devnull = os.open(os.devnull, os.O_RDWR)
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)
@@ -277,12 +281,26 @@ def _fork_serving(config: ClientConfig, canonical: str, backend: str | None) -> 
         said = _read_until_ready(reader, time.monotonic() + READY_TIMEOUT_S)
     finally:
         os.close(reader)
-    if READY_MARK in said:
-        return int(said.split(READY_MARK, 1)[1].split(b"\n", 1)[0])
-    text = said.decode(errors="replace")
+    serving = _reported(said, READY_MARK)
+    if serving is not None:
+        return serving
     if said.endswith(b"\0timeout"):
+        started = _reported(said, STARTED_MARK)
+        if started is not None:  # as the exec path does: a mount that hangs is ended
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(started, signal.SIGKILL)
         raise ConfigError(f"mounting {config.fqrn} did not finish in {READY_TIMEOUT_S:.0f} s")
+    text = b"\n".join(line for line in said.split(b"\n")
+                      if not line.startswith(STARTED_MARK)).decode(errors="replace")
     raise ConfigError(_failure_of(text) or f"mounting {config.fqrn} failed")
+
+
+def _reported(said: bytes, mark: bytes) -> int | None:
+    """The pid the serving process wrote after `mark`, if it did."""
+    if mark not in said:
+        return None
+    number = said.split(mark, 1)[1].split(b"\n", 1)[0]
+    return int(number) if number.isdigit() else None
 
 
 def _read_until_ready(fd: int, deadline: float) -> bytes:

@@ -1,0 +1,46 @@
+"""What a forked serving process tells `pycvmfs mount` on its pipe (`cli.mount`): its pid
+at start, its pid once ready, or an error line and EOF. Read with a deadline."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from pycvmfs.cli import mount
+
+
+def _said(*chunks: bytes, close: bool = True, wait_s: float = 5.0) -> bytes:
+    reader, writer = os.pipe()
+    try:
+        for chunk in chunks:
+            os.write(writer, chunk)
+        if close:
+            os.close(writer)
+            writer = -1
+        return mount._read_until_ready(reader, time.monotonic() + wait_s)
+    finally:
+        os.close(reader)
+        if writer >= 0:
+            os.close(writer)
+
+
+def test_ready_reports_the_serving_pid() -> None:
+    said = _said(mount.STARTED_MARK + b"41\n", mount.READY_MARK + b"42\n", close=False)
+    assert mount._reported(said, mount.READY_MARK) == 42
+    assert mount._reported(said, mount.STARTED_MARK) == 41
+
+
+def test_a_failure_is_what_it_printed_before_eof() -> None:
+    said = _said(mount.STARTED_MARK + b"41\n", b"pycvmfs: error: no key for x.org\n")
+    assert mount._reported(said, mount.READY_MARK) is None
+    assert said.endswith(b"no key for x.org\n")
+
+
+def test_silence_ends_at_the_deadline() -> None:
+    said = _said(mount.STARTED_MARK + b"41\n", close=False, wait_s=0.05)
+    assert said.endswith(b"\0timeout")
+    assert mount._reported(said, mount.STARTED_MARK) == 41
+
+
+def test_a_garbled_pid_is_no_pid() -> None:
+    assert mount._reported(mount.READY_MARK + b"4x\n", mount.READY_MARK) is None
