@@ -97,6 +97,7 @@ from bench.common import (  # noqa: E402
     AccessLog,
     compile_package,
     drop_caches,
+    read_file,
     warm_files,
 )
 
@@ -131,19 +132,6 @@ def walk(root: Path) -> int:
             os.lstat(os.path.join(dirpath, name))
             count += 1
     return count
-
-
-def read_file(path: Path) -> int:
-    """Read `path` sequentially in 1 MiB reads into one buffer; bytes read."""
-    buf = bytearray(READ_BLOCK)
-    total = 0
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        while n := os.readv(fd, [buf]):
-            total += n
-    finally:
-        os.close(fd)
-    return total
 
 
 def read_parallel(paths: list[Path]) -> int:

@@ -49,7 +49,16 @@ from pathlib import Path
 
 from bench.client_mounts import ClientMount, Cvmfs2Mount, Env, Mount, Reference
 from bench.client_results import Results, Row, Sample, median_row, sample
-from bench.common import MB, MIB, AccessLog, drop_caches, memory_mb, pycvmfs, warm_files
+from bench.common import (
+    MB,
+    MIB,
+    AccessLog,
+    drop_caches,
+    memory_mb,
+    pycvmfs,
+    read_file,
+    warm_files,
+)
 
 IMAGE_FQRN = "bench-image.local"
 START_SET_FQRN = "bench-startset.local"
@@ -140,14 +149,7 @@ def _read_one(path: Path) -> int:
     buf = getattr(_buffers, "buf", None)
     if buf is None:
         buf = _buffers.buf = bytearray(MIB)
-    total = 0
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        while n := os.readv(fd, [buf]):
-            total += n
-    finally:
-        os.close(fd)
-    return total
+    return read_file(path, buf)
 
 
 def read_all(root: Path, files: list[str]) -> int:

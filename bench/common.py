@@ -28,6 +28,20 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def read_file(path: Path, buffer: bytearray | None = None) -> int:
+    """Read `path` sequentially into one buffer (1 MiB unless `buffer` is given, which
+    parallel readers reuse); bytes read."""
+    buf = buffer if buffer is not None else bytearray(MIB)
+    total = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while n := os.readv(fd, [buf]):
+            total += n
+    finally:
+        os.close(fd)
+    return total
+
+
 def compile_package() -> None:
     """Write pycvmfs's bytecode (__pycache__), as an installed package has it, even where
     PYTHONDONTWRITEBYTECODE is set: otherwise every `python -m pycvmfs` the benchmark

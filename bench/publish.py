@@ -47,6 +47,11 @@ import numpy as np
 import numpy.typing as npt
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench.common import system_busy  # noqa: E402
+
 FQRN = "bench.local"
 MB = 1_000_000
 KIB, MIB = 1024, 1024 * 1024
@@ -331,26 +336,14 @@ def _child_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _system_busy() -> float | None:
-    """CPU seconds all processes spent busy since boot (Linux), None where unknown."""
-    try:
-        with open("/proc/stat") as fh:
-            fields = [int(v) for v in fh.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    busy = sum(fields[:8]) - idle  # guest time is already counted in user
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
 def run_timed(name: str, argv: list[str], input_bytes: int, files: int) -> Step:
     """sync, then run `argv` to completion; wall time and CPU of the child and of others."""
     subprocess.run(["sync"], check=True)
-    cpu_before, busy_before = _child_cpu(), _system_busy()
+    cpu_before, busy_before = _child_cpu(), system_busy()
     started = time.perf_counter()
     proc = subprocess.run(argv, cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    cpu, busy_after = _child_cpu() - cpu_before, _system_busy()
+    cpu, busy_after = _child_cpu() - cpu_before, system_busy()
     other = None
     if busy_before is not None and busy_after is not None:
         other = max(0.0, busy_after - busy_before - cpu)
