@@ -151,10 +151,11 @@ class FakeVFS:
         return self.files[self.open_handles[handle]][offset:offset + size]
 
     def send_cached(self, handle: int, offset: int, size: int,
-                    send: Callable[[int, int, int], None]) -> bool:
-        """Like the VFS: the bytes from a descriptor (a memfd here) while it is open."""
+                    send: Callable[[int, int, int], None]) -> bool | None:
+        """Like the VFS: the bytes from a descriptor (a memfd here) while it is open;
+        None (must be downloaded) when they are not cached."""
         if not self.page_cached:
-            return False
+            return None
         data = self.files[self.open_handles[handle]]
         fd = os.memfd_create("fake-cache-file")
         try:

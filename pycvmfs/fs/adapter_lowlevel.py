@@ -201,11 +201,14 @@ class LowlevelOperations:
 
     def _op_read(self, req: int, ino: int, size: int, off: int, fi: Any) -> None:
         handle = fi.contents.fh
-        if self.splice and self.vfs.send_cached(handle, off, size,
-                                                lambda fd, position, length:
-                                                self._reply_spliced(req, fd, position, length)):
-            return
-        data = self.vfs.read_nowait(handle, off, size)
+        cached: bool | None = False  # False: not tried; None: must be downloaded first
+        if self.splice:
+            cached = self.vfs.send_cached(handle, off, size,
+                                          lambda fd, position, length:
+                                          self._reply_spliced(req, fd, position, length))
+            if cached:
+                return
+        data = None if cached is None else self.vfs.read_nowait(handle, off, size)
         if data is None:  # may wait for the network: reply later, from a pool thread
             self._blocking().submit(self._unrestricted, "read", self._read_blocking, req,
                                     (handle, off, size))

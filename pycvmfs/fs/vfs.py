@@ -387,14 +387,18 @@ class RepositoryVFS:
             return None  # `read` tries again and answers the error
 
     def send_cached(self, handle: int, offset: int, size: int,
-                    send: Callable[[int, int, int], None]) -> bool:
+                    send: Callable[[int, int, int], None]) -> bool | None:
         """Hand the bytes of a read to `send(descriptor, position, length)` straight from
         their cache file, if they lie in one object already in the cache (the adapter
-        splices them into its reply); False: `read_nowait` or `read` answers."""
+        splices them into its reply): True. False: `read_nowait` or `read` answers. None:
+        the object must be downloaded, so only `read` can (no second look at the cache)."""
         opened = self._files.find(handle)
         if opened is None or self._revoked is not None:
             return False
-        return opened.send_local(offset, size, send)
+        try:
+            return opened.send_local(offset, size, send)
+        except WouldBlockError:
+            return None
 
     def read(self, handle: int, offset: int, size: int) -> bytes:
         self._check_revoked()

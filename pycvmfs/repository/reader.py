@@ -192,8 +192,8 @@ class OpenFile:
         """If up to `size` bytes from `offset` lie in one object already in the cache, call
         `send(descriptor, position, length)` with them while that cache file is held open
         (a FUSE reply spliced from it: no copy through Python) and return True; False
-        for anything else (the end of the file, two objects, one still to download), which
-        `read` then answers."""
+        when they do not (the end of the file, two objects) or the cache file failed, so
+        that `read` answers; `WouldBlockError` if the object must be downloaded first."""
         end = min(offset + size, self.entry.size)
         if offset >= end:
             return False
@@ -203,7 +203,7 @@ class OpenFile:
             return False
         try:
             slot = self._acquire(index, download=False)
-        except (WouldBlockError, PycvmfsError):
+        except PycvmfsError:
             return False
         try:  # the size was checked when the cache file was opened
             send(slot.file.fileno(), offset - piece.offset, end - offset)

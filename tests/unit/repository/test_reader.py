@@ -28,6 +28,9 @@ class LocalObject:
     def __init__(self, file: BinaryIO) -> None:
         self.file = file
 
+    def fileno(self) -> int:
+        return self.file.fileno()
+
     def pread(self, size: int, offset: int) -> bytes:
         return os.pread(self.file.fileno(), size, offset)
 
@@ -138,6 +141,27 @@ def test_read_nowait_answers_from_the_cache_and_never_downloads(
     assert file.read_nowait(5, 10) == DATA[5:15]  # open now: answered at once
     loader.remote = set()  # in the cache, not open yet: opened and read without waiting
     assert file.read_nowait(len(DATA) - 10, 10) == DATA[-10:]
+    file.close()
+
+
+def test_send_local_hands_out_a_range_inside_one_cached_object(
+        opened: tuple[OpenFile, FileLoader]) -> None:
+    file, loader = opened
+    sent: list[bytes] = []
+
+    def send(fd: int, position: int, length: int) -> None:
+        sent.append(os.pread(fd, length, position))
+
+    assert file.send_local(1_010, 50, send)  # inside the second chunk
+    assert file.send_local(5_100, 100, send)  # clipped at the end of the file
+    assert sent == [DATA[1_010:1_060], DATA[5_100:]]
+    assert not file.send_local(990, 20, send)  # two chunks: `read` answers
+    assert not file.send_local(len(DATA), 10, send)  # past the end
+    loader.remote = {file.pieces[3].hash}
+    with pytest.raises(reader.WouldBlockError):  # must be downloaded: only `read`
+        file.send_local(3_500, 10, send)
+    assert loader.opened == [file.pieces[1].hash, file.pieces[5].hash]
+    assert len(sent) == 2
     file.close()
 
 
