@@ -373,11 +373,18 @@ class Libfuse3:
             ctypes.byref(args), ctypes.byref(ops), ctypes.sizeof(ops), ctypes.byref(built),
             None)
 
+    @property
+    def workers_persist(self) -> bool:
+        """3.12+: the loop's worker threads live as long as the session (no idle thread is
+        ended, at most `threads` of them), so state kept per worker thread stays bounded."""
+        cdll = self.cdll
+        return hasattr(cdll, "fuse_session_loop_mt_312") and hasattr(cdll, "fuse_loop_cfg_create")
+
     def loop(self, session: int, threads: int) -> int:
         """`fuse_session_loop_mt` with at most `threads` workers (3.12+: max_threads;
         before: idle threads kept, the pool grows as needed)."""
         cdll = self.cdll
-        if hasattr(cdll, "fuse_session_loop_mt_312") and hasattr(cdll, "fuse_loop_cfg_create"):
+        if self.workers_persist:
             config = cdll.fuse_loop_cfg_create()
             if not config:
                 raise MemoryError("fuse_loop_cfg_create failed")

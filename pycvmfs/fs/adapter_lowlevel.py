@@ -74,6 +74,31 @@ def probe() -> None:
     _libfuse3.load()
 
 
+_worker = threading.local()  # per libfuse worker: `kept` once its thread state is kept
+
+
+def _keeping_thread_state(handler: Callable[..., None]) -> Callable[..., None]:
+    """`handler` for a ctypes callback that keeps its worker thread's Python thread state.
+    A callback on a thread Python did not start gets a thread state made for the call and
+    destroyed after it (an mmap, munmap and gettid per request, and a cold thread-local
+    world); one extra `PyGILState_Ensure`, never released, makes it last as long as the
+    worker, which libfuse 3.12+ keeps for the whole session (`Libfuse3.workers_persist`)."""
+
+    def kept(*args: Any) -> None:
+        if not hasattr(_worker, "kept"):
+            _keep_gil_state()
+            _worker.kept = True
+        handler(*args)
+
+    return kept
+
+
+def _keep_gil_state() -> None:
+    ensure = ctypes.pythonapi.PyGILState_Ensure
+    ensure.restype, ensure.argtypes = ctypes.c_int, []
+    ensure()
+
+
 class LowlevelOperations:
     """Request handlers. Each runs in a libfuse worker thread holding the GIL; every one
     replies exactly once, through `lib` (the real library or a fake)."""
@@ -93,10 +118,11 @@ class LowlevelOperations:
         self._pool_lock = threading.Lock()
         self.ops = _libfuse3.LowlevelOps()
         self._callbacks: list[Any] = []  # ctypes keeps no reference: we must
+        keep = lib.workers_persist
         for name, callback_type in _libfuse3.CALLBACK_TYPES.items():
             handler = getattr(self, f"_op_{name}")
             wrapped = handler if name in UNGUARDED else self._guarded(name, handler)
-            callback = callback_type(wrapped)
+            callback = callback_type(_keeping_thread_state(wrapped) if keep else wrapped)
             self._callbacks.append(callback)
             setattr(self.ops, name, callback)
 

@@ -450,7 +450,11 @@ class RepositoryVFS:
     def find_xattr(self, ino: int, name: str) -> bytes | None:
         """`getxattr`, with None for "no such attribute": `ls -l` asks every entry for
         security.selinux and system.posix_acl_access, and an exception per answer is
-        measurable there."""
+        measurable there. A name that is not magic, of an inode known to have no stored
+        xattrs, needs no catalog query."""
+        if not magic_xattrs.is_magic(name) and self._recent.has_no_xattrs(ino, self.repository):
+            self._check_revoked()
+            return None
         path, entry, _ = self._entry_of(ino)
         return self._getxattr(path, entry, name)
 

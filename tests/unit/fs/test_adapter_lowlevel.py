@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from pycvmfs.errors import ConfigError, HashMismatchError, NotFoundError
-from pycvmfs.fs import _libfuse3
+from pycvmfs.fs import _libfuse3, adapter_lowlevel
 from pycvmfs.fs._libfuse3 import (
     FI_DIRECT_IO,
     FI_KEEP_CACHE,
@@ -442,3 +443,31 @@ def test_a_revision_change_drops_listings_and_names(ops: LowlevelOperations,
     before = len(fuse.calls)
     ops.kernel.invalidate_all()
     assert len(fuse.calls) == before  # unmounting: no notification any more
+
+
+def test_a_worker_keeps_its_thread_state_after_the_first_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    kept: list[int] = []
+    monkeypatch.setattr(adapter_lowlevel, "_keep_gil_state",
+                        lambda: kept.append(threading.get_ident()))
+    seen: list[tuple[int, ...]] = []
+    handler = adapter_lowlevel._keeping_thread_state(lambda *args: seen.append(args))
+
+    both_running = threading.Barrier(2, timeout=10)
+
+    def worker() -> None:
+        handler(1, 2)
+        both_running.wait()  # distinct threads at once (an ident may be reused after)
+        handler(3)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert sorted(seen) == [(1, 2), (1, 2), (3,), (3,)]
+    assert len(kept) == 2 and len(set(kept)) == 2  # once per worker thread
+
+
+def test_only_a_loop_that_keeps_its_workers_gets_kept_thread_states(fuse: FakeFuse) -> None:
+    assert not Libfuse3(fuse, 317).workers_persist  # the fake has no 3.12 loop config

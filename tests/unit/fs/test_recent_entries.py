@@ -3,6 +3,7 @@ from, a bounded number of them, and forgotten inodes go."""
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 from typing import cast
 
@@ -40,3 +41,20 @@ def test_the_least_recently_used_go_first_and_forgotten_inodes_go() -> None:
     assert len(recent) == 0
 
 
+
+def test_inodes_without_xattrs_are_known_past_the_window_for_their_revision_only() -> None:
+    recent, old, new = RecentEntries(capacity=1), _revision(), _revision()
+    with_xattrs = dataclasses.replace(_entry("x"), xattrs=(("user.a", b"1"),))
+    recent.remember(5, old, "/a", _entry("a"))
+    recent.remember(6, old, "/x", with_xattrs)
+    recent.remember(7, old, "/b", _entry("b"))
+    assert recent.get(5, old) is None  # out of the window, still known to be bare
+    assert recent.has_no_xattrs(5, old) and recent.has_no_xattrs(7, old)
+    assert not recent.has_no_xattrs(6, old)  # has xattrs: the catalog answers
+    assert not recent.has_no_xattrs(5, new)  # another revision knows nothing yet
+    recent.forget([5])
+    assert not recent.has_no_xattrs(5, old)
+    recent.remember(8, new, "/c", _entry("c"))  # a newer revision starts afresh
+    assert not recent.has_no_xattrs(7, old) and not recent.has_no_xattrs(7, new)
+    recent.clear()
+    assert not recent.has_no_xattrs(8, new)
