@@ -59,7 +59,9 @@ def check_cache_directory(facts: CacheFacts) -> CheckResult:
     if not facts.nearest_writable:
         return fail(name, f"{where}: {missing} does not exist and {facts.nearest} is not "
                     f"writable by uid {facts.euid}", OWN_BASE_FIX)
-    return ok(name, f"{where}: {missing or facts.base} will be created")
+    if missing is None or missing == facts.base:
+        return ok(name, f"{where}: will be created")
+    return ok(name, f"{where}: {missing} will be created")
 
 
 def check_cache_space(facts: CacheFacts) -> CheckResult:

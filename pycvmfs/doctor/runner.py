@@ -41,7 +41,11 @@ def run_doctor(fqrn: str | None, *, extra_files: Sequence[Path] = (),
     results = node_results(node())
     loaded = gather_config.read_configuration(fqrn, extra_files=extra_files)
     results += config_results(loaded.facts)
-    results += cache_results(gather_config.gather_cache(loaded))
+    if loaded.merged is None:
+        results.append(warn("cache", "not checked: the configuration could not be read",
+                            "fix the configuration line above, then run doctor again"))
+    else:
+        results += cache_results(gather_config.gather_cache(loaded))
     if fqrn is not None:
         transport = transport_factory()
         try:

@@ -235,3 +235,17 @@ def test_cli_prints_one_line_per_check_and_exits_with_the_worst(
                                                                          "warn", 3)
     assert report["checks"][1] == {"name": "cache space", "level": "warn",
                                    "found": "no quota", "fix": "set CVMFS_QUOTA_LIMIT"}
+
+
+def test_runner_with_an_unreadable_configuration(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in demo_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    transport = demo_site()
+    results = runner.run_doctor(DEMO_FQRN, extra_files=[tmp_path / "missing.conf"],
+                                node=lambda: GOOD_NODE, transport_factory=lambda: transport,
+                                now=lambda: NOW)
+    assert [(r.name, r.level) for r in results[6:]] == [
+        ("configuration", Level.FAIL), ("cache", Level.WARN), ("network", Level.WARN)]
+    assert "missing.conf: no such file" in results[6].found
+    assert transport.requests == []
