@@ -4,8 +4,9 @@
 Routes: one GET of `<server>/.cvmfspublished` (no-cache, so a proxy asks the Stratum-1)
 for every Stratum-1 and proxy pair, at most `MAX_ROUTES`, all at once in daemon threads,
 each bounded by the transport's watchdog (`ROUTE_TIMEOUT_S`: connect, headers, low speed),
-all together by `ROUTES_DEADLINE_S`. Then the whole trust chain once, through the first
-route that answered, with no retries: it is what a mount would believe, verified."""
+all together by `ROUTES_DEADLINE_S`. Then the whole trust chain once, through the fastest
+route that answered, with no retries: it is what a mount would believe, verified. Both
+together take at most about `NETWORK_DEADLINE_S`."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ from pycvmfs.repository.trust import (
 
 ROUTE_TIMEOUT_S = 3.0
 ROUTES_DEADLINE_S = 8.0
+NETWORK_DEADLINE_S = 10.0  # routes and trust chain together
+TRUST_MIN_S = 2.0  # the trust chain's share even when the routes took their whole deadline
 MAX_ROUTES = 32
 DETAIL_CHARS = 160
 _ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([^)\"']+)")
@@ -133,6 +136,21 @@ def check_trust_chain(transport: Transport, config: ClientConfig, route: Route,
     return TrustFacts(source.describe(), revision=trusted.revision,
                       published=trusted.timestamp,
                       whitelist_expires=trusted.whitelist.expiry_hour)
+
+
+def trust_within(transport: Transport, config: ClientConfig, route: Route,
+                 now: dt.datetime, seconds: float) -> TrustFacts:
+    """`check_trust_chain` in a daemon thread, given up after `seconds` (its downloads end
+    within the transport's bounds meanwhile)."""
+    found: list[TrustFacts] = []
+    thread = threading.Thread(target=lambda: found.append(
+        check_trust_chain(transport, config, route, now)), daemon=True, name="doctor-trust")
+    thread.start()
+    thread.join(seconds)
+    if found:
+        return found[0]
+    return TrustFacts(f"{route.server} via {route.proxy}",
+                      error=f"no complete answer within {seconds:.0f} s")
 
 
 def first_working(probes: Sequence[RouteProbe], routes: Sequence[Route]) -> Route | None:

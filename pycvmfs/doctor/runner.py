@@ -7,6 +7,7 @@ this node and use the real network."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,12 +25,15 @@ def repository_network(loaded: gather_config.LoadedConfig, transport: Transport,
     if config is None:
         return [warn("network", "not checked: the configuration is incomplete",
                      "fix the configuration lines above, then run doctor again")]
+    start = time.monotonic()
     routes = gather_network.routes_of(config)
     probes = gather_network.probe_routes(transport, routes,
                                          low_speed_limit=config.low_speed_limit)
     best = gather_network.first_working(probes, routes)
-    trust = None if best is None else gather_network.check_trust_chain(
-        transport, config, best, now())
+    left = max(gather_network.TRUST_MIN_S,
+               gather_network.NETWORK_DEADLINE_S - (time.monotonic() - start))
+    trust = None if best is None else gather_network.trust_within(
+        transport, config, best, now(), left)
     return network_results(probes, trust, now(), gather_network.ROUTES_DEADLINE_S)
 
 
