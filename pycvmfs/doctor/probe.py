@@ -143,7 +143,11 @@ def _read_init(fd: int) -> KernelInit | None:
 
 
 def _mount_fuse(libc: _Libc, fd: int, report: dict[str, object]) -> None:
-    directory = tempfile.mkdtemp(prefix="pycvmfs-doctor-")
+    try:
+        directory = tempfile.mkdtemp(prefix="pycvmfs-doctor-")
+    except OSError as exc:
+        report["fuse_mount"] = f"no temporary directory to mount on: {exc.strerror}"
+        return
     try:
         options = f"fd={fd},rootmode=40000,user_id=0,group_id=0".encode()
         report["fuse_mount"] = libc.call("mount", b"pycvmfs-doctor", directory.encode(),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
+from pathlib import Path
 
 import pytest
 
+from pycvmfs.doctor import gather_node
 from pycvmfs.doctor.node import (
     FuseDevice,
     Helper,
@@ -33,20 +35,7 @@ from pycvmfs.doctor.probe import (
     parse_init,
 )
 from pycvmfs.doctor.result import Level
-
-WORKING_PROBE = ProbeReport(unshare="", uid_map="", fuse_open="", fuse_mount="",
-                            protocol="7.45", splice=True, passthrough=True)
-GOOD = NodeFacts(
-    euid=1000,
-    device=FuseDevice(True, True, 10, 229, 0o666),
-    helper=Helper("/usr/bin/fusermount3", setuid_root=True),
-    sysctls=Sysctls(max_user_namespaces=15000),
-    probe=WORKING_PROBE,
-    probe_error="",
-    kernel="6.8.0-31-generic",
-    fuse_filesystem=True,
-    libfuse=Libfuse(release="3.14.0", fallbacks=("pyfuse3",)),
-)
+from tests.unit.doctor.doctor_facts import GOOD, WORKING_PROBE
 
 
 def facts(**changes: object) -> NodeFacts:
@@ -177,3 +166,30 @@ def test_probe_report_round_trips_and_ignores_unknown_fields() -> None:
     report = ProbeReport.from_json(text)
     assert report == WORKING_PROBE and report.exec_possible
     assert not ProbeReport().namespaces
+
+
+def test_gathering_the_device_and_the_helper(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    assert gather_node.fuse_device(str(tmp_path / "none")) == FuseDevice(False)
+    plain = tmp_path / "fuse"
+    plain.write_bytes(b"")
+    plain.chmod(0o640)
+    device = gather_node.fuse_device(str(plain))
+    assert (device.exists, device.is_char, device.mode, device.open_error) == (
+        True, False, 0o640, "")
+    assert check_device(facts(device=device)).level is Level.FAIL
+    fake = tmp_path / "fusermount3"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert gather_node.helper() == Helper(str(fake), setuid_root=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert gather_node.helper() == Helper(None)
+
+
+def test_gathering_sysctls_and_libfuse() -> None:
+    found = gather_node.sysctls()
+    assert all(value is None or value >= 0 for value in (
+        found.unprivileged_userns_clone, found.max_user_namespaces, found.apparmor_restrict))
+    lib = gather_node.libfuse()
+    assert bool(lib.release) != bool(lib.error)

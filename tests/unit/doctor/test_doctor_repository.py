@@ -41,7 +41,7 @@ from pycvmfs.network.failure import ErrorKind
 from pycvmfs.network.proxies import DIRECT, Proxy, ProxyChoice
 from pycvmfs.network.transport import MockTransport
 from tests.mounting import DEMO_FQRN, DEMO_KEY, DEMO_REPO
-from tests.unit.doctor.test_doctor_node import GOOD as GOOD_NODE
+from tests.unit.doctor.doctor_facts import GOOD as GOOD_NODE
 
 NOW = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
 S1 = "http://s1.test/cvmfs/demo.pycvmfs.org"
