@@ -25,6 +25,7 @@ from pycvmfs.errors import PycvmfsError
 # (`pycvmfs mount` need not load the publisher, numpy or the chunker)
 COMMAND_MODULES = {"keys": "keys", "publish": "publish", "whitelist": "whitelist",
                    "ls": "read", "cat": "read", "stat": "read",
+                   "doctor": "doctor",
                    "mount": "mount", "umount": "mount", "cache": "cache", "ingest": "images_admin",
                    "run": "run", "wishlist": "images_admin", "webhook": "images_admin",
                    "images": "images_admin", "gc": "gc_report", "report": "gc_report",

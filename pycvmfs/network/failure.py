@@ -1,6 +1,6 @@
 """What went wrong with one HTTP attempt, and whose fault it was (fact sheet 8.4).
 
-Pure: `classify(Outcome) -> Failure`. The transport reports facts (status, two headers, a
+Pure: `classify(Outcome) -> Failure`. The transport reports facts (status, three headers, a
 transport error kind, whether a proxy was used); the download loop adds whether the bytes
 verified. Blame is split into proxy and host halves, as cvmfs `network_errors.h` does, because
 the failover plan reacts differently: a proxy failure switches proxy, a host failure switches
@@ -69,7 +69,8 @@ TOO_MANY_REQUESTS = 429
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """Facts about one attempt. `x_squid_error`/`proxy_status` are the raw header values
-    (None when absent); `bad_data` is set by the download loop after verifying the sink."""
+    (None when absent); `bad_data` is set by the download loop after verifying the sink;
+    `date` is the raw Date header (`pycvmfs doctor` compares it with the local clock)."""
 
     status: int | None
     error: ErrorKind = ErrorKind.NONE
@@ -79,6 +80,7 @@ class Outcome:
     bytes_received: int = 0
     bad_data: bool = False
     detail: str = ""
+    date: str | None = None
 
 
 _TRANSFER_ERRORS: dict[ErrorKind, tuple[Failure, Failure]] = {

@@ -1,7 +1,7 @@
 """The only code in pycvmfs that touches sockets: one GET, streamed into a sink.
 
 `Transport.get(url, *, proxy, headers, sink, timeout, low_speed_limit) -> Outcome` reports facts
-(status, two headers, an error kind, bytes received); it never raises for network trouble and
+(status, three headers, an error kind, bytes received); it never raises for network trouble and
 never decides blame (that is `failure.classify`). `Urllib3Transport` keeps one connection pool
 per proxy (keep-alive) and streams in blocks. urllib3 exceptions are mapped to `ErrorKind` in
 one place, `_error_kind`.
@@ -321,7 +321,8 @@ class Urllib3Transport:
         status = response.status
         facts = Outcome(status, via_proxy=via_proxy,
                         x_squid_error=response.headers.get("X-Squid-Error"),
-                        proxy_status=response.headers.get("Proxy-Status"))
+                        proxy_status=response.headers.get("Proxy-Status"),
+                        date=response.headers.get("Date"))
         if not 200 <= status < 300:
             self._discard(response, timeout, low_speed_limit)
             return dataclasses.replace(facts, detail=f"HTTP {status}")
@@ -423,7 +424,8 @@ class MockTransport:
             return Outcome(None, exc.kind, via_proxy, detail=str(exc))
         facts = Outcome(status, via_proxy=via_proxy,
                         x_squid_error=response_headers.get("X-Squid-Error"),
-                        proxy_status=response_headers.get("Proxy-Status"))
+                        proxy_status=response_headers.get("Proxy-Status"),
+                        date=response_headers.get("Date"))
         if not 200 <= status < 300:
             return facts
         length = response_headers.get("Content-Length")

@@ -95,6 +95,8 @@ CASES = [
     case("whitelist-storage-in-proc",
          "whitelist sign --keys-dir {keys} --repo demo.pycvmfs.org --storage /proc/nope",
          "/proc/nope"),
+    # doctor (problems it finds are its report, not errors)
+    case("doctor-unknown-option", "doctor --json --nope", "--nope"),
     # ls, cat, stat
     case("ls-repo-missing", "ls {nope} --keys {pub}", "does not exist"),
     case("ls-garbage-key", "ls {repo} --keys {garbage}", "not a PEM"),
