@@ -96,7 +96,8 @@ class LowlevelOperations:
         for name, callback_type in _libfuse3.CALLBACK_TYPES.items():
             handler = getattr(self, f"_op_{name}")
             wrapped = handler if name in UNGUARDED else self._guarded(name, handler)
-            callback = callback_type(wrapped)
+            # latency by operation (`op_timing`): the one timing point of this adapter
+            callback = callback_type(vfs.stats.operations.timed(name, wrapped))
             self._callbacks.append(callback)
             setattr(self.ops, name, callback)
 
