@@ -106,7 +106,9 @@ class XattrContext:
 Getter = Callable[[XattrContext], str]
 _REGISTRY: dict[str, tuple[Flavor, Getter]] = {}
 _HIDDEN: set[str] = set()  # gettable, never listed
-VISIBILITIES = ("never", "rootonly", "always")  # CVMFS_MAGIC_XATTRS_VISIBILITY
+PAGE_CHARS = 40_000  # the reference's kMaxCharsPerPage: pages stay under 64 KiB
+CHUNK_LIST_HEADER = "hash,offset,size\n"
+_PAGERS: dict[str, Callable[[XattrContext], list[str]]] = {}  # long values, page by page
 
 
 def magic_xattr(name: str, applies_to: Flavor = Flavor.ANY, *,
@@ -148,15 +150,27 @@ def applies(flavor: Flavor, entry: DirEntry) -> bool:
 
 
 def get(name: str, context: XattrContext) -> bytes | None:
-    """The value, or None when `name` is no magic attribute of this entry."""
-    registered = _REGISTRY.get(name)
+    """The value, or None when `name` is no magic attribute of this entry. As in the
+    reference's machine mode, `NAME~N` is page N of a long value (`user.chunk_list`, whose
+    plain name answers page 0, so no value reaches the kernel's 64 KiB limit) and
+    `NAME~?` says `num_pages, COUNT`."""
+    base, paged, page = name.partition("~")
+    registered = _REGISTRY.get(base)
     if registered is None or not applies(registered[0], context.entry):
         return None
-    return registered[1](context).encode("utf-8", "surrogateescape")
+    if not paged:
+        return registered[1](context).encode("utf-8", "surrogateescape")
+    pager = _PAGERS.get(base)
+    pages = pager(context) if pager is not None else [registered[1](context)]
+    if page == "?":
+        return f"num_pages, {len(pages)}".encode()
+    if not page.isdigit() or int(page) >= len(pages):
+        return None
+    return pages[int(page)].encode("utf-8", "surrogateescape")
 
 
 def is_magic(name: str) -> bool:
-    return name in _REGISTRY
+    return name.partition("~")[0] in _REGISTRY
 
 
 def _counters_csv(values: dict[str, int]) -> str:
@@ -203,10 +217,27 @@ def _chunks(c: XattrContext) -> str:
     return str(max(len(c.repository.pieces(c.path)[1]), 1))
 
 
+def _chunk_list_pages(c: XattrContext) -> list[str]:
+    """`hash,offset,size` lines in pages of about PAGE_CHARS, each with the header (the
+    reference's ChunkListMagicXattr)."""
+    _, pieces = c.repository.pieces(c.path)
+    pages, page = [], CHUNK_LIST_HEADER
+    for p in pieces:
+        page += f"{p.hash},{p.offset},{p.size}\n"
+        if len(page) > PAGE_CHARS:
+            pages.append(page)
+            page = CHUNK_LIST_HEADER
+    if page != CHUNK_LIST_HEADER or not pages:
+        pages.append(page)
+    return pages
+
+
 @magic_xattr("user.chunk_list", Flavor.REGULAR)
 def _chunk_list(c: XattrContext) -> str:
-    _, pieces = c.repository.pieces(c.path)
-    return "hash,offset,size\n" + "".join(f"{p.hash},{p.offset},{p.size}\n" for p in pieces)
+    return _chunk_list_pages(c)[0]
+
+
+_PAGERS["user.chunk_list"] = _chunk_list_pages
 
 
 @magic_xattr("user.compression", Flavor.REGULAR)

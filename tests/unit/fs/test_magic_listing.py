@@ -143,3 +143,25 @@ def test_op_timings_buckets_and_sums() -> None:
 
 def test_client_stats_carry_the_timings() -> None:
     assert isinstance(ClientStats().operations, OpTimings)
+
+
+def test_long_values_come_in_pages(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    vfs = _vfs(repo, "always")
+    try:
+        chunked = _ino(vfs, "data/random.bin")  # 12 chunks: 13 lines
+        whole = vfs.getxattr(chunked, "user.chunk_list")
+        assert whole.count(b"\n") == 13 and vfs.getxattr(chunked, "user.chunk_list~?") == \
+            b"num_pages, 1"
+        assert vfs.getxattr(chunked, "user.chunk_list~0") == whole
+        assert vfs.find_xattr(chunked, "user.chunk_list~1") is None
+        assert vfs.getxattr(ROOT_INODE, "user.fqrn~0") == FQRN.encode()
+        monkeypatch.setattr(magic_xattrs, "PAGE_CHARS", 200)  # ~3 lines a page
+        pages = int(vfs.getxattr(chunked, "user.chunk_list~?").split(b", ")[1])
+        assert pages > 1
+        texts = [vfs.getxattr(chunked, f"user.chunk_list~{n}").decode() for n in range(pages)]
+        assert all(t.startswith("hash,offset,size\n") for t in texts)
+        assert vfs.getxattr(chunked, "user.chunk_list").decode() == texts[0]
+        lines = [line for t in texts for line in t.splitlines()[1:]]
+        assert lines == whole.decode().splitlines()[1:]  # every chunk once, in order
+    finally:
+        vfs.close()
