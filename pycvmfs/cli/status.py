@@ -59,7 +59,7 @@ def rows(report: MountReport, now: float | None = None) -> list[tuple[str, str]]
     hits, misses = cache.get("hits", 0), cache.get("misses", 0)
     quota = cache.get("quota_bytes", -1)
     used = cache.get("used_bytes", 0)
-    usage = (f"{size(used)} of {size(quota)} ({100 * used / quota:.0f} %)" if quota > 0
+    usage = (f"{size(used)} of {size(quota)} ({100 * used / quota:.1f} %)" if quota > 0
              else "not tracked (no quota: CVMFS_QUOTA_LIMIT=-1)")
     hosts: list[str] = d.get("hosts", [])
     state = "online"
@@ -99,15 +99,22 @@ def as_json(report: MountReport) -> dict[str, Any]:
 
 
 def _show(reports: list[MountReport]) -> None:
+    """A table on a terminal; aligned plain lines for a pipe (whole, grep-able)."""
+    if not sys.stdout.isatty():
+        for index, report in enumerate(reports):
+            click.echo(("\n" if index else "") + f"{report.mountpoint}  {report.fqrn}")
+            for label, text in rows(report):
+                click.echo(f"  {label:<16} {text}")
+        return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    # a pipe gets whole lines (grep), a terminal its width
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 4096)
+    console = Console(highlight=False)
     for index, report in enumerate(reports):
         if index:
             console.print()
-        console.print(f"[bold]{report.mountpoint}[/bold]  {report.fqrn}", markup=True)
+        console.print(f"[bold]{escape(report.mountpoint)}[/bold]  {escape(report.fqrn)}")
         table = Table(show_header=False, box=None, pad_edge=False, padding=(0, 2, 0, 2))
         table.add_column(style="dim", no_wrap=True)
         table.add_column(overflow="fold")

@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pycvmfs.errors import ConfigError
@@ -25,6 +26,7 @@ from pycvmfs.fs.stats_document import FORMAT, STATS_XATTR
 
 READ_TIMEOUT_S = 3.0  # a mount that takes longer is reported as not answering
 SOURCE_PREFIX = "cvmfs2#"  # pycvmfs mounts (and the reference's) name cvmfs2#FQRN
+ALLOW_SYS_ADMIN = Path("/sys/module/fuse/parameters/allow_sys_admin_access")
 
 _inflight: dict[str, threading.Thread] = {}  # mount point -> its read still waiting
 _inflight_lock = threading.Lock()
@@ -60,10 +62,16 @@ def candidate_mounts() -> list[MountEntry]:
 
 
 def _visible(entry: MountEntry) -> bool:
-    """Whether this user may ask the mount at all (FUSE refuses other users' mounts
-    unless mounted with allow_other)."""
+    """Whether this user may ask the mount at all: FUSE refuses other users' mounts,
+    root's requests included, unless mounted with allow_other (or, for root, the fuse
+    module's allow_sys_admin_access, Linux 6.2 and later)."""
     uid = os.getuid()
-    return uid == 0 or entry.user_id in (None, uid) or "allow_other" in entry.super_options
+    if entry.user_id in (None, uid) or "allow_other" in entry.super_options:
+        return True
+    try:
+        return uid == 0 and ALLOW_SYS_ADMIN.read_text().strip() == "Y"
+    except OSError:
+        return False
 
 
 def _read(mountpoint: str, result: dict[str, Any]) -> None:

@@ -108,7 +108,7 @@ def test_status_lines() -> None:
     assert lines["Stratum-1"].startswith("http://s1/cvmfs/demo.org (ring: http://s1")
     assert lines["proxy"] == ("http://p1:3128 (groups: http://p1:3128|http://p2:3128; "
                               "fallback: none)")
-    assert lines["cache usage"] == "1.0 MiB of 4.0 MiB (25 %)"
+    assert lines["cache usage"] == "1.0 MiB of 4.0 MiB (25.0 %)"
     assert lines["hit rate"] == "75.0 % (30 hits, 10 misses)"
     assert lines["pinned catalogs"] == "2 (4.0 KiB)"
     assert lines["uptime"] == "1 h 2 min" and lines["pid"] == "4242"
