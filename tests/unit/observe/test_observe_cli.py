@@ -5,6 +5,7 @@ own parser), the status lines, and `--listen` parsing."""
 from __future__ import annotations
 
 import errno
+import json
 import threading
 from typing import Any
 
@@ -182,3 +183,34 @@ def test_a_named_mount_point_must_be_a_cvmfs_mount(monkeypatch: pytest.MonkeyPat
                         lambda path: MountEntry.from_fields(DISK.split()))
     with pytest.raises(ConfigError, match="not a CernVM-FS mount"):
         mounts.survey(["/"])
+
+
+def test_status_and_metrics_commands(monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from pycvmfs.cli import status as status_cli
+    from pycvmfs.cli.main import main
+    from pycvmfs.observe import openmetrics
+
+    good = MountReport(MNT, "demo.org", _document())
+    hung = MountReport("/hung", "hung.org", None, "not answering within 3 s")
+    chosen: list[Any] = []
+
+    def surveyed(mountpoints: list[str] | None, *, timeout_s: float) -> list[MountReport]:
+        chosen.append((mountpoints, timeout_s))
+        return [good, hung] if mountpoints is None else [good]
+
+    monkeypatch.setattr(status_cli, "survey", surveyed)
+    monkeypatch.setattr(openmetrics, "survey", surveyed)
+    assert main(["status", "--json", "--timeout", "2"]) == 1  # one mount does not answer
+    reports = json.loads(capsys.readouterr().out)
+    assert [r["answering"] for r in reports] == [True, False]
+    assert reports[0]["stats"]["revision"] == 7 and reports[1]["problem"].startswith("not")
+    assert chosen[-1] == (None, 2.0)
+    assert main(["status", MNT]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{MNT}  demo.org\n") and "  hit rate " in out
+    assert main(["metrics", MNT]) == 0
+    text = capsys.readouterr().out
+    assert text.endswith("# EOF\n") and chosen[-1] == ([MNT], 3.0)
+    assert {f.name for f in text_string_to_metric_families(text)} >= {"pycvmfs_up",
+                                                                     "pycvmfs_downloads"}
