@@ -20,7 +20,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def serve(host: str, port: int, mountpoints: list[str] | None, timeout_s: float) -> None:
-    """Serve `/metrics` until interrupted (Ctrl-C)."""
+    """Serve `/metrics` until interrupted (Ctrl-C, SIGTERM)."""
+    import signal
     import socket
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -41,6 +42,10 @@ def serve(host: str, port: int, mountpoints: list[str] | None, timeout_s: float)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
                           "choose another address or port") from exc
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM (a service manager) stops as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, stop)
     click.echo(f"serving metrics on http://{host}:{port}/metrics (Ctrl-C stops)", err=True)
     try:
         httpd.serve_forever()

@@ -131,9 +131,9 @@ def test_metrics_served_over_http(mounted: tuple[Path, dict[str, str]]) -> None:
             names = {f.name for f in prometheus_text(plain.read().decode())}
         assert "pycvmfs_fuse_operation_duration_seconds" in names
     finally:
-        served.send_signal(signal.SIGINT)
+        served.send_signal(signal.SIGTERM)
         served.communicate(timeout=10)
-    assert served.returncode == 0
+    assert served.returncode == 0  # stopped cleanly
 
 
 def test_status_of_a_hung_mount(mounted: tuple[Path, dict[str, str]]) -> None:
