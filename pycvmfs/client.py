@@ -21,6 +21,7 @@ from pycvmfs.config import ClientConfig, symlink_environment
 from pycvmfs.errors import ConfigError
 from pycvmfs.format.certificates import load_public_key
 from pycvmfs.fs.magic_xattrs import CacheInfo, NetworkInfo
+from pycvmfs.fs.stats_document import cache_details, network_details
 from pycvmfs.fs.vfs import MountOptions, RepositoryVFS
 from pycvmfs.network.download import Downloader, DownloadSettings
 from pycvmfs.network.failover import RouteState
@@ -160,22 +161,26 @@ def open_client(config: ClientConfig, transport: Transport | None = None) -> Cli
         s = downloader.statistics()
         return s.bytes_received, s.downloads, s.seconds
 
+    max_ttl = config.max_ttl_minutes * 60.0 if config.max_ttl_minutes else None
+    watcher = RevisionWatcher(repository, revisions.newer, revocation=revisions.revocation,
+                              max_ttl_s=max_ttl, min_ttl_s=float(config.min_ttl_s),
+                              auto_update=config.auto_update)
+    proxies = parse_proxies(config.http_proxy, config.fallback_proxy)
     network = NetworkInfo(
         host=lambda: str(route.current()[0]), host_list=lambda: list(config.server_urls),
         proxy=lambda: str(route.current()[1]),
+        proxy_list=lambda: [str(p) for group in proxies.groups for p in group] or ["DIRECT"],
         timeout_s=config.timeout_s, timeout_direct_s=config.timeout_direct_s,
-        transfers=transfers)
+        transfers=transfers, offline=lambda: (watcher.offline, watcher.last_error),
+        details=lambda: network_details(downloader, proxies))
     cache_info = CacheInfo(hits_misses=lambda: (fetcher.hits, fetcher.misses),
-                           open_object=cache.store.open)
+                           open_object=cache.store.open,
+                           details=lambda: cache_details(cache, config.cache_base))
 
     def capacity() -> tuple[int, int]:
         used, total = cache.usage()
         return (total if total > 0 else used), used
 
-    max_ttl = config.max_ttl_minutes * 60.0 if config.max_ttl_minutes else None
-    watcher = RevisionWatcher(repository, revisions.newer, revocation=revisions.revocation,
-                              max_ttl_s=max_ttl, min_ttl_s=float(config.min_ttl_s),
-                              auto_update=config.auto_update)
     bundles = None
     if config.prefetch_filebundles:
         # the revision the filesystem serves (`vfs`, bound once it exists: a trigger comes

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 
 from pycvmfs.format.catalog import DirEntry
 from pycvmfs.fs.directories import Listed, Listing
+from pycvmfs.fs.magic_xattrs import ClientStats
 from pycvmfs.fs.vfs import DOTS, Attr, FsError, StatFs, WouldBlock
 
 MTIME_NS = 1_700_000_000_000_000_000
@@ -47,6 +48,7 @@ class FakeVFS:
         self.page_cached = True  # read_nowait answers
         self._inline = threading.local()
         self._next_handle = 100
+        self.stats = ClientStats()  # the adapters time requests into `stats.operations`
 
     # --- what the adapters call ------------------------------------------------------
     def track_lookups(self) -> None:

@@ -109,6 +109,7 @@ class Quota(Protocol):
     def pinned(self) -> dict[str, int]: ...
     def pinned_size(self) -> int: ...
     def pin_pressure(self) -> bool: ...
+    def evictions(self) -> tuple[int, int]: ...
     def capacity(self) -> int: ...
     def max_object_size(self) -> int: ...
     def flush(self) -> None: ...
@@ -157,6 +158,9 @@ class NoopQuota:
     def pin_pressure(self) -> bool:
         return False
 
+    def evictions(self) -> tuple[int, int]:
+        return 0, 0
+
     def capacity(self) -> int:
         return UNLIMITED
 
@@ -200,6 +204,7 @@ class SqliteLruQuota:
         self.owner = owner_token()
         self.write_transactions = 0  # observable batching: SQLite write transactions run
         self.rebuilt = False  # whether start-up reconciled the index with the tree
+        self._evicted = (0, 0)  # objects and bytes this process evicted (`evictions`)
         self._clock = clock
         self._batch = touch_batch_size
         self._flush_seconds = touch_flush_seconds
@@ -477,8 +482,13 @@ class SqliteLruQuota:
             self._remove_object(key)
             self._conn.execute("DELETE FROM cache_catalog WHERE sha1 = ?", (key,))
             freed += sizes[key]
+            self._evicted = (self._evicted[0] + 1, self._evicted[1] + sizes[key])
         cachedb.add_total(self._conn, -freed)
         return freed
+
+    def evictions(self) -> tuple[int, int]:
+        """Objects and bytes this process evicted to keep the quota (a statistic)."""
+        return self._evicted
 
     def _live_pins_locked(self) -> dict[str, int]:
         """Pinned key -> size over all live owners; pins of dead owners are dropped."""

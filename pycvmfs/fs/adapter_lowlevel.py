@@ -122,7 +122,9 @@ class LowlevelOperations:
         for name, callback_type in _libfuse3.CALLBACK_TYPES.items():
             handler = getattr(self, f"_op_{name}")
             wrapped = handler if name in UNGUARDED else self._guarded(name, handler)
-            callback = callback_type(_keeping_thread_state(wrapped) if keep else wrapped)
+            # latency by operation (`op_timing`): the one timing point of this adapter
+            timed = vfs.stats.operations.timed(name, wrapped)
+            callback = callback_type(_keeping_thread_state(timed) if keep else timed)
             self._callbacks.append(callback)
             setattr(self.ops, name, callback)
 

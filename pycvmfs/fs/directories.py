@@ -76,6 +76,10 @@ class DirectoryHandles:
         self._handles: dict[int, _Handle] = {}
         self._next = itertools.count(1)
 
+    def __len__(self) -> int:
+        """Handles open now."""
+        return len(self._handles)
+
     def open(self, ino: int, path: str, repository: Repository) -> int:
         """A handle listing directory `path` (inode `ino`) of `repository`. Nothing is read
         yet: a listing the kernel has cached is answered without a single READDIR, and

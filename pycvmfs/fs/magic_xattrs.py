@@ -1,9 +1,17 @@
 """Magic extended attributes (fact sheet section 11): a registry of small functions.
 
-Each attribute declares which entries it applies to; `get` on an entry it does not
-apply to is ENODATA, as in the reference. Magic names shadow stored xattrs, are
-gettable on every path and listed on the root only (`rootonly`, the reference
-default; `never` and `always` too). Values are plain ASCII without a newline.
+Each attribute declares which entries it applies to (its flavor, the reference's
+MagicXattrFlavor); `get` on an entry it does not apply to is ENODATA, as in the
+reference. Magic names shadow stored xattrs and are gettable on every path.
+
+Listing (`listed`) follows the reference's MagicXattrManager::GetListString: nothing
+with `never`; with `rootonly` (the default) the root only, with `always` every entry;
+and of an entry only the attributes whose flavor applies to it, so every name listed
+answers. One difference: the Linux kernel refuses `user.*` attributes on anything but
+regular files and directories before asking the filesystem, so symlinks and special
+files list none (the reference lists `user.rawlink`, which no caller can read there).
+Hidden attributes (`user.pycvmfs_stats`, the document `pycvmfs status` reads) are
+never listed.
 
 Counters come from a `ClientStats` that the network and cache layers update; facts
 about the network (host, proxies, timeouts) from a `NetworkInfo` that the mount wires
@@ -24,6 +32,9 @@ from typing import BinaryIO
 from pycvmfs import __version__
 from pycvmfs.format.catalog import COUNTER_FIELDS, DirEntry, total_counters
 from pycvmfs.format.hashes import ContentHash, Hasher
+from pycvmfs.fs import stats_document
+from pycvmfs.fs.op_timing import OpTimings
+from pycvmfs.fs.stats_document import STATS_XATTR
 from pycvmfs.repository.repository import Repository
 
 
@@ -47,6 +58,7 @@ class ClientStats:
     nopen: int = 0
     ndiropen: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    operations: OpTimings = field(default_factory=OpTimings)  # FUSE request latencies
 
     def io_error(self) -> None:
         with self.lock:
@@ -65,6 +77,8 @@ class NetworkInfo:
     timeout_s: int = 5
     timeout_direct_s: int = 10
     transfers: Callable[[], tuple[int, int, float]] = lambda: (0, 0, 0.0)  # bytes, n, seconds
+    offline: Callable[[], tuple[bool, str]] = lambda: (False, "")  # serving offline, why
+    details: Callable[[], dict[str, object]] = dict  # `stats_document`: routes, per host
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +87,7 @@ class CacheInfo:
 
     hits_misses: Callable[[], tuple[int, int]] = lambda: (0, 0)
     open_object: Callable[[ContentHash], BinaryIO | None] = lambda content_hash: None
+    details: Callable[[], dict[str, object]] = dict  # `stats_document`: usage, quota, pins
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,24 +100,43 @@ class XattrContext:
     entry: DirEntry
     expires: Callable[[], str]  # minutes until the next TTL check, or "never (...)"
     inode_max: Callable[[], int]
+    gauges: Callable[[], dict[str, int]] = dict  # the core's open files, directories, inodes
 
 
 Getter = Callable[[XattrContext], str]
 _REGISTRY: dict[str, tuple[Flavor, Getter]] = {}
+_HIDDEN: set[str] = set()  # gettable, never listed
+PAGE_CHARS = 40_000  # the reference's kMaxCharsPerPage: pages stay under 64 KiB
+CHUNK_LIST_HEADER = "hash,offset,size\n"
+_PAGERS: dict[str, Callable[[XattrContext], list[str]]] = {}  # long values, page by page
 
 
-def magic_xattr(name: str, applies_to: Flavor = Flavor.ANY) -> Callable[[Getter], Getter]:
+def magic_xattr(name: str, applies_to: Flavor = Flavor.ANY, *,
+                hidden: bool = False) -> Callable[[Getter], Getter]:
     def register(func: Getter) -> Getter:
         if name in _REGISTRY:
             raise ValueError(f"magic xattr {name} registered twice")
         _REGISTRY[name] = (applies_to, func)
+        if hidden:
+            _HIDDEN.add(name)
         return func
 
     return register
 
 
 def names() -> list[str]:
-    return sorted(_REGISTRY)
+    """Every magic attribute that may be listed (hidden ones left out)."""
+    return sorted(n for n in _REGISTRY if n not in _HIDDEN)
+
+
+def listed(entry: DirEntry, *, root: bool, visibility: str) -> list[str]:
+    """The magic names `listxattr` shows for `entry` (see the module docstring): each
+    one answers a `get` on this entry."""
+    if visibility == "never" or (visibility != "always" and not root):
+        return []
+    if not (entry.is_regular or entry.is_dir):
+        return []  # the kernel answers user.* there itself (ENODATA)
+    return [n for n in names() if applies(_REGISTRY[n][0], entry)]
 
 
 def applies(flavor: Flavor, entry: DirEntry) -> bool:
@@ -116,15 +150,27 @@ def applies(flavor: Flavor, entry: DirEntry) -> bool:
 
 
 def get(name: str, context: XattrContext) -> bytes | None:
-    """The value, or None when `name` is no magic attribute of this entry."""
-    registered = _REGISTRY.get(name)
+    """The value, or None when `name` is no magic attribute of this entry. As in the
+    reference's machine mode, `NAME~N` is page N of a long value (`user.chunk_list`, whose
+    plain name answers page 0, so no value reaches the kernel's 64 KiB limit) and
+    `NAME~?` says `num_pages, COUNT`."""
+    base, paged, page = name.partition("~")
+    registered = _REGISTRY.get(base)
     if registered is None or not applies(registered[0], context.entry):
         return None
-    return registered[1](context).encode("utf-8", "surrogateescape")
+    if not paged:
+        return registered[1](context).encode("utf-8", "surrogateescape")
+    pager = _PAGERS.get(base)
+    pages = pager(context) if pager is not None else [registered[1](context)]
+    if page == "?":
+        return f"num_pages, {len(pages)}".encode()
+    if not page.isdigit() or int(page) >= len(pages):
+        return None
+    return pages[int(page)].encode("utf-8", "surrogateescape")
 
 
 def is_magic(name: str) -> bool:
-    return name in _REGISTRY
+    return name.partition("~")[0] in _REGISTRY
 
 
 def _counters_csv(values: dict[str, int]) -> str:
@@ -171,10 +217,27 @@ def _chunks(c: XattrContext) -> str:
     return str(max(len(c.repository.pieces(c.path)[1]), 1))
 
 
+def _chunk_list_pages(c: XattrContext) -> list[str]:
+    """`hash,offset,size` lines in pages of about PAGE_CHARS, each with the header (the
+    reference's ChunkListMagicXattr)."""
+    _, pieces = c.repository.pieces(c.path)
+    pages, page = [], CHUNK_LIST_HEADER
+    for p in pieces:
+        page += f"{p.hash},{p.offset},{p.size}\n"
+        if len(page) > PAGE_CHARS:
+            pages.append(page)
+            page = CHUNK_LIST_HEADER
+    if page != CHUNK_LIST_HEADER or not pages:
+        pages.append(page)
+    return pages
+
+
 @magic_xattr("user.chunk_list", Flavor.REGULAR)
 def _chunk_list(c: XattrContext) -> str:
-    _, pieces = c.repository.pieces(c.path)
-    return "hash,offset,size\n" + "".join(f"{p.hash},{p.offset},{p.size}\n" for p in pieces)
+    return _chunk_list_pages(c)[0]
+
+
+_PAGERS["user.chunk_list"] = _chunk_list_pages
 
 
 @magic_xattr("user.compression", Flavor.REGULAR)
@@ -338,3 +401,8 @@ def _catalog_counters(c: XattrContext) -> str:
 @magic_xattr("user.repo_counters")
 def _repo_counters(c: XattrContext) -> str:
     return _counters_csv(c.repository.statistics())
+
+
+@magic_xattr(STATS_XATTR, hidden=True)
+def _stats_document(c: XattrContext) -> str:
+    return stats_document.encode(stats_document.document(c))

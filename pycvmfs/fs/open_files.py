@@ -27,6 +27,10 @@ class OpenFiles:
         self._next = itertools.count(1)
         self.prefetcher = Prefetcher()
 
+    def __len__(self) -> int:
+        """Handles open now."""
+        return len(self._handles)
+
     def add(self, ino: int, opened: OpenFile) -> int:
         with self._lock:
             handle = next(self._next)

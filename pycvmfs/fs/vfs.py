@@ -434,12 +434,12 @@ class RepositoryVFS:
         return self._listxattr(path, self._current(path)[1])
 
     def _listxattr(self, path: str, entry: DirEntry) -> list[str]:
-        """Stored xattrs, plus the magic names on the root (by default) or everywhere."""
+        """Stored xattrs, plus the magic names that answer for this entry where the
+        visibility lists them (`magic_xattrs.listed`)."""
         names = [name for name, _ in entry.xattrs]
-        visibility = self.options.magic_xattrs_visibility
-        if visibility == "always" or (visibility == "rootonly" and path == ""):
-            names += [n for n in magic_xattrs.names() if n not in names]
-        return names
+        magic = magic_xattrs.listed(entry, root=path == "",
+                                    visibility=self.options.magic_xattrs_visibility)
+        return names + [n for n in magic if n not in names]
 
     def getxattr(self, ino: int, name: str) -> bytes:
         value = self.find_xattr(ino, name)
@@ -468,7 +468,7 @@ class RepositoryVFS:
         """Magic attributes shadow stored ones and are gettable on every entry."""
         if magic_xattrs.is_magic(name):
             context = XattrContext(self._announced, self.stats, self.network, self.cache,
-                                   path, entry, self._expires, self.inode_max)
+                                   path, entry, self._expires, self.inode_max, self._gauges)
             try:
                 return magic_xattrs.get(name, context)
             except EXPECTED as exc:
@@ -477,6 +477,11 @@ class RepositoryVFS:
             if key == name:
                 return value
         return None
+
+    def _gauges(self) -> dict[str, int]:
+        """What the core holds now, for the stats document (`pycvmfs status`)."""
+        return {"open_files": len(self._files), "open_dirs": len(self._directories),
+                "inodes": self.inode_count()}
 
     def statfs(self) -> StatFs:
         return attributes.statfs(self._capacity(), self.repository.statistics())

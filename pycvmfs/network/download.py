@@ -8,7 +8,9 @@ bomb inflating past the object's size) is cut by the transport and counts as BAD
 that host, so the plan retries once without caches and then moves to the next host.
 When the plan gives up, `FetchError` lists every attempt (URL, proxy, reason). Each failure is
 logged with URL, proxy and reason; counters feed the magic xattrs (`user.rx`, `user.ndownload`,
-`user.nioerr`, `user.speed`).
+`user.nioerr`, `user.speed`) and, by Stratum-1 (`HostCounters`: downloads, bytes, failed
+attempts, retries on the same host, failovers away from it) and by proxy (errors), the
+stats document `pycvmfs status` and `pycvmfs metrics` read.
 
 Thread-safety: a `Downloader` is shared by all reader threads; `RouteState` and the transport
 are thread-safe and the statistics are updated under a lock. Each call needs its own sink.
@@ -66,12 +68,26 @@ class DownloadResult:
     attempts: tuple[AttemptRecord, ...]  # the failed ones before success
 
 
+@dataclass(slots=True)
+class HostCounters:
+    """What one Stratum-1 (a `CVMFS_SERVER_URL` entry) did for this downloader."""
+
+    downloads: int = 0  # verified downloads it served
+    bytes: int = 0  # bytes received from it, failed attempts included
+    errors: int = 0  # failed attempts
+    retries: int = 0  # attempts repeated on it after a failure
+    failovers: int = 0  # downloads that moved on to another host after failing here
+    seconds: float = 0.0  # time spent in transfers from it
+
+
 @dataclass(frozen=True, slots=True)
 class Statistics:
     bytes_received: int
     downloads: int
     errors: int
     seconds: float
+    hosts: dict[str, HostCounters] = dataclasses.field(default_factory=dict)  # copies
+    proxy_errors: dict[str, int] = dataclasses.field(default_factory=dict)  # failed attempts
 
     @property
     def speed(self) -> float:
@@ -102,17 +118,48 @@ class Downloader:
         self._lock = threading.Lock()
         self._rx = self._ndownload = self._nerrors = 0
         self._seconds = 0.0
+        self._hosts: dict[str, HostCounters] = {}
+        self._proxy_errors: dict[str, int] = {}
 
     def statistics(self) -> Statistics:
         with self._lock:
-            return Statistics(self._rx, self._ndownload, self._nerrors, self._seconds)
+            return Statistics(self._rx, self._ndownload, self._nerrors, self._seconds,
+                              {h: dataclasses.replace(c) for h, c in self._hosts.items()},
+                              dict(self._proxy_errors))
 
-    def _count(self, received: int, seconds: float, failed: bool) -> None:
+    def _host(self, attempt: Attempt) -> HostCounters:
+        """The counters of `attempt`'s Stratum-1; the caller holds the lock."""
+        host = attempt.route.host if attempt.route is not None else attempt.url
+        counters = self._hosts.get(host)
+        if counters is None:
+            counters = self._hosts[host] = HostCounters()
+        return counters
+
+    def _count(self, attempt: Attempt, received: int, seconds: float,
+               failure: Failure) -> None:
         with self._lock:
             self._rx += received
             self._seconds += seconds
-            if failed:
+            host = self._host(attempt)
+            host.bytes += received
+            host.seconds += seconds
+            if failure is not Failure.OK:
                 self._nerrors += 1
+                host.errors += 1
+                if failure.is_proxy:
+                    proxy = str(attempt.proxy)
+                    self._proxy_errors[proxy] = self._proxy_errors.get(proxy, 0) + 1
+
+    def _count_next(self, failed: Attempt, following: Attempt) -> None:
+        """After a failed attempt: a retry on the same host, or a failover away from it."""
+        same = (failed.route is not None and following.route is not None
+                and failed.route.host == following.route.host)
+        with self._lock:
+            host = self._host(failed)
+            if same:
+                host.retries += 1
+            else:
+                host.failovers += 1
 
     def download(self, path: str, sink: Sink, expected: ContentHash | None = None
                  ) -> DownloadResult:
@@ -131,16 +178,19 @@ class Downloader:
             if failure is Failure.OK:
                 with self._lock:
                     self._ndownload += 1
+                    self._host(attempt).downloads += 1
                 return DownloadResult(attempt.url, str(attempt.proxy), outcome.bytes_received,
                                       tuple(failed))
             record = AttemptRecord(attempt.url, str(attempt.proxy), _reason(failure, outcome))
             failed.append(record)
             log.warning("download failed: %s", record)
             try:
-                attempt = steps.send(failure)
+                following = steps.send(failure)
             except StopIteration:
                 raise FetchError(f"{path}: all {len(failed)} attempts failed: "
                                  + "; ".join(map(str, failed))) from None
+            self._count_next(attempt, following)
+            attempt = following
 
     def _run(self, attempt: Attempt, sink: Sink, expected: ContentHash | None) -> Outcome:
         if attempt.delay > 0:
@@ -153,8 +203,7 @@ class Downloader:
                                      headers=request_headers(attempt.no_cache), sink=sink,
                                      timeout=timeout, low_speed_limit=s.low_speed_limit)
         outcome = _finish_attempt(outcome, sink, expected)
-        failed = classify(outcome) is not Failure.OK
-        self._count(outcome.bytes_received, self._clock() - start, failed)
+        self._count(attempt, outcome.bytes_received, self._clock() - start, classify(outcome))
         return outcome
 
 

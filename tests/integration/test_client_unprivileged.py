@@ -231,6 +231,11 @@ def test_ordinary_user_mounts_and_reads(user: User, area: Path, backend: str) ->
             assert seen["uids"] == [user.uid] * 4  # CVMFS_CLAIM_OWNERSHIP=yes (default)
             cache = home / ".cache" / "pycvmfs" / "shared"  # the default for ordinary users
             assert cache.is_dir() and cache.stat().st_uid == user.uid
+            status = as_user(user, env, home, SYSTEM_PYTHON, "-m", "pycvmfs", "status",
+                             "--json")  # the user's own mounts, no root, no socket
+            assert status.returncode == 0, status.stderr
+            [report] = [r for r in json.loads(status.stdout) if r["mountpoint"] == str(mnt)]
+            assert report["answering"] and report["stats"]["fqrn"] == FQRN
             done = mount.unmount()  # `pycvmfs umount`, as the same user
             assert done.returncode == 0, done.stderr
             assert not is_mounted(mnt)

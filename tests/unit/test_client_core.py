@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from pycvmfs.format.certificates import (
     fingerprint_text,
     load_certificate,
 )
+from pycvmfs.fs.stats_document import STATS_XATTR
 from pycvmfs.fs.vfs import ROOT_INODE, FsError
 from pycvmfs.network.failure import ErrorKind
 from pycvmfs.network.transport import MockTransport
@@ -183,6 +185,24 @@ def test_offline_start_from_the_breadcrumb(site: Site, client: Client) -> None:
         assert offline.watcher.check_now() and offline.repository.revision == second
     finally:
         offline.close()
+
+
+def test_stats_document_of_a_client(site: Site, client: Client) -> None:
+    """What `pycvmfs status` reads, wired to the downloader, cache and watcher."""
+    client.vfs.read(client.vfs.open(_ino(client, "a.txt"), 0), 0, 100)
+    stats = json.loads(client.vfs.getxattr(ROOT_INODE, STATS_XATTR))
+    assert stats["fqrn"] == site.keys.fqrn and stats["offline"] is False
+    assert stats["host"] == stats["hosts"][0] == URL and stats["proxy"] == "DIRECT"
+    assert stats["proxy_groups"] == [["DIRECT"]] and stats["fallback_proxy_groups"] == []
+    assert stats["by_host"][URL]["downloads"] == stats["downloads"] > 0
+    assert stats["cache"]["directory"] == str(site.base / "cache" / "shared")
+    assert stats["cache"]["quota_bytes"] > 0 and stats["cache"]["pinned"] >= 1
+    assert stats["cache"]["misses"] > 0 and stats["catalogs"] >= 1
+    site.online = False
+    assert not client.watcher.check_now()
+    offline = json.loads(client.vfs.getxattr(ROOT_INODE, STATS_XATTR))
+    assert offline["offline"] is True and "attempts failed" in offline["offline_reason"]
+    assert offline["download_errors"] > 0 and offline["by_host"][URL]["errors"] > 0
 
 
 def test_no_breadcrumb_and_no_server_is_an_error(site: Site) -> None:

@@ -1,0 +1,1 @@
+"""Observing mounts from outside: what `pycvmfs status` and `pycvmfs metrics` read."""
