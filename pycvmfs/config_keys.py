@@ -100,8 +100,7 @@ def is_ignored(key: str) -> bool:
 def close_matches(key: str, candidates: Iterable[str] = KNOWN_KEYS) -> list[str]:
     """Up to three known names close to `key`, used ones first."""
     found = difflib.get_close_matches(key, sorted(candidates), n=6, cutoff=0.8)
-    found.sort(key=lambda name: (name not in USED_KEYS, found.index(name)))
-    return found[:3]
+    return sorted(found, key=lambda name: name not in USED_KEYS)[:3]  # stable: by closeness
 
 
 def did_you_mean(key: str) -> str:

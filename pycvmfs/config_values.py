@@ -162,7 +162,7 @@ def _proxy_member(text: str) -> str:
     if text.upper() == "DIRECT":
         return "DIRECT"
     if text == AUTO_PROXY:
-        raise ConfigError(f"{AUTO_PROXY} ({AUTO_MEANING}) is not supported by pycvmfs")
+        raise ConfigError(f"{AUTO_PROXY} ({AUTO_MEANING}) is not supported yet")
     return check_url(text if "://" in text else f"http://{text}", "proxy")
 
 
@@ -253,8 +253,7 @@ class Typed:
             return None
         note = f"; {spec.note}" if spec.note else ""
         if not _INTEGER.fullmatch(word):
-            raise self.error(key, f"not an integer (a number of {spec.unit}: "
-                             f"{spec.allowed()})")
+            raise self.error(key, f"not an integer (allowed: {spec.allowed()})")
         number = int(word, 10)
         if spec.minimum <= number <= spec.maximum or number in spec.also:
             return number
