@@ -50,12 +50,21 @@ range (`config_shell.MAX_REPORTED`).
 Files are input too: every configuration file is read, and every key file checked, by
 `config_files.read_trusted_bytes`, which refuses, with a ConfigError naming the file, its
 owner and mode and the fix, anything not owned by root or the user running pycvmfs, writable
-by others, in a directory others can write, not a regular file, or over 1 MiB. A file this
-user may not read (EACCES) is skipped with a warning, unless it is a `--config` file.
+by others, in a directory others can write, not a regular file, or over 1 MiB. A file of the
+hierarchy that exists but cannot be used (permission denied, a directory, a dangling
+symlink, binary data) is skipped with a warning naming it and why; the same problems, a
+missing file, or lines that are not assignments are errors in a `--config` file (`_Files`).
+An error that asks the user to set a value names no file that could not be read.
+
+Keys (`config_keys`): an unknown `CVMFS_*`/`PYCVMFS_*` key warns at each assignment with
+"did you mean"; a key the reference knows and pycvmfs ignores is a note (`config show`,
+`mount --verbose`); a missing required key names a misspelled one that is set.
 
 Values: `config_values.Typed` reads every typed key through one table (ranges, units, the
-reference's meaning); a bad value of any key in it is a ConfigError naming key, value and
-origin, also when this configuration does not use the key.
+reference's meaning); a bad value of any key in it is a ConfigError naming key, value,
+origin and what is allowed, also when this configuration does not use the key.
+`inspect_config` gives every value with its origin and every problem without raising (for
+`pycvmfs config show` and `pycvmfs doctor`); `load_config` raises the first error.
 
 I/O: `config_files` reads files; key resolution globs key directories. Everything else is
 pure. Thread-safety: no shared state; ClientConfig is immutable.
@@ -82,15 +91,9 @@ from pycvmfs.config_defaults import (
     no_keys_message,
     user_keys_dir,
 )
-from pycvmfs.config_files import MAX_KEY_BYTES, FileTrust, read_trusted_bytes
-from pycvmfs.config_keys import (
-    close_matches,
-    is_checked,
-    is_ignored,
-    is_known,
-    unknown_key_warning,
-)
-from pycvmfs.config_shell import Assignment, Settings, parse_config
+from pycvmfs.config_files import MAX_KEY_BYTES, ConfigFiles, FileTrust, read_trusted_bytes
+from pycvmfs.config_keys import BUILTIN_DEFAULTS, OVERRIDE, key_names, misspelled
+from pycvmfs.config_shell import Assignment, Settings
 from pycvmfs.config_shell import parse_config_text as parse_config_text  # tests, callers
 from pycvmfs.config_values import (
     AUTO_MEANING,
@@ -106,8 +109,6 @@ DEFAULT_CONFIG_ROOT: Final = Path("/etc/cvmfs")
 CONFIG_ROOT_ENV: Final = "PYCVMFS_CONFIG_ROOT"
 DIRECT: Final = "DIRECT"
 MAX_CATALOG_MB_DEFAULT: Final = 1024  # PYCVMFS_MAX_CATALOG_MB (README "Bounded downloads")
-BUILTIN_DEFAULTS: Final = "<built-in default.conf>"
-OVERRIDE: Final = "<-o>"
 _EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -165,80 +166,6 @@ def split_fqrn(fqrn: str) -> tuple[str, str]:
     return org, domain
 
 
-class _Files:
-    """Reads config files into `settings`, collecting errors, warnings and the files read.
-
-    A file the user named (`--config`, `required`) that is missing, unreadable, binary or
-    holds lines that are not assignments is an error; a file of the hierarchy that exists
-    but cannot be read (permission denied, a directory, a dangling symlink, binary) is a
-    warning naming it and the reason, and is skipped. A file that is not trusted
-    (`config_files`) is always an error."""
-
-    def __init__(self, settings: Settings, trust: FileTrust) -> None:
-        self.settings = settings
-        self.trust = trust
-        self.errors: list[str] = []
-        self.warnings: list[str] = []
-        self.read: list[Path] = []
-        self.unreadable: list[Path] = []
-
-    def _cannot(self, path: Path, why: str, *, required: bool) -> None:
-        if required:
-            self.errors.append(f"configuration file {path}: {why}")
-        else:
-            self.unreadable.append(path)
-            self.warnings.append(f"{path}: cannot be read ({why}); ignored")
-
-    def apply(self, path: Path, *, required: bool = False) -> None:
-        """Parse `path` if it exists (see the class docstring for what is reported)."""
-        try:
-            if os.stat(path).st_mode & 0o170000 == 0o040000:
-                self._cannot(path, "is a directory", required=required)
-                return
-        except FileNotFoundError:
-            if os.path.lexists(path):
-                self._cannot(path, f"a dangling symbolic link to {os.readlink(path)}",
-                             required=required)
-            elif required:
-                self.errors.append(f"configuration file {path}: no such file")
-            return
-        except OSError as exc:
-            self._cannot(path, exc.strerror or str(exc), required=required)
-            return
-        try:
-            data = read_trusted_bytes(path, what="configuration file", trust=self.trust)
-        except ConfigError as exc:
-            self.errors.append(str(exc))
-            return
-        except OSError as exc:
-            self._cannot(path, exc.strerror or str(exc), required=required)
-            return
-        if data is None:  # removed since the stat
-            return
-        binary = _binary_line(data)
-        if binary:
-            self._cannot(path, f"binary data (a control character on line {binary}), not "
-                         "KEY=VALUE lines", required=required)
-            return
-        self.read.append(path)
-        result = parse_config(data.decode("utf-8", errors="replace"), source=str(path),
-                              settings=self.settings)
-        if required and result.malformed:
-            first = result.warnings[0].removesuffix("; ignored")
-            self.errors.append(f"{first}: {path} is not a configuration file (KEY=VALUE "
-                               f"lines; {result.malformed} line(s) are not)")
-        self.warnings += result.warnings
-
-
-_CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1a\x1c-\x1f]")  # not \t \n \v \f \r ESC DEL
-
-
-def _binary_line(data: bytes) -> int:
-    """The line of the first control character no text file has (0: none)."""
-    found = _CONTROL.search(data)
-    return 0 if found is None else data.count(b"\n", 0, found.start()) + 1
-
-
 def load_settings(
     fqrn: str,
     *,
@@ -284,7 +211,7 @@ def _merge(
     for key, value in builtin.items():
         settings.assign(key, value, BUILTIN_DEFAULTS)
     settings.readonly.update(READONLY_KEYS)
-    files = _Files(settings, trust or FileTrust.current())
+    files = ConfigFiles(settings, trust or FileTrust.current())
     _apply_hierarchy(files, root, fqrn, domain)
     for path in extra_files:
         files.apply(Path(path), required=True)
@@ -295,7 +222,7 @@ def _merge(
     _unprivileged_cache_base(settings, root, env, root_user)
     values = {k: v.replace("@fqrn@", fqrn).replace("@org@", org)
               for k, v in settings.values.items()}
-    unknown, notes = _key_names(settings)
+    unknown, notes = key_names(settings)
     return MergedSettings(fqrn, root, MappingProxyType(values),
                           MappingProxyType(dict(settings.origins)), tuple(settings.trace),
                           (*files.warnings, *unknown), tuple(files.read), MappingProxyType(env),
@@ -303,44 +230,7 @@ def _merge(
                           unreadable=tuple(files.unreadable))
 
 
-def shown_origin(origin: str) -> str:
-    """An origin as `config show` prints it: `file:line`, `default`, `-o option`..."""
-    if origin == BUILTIN_DEFAULTS:
-        return "default"
-    if origin == OVERRIDE:
-        return "-o option"
-    if origin.startswith("<built-in "):
-        return f"default ({origin.removeprefix('<built-in ').removesuffix('>')})"
-    return origin
-
-
-def _key_names(settings: Settings) -> tuple[list[str], tuple[str, ...]]:
-    """Warnings for unknown keys (every assignment of one), notes for keys pycvmfs
-    ignores (where each is set now)."""
-    unknown = []
-    for assignment in settings.trace:
-        if assignment.source.startswith("<") and assignment.source != OVERRIDE:
-            continue
-        where = "-o" if assignment.source == OVERRIDE else assignment.source
-        warning = unknown_key_warning(assignment.key, where)
-        if warning is not None:
-            unknown.append(warning)
-    notes = tuple(f"{shown_origin(origin)}: {key} is a CernVM-FS parameter pycvmfs does not "
-                  "use; ignored" for key, origin in sorted(settings.origins.items())
-                  if is_ignored(key) and not origin.startswith("<"))
-    return unknown, notes
-
-
-def misspelled(merged: MergedSettings, key: str) -> str:
-    """A hint for a missing `key` that a file set under a similar, unknown name:
-    ` (CVMFS_SERVR_URL is set in FILE:2: did you mean CVMFS_SERVER_URL?)`, or ""."""
-    near = [f"{name} is set in {shown_origin(origin)}"
-            for name, origin in sorted(merged.origins.items())
-            if is_checked(name) and not is_known(name) and key in close_matches(name)]
-    return f" ({'; '.join(near)}: did you mean {key}?)" if near else ""
-
-
-def _apply_hierarchy(files: _Files, root: Path, fqrn: str, domain: str) -> None:
+def _apply_hierarchy(files: ConfigFiles, root: Path, fqrn: str, domain: str) -> None:
     """Layers 1-6 of the module docstring."""
     files.apply(root / "default.conf")
     for path in sorted((root / "default.d").glob("*.conf")):
@@ -519,6 +409,7 @@ class ConfigReport:
     problems: tuple[ConfigProblem, ...]
     files_read: tuple[Path, ...]
     config: ClientConfig | None
+    config_root: Path | None = None  # None: the repository name was refused
 
     def of(self, severity: Severity) -> tuple[str, ...]:
         return tuple(p.message for p in self.problems if p.severity is severity)
@@ -557,7 +448,7 @@ def inspect_config(
     problems += [ConfigProblem(Severity.WARNING, w) for w in (*merged.warnings, *typed.warnings)]
     problems += [ConfigProblem(Severity.NOTE, n) for n in merged.notes]
     return ConfigReport(fqrn, merged.values, merged.origins, tuple(problems),
-                        merged.files_read, config)
+                        merged.files_read, config, merged.config_root)
 
 
 def _typed(merged: MergedSettings) -> Typed:
@@ -580,8 +471,9 @@ def _server_urls(merged: MergedSettings, typed: Typed) -> tuple[str, ...]:
     if not urls:
         fqrn = merged.fqrn
         _, domain = split_fqrn(fqrn)
+        hint = misspelled(merged.origins, "CVMFS_SERVER_URL")
         raise ConfigError(
-            f"no CVMFS_SERVER_URL for {fqrn}{misspelled(merged, 'CVMFS_SERVER_URL')}: there "
+            f"no CVMFS_SERVER_URL for {fqrn}{hint}: there "
             f"is no built-in Stratum-1 list for domain {domain or '(none)'!r} (built in: "
             f"{', '.join(DOMAINS)}); set it in {_where_to_set(merged)}"
             "-o CVMFS_SERVER_URL=http://host/cvmfs/@fqrn@")
@@ -658,7 +550,7 @@ def resolve_public_keys(merged: MergedSettings, *,
         dirs = key_search_dirs(merged)
         files = next((found for found in (_pub_files(d) for d in dirs) if found), ())
         if not files:
-            hint = misspelled(merged, "CVMFS_PUBLIC_KEY").strip().strip("()")
+            hint = misspelled(merged.origins, "CVMFS_PUBLIC_KEY").strip().strip("()")
             raise ConfigError((f"{hint}; " if hint else "") + no_keys_message(
                 merged.fqrn, split_fqrn(merged.fqrn)[1], dirs, user_keys_dir(merged.environ)))
     for path in files:

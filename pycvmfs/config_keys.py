@@ -4,7 +4,7 @@ reads, and a "did you mean" for the rest.
 Why: a misspelled key (`CVMFS_SERVR_URL`) used to pass without a word, and the mount then
 failed for the key it did not find. Every `CVMFS_*` / `PYCVMFS_*` key a file or `-o` sets
 is checked against these tables: unknown keys warn (one line each, naming `file:line`,
-with the closest known names from `difflib`); keys the reference knows but pycvmfs does not
+with the closest known name from `difflib`); keys the reference knows but pycvmfs does not
 use are not unknown, they are listed as ignored by `pycvmfs config show` and
 `pycvmfs mount --verbose` only.
 
@@ -14,6 +14,8 @@ The reference's names are its client parameter list (doc-cvmfs `apx-parameters.r
 (`mount/default.conf`, `default.d/`, `domain.d/`), plus the per-instance cache keys
 `CVMFS_CACHE_<instance>_<PARAMETER>` of tiered and plugin caches.
 
+Also here: how an origin is shown (`shown_origin`: `file:line`, `default`, `-o option`).
+
 Pure data and functions of their arguments.
 """
 
@@ -21,8 +23,13 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final
+
+from pycvmfs.config_shell import Settings
+
+BUILTIN_DEFAULTS: Final = "<built-in default.conf>"  # origins of values no file set
+OVERRIDE: Final = "<-o>"
 
 # Keys pycvmfs reads (config.py, cli/mount.py, client.py); a change there belongs here too.
 USED_KEYS: Final = frozenset({
@@ -98,15 +105,14 @@ def is_ignored(key: str) -> bool:
 
 
 def close_matches(key: str, candidates: Iterable[str] = KNOWN_KEYS) -> list[str]:
-    """Up to three known names close to `key`, used ones first."""
-    found = difflib.get_close_matches(key, sorted(candidates), n=6, cutoff=0.8)
-    return sorted(found, key=lambda name: name not in USED_KEYS)[:3]  # stable: by closeness
+    """Up to three known names close to `key`, the closest first."""
+    return difflib.get_close_matches(key, sorted(candidates), n=3, cutoff=0.8)
 
 
 def did_you_mean(key: str) -> str:
-    """`" (did you mean CVMFS_SERVER_URL?)"`, or "" without a close match."""
+    """`" (did you mean CVMFS_SERVER_URL?)"` (the closest known name), or "" without one."""
     matches = close_matches(key)
-    return f" (did you mean {' or '.join(matches)}?)" if matches else ""
+    return f" (did you mean {matches[0]}?)" if matches else ""
 
 
 def unknown_key_warning(key: str, source: str) -> str | None:
@@ -114,3 +120,42 @@ def unknown_key_warning(key: str, source: str) -> str | None:
     if not is_checked(key) or is_known(key):
         return None
     return f"{source}: unknown parameter {key}{did_you_mean(key)}; ignored"
+
+
+def shown_origin(origin: str) -> str:
+    """An origin as `config show` prints it: `file:line`, `default`, `-o option`..."""
+    if origin == BUILTIN_DEFAULTS:
+        return "default"
+    if origin == OVERRIDE:
+        return "-o option"
+    if origin.startswith("<built-in "):
+        return f"default ({origin.removeprefix('<built-in ').removesuffix('>')})"
+    if origin.startswith("<") and origin.endswith(">"):  # a choice pycvmfs made
+        return f"default ({origin[1:-1]})"
+    return origin
+
+
+def key_names(settings: Settings) -> tuple[list[str], tuple[str, ...]]:
+    """Warnings for unknown keys (every assignment of one), notes for keys pycvmfs
+    ignores (where each is set now)."""
+    unknown = []
+    for assignment in settings.trace:
+        if assignment.source.startswith("<") and assignment.source != OVERRIDE:
+            continue
+        where = "-o" if assignment.source == OVERRIDE else assignment.source
+        warning = unknown_key_warning(assignment.key, where)
+        if warning is not None:
+            unknown.append(warning)
+    notes = tuple(f"{shown_origin(origin)}: {key} is a CernVM-FS parameter pycvmfs does not "
+                  "use; ignored" for key, origin in sorted(settings.origins.items())
+                  if is_ignored(key) and not origin.startswith("<"))
+    return unknown, notes
+
+
+def misspelled(origins: Mapping[str, str], key: str) -> str:
+    """A hint for a missing `key` that a file set under a similar, unknown name:
+    ` (CVMFS_SERVR_URL is set in FILE:2: did you mean CVMFS_SERVER_URL?)`, or ""."""
+    near = [f"{name} is set in {shown_origin(origin)}"
+            for name, origin in sorted(origins.items())
+            if is_checked(name) and not is_known(name) and key in close_matches(name)]
+    return f" ({'; '.join(near)}: did you mean {key}?)" if near else ""

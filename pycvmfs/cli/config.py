@@ -45,8 +45,8 @@ def show(fqrn: str, options: tuple[str, ...], config_files: tuple[Path, ...],
          as_json: bool) -> int:
     """Print every effective parameter of FQRN with the file and line it came from (or
     default, -o option), then every problem; exit 1 when a mount would be refused."""
-    from pycvmfs.config import Severity, inspect_config, shown_origin
-    from pycvmfs.config_keys import is_checked, is_ignored, is_known
+    from pycvmfs.config import Severity, inspect_config
+    from pycvmfs.config_keys import is_checked, is_ignored, is_known, shown_origin
 
     report = inspect_config(fqrn, extra_files=config_files, overrides=overrides_of(options))
 
@@ -64,6 +64,7 @@ def show(fqrn: str, options: tuple[str, ...], config_files: tuple[Path, ...],
                                "status": status(k)} for k in keys},
             "problems": [{"severity": str(p.severity), "message": p.message}
                          for p in report.problems],
+            "config_root": str(report.config_root) if report.config_root else None,
             "files_read": [str(path) for path in report.files_read],
             "mountable": report.config is not None,
         }, indent=2))
