@@ -119,7 +119,7 @@ def unknown_key_warning(key: str, source: str) -> str | None:
     """The warning for `key` set at `source` (`file:line`, `-o`), None if it is known."""
     if not is_checked(key) or is_known(key):
         return None
-    return f"{source}: unknown parameter {key}{did_you_mean(key)}; ignored"
+    return f"{source}: unknown parameter {key}{did_you_mean(key)}"  # symlinks still see it
 
 
 def shown_origin(origin: str) -> str:

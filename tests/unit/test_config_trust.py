@@ -70,11 +70,11 @@ def test_the_tables_do_not_overlap_and_name_what_the_client_reads() -> None:
 def test_did_you_mean(key: str, expected: str) -> None:
     assert close_matches(key)[0] == expected
     assert unknown_key_warning(key, "f.conf:3") == (
-        f"f.conf:3: unknown parameter {key} (did you mean {expected}?); ignored")
+        f"f.conf:3: unknown parameter {key} (did you mean {expected}?)")
 
 
 def test_unknown_without_a_close_name_and_names_not_checked() -> None:
-    assert unknown_key_warning("CVMFS_ZZZ", "-o") == "-o: unknown parameter CVMFS_ZZZ; ignored"
+    assert unknown_key_warning("CVMFS_ZZZ", "-o") == "-o: unknown parameter CVMFS_ZZZ"
     assert unknown_key_warning("SITE", "f:1") is None  # a file's helper variable
     assert unknown_key_warning("CVMFS_CACHE_BASE", "f:1") is None
 
@@ -92,8 +92,8 @@ def test_unknown_keys_warn_once_per_assignment_with_file_and_line(tmp_path: Path
     config = load(root, overrides={"CVMFS_TIMEOUTT": "3"})
     assert config.warnings == (
         f"{root / 'default.local'}:2: unknown parameter CVMFS_SERVR_URL (did you mean "
-        "CVMFS_SERVER_URL?); ignored",
-        "-o: unknown parameter CVMFS_TIMEOUTT (did you mean CVMFS_TIMEOUT?); ignored")
+        "CVMFS_SERVER_URL?)",
+        "-o: unknown parameter CVMFS_TIMEOUTT (did you mean CVMFS_TIMEOUT?)")
     assert config.notes == (f"{conf(root)}:2: CVMFS_MEMCACHE_SIZE is a CernVM-FS parameter "
                             "pycvmfs does not use; ignored",)
 
