@@ -233,7 +233,7 @@ def _merge(
 def _apply_hierarchy(files: ConfigFiles, root: Path, fqrn: str, domain: str) -> None:
     """Layers 1-6 of the module docstring."""
     files.apply(root / "default.conf")
-    for path in sorted((root / "default.d").glob("*.conf")):
+    for path in files.listed(root / "default.d", ".conf"):
         files.apply(path)
     files.apply(root / "default.local")
     if domain:

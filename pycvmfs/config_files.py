@@ -287,6 +287,19 @@ class ConfigFiles:
             self.unreadable.append(path)
             self.warnings.append(f"{path}: cannot be read ({why}); ignored")
 
+    def listed(self, directory: Path, suffix: str) -> list[Path]:
+        """The files `directory/*suffix`, sorted; a directory that exists but cannot be
+        listed is a warning (its files would be skipped without a word)."""
+        try:
+            names = os.listdir(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            self._cannot(directory, exc.strerror or str(exc), required=False)
+            return []
+        return sorted(directory / name for name in names  # as the shell glob *.conf
+                      if name.endswith(suffix) and not name.startswith("."))
+
     def apply(self, path: Path, *, required: bool = False) -> None:
         """Parse `path` if it exists (see the class docstring for what is reported)."""
         try:

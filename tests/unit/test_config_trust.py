@@ -270,3 +270,22 @@ def test_shown_origin(origin: str, shown: str) -> None:
 ])
 def test_shell_word(value: str, word: str) -> None:
     assert shell_word(value) == word
+
+
+def test_an_unlistable_default_d_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    root = make_root(tmp_path, {"default.d/50-site.conf": "CVMFS_TIMEOUT=7\n",
+                                f"config.d/{FQRN}.conf": f"CVMFS_SERVER_URL={URL}\n"})
+    assert load(root).timeout_s == 7
+    real_listdir = os.listdir
+
+    def no_permission(path: os.PathLike[str] | str) -> list[str]:
+        if str(path).endswith("default.d"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", no_permission)
+    config = load(root)
+    assert config.timeout_s == 5
+    assert config.warnings == (
+        f"{root / 'default.d'}: cannot be read (Permission denied); ignored",)
