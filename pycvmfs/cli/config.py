@@ -55,12 +55,15 @@ def show(fqrn: str, options: tuple[str, ...], config_files: tuple[Path, ...],
             return "unknown"
         return "ignored" if is_ignored(key) else "used"
 
-    keys = sorted(k for k in report.values if is_checked(k) and k != "CVMFS_FQRN")
+    values, origins = dict(report.values), dict(report.origins)
+    if report.config is not None and report.config.http_proxy_defaulted:
+        values["CVMFS_HTTP_PROXY"] = report.config.http_proxy  # what the mount uses
+        origins["CVMFS_HTTP_PROXY"] = "<pycvmfs: unset or empty means DIRECT>"
+    keys = sorted(k for k in values if is_checked(k) and k != "CVMFS_FQRN")
     if as_json:
         click.echo(json.dumps({
             "fqrn": fqrn,
-            "parameters": {k: {"value": report.values[k],
-                               "origin": shown_origin(report.origins.get(k, "")),
+            "parameters": {k: {"value": values[k], "origin": shown_origin(origins[k]),
                                "status": status(k)} for k in keys},
             "problems": [{"severity": str(p.severity), "message": p.message}
                          for p in report.problems],
@@ -73,8 +76,8 @@ def show(fqrn: str, options: tuple[str, ...], config_files: tuple[Path, ...],
         for key in keys:
             mark = {"used": "", "ignored": " (not used by pycvmfs)",
                     "unknown": " (unknown parameter)"}[status(key)]
-            click.echo(f"{key}={shell_word(report.values[key])}    # from "
-                       f"{shown_origin(report.origins.get(key, ''))}{mark}")
+            click.echo(f"{key}={shell_word(values[key])}    # from "
+                       f"{shown_origin(origins[key])}{mark}")
         for problem in report.problems:
             click.echo(f"pycvmfs: {problem.severity}: {problem.message}", err=True)
     return 1 if report.of(Severity.ERROR) else 0

@@ -130,6 +130,8 @@ def test_config_show_end_to_end(tmp_path: Path) -> None:
             f"    # from {etc / 'config.d/a.example.org.conf'}:1") in lines
     assert f"CVMFS_PUBLIC_KEY={key}    # from -o option" in lines
     assert "CVMFS_TIMEOUT=5    # from default" in lines
+    assert ("CVMFS_HTTP_PROXY=DIRECT    # from default (pycvmfs: unset or empty means "
+            "DIRECT)") in lines
     assert (f"CVMFS_MEMCACHE_SIZE=64    # from {etc / 'default.local'}:2 (not used by "
             "pycvmfs)") in lines
     assert done.stderr == (f"pycvmfs: note: {etc / 'default.local'}:2: CVMFS_MEMCACHE_SIZE is "

@@ -3,13 +3,17 @@ a Stratum-1 or proxy that failed while mounting, a quota pressed by pinned catal
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from pycvmfs.client_notices import captured_warnings, mount_notices
 from pycvmfs.network.failover import RouteState
 from pycvmfs.network.proxies import parse_proxies
+from tests.publish_helpers import Keys
+from tests.unit.test_client_core import T1, URL, Site
 
 HOSTS = ("http://s1/cvmfs/a.org", "http://s2/cvmfs/a.org")
 
@@ -74,3 +78,24 @@ def test_captured_warnings_are_one_line_each_and_only_inside() -> None:
         log.info("not a warning")
     log.warning("after")
     assert lines == ["a b: c"]
+
+
+# --- through open_client (no sockets: tests.unit.test_client_core's MockTransport site) ----
+
+
+def test_open_client_says_offline_starts_and_geo_failures(tmp_path: Path, keys: Keys) -> None:
+    site = Site(tmp_path, keys)
+    site.publish({"a.txt": b"one"}, T1)
+    with contextlib.closing(site.client()) as online:
+        assert online.notices == ()
+    other = URL.replace("stratum1.test", "other.test")
+    with contextlib.closing(site.client(CVMFS_USE_GEOAPI="yes",
+                                        CVMFS_SERVER_URL=f"{URL};{other}")) as geo:
+        assert geo.notices == (
+            "CVMFS_USE_GEOAPI=yes, but no Stratum-1 answered the Geo API: the Stratum-1s are "
+            f"tried in the configured order ({URL}, {other})",)
+    site.online = False
+    with contextlib.closing(site.client()) as offline:
+        (notice,) = offline.notices
+        assert notice.startswith(f"serving offline from the cache: {keys.fqrn}: ")
+        assert "mounting revision 1 from the cache (offline); the mount switches" in notice
