@@ -431,8 +431,8 @@ def inspect_config(
     try:
         merged = _merge(fqrn, config_root=config_root, extra_files=extra_files,
                         overrides=overrides, environ=environ, is_root=is_root, trust=trust)
-    except ConfigError as exc:
-        return ConfigReport(fqrn, _EMPTY, _EMPTY, (ConfigProblem(Severity.ERROR, str(exc)),),
+    except (ConfigError, OSError) as exc:
+        return ConfigReport(fqrn, _EMPTY, _EMPTY, (ConfigProblem(Severity.ERROR, _said(exc)),),
                             (), None)
     errors = list(merged.errors)
     typed = _typed(merged)
@@ -442,13 +442,19 @@ def inspect_config(
         try:
             _proxy(typed)
             config = resolve(merged, trust=trust)
-        except ConfigError as exc:
-            errors.append(str(exc))
+        except (ConfigError, OSError) as exc:  # OSError: a key file that cannot be read
+            errors.append(_said(exc))
     problems = [ConfigProblem(Severity.ERROR, e) for e in errors]
     problems += [ConfigProblem(Severity.WARNING, w) for w in (*merged.warnings, *typed.warnings)]
     problems += [ConfigProblem(Severity.NOTE, n) for n in merged.notes]
     return ConfigReport(fqrn, merged.values, merged.origins, tuple(problems),
                         merged.files_read, config, merged.config_root)
+
+
+def _said(exc: ConfigError | OSError) -> str:
+    if isinstance(exc, OSError):
+        return f"{exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc)
+    return str(exc)
 
 
 def _typed(merged: MergedSettings) -> Typed:

@@ -289,3 +289,20 @@ def test_an_unlistable_default_d_is_said(tmp_path: Path, monkeypatch: pytest.Mon
     assert config.timeout_s == 5
     assert config.warnings == (
         f"{root / 'default.d'}: cannot be read (Permission denied); ignored",)
+
+
+def test_inspect_says_an_unreadable_key_file(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    root = make_root(tmp_path, {f"config.d/{FQRN}.conf": f"CVMFS_SERVER_URL={URL}\n"})
+    real_open = os.open
+
+    def no_permission(path: str, flags: int, *args: int) -> int:
+        if str(path).endswith(".pub"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_permission)
+    report = inspect_config(FQRN, config_root=root, environ={"HOME": "/home/u"},
+                            is_root=False)
+    assert report.of(Severity.ERROR) == (
+        f"{root / 'keys' / 'example.org.pub'}: Permission denied",)
