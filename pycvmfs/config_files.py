@@ -280,12 +280,13 @@ class ConfigFiles:
         self.read: list[Path] = []
         self.unreadable: list[Path] = []
 
-    def _cannot(self, path: Path, why: str, *, required: bool) -> None:
+    def _cannot(self, path: Path, why: str, *, required: bool, line: int = 0) -> None:
+        where = f"{path}:{line}" if line else f"{path}"
         if required:
-            self.errors.append(f"configuration file {path}: {why}")
+            self.errors.append(f"configuration file {where}: {why}")
         else:
             self.unreadable.append(path)
-            self.warnings.append(f"{path}: cannot be read ({why}); ignored")
+            self.warnings.append(f"{where}: cannot be read ({why}); ignored")
 
     def listed(self, directory: Path, suffix: str) -> list[Path]:
         """The files `directory/*suffix`, sorted; a directory that exists but cannot be
@@ -328,16 +329,17 @@ class ConfigFiles:
             return
         binary = _binary_line(data)
         if binary:
-            self._cannot(path, f"binary data (a control character on line {binary}), not "
-                         "KEY=VALUE lines", required=required)
+            self._cannot(path, "binary data (a control character), not KEY=VALUE lines",
+                         required=required, line=binary)
             return
         self.read.append(path)
         result = parse_config(data.decode("utf-8", errors="replace"), source=str(path),
                               settings=self.settings)
         if required and result.malformed:
             first = result.warnings[0].removesuffix("; ignored")
-            self.errors.append(f"{first}: {path} is not a configuration file (KEY=VALUE "
-                               f"lines; {result.malformed} line(s) are not)")
+            self.errors.append(f"{first}; a --config file must hold only KEY=VALUE lines "
+                               f"({result.malformed} line(s) of it are not)")
+            return  # the error says it; its warnings would repeat it
         self.warnings += result.warnings
 
 
