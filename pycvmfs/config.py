@@ -53,7 +53,8 @@ owner and mode and the fix, anything not owned by root or the user running pycvm
 by others, in a directory others can write, not a regular file, or over 1 MiB. A file of the
 hierarchy that exists but cannot be used (permission denied, a directory, a dangling
 symlink, binary data) is skipped with a warning naming it and why; the same problems, a
-missing file, or lines that are not assignments are errors in a `--config` file (`_Files`).
+missing file, or lines that are not assignments are errors in a `--config` file
+(`config_files.ConfigFiles`).
 An error that asks the user to set a value names no file that could not be read.
 
 Keys (`config_keys`): an unknown `CVMFS_*`/`PYCVMFS_*` key warns at each assignment with

@@ -6,7 +6,10 @@ key, the value and the `file:line` it was set in, never as a traceback from the 
 code that would have used it. Every accessor of `Typed` turns every problem into such a
 ConfigError; `parsed` does it for the parsers of `network.proxies` as well. A key must be in
 `INTEGER_KEYS` / `BOOLEAN_KEYS` to be read as a number or a boolean, so the tables are the
-complete list (tests iterate them).
+complete list (tests iterate them); `CHECKS` adds the keys with a syntax of their own (server
+URLs, proxy groups, dates, root hashes, choices). `Typed.problems` checks all of them at once
+and each error says what is allowed. In proxy groups `auto` (proxies from PAC files) is
+accepted and `without_auto` removes it: pycvmfs reads no PAC files, `config` warns.
 
 Ranges follow the reference's meaning of each key (`mountpoint.cc`, `network/download.cc`,
 which parse every number with `sscanf("%llu")`: anything unparsable is 0, a negative number
