@@ -144,3 +144,16 @@ def test_config_show_end_to_end(tmp_path: Path) -> None:
                                                     "status": "used"}
     assert not shown["mountable"]
     assert [p["severity"] for p in shown["problems"]] == ["error", "note"]
+
+
+@needs_fuse_and_nginx
+def test_a_proxy_that_fails_at_mount_is_said(site: Site) -> None:
+    site.publish({"a.txt": "one"}, T1)
+    mnt, cache = site.base / "mnt", site.base / "cache"
+    mnt.mkdir()
+    dead = f"http://127.0.0.1:{free_port()}"
+    options = site.options(cache, CVMFS_HTTP_PROXY=f"{dead};DIRECT")
+    with cli_mount(site.keys.fqrn, mnt, env=site.env(cache), options=options) as mount:
+        assert _warnings(mount.output) == [
+            f"pycvmfs: warning: proxy {dead} failed while mounting; using DIRECT"], mount.output
+        assert (mnt / "a.txt").read_text() == "one"
