@@ -445,9 +445,9 @@ def inspect_config(
             config = resolve(merged, trust=trust)
         except (ConfigError, OSError) as exc:  # OSError: a key file that cannot be read
             errors.append(_said(exc))
-    problems = [ConfigProblem(Severity.ERROR, e) for e in errors]
-    problems += [ConfigProblem(Severity.WARNING, w) for w in (*merged.warnings, *typed.warnings)]
+    problems = [ConfigProblem(Severity.WARNING, w) for w in (*merged.warnings, *typed.warnings)]
     problems += [ConfigProblem(Severity.NOTE, n) for n in merged.notes]
+    problems += [ConfigProblem(Severity.ERROR, e) for e in errors]  # last: the final word
     return ConfigReport(fqrn, merged.values, merged.origins, tuple(problems),
                         merged.files_read, config, merged.config_root)
 

@@ -97,13 +97,13 @@ def test_bad_values_refuse_the_mount_one_line_each(tmp_path: Path) -> None:
     assert done.returncode == 1
     conf = etc / "config.d" / "a.example.org.conf"
     assert done.stderr.splitlines() == [
+        f"pycvmfs: warning: {conf}:1: unknown parameter CVMFS_SERVR_URL (did you mean "
+        "CVMFS_SERVER_URL?)",
         f"pycvmfs: error: CVMFS_TIMEOUT='-5' (set in {conf}:2): must be at least 1 seconds "
         "(allowed: 1 to 3600 seconds); 0 would mean no timeout at all (the reference passes "
         "it to libcurl: 300 s to connect, stalled transfers never aborted)",
         f"pycvmfs: error: CVMFS_NFILES='abc' (set in {conf}:3): not an integer (allowed: 64 "
         "to 1073741824 open files)",
-        f"pycvmfs: warning: {conf}:1: unknown parameter CVMFS_SERVR_URL (did you mean "
-        "CVMFS_SERVER_URL?)",
     ]
     conf.write_text("CVMFS_SERVR_URL=http://s1/cvmfs/@fqrn@\n")
     done = pycvmfs("mount", "a.example.org", str(tmp_path / "mnt"), env=env)
@@ -143,7 +143,7 @@ def test_config_show_end_to_end(tmp_path: Path) -> None:
     assert shown["parameters"]["CVMFS_TIMEOUT"] == {"value": "0", "origin": "-o option",
                                                     "status": "used"}
     assert not shown["mountable"]
-    assert [p["severity"] for p in shown["problems"]] == ["error", "note"]
+    assert [p["severity"] for p in shown["problems"]] == ["note", "error"]
 
 
 @needs_fuse_and_nginx
