@@ -17,6 +17,7 @@ from pathlib import Path
 from pycvmfs.cache.fetcher import Fetcher
 from pycvmfs.cache.host import CacheConfig, CacheHost, open_cache_directory
 from pycvmfs.cache.identity import cache_uuid
+from pycvmfs.client_notices import captured_warnings, geo_notice, mount_notices
 from pycvmfs.config import ClientConfig, symlink_environment
 from pycvmfs.errors import ConfigError
 from pycvmfs.format.certificates import load_public_key
@@ -46,6 +47,7 @@ class Client:
     watcher: RevisionWatcher
     vfs: RepositoryVFS
     bundles: BundlePrefetcher | None = None  # None: CVMFS_PREFETCH_FILEBUNDLES=no
+    notices: tuple[str, ...] = ()  # degraded at mount time (`client_notices`)
 
     @property
     def repository(self) -> Repository:
@@ -65,6 +67,14 @@ def downloader_for(config: ClientConfig, transport: Transport | None = None
                    ) -> tuple[Downloader, RouteState]:
     """Proxies and the Stratum-1 ring (sorted by the Geo API when `CVMFS_USE_GEOAPI=yes`,
     then cut to `CVMFS_MAX_SERVERS`) behind one downloader."""
+    downloader, route, _ = _downloader(config, transport)
+    return downloader, route
+
+
+def _downloader(config: ClientConfig, transport: Transport | None
+                ) -> tuple[Downloader, RouteState, list[str]]:
+    """`downloader_for`, and what was degraded (the Geo API did not answer)."""
+    notices = []
     transport = transport or Urllib3Transport()
     proxies = parse_proxies(config.http_proxy, config.fallback_proxy)
     hosts = parse_server_urls(";".join(config.server_urls))
@@ -84,6 +94,8 @@ def downloader_for(config: ClientConfig, transport: Transport | None = None
         if order is not None:
             route.order_hosts(order)
             log.info("Geo API order of the Stratum-1s: %s", ", ".join(route.hosts))
+        elif len(hosts) > 1:
+            notices.append(geo_notice(config))
     if config.max_servers and len(route.hosts) > config.max_servers:
         route = route_for(route.hosts[:config.max_servers])
     settings = DownloadSettings(timeout=config.timeout_s, timeout_direct=config.timeout_direct_s,
@@ -91,7 +103,7 @@ def downloader_for(config: ClientConfig, transport: Transport | None = None
                                 max_retries=config.max_retries,
                                 backoff_init=config.backoff_init_s,
                                 backoff_max=config.backoff_max_s)
-    return Downloader(transport, route, settings), route
+    return Downloader(transport, route, settings), route, notices
 
 
 def cache_config_of(config: ClientConfig) -> CacheConfig:
@@ -124,7 +136,8 @@ def _cache_uuid(config: ClientConfig) -> str:
 def open_client(config: ClientConfig, transport: Transport | None = None) -> Client:
     """Verify the trust chain and attach the root catalog; raises a named error if not.
     `transport` replaces the HTTP connection pool (tests without sockets)."""
-    downloader, route = downloader_for(config, transport)
+    downloader, route, notices = _downloader(config, transport)
+    start = route.current()
     source = NetworkSource(downloader, ";".join(config.server_urls))
     cache_config = cache_config_of(config)
     try:
@@ -147,7 +160,9 @@ def open_client(config: ClientConfig, transport: Transport | None = None) -> Cli
         loader = cache_loader(fetcher, config.fqrn, source)
         revisions = RevisionSource(source, config.fqrn, keys, selector, loader,
                                    blacklist_files=config.blacklist_files)
-        repository = revisions.first()
+        with captured_warnings(RevisionSource.__module__) as offline_lines:
+            repository = revisions.first()
+        notices += mount_notices(config, repository, route, start, offline_lines, cache)
     except BaseException:
         source.close()
         cache.close()
@@ -191,4 +206,4 @@ def open_client(config: ClientConfig, transport: Transport | None = None) -> Cli
     vfs = RepositoryVFS(repository, options, capacity=capacity, network=network,
                         cache=cache_info, revisions=watcher,
                         bundle_trigger=bundles.triggered if bundles is not None else None)
-    return Client(config, source, cache, watcher, vfs, bundles)
+    return Client(config, source, cache, watcher, vfs, bundles, tuple(notices))

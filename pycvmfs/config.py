@@ -50,12 +50,22 @@ range (`config_shell.MAX_REPORTED`).
 Files are input too: every configuration file is read, and every key file checked, by
 `config_files.read_trusted_bytes`, which refuses, with a ConfigError naming the file, its
 owner and mode and the fix, anything not owned by root or the user running pycvmfs, writable
-by others, in a directory others can write, not a regular file, or over 1 MiB. A file this
-user may not read (EACCES) is skipped with a warning, unless it is a `--config` file.
+by others, in a directory others can write, not a regular file, or over 1 MiB. A file of the
+hierarchy that exists but cannot be used (permission denied, a directory, a dangling
+symlink, binary data) is skipped with a warning naming it and why; the same problems, a
+missing file, or lines that are not assignments are errors in a `--config` file
+(`config_files.ConfigFiles`).
+An error that asks the user to set a value names no file that could not be read.
+
+Keys (`config_keys`): an unknown `CVMFS_*`/`PYCVMFS_*` key warns at each assignment with
+"did you mean"; a key the reference knows and pycvmfs ignores is a note (`config show`,
+`mount --verbose`); a missing required key names a misspelled one that is set.
 
 Values: `config_values.Typed` reads every typed key through one table (ranges, units, the
-reference's meaning); a bad value of any key in it is a ConfigError naming key, value and
-origin, also when this configuration does not use the key.
+reference's meaning); a bad value of any key in it is a ConfigError naming key, value,
+origin and what is allowed, also when this configuration does not use the key.
+`inspect_config` gives every value with its origin and every problem without raising (for
+`pycvmfs config show` and `pycvmfs doctor`); `load_config` raises the first error.
 
 I/O: `config_files` reads files; key resolution globs key directories. Everything else is
 pure. Thread-safety: no shared state; ClientConfig is immutable.
@@ -82,22 +92,45 @@ from pycvmfs.config_defaults import (
     no_keys_message,
     user_keys_dir,
 )
-from pycvmfs.config_files import MAX_KEY_BYTES, FileTrust, read_trusted_bytes, read_trusted_text
-from pycvmfs.config_shell import Assignment, Settings, parse_config_text
-from pycvmfs.config_values import Typed, parse_bool, proxy_groups, server_urls
+from pycvmfs.config_files import MAX_KEY_BYTES, ConfigFiles, FileTrust, read_trusted_bytes
+from pycvmfs.config_keys import BUILTIN_DEFAULTS, OVERRIDE, key_names, misspelled
+from pycvmfs.config_shell import Assignment, Settings
+from pycvmfs.config_shell import parse_config_text as parse_config_text  # tests, callers
+from pycvmfs.config_values import (
+    AUTO_MEANING,
+    AUTO_PROXY,
+    MAGIC_XATTRS_VISIBILITY,
+    Typed,
+    parse_bool,
+    without_auto,
+)
 from pycvmfs.errors import ConfigError
 
 DEFAULT_CONFIG_ROOT: Final = Path("/etc/cvmfs")
 CONFIG_ROOT_ENV: Final = "PYCVMFS_CONFIG_ROOT"
 DIRECT: Final = "DIRECT"
 MAX_CATALOG_MB_DEFAULT: Final = 1024  # PYCVMFS_MAX_CATALOG_MB (README "Bounded downloads")
-BUILTIN_DEFAULTS: Final = "<built-in default.conf>"
-OVERRIDE: Final = "<-o>"
 _EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
 
-_ROOT_HASH = re.compile(r"[0-9a-f]{32}|[0-9a-f]{40}(?:-rmd160|-shake128)?")  # fact sheet 1.2
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FQRN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")  # no "/", no ".."
+
+
+class Severity(enum.StrEnum):
+    """How bad a configuration problem is: an error refuses the mount, a warning is said
+    at every mount, a note only by `config show` and `mount --verbose`."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    NOTE = "note"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One line about the configuration; `message` names the file and line."""
+
+    severity: Severity
+    message: str
 
 
 class MagicXattrsVisibility(enum.StrEnum):
@@ -123,40 +156,15 @@ class MergedSettings:
     warnings: tuple[str, ...]
     files_read: tuple[Path, ...]
     environ: Mapping[str, str]
+    errors: tuple[str, ...] = ()  # files refused; `load_settings` raises the first
+    notes: tuple[str, ...] = ()  # reference keys pycvmfs ignores
+    unreadable: tuple[Path, ...] = ()  # files that exist but could not be read
 
 
 def split_fqrn(fqrn: str) -> tuple[str, str]:
     """(org, domain): `atlas.cern.ch` -> (`atlas`, `cern.ch`); no dot -> (fqrn, "")."""
     org, _, domain = fqrn.partition(".")
     return org, domain
-
-
-class _Files:
-    """Reads config files into `settings`, collecting warnings and the files read."""
-
-    def __init__(self, settings: Settings, trust: FileTrust) -> None:
-        self.settings = settings
-        self.trust = trust
-        self.warnings: list[str] = []
-        self.read: list[Path] = []
-
-    def apply(self, path: Path, *, required: bool = False) -> None:
-        """Parse `path` if it exists; `required` (a --config file) makes problems errors.
-        A file that is not trusted (`config_files`) is always an error; one this user
-        cannot read (EACCES) is skipped with a warning unless required."""
-        try:
-            text = read_trusted_text(path, what="configuration file", trust=self.trust)
-        except OSError as exc:
-            if required:
-                raise ConfigError(f"configuration file {path}: {exc.strerror or exc}") from exc
-            self.warnings.append(f"{path}: cannot be read ({exc.strerror or exc}); ignored")
-            return
-        if text is None:
-            if required:
-                raise ConfigError(f"configuration file {path}: no such file")
-            return
-        self.read.append(path)
-        self.warnings += parse_config_text(text, source=str(path), settings=self.settings)
 
 
 def load_settings(
@@ -169,9 +177,28 @@ def load_settings(
     is_root: bool | None = None,
     trust: FileTrust | None = None,
 ) -> MergedSettings:
-    """Apply layers 0-8 (module docstring). ConfigError for a bad fqrn, a missing
-    `--config` file, a file that is not trusted (`config_files`; `trust` defaults to this
-    process's user), a bad override name or a bad CVMFS_USE_CDN; malformed lines warn."""
+    """Apply layers 0-8 (module docstring). ConfigError for a bad fqrn, a `--config` file
+    that is missing, unreadable or not KEY=VALUE lines, a file that is not trusted
+    (`config_files`; `trust` defaults to this process's user), a bad override name or a bad
+    CVMFS_USE_CDN; malformed lines of other files and unknown keys warn."""
+    merged = _merge(fqrn, config_root=config_root, extra_files=extra_files,
+                    overrides=overrides, environ=environ, is_root=is_root, trust=trust)
+    if merged.errors:
+        raise ConfigError(merged.errors[0])
+    return merged
+
+
+def _merge(
+    fqrn: str,
+    *,
+    config_root: Path | None,
+    extra_files: Sequence[Path],
+    overrides: Mapping[str, str],
+    environ: Mapping[str, str] | None,
+    is_root: bool | None,
+    trust: FileTrust | None,
+) -> MergedSettings:
+    """`load_settings` that gives refused files in `errors` instead of raising."""
     if not _FQRN.fullmatch(fqrn):
         raise ConfigError(f"{fqrn!r} is not a repository name (like atlas.cern.ch)")
     env = dict(os.environ if environ is None else environ)
@@ -185,7 +212,7 @@ def load_settings(
     for key, value in builtin.items():
         settings.assign(key, value, BUILTIN_DEFAULTS)
     settings.readonly.update(READONLY_KEYS)
-    files = _Files(settings, trust or FileTrust.current())
+    files = ConfigFiles(settings, trust or FileTrust.current())
     _apply_hierarchy(files, root, fqrn, domain)
     for path in extra_files:
         files.apply(Path(path), required=True)
@@ -196,15 +223,18 @@ def load_settings(
     _unprivileged_cache_base(settings, root, env, root_user)
     values = {k: v.replace("@fqrn@", fqrn).replace("@org@", org)
               for k, v in settings.values.items()}
+    unknown, notes = key_names(settings)
     return MergedSettings(fqrn, root, MappingProxyType(values),
                           MappingProxyType(dict(settings.origins)), tuple(settings.trace),
-                          tuple(files.warnings), tuple(files.read), MappingProxyType(env))
+                          (*files.warnings, *unknown), tuple(files.read), MappingProxyType(env),
+                          errors=tuple(files.errors), notes=notes,
+                          unreadable=tuple(files.unreadable))
 
 
-def _apply_hierarchy(files: _Files, root: Path, fqrn: str, domain: str) -> None:
+def _apply_hierarchy(files: ConfigFiles, root: Path, fqrn: str, domain: str) -> None:
     """Layers 1-6 of the module docstring."""
     files.apply(root / "default.conf")
-    for path in sorted((root / "default.d").glob("*.conf")):
+    for path in files.listed(root / "default.d", ".conf"):
         files.apply(path)
     files.apply(root / "default.local")
     if domain:
@@ -288,6 +318,7 @@ class ClientConfig:
     max_catalog_mb: int = MAX_CATALOG_MB_DEFAULT  # inflated size cap of catalogs, histories
     prefetch_filebundles: bool = True  # CVMFS_PREFETCH_FILEBUNDLES (reference default: off)
     bundle_pool_size: int = 8  # CVMFS_BUNDLE_POOL_SIZE: file bundle prefetch threads
+    notes: tuple[str, ...] = ()  # reference keys pycvmfs ignores (`mount --verbose`)
 
     def origin(self, key: str) -> str:
         """Where `key` was set, for messages: `file:line`, `<built-in ...>` or `unset`."""
@@ -321,16 +352,13 @@ def resolve(merged: MergedSettings, *, trust: FileTrust | None = None) -> Client
     reference's built-in values, used only when a file sets a key to the empty string."""
     typed = _typed(merged)
     typed.check_all()
-    proxy = typed.text("CVMFS_HTTP_PROXY").strip()
-    fallback = typed.text("CVMFS_FALLBACK_PROXY").strip()
-    if proxy and not typed.parsed("CVMFS_HTTP_PROXY", proxy_groups):
-        raise typed.error("CVMFS_HTTP_PROXY", "no proxy in it (DIRECT: none)")
-    typed.parsed("CVMFS_FALLBACK_PROXY", proxy_groups)
+    proxy = _proxy(typed)
+    fallback = typed.proxies("CVMFS_FALLBACK_PROXY")
     cache = _cache_fields(merged.fqrn, typed)
     max_servers = typed.integer("CVMFS_MAX_SERVERS")
     return ClientConfig(
         fqrn=merged.fqrn,
-        server_urls=_server_urls(merged.fqrn, typed),
+        server_urls=_server_urls(merged, typed),
         http_proxy=proxy or DIRECT,
         http_proxy_defaulted=not proxy,
         fallback_proxy=fallback,
@@ -350,7 +378,7 @@ def resolve(merged: MergedSettings, *, trust: FileTrust | None = None) -> Client
         public_key_files=resolve_public_keys(merged, trust=trust),
         repository_tag=typed.optional("CVMFS_REPOSITORY_TAG"),
         repository_date=typed.date("CVMFS_REPOSITORY_DATE"),
-        root_hash=_root_hash(typed),
+        root_hash=typed.root_hash("CVMFS_ROOT_HASH"),
         auto_update=typed.boolean("CVMFS_AUTO_UPDATE"),
         max_ttl_minutes=typed.optional_integer("CVMFS_MAX_TTL"),
         min_ttl_s=typed.integer("PYCVMFS_MIN_TTL"),
@@ -367,32 +395,109 @@ def resolve(merged: MergedSettings, *, trust: FileTrust | None = None) -> Client
         max_catalog_mb=typed.integer("PYCVMFS_MAX_CATALOG_MB"),
         prefetch_filebundles=typed.boolean("CVMFS_PREFETCH_FILEBUNDLES"),
         bundle_pool_size=typed.integer("CVMFS_BUNDLE_POOL_SIZE"),
+        notes=merged.notes,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigReport:
+    """What `inspect_config` found: every effective value with where it came from, and
+    every problem (errors, warnings, notes); `config` is None when an error refuses it."""
+
+    fqrn: str
+    values: Mapping[str, str]  # merged and templated
+    origins: Mapping[str, str]  # as `ClientConfig.origins`; `shown_origin` prints them
+    problems: tuple[ConfigProblem, ...]
+    files_read: tuple[Path, ...]
+    config: ClientConfig | None
+    config_root: Path | None = None  # None: the repository name was refused
+
+    def of(self, severity: Severity) -> tuple[str, ...]:
+        return tuple(p.message for p in self.problems if p.severity is severity)
+
+
+def inspect_config(
+    fqrn: str,
+    *,
+    config_root: Path | None = None,
+    extra_files: Sequence[Path] = (),
+    overrides: Mapping[str, str] = _EMPTY,
+    environ: Mapping[str, str] | None = None,
+    is_root: bool | None = None,
+    trust: FileTrust | None = None,
+) -> ConfigReport:
+    """`load_config` that never raises a ConfigError: every refused file and every bad
+    value is an error in `problems` (not only the first), for `pycvmfs config show` and
+    `pycvmfs doctor`. Same arguments and I/O as `load_config`."""
+    try:
+        merged = _merge(fqrn, config_root=config_root, extra_files=extra_files,
+                        overrides=overrides, environ=environ, is_root=is_root, trust=trust)
+    except (ConfigError, OSError) as exc:
+        return ConfigReport(fqrn, _EMPTY, _EMPTY, (ConfigProblem(Severity.ERROR, _said(exc)),),
+                            (), None)
+    errors = list(merged.errors)
+    typed = _typed(merged)
+    errors += [str(exc) for exc in typed.problems()]
+    config = None
+    if not errors:
+        try:
+            _proxy(typed)
+            config = resolve(merged, trust=trust)
+        except (ConfigError, OSError) as exc:  # OSError: a key file that cannot be read
+            errors.append(_said(exc))
+    problems = [ConfigProblem(Severity.WARNING, w) for w in (*merged.warnings, *typed.warnings)]
+    problems += [ConfigProblem(Severity.NOTE, n) for n in merged.notes]
+    problems += [ConfigProblem(Severity.ERROR, e) for e in errors]  # last: the final word
+    return ConfigReport(fqrn, merged.values, merged.origins, tuple(problems),
+                        merged.files_read, config, merged.config_root)
+
+
+def _said(exc: ConfigError | OSError) -> str:
+    if isinstance(exc, OSError):
+        return f"{exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc)
+    return str(exc)
 
 
 def _typed(merged: MergedSettings) -> Typed:
     return Typed(merged.values, merged.origins, merged.environ)
 
 
-def _server_urls(fqrn: str, typed: Typed) -> tuple[str, ...]:
+def _proxy(typed: Typed) -> str:
+    """CVMFS_HTTP_PROXY as the network layer gets it: without `auto` members (warned)."""
+    written = typed.proxies("CVMFS_HTTP_PROXY")
+    proxy, dropped = without_auto(written)
+    if dropped:
+        typed.warnings.append(
+            f"CVMFS_HTTP_PROXY (set in {typed.origin('CVMFS_HTTP_PROXY')}): {AUTO_PROXY} "
+            f"({AUTO_MEANING}) is not supported by pycvmfs; using {proxy}")
+    return proxy
+
+
+def _server_urls(merged: MergedSettings, typed: Typed) -> tuple[str, ...]:
     urls = tuple(u.strip() for u in typed.text("CVMFS_SERVER_URL").split(";") if u.strip())
     if not urls:
+        fqrn = merged.fqrn
         _, domain = split_fqrn(fqrn)
+        hint = misspelled(merged.origins, "CVMFS_SERVER_URL")
         raise ConfigError(
-            f"no CVMFS_SERVER_URL for {fqrn}: there is no built-in Stratum-1 list for "
-            f"domain {domain or '(none)'!r} (built in: {', '.join(DOMAINS)}); set it in "
-            f"config.d/{fqrn}.conf, a --config file or -o CVMFS_SERVER_URL=http://host/cvmfs/@fqrn@"
-        )
-    typed.parsed("CVMFS_SERVER_URL", server_urls)
+            f"no CVMFS_SERVER_URL for {fqrn}{hint}: there "
+            f"is no built-in Stratum-1 list for domain {domain or '(none)'!r} (built in: "
+            f"{', '.join(DOMAINS)}); set it in {_where_to_set(merged)}"
+            "-o CVMFS_SERVER_URL=http://host/cvmfs/@fqrn@")
+    typed.servers("CVMFS_SERVER_URL")
     return urls
 
 
-def _root_hash(typed: Typed) -> str | None:
-    value = typed.optional("CVMFS_ROOT_HASH")
-    if value is not None and not _ROOT_HASH.fullmatch(value):
-        raise typed.error("CVMFS_ROOT_HASH", "not a CernVM-FS hash (40 lowercase hex digits, "
-                          "or 32 for MD5, then -rmd160 or -shake128 for those algorithms)")
-    return value
+def _where_to_set(merged: MergedSettings) -> str:
+    """`config.d/FQRN.conf, a --config file or ` - without files that could not be read,
+    which are named instead."""
+    fqrn, root = merged.fqrn, merged.config_root
+    files = [root / "config.d" / f"{fqrn}.conf", root / "config.d" / f"{fqrn}.local"]
+    usable = [path for path in files if path not in merged.unreadable]
+    broken = [path for path in files if path in merged.unreadable]
+    first = f"config.d/{usable[0].name}, " if usable else ""
+    said = "".join(f"({path} could not be read) " for path in broken)
+    return f"{first}{said}a --config file or "
 
 
 _CacheFields = tuple[Path, Path, bool, int, "Path | None"]
@@ -415,8 +520,7 @@ def _cache_fields(fqrn: str, typed: Typed) -> _CacheFields:
 
 
 def _visibility(typed: Typed) -> MagicXattrsVisibility:
-    value = typed.choice("CVMFS_MAGIC_XATTRS_VISIBILITY",
-                         tuple(v.value for v in MagicXattrsVisibility))
+    value = typed.choice("CVMFS_MAGIC_XATTRS_VISIBILITY", MAGIC_XATTRS_VISIBILITY)
     if value is not None:
         return MagicXattrsVisibility(value)
     if typed.optional("CVMFS_HIDE_MAGIC_XATTRS") is not None:
@@ -453,8 +557,9 @@ def resolve_public_keys(merged: MergedSettings, *,
         dirs = key_search_dirs(merged)
         files = next((found for found in (_pub_files(d) for d in dirs) if found), ())
         if not files:
-            raise ConfigError(no_keys_message(merged.fqrn, split_fqrn(merged.fqrn)[1], dirs,
-                                              user_keys_dir(merged.environ)))
+            hint = misspelled(merged.origins, "CVMFS_PUBLIC_KEY").strip().strip("()")
+            raise ConfigError((f"{hint}; " if hint else "") + no_keys_message(
+                merged.fqrn, split_fqrn(merged.fqrn)[1], dirs, user_keys_dir(merged.environ)))
     for path in files:
         if read_trusted_bytes(path, what="public key", max_bytes=MAX_KEY_BYTES,
                               trust=trust) is None:

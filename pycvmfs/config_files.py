@@ -27,6 +27,9 @@ the fix (`chown root FILE`, `chmod go-w FILE`). A missing file is `None`; other 
 (EACCES) propagate as OSError so that callers decide whether they are fatal.
 The reference client sources its files with bash and checks none of this: we are stricter.
 
+`ConfigFiles` applies the files of the hierarchy and the `--config` files to the merge
+state through this check and says what it could not use (its docstring).
+
 Thread-safety: no shared state. `pwd`/`grp` are consulted only to name owners and to decide
 whether a group is private.
 """
@@ -37,11 +40,13 @@ import errno
 import grp
 import os
 import pwd
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from pycvmfs.config_shell import Settings, parse_config
 from pycvmfs.errors import ConfigError
 
 MAX_CONFIG_BYTES: Final = 1 << 20  # the reference's shipped files are a few KiB
@@ -253,3 +258,95 @@ def _group_name(gid: int) -> str:
         return f"{grp.getgrgid(gid).gr_name} (gid {gid})"
     except KeyError:
         return f"gid {gid}"
+
+
+# --- applying configuration files -----------------------------------------------------------
+
+
+class ConfigFiles:
+    """Reads config files into `settings`, collecting errors, warnings and the files read.
+
+    A file the user named (`--config`, `required`) that is missing, unreadable, binary or
+    holds lines that are not assignments is an error; a file of the hierarchy that exists
+    but cannot be read (permission denied, a directory, a dangling symlink, binary) is a
+    warning naming it and the reason, and is skipped. A file that is not trusted
+    (`config_files`) is always an error."""
+
+    def __init__(self, settings: Settings, trust: FileTrust) -> None:
+        self.settings = settings
+        self.trust = trust
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+        self.read: list[Path] = []
+        self.unreadable: list[Path] = []
+
+    def _cannot(self, path: Path, why: str, *, required: bool, line: int = 0) -> None:
+        where = f"{path}:{line}" if line else f"{path}"
+        if required:
+            self.errors.append(f"configuration file {where}: {why}")
+        else:
+            self.unreadable.append(path)
+            self.warnings.append(f"{where}: cannot be read ({why}); ignored")
+
+    def listed(self, directory: Path, suffix: str) -> list[Path]:
+        """The files `directory/*suffix`, sorted; a directory that exists but cannot be
+        listed is a warning (its files would be skipped without a word)."""
+        try:
+            names = os.listdir(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            self._cannot(directory, exc.strerror or str(exc), required=False)
+            return []
+        return sorted(directory / name for name in names  # as the shell glob *.conf
+                      if name.endswith(suffix) and not name.startswith("."))
+
+    def apply(self, path: Path, *, required: bool = False) -> None:
+        """Parse `path` if it exists (see the class docstring for what is reported)."""
+        try:
+            if os.stat(path).st_mode & 0o170000 == stat.S_IFDIR:
+                self._cannot(path, "is a directory", required=required)
+                return
+        except FileNotFoundError:
+            if os.path.lexists(path):
+                self._cannot(path, f"a dangling symbolic link to {os.readlink(path)}",
+                             required=required)
+            elif required:
+                self.errors.append(f"configuration file {path}: no such file")
+            return
+        except OSError as exc:
+            self._cannot(path, exc.strerror or str(exc), required=required)
+            return
+        try:
+            data = read_trusted_bytes(path, what="configuration file", trust=self.trust)
+        except ConfigError as exc:
+            self.errors.append(str(exc))
+            return
+        except OSError as exc:
+            self._cannot(path, exc.strerror or str(exc), required=required)
+            return
+        if data is None:  # removed since the stat
+            return
+        binary = _binary_line(data)
+        if binary:
+            self._cannot(path, "binary data (a control character), not KEY=VALUE lines",
+                         required=required, line=binary)
+            return
+        self.read.append(path)
+        result = parse_config(data.decode("utf-8", errors="replace"), source=str(path),
+                              settings=self.settings)
+        if required and result.malformed:
+            first = result.warnings[0].removesuffix("; ignored")
+            self.errors.append(f"{first}; a --config file must hold only KEY=VALUE lines "
+                               f"({result.malformed} line(s) of it are not)")
+            return  # the error says it; its warnings would repeat it
+        self.warnings += result.warnings
+
+
+_CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1a\x1c-\x1f]")  # not \t \n \v \f \r ESC DEL
+
+
+def _binary_line(data: bytes) -> int:
+    """The line of the first control character no text file has (0: none)."""
+    found = _CONTROL.search(data)
+    return 0 if found is None else data.count(b"\n", 0, found.start()) + 1

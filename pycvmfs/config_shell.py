@@ -107,8 +107,11 @@ class _Report:
         self.warnings: list[str] = []
         self.more = 0
         self.lines: tuple[int, int] | None = None
+        self.malformed = 0  # statements skipped because they are not assignments
 
-    def add(self, first_line: int, last_line: int, message: str) -> None:
+    def add(self, first_line: int, last_line: int, message: str, *,
+            malformed: bool = False) -> None:
+        self.malformed += malformed
         if len(self.warnings) < MAX_REPORTED:
             self.warnings.append(message)
             return
@@ -127,6 +130,20 @@ class _Report:
 def parse_config_text(text: str, *, source: str, settings: Settings) -> list[str]:
     """Apply the assignments of one config file to `settings`; return `file:line` warnings
     for everything skipped. One pass over the text: time is linear in its length."""
+    return parse_config(text, source=source, settings=settings).warnings
+
+
+@dataclass(frozen=True, slots=True)
+class ParseResult:
+    """What parsing one file said: every warning, and whether some of them are statements
+    that are not assignments (a `--config` file with such lines is refused)."""
+
+    warnings: list[str]
+    malformed: int
+
+
+def parse_config(text: str, *, source: str, settings: Settings) -> ParseResult:
+    """`parse_config_text`, also counting the statements skipped as malformed."""
     if "\r" in text:  # CRLF files are common: a \r ending a line is dropped
         text = text.replace("\r\n", "\n").removesuffix("\r")
     report = _Report(source)
@@ -149,20 +166,20 @@ def parse_config_text(text: str, *, source: str, settings: Settings) -> list[str
         except _UnterminatedError as exc:
             last = line + text.count("\n", pos, end - 1)  # a final newline ends the last line
             span = f"lines {line}-{last} (to the end of the file) " if last > line else ""
-            report.add(line, last, f"{where}: {exc}; {span}ignored")
+            report.add(line, last, f"{where}: {exc}; {span}ignored", malformed=True)
             break
         except _MalformedError as exc:
             newline = text.find("\n", exc.pos)
             after = end if newline == -1 else newline + 1
             last = line + text.count("\n", pos, max(pos, exc.pos))
             span = f"lines {line}-{last} " if last > line else ""
-            report.add(line, last, f"{where}: {exc}; {span}ignored")
+            report.add(line, last, f"{where}: {exc}; {span}ignored", malformed=True)
         else:
             for warning in _apply(parsed, settings, where):
                 report.add(line, line, warning)
         line += text.count("\n", pos, after)
         pos = after
-    return report.result()
+    return ParseResult(report.result(), report.malformed)
 
 
 def _apply(parsed: _Statement, settings: Settings, where: str) -> list[str]:

@@ -6,7 +6,10 @@ key, the value and the `file:line` it was set in, never as a traceback from the 
 code that would have used it. Every accessor of `Typed` turns every problem into such a
 ConfigError; `parsed` does it for the parsers of `network.proxies` as well. A key must be in
 `INTEGER_KEYS` / `BOOLEAN_KEYS` to be read as a number or a boolean, so the tables are the
-complete list (tests iterate them).
+complete list (tests iterate them); `CHECKS` adds the keys with a syntax of their own (server
+URLs, proxy groups, dates, root hashes, choices). `Typed.problems` checks all of them at once
+and each error says what is allowed. In proxy groups `auto` (proxies from PAC files) is
+accepted and `without_auto` removes it: pycvmfs reads no PAC files, `config` warns.
 
 Ranges follow the reference's meaning of each key (`mountpoint.cc`, `network/download.cc`,
 which parse every number with `sscanf("%llu")`: anything unparsable is 0, a negative number
@@ -54,6 +57,11 @@ class IntegerKey:
     note: str = ""  # why the range is what it is, where we differ from the reference
     also: frozenset[int] = frozenset()  # accepted outside the range (-1: unmanaged quota)
     clamp_below: bool = False  # below `minimum`: use `minimum` with a warning (reference)
+
+    def allowed(self) -> str:
+        """What a value may be, for messages: `-1 or 1 to 1000 MB`."""
+        also = "".join(f"{extra} or " for extra in sorted(self.also))
+        return f"{also}{self.minimum} to {self.maximum} {self.unit}"
 
 
 INTEGER_KEYS: Final = MappingProxyType({
@@ -156,9 +164,24 @@ def proxy_groups(text: str) -> tuple[tuple[str, ...], ...]:
 def _proxy_member(text: str) -> str:
     if text.upper() == "DIRECT":
         return "DIRECT"
-    if text == "auto":
-        raise ConfigError("auto (WPAD/PAC) is not supported yet")
+    if text == AUTO_PROXY:
+        raise ConfigError(f"{AUTO_PROXY} ({AUTO_MEANING}) is not supported yet")
     return check_url(text if "://" in text else f"http://{text}", "proxy")
+
+
+PROXY_SYNTAX: Final = ("allowed: proxies separated by | within a group and ; between "
+                       "groups, each http://host:port, DIRECT or auto")
+AUTO_PROXY: Final = "auto"
+AUTO_MEANING: Final = "proxies discovered from the PAC files of CVMFS_PAC_URLS"
+
+
+def without_auto(text: str) -> tuple[str, bool]:
+    """CVMFS_HTTP_PROXY without its `auto` members (pycvmfs reads no PAC files), and
+    whether there were any: `auto;DIRECT` -> (`DIRECT`, True)."""
+    groups = [[m.strip() for m in group.split("|") if m.strip()] for group in text.split(";")]
+    kept = [[m for m in group if m != AUTO_PROXY] for group in groups]
+    dropped = sum(map(len, groups)) != sum(map(len, kept))
+    return ";".join("|".join(group) for group in kept if group), dropped
 
 
 def server_urls(text: str) -> tuple[str, ...]:
@@ -187,12 +210,27 @@ class Typed:
         return value_error(key, self._values.get(key, ""), self.origin(key), why)
 
     def check_all(self) -> None:
-        """Read every key of `INTEGER_KEYS` and `BOOLEAN_KEYS`, used by this configuration or
-        not: a bad value is an error even where it happens to have no effect."""
-        for key in INTEGER_KEYS:
-            self.optional_integer(key)
-        for key in BOOLEAN_KEYS:
-            self.boolean(key)
+        """Raise the first of `problems()`."""
+        problems = self.problems()
+        if problems:
+            raise problems[0]
+
+    def problems(self) -> list[ConfigError]:
+        """Every bad value of a typed key (`INTEGER_KEYS`, `BOOLEAN_KEYS`, `CHECKS`), used
+        by this configuration or not: a bad value is an error even where it happens to have
+        no effect. One error per key, in key order."""
+        found = []
+        for key in (*INTEGER_KEYS, *BOOLEAN_KEYS, *CHECKS):
+            try:
+                if key in INTEGER_KEYS:
+                    self.optional_integer(key)
+                elif key in BOOLEAN_KEYS:
+                    self.boolean(key)
+                else:
+                    CHECKS[key](self, key)
+            except ConfigError as exc:
+                found.append(exc)
+        return found
 
     def text(self, key: str, default: str = "") -> str:
         return self._values.get(key, default)
@@ -218,7 +256,7 @@ class Typed:
             return None
         note = f"; {spec.note}" if spec.note else ""
         if not _INTEGER.fullmatch(word):
-            raise self.error(key, f"not an integer (a number of {spec.unit})")
+            raise self.error(key, f"not an integer (allowed: {spec.allowed()})")
         number = int(word, 10)
         if spec.minimum <= number <= spec.maximum or number in spec.also:
             return number
@@ -231,7 +269,38 @@ class Typed:
         also = "".join(f"{extra} or " for extra in sorted(spec.also))
         span = (f"at least {spec.minimum}" if number < spec.minimum
                 else f"at most {spec.maximum}")
-        raise self.error(key, f"must be {also}{span} {spec.unit}{note}")
+        raise self.error(key, f"must be {also}{span} {spec.unit} (allowed: {spec.allowed()})"
+                         f"{note}")
+
+    def root_hash(self, key: str) -> str | None:
+        value = self.optional(key)
+        if value is not None and not ROOT_HASH.fullmatch(value):
+            raise self.error(key, "not a CernVM-FS hash (40 lowercase hex digits, or 32 for "
+                             "MD5, then -rmd160 or -shake128 for those algorithms)")
+        return value
+
+    def proxies(self, key: str) -> str:
+        """A proxy list as written (stripped), its syntax checked (`proxy_groups`; `auto`
+        members are accepted here and dropped by `without_auto`)."""
+        written = self.text(key).strip()
+        text, dropped = without_auto(written)
+        try:
+            groups = proxy_groups(text)
+        except (ConfigError, ValueError) as exc:
+            raise self.error(key, f"{exc} ({PROXY_SYNTAX})") from None
+        if written and not groups:
+            why = (f"{AUTO_PROXY} ({AUTO_MEANING}) is not supported by pycvmfs and nothing "
+                   "else is in it" if dropped else "no proxy in it (DIRECT: none)")
+            raise self.error(key, f"{why} ({PROXY_SYNTAX})")
+        return written
+
+    def servers(self, key: str) -> tuple[str, ...]:
+        try:
+            return server_urls(self.text(key))
+        except (ConfigError, ValueError) as exc:
+            raise self.error(key, f"{exc} (allowed: http(s) URLs separated by ;, "
+                             "@fqrn@ and @org@ stand for the repository name and its first "
+                             "label)") from None
 
     def boolean(self, key: str) -> bool:
         default = BOOLEAN_KEYS[key]
@@ -271,3 +340,18 @@ class Typed:
 
     def expand_home(self, value: str) -> Path:
         return Path(self.home + value[1:] if value == "~" or value.startswith("~/") else value)
+
+
+ROOT_HASH: Final = re.compile(r"[0-9a-f]{32}|[0-9a-f]{40}(?:-rmd160|-shake128)?")
+MAGIC_XATTRS_VISIBILITY: Final = ("always", "rootonly", "never")
+
+# Keys checked by `Typed.problems` besides the number and boolean tables: key -> check.
+CHECKS: Final[Mapping[str, Callable[[Typed, str], object]]] = MappingProxyType({
+    "CVMFS_SERVER_URL": Typed.servers,
+    "CVMFS_HTTP_PROXY": Typed.proxies,
+    "CVMFS_FALLBACK_PROXY": Typed.proxies,
+    "CVMFS_REPOSITORY_DATE": Typed.date,
+    "CVMFS_ROOT_HASH": Typed.root_hash,
+    "CVMFS_MAGIC_XATTRS_VISIBILITY":
+        lambda typed, key: typed.choice(key, MAGIC_XATTRS_VISIBILITY),
+})

@@ -29,7 +29,8 @@ COMMAND_MODULES = {"keys": "keys", "publish": "publish", "whitelist": "whitelist
                    "mount": "mount", "umount": "mount", "cache": "cache", "ingest": "images_admin",
                    "run": "run", "wishlist": "images_admin", "webhook": "images_admin",
                    "images": "images_admin", "gc": "gc_report", "report": "gc_report",
-                   "bundle": "bundle", "status": "status", "metrics": "metrics"}
+                   "bundle": "bundle", "status": "status", "metrics": "metrics",
+                   "config": "config"}
 
 
 class _LazyGroup(click.Group):

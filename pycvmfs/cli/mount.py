@@ -41,6 +41,7 @@ SYSLOG_SOCKET = "/dev/log"
 USYSLOG_BYTES = 500 * 1024  # the reference rotates its user syslog file at 500 kB
 READY_MARK = b"\0pycvmfs-ready "  # a forked serving process reports readiness (no NUL in errors)
 STARTED_MARK = b"\0pycvmfs-started "  # ... and its pid first (ended if it never gets ready)
+NOTICE_MARK = b"\0pycvmfs-degraded "  # ... and, before ready, each degraded state
 MAX_REPORT_BYTES = 64 * 1024  # what a failing serving process may say, kept
 
 
@@ -81,28 +82,40 @@ def overrides_of(options: tuple[str, ...]) -> dict[str, str]:
               help="FUSE binding: lowlevel, pyfuse3 or mfusepy (default: the first that loads).")
 @click.option("--detached", is_flag=True, hidden=True,
               help="Set by the background mount for its serving process: log to files.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also list the CernVM-FS parameters set that pycvmfs does not use.")
 def mount(fqrn: str, mountpoint: str, options: tuple[str, ...],
           config_files: tuple[Path, ...], foreground: bool, backend: str | None,
-          detached: bool) -> None:
+          detached: bool, verbose: bool) -> int:
     """Mount repository FQRN at MOUNTPOINT (read-only, verified, on demand).
 
+    Configuration problems are said first (every bad value, one line each; unknown
+    parameters warn), and so is every degraded state once mounted (serving offline from
+    the cache, a Stratum-1 or proxy that failed, ...).
     Logs: CVMFS_USYSLOG=FILE (rotated), CVMFS_DEBUGLOG=FILE (everything), syslog when
     /dev/log exists; a background mount without any of them logs to
     CACHE_BASE/FQRN.log, a foreground one to stderr."""
-    from pycvmfs.config import load_config
+    from pycvmfs.config import Severity, inspect_config
     from pycvmfs.fs.mount import check_fuse_usable
 
     check_mount_point(mountpoint)
     overrides = overrides_of(options)
-    config = load_config(fqrn, extra_files=config_files, overrides=overrides)
+    report = inspect_config(fqrn, extra_files=config_files, overrides=overrides)
+    shown = [Severity.ERROR] + ([] if foreground else [Severity.WARNING])  # else logged
+    shown += [Severity.NOTE] if verbose and not detached else []
+    for problem in report.problems:
+        if problem.severity in shown:
+            click.echo(f"pycvmfs: {problem.severity}: {problem.message}", err=True)
+    if report.config is None:
+        return 1
+    config = report.config
     check_fuse_usable()
-    if not foreground:  # skipped lines etc.: shown here once, logged by the serving process
-        for warning in config.warnings:
-            click.echo(f"pycvmfs: warning: {warning}", err=True)
+    if not foreground:
         mount_in_background(fqrn, Path(mountpoint), options, config_files, backend,
                             config=config)
-        return
+        return 0
     serve_mount(config, mountpoint, backend, detached=detached)
+    return 0
 
 
 def serve_mount(config: ClientConfig, mountpoint: str, backend: str | None, *,
@@ -123,15 +136,35 @@ def serve_mount(config: ClientConfig, mountpoint: str, backend: str | None, *,
         logging.getLogger(__name__).warning("configuration: %s", warning)
     limit_malloc_arenas()
     _, capped = raise_open_files_limit(config.nfiles)
-    if capped:
-        logging.getLogger(__name__).warning("%s", capped)
+    if capped and config.origin("CVMFS_NFILES").startswith("<"):
+        logging.getLogger(__name__).warning("%s", capped)  # the default: no one asked
+        capped = None
     client = open_client(config)
+    for notice in (*client.notices, *([capped] if capped else [])):
+        say_degraded(notice, detached=detached)
     client.watcher.start()
     try:
         serve(client.vfs, str(mountpoint), backend=backend,
               kcache_timeout_s=float(config.kcache_timeout_s), ready=ready)
     finally:
         client.close()
+
+
+def say_degraded(notice: str, *, detached: bool) -> None:
+    """Log a degraded state; a detached serving process also tells `pycvmfs mount`, which
+    reads its stderr until the mount is ready (`NOTICE_MARK` lines), so it reaches the
+    terminal. One line: a newline in it would end the report early."""
+    logging.getLogger(__name__).warning("%s", notice)
+    if detached:
+        line = " ".join(notice.split()).encode(errors="replace")[:MAX_REPORT_BYTES // 8]
+        with contextlib.suppress(OSError):
+            os.write(2, NOTICE_MARK + line + b"\n")
+
+
+def notices_in(said: bytes) -> list[str]:
+    """The degraded states a serving process reported (`say_degraded`)."""
+    return [line[len(NOTICE_MARK):].decode(errors="replace")
+            for line in said.split(b"\n") if line.startswith(NOTICE_MARK)]
 
 
 def check_mount_point(mountpoint: str | Path) -> None:
@@ -206,18 +239,21 @@ def mount_in_background(fqrn: str, mountpoint: Path, options: tuple[str, ...],
     canonical = mount_point_path(mountpoint)
     if config is not None and threading.active_count() == 1 \
             and names_path(os.getpid(), canonical):
-        pid = _fork_serving(config, canonical, backend)
+        pid, said = _fork_serving(config, canonical, backend)
     else:
-        pid = _exec_serving(fqrn, canonical, options, config_files, backend)
+        pid, said = _exec_serving(fqrn, canonical, options, config_files, backend)
     set_read_ahead(str(mountpoint))  # ready means INIT is done: set now, not "soon"
+    for notice in notices_in(said):  # degraded, yet mounted: also said when quiet
+        click.echo(f"pycvmfs: warning: {notice}", err=True)
     if not quiet:
         click.echo(f"mounted {fqrn} on {mountpoint} (pid {pid})")
 
 
 def _exec_serving(fqrn: str, canonical: str, options: tuple[str, ...],
-                  config_files: tuple[Path, ...], backend: str | None) -> int:
+                  config_files: tuple[Path, ...], backend: str | None) -> tuple[int, bytes]:
     """`pycvmfs mount --foreground --detached` with the canonical mount point on its
-    command line, polled until the mount is there; its pid."""
+    command line, polled until the mount is there; its pid and what it wrote until then
+    (its degraded states are written before it mounts)."""
     command = [sys.executable, "-m", "pycvmfs", "mount", fqrn, canonical,
                "--foreground", "--detached"]
     for option in options:
@@ -233,20 +269,24 @@ def _exec_serving(fqrn: str, canonical: str, options: tuple[str, ...],
         while not os.path.ismount(canonical):
             if child.poll() is not None:
                 errors.seek(0)
-                raise ConfigError(_failure_of(errors.read().decode(errors="replace"))
+                raise ConfigError(_failure_of(b"\n".join(
+                    line for line in errors.read().split(b"\n")
+                    if not line.startswith(NOTICE_MARK)).decode(errors="replace"))
                                   or f"mounting {fqrn} failed (exit {child.returncode})")
             if time.monotonic() > deadline:
                 child.kill()
                 raise ConfigError(f"mounting {fqrn} did not finish in {READY_TIMEOUT_S:.0f} s")
             time.sleep(0.05)
-    return child.pid
+        errors.seek(0)
+        return child.pid, errors.read(MAX_REPORT_BYTES)
 
 
-def _fork_serving(config: ClientConfig, canonical: str, backend: str | None) -> int:
+def _fork_serving(config: ClientConfig, canonical: str, backend: str | None
+                  ) -> tuple[int, bytes]:
     """Fork twice (the serving process belongs to init, not to this command, which may go
     on running a container) and wait until it reports the mount ready on a pipe, which is
-    also its stderr until then; its pid. EOF without the report: it failed, and what it
-    wrote is the reason."""
+    also its stderr until then; its pid and what it wrote (degraded states among it). EOF
+    without the report: it failed, and what it wrote is the reason."""
     from pycvmfs.cli.main import exit_code_of
 
     sys.stdout.flush()
@@ -283,7 +323,7 @@ def _fork_serving(config: ClientConfig, canonical: str, backend: str | None) -> 
         os.close(reader)
     serving = _reported(said, READY_MARK)
     if serving is not None:
-        return serving
+        return serving, said
     if said.endswith(b"\0timeout"):
         started = _reported(said, STARTED_MARK)
         if started is not None:  # as the exec path does: a mount that hangs is ended
@@ -291,7 +331,8 @@ def _fork_serving(config: ClientConfig, canonical: str, backend: str | None) -> 
                 os.kill(started, signal.SIGKILL)
         raise ConfigError(f"mounting {config.fqrn} did not finish in {READY_TIMEOUT_S:.0f} s")
     text = b"\n".join(line for line in said.split(b"\n")
-                      if not line.startswith(STARTED_MARK)).decode(errors="replace")
+                      if not line.startswith((STARTED_MARK, NOTICE_MARK))
+                      ).decode(errors="replace")
     raise ConfigError(_failure_of(text) or f"mounting {config.fqrn} failed")
 
 

@@ -269,9 +269,9 @@ def test_config_fqrn_is_visible_while_parsing_and_templates(tmp_path: Path) -> N
 
 
 def test_warnings_are_collected_not_raised(tmp_path: Path) -> None:
-    root = make_root(tmp_path, {"default.local": "CVMFS_A=1\n$(rm -rf /)\n"})
+    root = make_root(tmp_path, {"default.local": "SITE_A=1\n$(rm -rf /)\n"})
     config = load(root)
-    assert config.settings["CVMFS_A"] == "1"
+    assert config.settings["SITE_A"] == "1"
     assert config.warnings == (
         f"{root / 'default.local'}:2: not a KEY=VALUE assignment: '$(rm' "
         "(shell code is not run); ignored",)
@@ -308,11 +308,15 @@ def test_unreadable_file_is_a_warning(tmp_path: Path, monkeypatch: pytest.Monkey
         load(root, extra_files=[root / "default.local"])
 
 
-def test_a_directory_in_place_of_a_file_is_refused(tmp_path: Path) -> None:
+def test_a_directory_in_place_of_a_file_is_a_warning(tmp_path: Path) -> None:
+    """Issue 12: a file of the hierarchy that cannot be read is said, never fatal; the
+    same path named by --config is an error."""
     root = make_root(tmp_path)
     (root / "default.local").mkdir()
-    with pytest.raises(ConfigError, match="default.local is a directory, not a regular file"):
-        load(root)
+    assert load(root).warnings == (
+        f"{root / 'default.local'}: cannot be read (is a directory); ignored",)
+    with pytest.raises(ConfigError, match="default.local: is a directory"):
+        load(root, extra_files=[root / "default.local"])
 
 
 def test_readonly_defaults(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ FORBIDDEN = {
     "pycvmfs.images.layout": {"socket", "urllib3", "subprocess", "os", "pathlib"},
 }
 CONFIG_MODULES = ("pycvmfs.config", "pycvmfs.config_defaults", "pycvmfs.config_shell",
-                  "pycvmfs.config_files", "pycvmfs.config_values")
+                  "pycvmfs.config_files", "pycvmfs.config_values", "pycvmfs.config_keys")
 
 
 def imports_of(path: Path) -> set[str]:

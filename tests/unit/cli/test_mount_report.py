@@ -1,10 +1,13 @@
 """What a forked serving process tells `pycvmfs mount` on its pipe (`cli.mount`): its pid
-at start, its pid once ready, or an error line and EOF. Read with a deadline."""
+at start, its degraded states, its pid once ready, or an error line and EOF. Read with a
+deadline."""
 
 from __future__ import annotations
 
 import os
 import time
+
+import pytest
 
 from pycvmfs.cli import mount
 
@@ -44,3 +47,20 @@ def test_silence_ends_at_the_deadline() -> None:
 
 def test_a_garbled_pid_is_no_pid() -> None:
     assert mount._reported(mount.READY_MARK + b"4x\n", mount.READY_MARK) is None
+
+
+def test_degraded_states_before_ready_are_kept_in_order() -> None:
+    said = _said(mount.STARTED_MARK + b"41\n", mount.NOTICE_MARK + b"serving offline\n",
+                 b"some library noise\n", mount.NOTICE_MARK + b"proxy p failed\n",
+                 mount.READY_MARK + b"41\n", close=False)
+    assert mount._reported(said, mount.READY_MARK) == 41
+    assert mount.notices_in(said) == ["serving offline", "proxy p failed"]
+
+
+def test_a_degraded_state_is_one_line_on_stderr_when_detached(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    mount.say_degraded("offline:\nfrom the cache", detached=True)
+    mount.say_degraded("not detached: logged only", detached=False)
+    err = capfd.readouterr().err
+    assert err.encode().count(mount.NOTICE_MARK) == 1
+    assert mount.notices_in(err.encode()) == ["offline: from the cache"]
