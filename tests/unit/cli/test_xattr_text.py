@@ -17,7 +17,7 @@ from pycvmfs.cli.read import xattr_value
     (b"\x00\x01binary", "0x000162696e617279"),
     (b"\xff\xfe", "0xfffe"),
     (b"ends in nul\x00", "0x656e647320696e206e756c00"),
-    ("bell\x07".encode(), "0x62656c6c07"),
+    (b"bell\x07", "0x62656c6c07"),
 ])
 def test_text_encoding(value: bytes, shown: str) -> None:
     assert xattr_value(value) == shown
