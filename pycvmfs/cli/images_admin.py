@@ -200,12 +200,14 @@ def _partial_results(fqrn: str) -> Iterator[None]:
 
 
 def _settled_at_start(options: IngestOptions) -> IngestOptions:
-    """For a command that ingests again and again (a loop, a server): what an earlier
-    command staged is settled once, now, as asked; later rounds publish what their own
-    failed rounds staged (that is their retry)."""
+    """For a command that ingests again and again (a loop, a server): the keys and storage
+    are checked once, now (preflight.py), and what an earlier command staged is settled
+    as asked; later rounds publish what their own failed rounds staged (their retry)."""
     from pycvmfs.images.ingest import STAGED_FIX, work_tree_lock
+    from pycvmfs.images.preflight import check_can_publish
     from pycvmfs.images.staging import StagedPolicy, StagingJournal
 
+    check_can_publish(options.publish)
     work = options.publish.source
     with work_tree_lock(work):
         staged = StagingJournal(work).settle(options.staged, fix=STAGED_FIX)

@@ -345,7 +345,7 @@ def test_cli_images_remove(tmp_path: Path, keys: Keys) -> None:
     result = CliRunner().invoke(images_group, [
         "remove", "reg.org/ns/a:v1", "reg.org/ns/a:gone", "--repo", keys.fqrn,
         "--storage", str(storage), "--keys-dir", str(keys.keys_dir), "--work", str(work)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # one of the images was not there
     assert "removed reg.org/ns/a:v1" in result.output
-    assert "not there: reg.org/ns/a:gone" in result.output
+    assert "not in the repository: reg.org/ns/a:gone" in str(result.exception)
     assert "published test.pycvmfs.org revision 1" in result.output
