@@ -36,6 +36,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 class ImageNotFoundError(NotFoundError):
     """`images remove` named an image the repository does not hold."""
 
+EXIT_INTERRUPTED = 130  # as cli.main gives any command stopped by Ctrl-C
 MAX_SECONDS = 7 * 24 * 3600.0  # waits longer than a week are typing errors (inf overflows)
 
 
@@ -305,7 +306,7 @@ def wishlist_convert_command(wishlist_file: Path, repo_args: RepositoryArgs) -> 
 @click.option("--rounds", type=click.IntRange(min=1), default=None,
               help="Stop after this many rounds [default: run until interrupted].")
 def wishlist_loop_command(wishlist_file: Path, repo_args: RepositoryArgs, interval: float,
-                          rounds: int | None) -> None:
+                          rounds: int | None) -> int:
     """Convert WISHLIST again and again (re-read each round); a failed round is reported
     and the loop goes on."""
     from pycvmfs.images.wishlist import loop
@@ -328,6 +329,8 @@ def wishlist_loop_command(wishlist_file: Path, repo_args: RepositoryArgs, interv
         except KeyboardInterrupt:
             stop.set()
             click.echo("stopped", err=True)
+            return EXIT_INTERRUPTED
+    return 0
 
 
 # -- webhook ----------------------------------------------------------------------------
@@ -366,7 +369,7 @@ def webhook_group() -> None:
 def webhook_serve_command(listen: str, token: str, queue_file: Path | None,
                           registry_urls: tuple[str, ...], wishlist_file: Path | None,
                           retry_seconds: float, max_retry_seconds: float, max_attempts: int,
-                          retry_failed: bool, repo_args: RepositoryArgs) -> None:
+                          retry_failed: bool, repo_args: RepositoryArgs) -> int:
     """Accept Docker registry / Harbor events on HOST:PORT for the registries given by
     --registry-url or --wishlist, and apply them to the repository, one transaction at a
     time."""
@@ -417,6 +420,8 @@ def webhook_serve_command(listen: str, token: str, queue_file: Path | None,
             service.serve_forever()
         except KeyboardInterrupt:
             click.echo("stopped", err=True)
+            return EXIT_INTERRUPTED
+    return 0
 
 
 # -- removal ----------------------------------------------------------------------------

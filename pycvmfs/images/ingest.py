@@ -18,7 +18,10 @@ publisher turns it into the next revision. Images and layers already there are n
 again; identical files of different images become one object (content addressing), and
 every image directory and every layerfs is its own nested catalog. A failed ingest leaves
 the published repository alone: new trees are built beside the working tree and renamed in
-only when complete, and the repository changes only if the final publish succeeds.
+only when complete, and the repository changes only if the final publish succeeds. What it
+staged in the working tree is journalled (staging.py): a later ingest refuses to start
+while it is there, unless told to publish it (RESUME) or undo it (DISCARD). Keys, storage
+and working tree are checked before anything is fetched (preflight.py).
 
 After a successful publish every image and layer tree in the working tree shrinks to a
 `.pycvmfs-kept` stub (`keep_published_images`): later publishes graft their catalogs from
