@@ -163,7 +163,12 @@ def _forget_origins(path: Path, names: list[str]) -> None:
 
 
 def _present(work: Path, name: str) -> bool:
-    return (work / name).is_symlink() or (work / layout.METADATA / name).is_dir()
+    """Whether `name` is in the working tree (refused, before any change, when its public
+    path is not a symlink)."""
+    link = work / name
+    if not link.is_symlink() and link.exists():
+        raise ImageError(f"{name}: not an image symlink in {work}; refusing to remove it")
+    return link.is_symlink() or (work / layout.METADATA / name).is_dir()
 
 
 def _remove_one(work: Path, name: str) -> bool:

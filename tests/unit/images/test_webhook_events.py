@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from pycvmfs.cli.images_admin import images_group
 from pycvmfs.errors import ImageError
 from pycvmfs.images import layout
-from pycvmfs.images.ingest import INGEST_FILE, IngestOptions
+from pycvmfs.images.ingest import INGEST_FILE, UNPUBLISHED, IngestOptions
 from pycvmfs.images.removal import names_for_digest, referenced_flats, remove_images
 from pycvmfs.images.webhook_http import parse_listen
 from pycvmfs.images.webhook_options import WebhookOptions
@@ -312,6 +312,7 @@ def test_remove_refuses_a_non_symlink(tmp_path: Path, keys: Keys) -> None:
     with pytest.raises(Exception, match="not an image symlink"):
         remove_images(["reg.org/ns/a:v1"], options)
     assert os.path.exists(work / "reg.org" / "ns" / "a:v1")
+    assert not (work / UNPUBLISHED).exists()  # refused before anything was staged
 
 
 def test_requeue_failed_and_busy_lock_is_not_a_failure(tmp_path: Path) -> None:
