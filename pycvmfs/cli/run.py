@@ -59,7 +59,7 @@ def run_command(image: str, command: tuple[str, ...], mount_dir: Path | None,
 
     fqrn, _, image_path = image.strip("/").partition("/")
     if not image_path:
-        raise ConfigError(f"{image}: expected FQRN/IMAGE-PATH")
+        raise click.BadParameter(f"{image!r}: expected FQRN/IMAGE-PATH", param_hint="IMAGE")
     fix = "choose another --mount"
     keep = mount_dir is not None  # a mount point the user chose stays mounted
     if mount_dir is None:

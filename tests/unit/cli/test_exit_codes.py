@@ -66,6 +66,13 @@ def test_help_exits_0(path: tuple[str, ...], capsys: pytest.CaptureFixture[str])
     assert capsys.readouterr().out.startswith("Usage: pycvmfs " + " ".join(path))
 
 
+@pytest.mark.parametrize("args", ["run no-image-path -- true", "cache status"])
+def test_a_malformed_or_missing_argument_is_a_usage_error(
+        args: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args.split()) == 2
+    assert "Error: " in capsys.readouterr().err
+
+
 def test_an_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["no-such-command"]) == 2
     assert "No such command" in capsys.readouterr().err
@@ -83,7 +90,7 @@ FAILURES = {  # command -> arguments that fail ({t}: a scratch directory, {pub},
     "cache status": "cache status --dir {t}/nothere",
     "cache verify": "cache verify --dir {t}/nothere",
     "ingest": "ingest oci:{t}/nothing:latest --repo x.org --storage {t}/s --keys-dir {t}/empty",
-    "run": "run x.org -- true",
+    "run": "run x.org/image -o CVMFS_CACHE_BASE={t}/file -- true",
     "wishlist convert": "wishlist convert {t}/w.yaml --repo x.org --storage {t}/s "
                         "--keys-dir {keys}",
     "wishlist loop": "wishlist loop {t}/w.yaml --repo x.org --storage {t}/s --keys-dir {t}/empty",
@@ -101,6 +108,7 @@ FAILURES = {  # command -> arguments that fail ({t}: a scratch directory, {pub},
 def test_a_failure_exits_1_with_one_line(name: str, tmp_path: Path, keys: Keys,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("not a directory\n")
     (tmp_path / "w.yaml").write_text("version: 1\ncvmfs_repo: other.org\ninput: [a.io/b:1]\n")
     args = FAILURES[name].format(t=tmp_path, pub=keys.public_key_file, keys=keys.keys_dir)
     assert main(args.split()) == 1
