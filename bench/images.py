@@ -238,9 +238,9 @@ def mount_rounds(setup: Setup, server: Nginx, scratch: Path) -> dict[str, float]
     options = ",".join([f"CVMFS_SERVER_URL={server.url}/cvmfs/{FQRN}",
                         "CVMFS_HTTP_PROXY=DIRECT", f"CVMFS_PUBLIC_KEY={setup.public_key}",
                         f"CVMFS_CACHE_BASE={cache}"])
+    mnt = cache / "mnt" / FQRN  # --mount: kept mounted for the warm run
     argv = [sys.executable, "-m", "pycvmfs", "run", "-o", options, "--runner", "bwrap",
-            f"{FQRN}/{setup.image_path}", "--", *COMMAND]
-    mnt = cache / "mnt" / FQRN
+            "--mount", str(mnt), f"{FQRN}/{setup.image_path}", "--", *COMMAND]
     log = AccessLog(server.run / "access.log")
     env = pycvmfs_env()
     try:

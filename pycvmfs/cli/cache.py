@@ -13,8 +13,6 @@ from typing import Any, TypeVar
 
 import click
 
-from pycvmfs.errors import ConfigError
-
 
 @dataclass(frozen=True)
 class _Target:
@@ -34,7 +32,7 @@ def _target_of(fqrn: str | None, directory: Path | None, options: tuple[str, ...
     if directory is not None:
         return _Target(directory, None, alien)
     if fqrn is None:
-        raise ConfigError("give --dir CACHE_DIRECTORY or a repository name")
+        raise click.UsageError("give --dir CACHE_DIRECTORY or a repository name")
     from pycvmfs.cli.mount import overrides_of
     from pycvmfs.client import cache_config_of
     from pycvmfs.config import load_config

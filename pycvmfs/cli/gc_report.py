@@ -71,32 +71,38 @@ def report_group() -> None:
 @report_group.command("dedup")
 @_STORAGE
 @_REPO
-@_KEYS
+@click.option("--keys", "keys", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Master public key (.pub) or a directory of *.pub; repeatable (as for "
+              "`pycvmfs ls`).")
+@click.option("--keys-dir", "keys_dir", default=None, hidden=True,
+              type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Older spelling: the keys directory holding FQRN.pub.")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the two charts (bytes per dedup level, image sizes) to this PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead.")
-def dedup_command(storage: Path, fqrn: str, keys_dir: Path, png: Path | None,
-                  as_json: bool) -> None:
+def dedup_command(storage: Path, fqrn: str, keys: tuple[Path, ...], keys_dir: Path | None,
+                  png: Path | None, as_json: bool) -> None:
     """Bytes stored with layer-, file- and chunk-level dedup, per image and in total."""
     from rich.console import Console
 
-    from pycvmfs.format.certificates import load_public_key
     from pycvmfs.images.report import dedup_report, render, report_as_json, write_png
     from pycvmfs.publisher.keys import KeyPaths
     from pycvmfs.repository.open import open_repository
     from pycvmfs.repository.source import LocalSource
+    from pycvmfs.repository.trust import load_public_keys
 
     if png is not None and not os.access(png.parent, os.W_OK):
         raise ConfigError(f"cannot write the charts to {png}: {png.parent} is not a writable "
                           "directory (choose another --png)")
-    key_file = KeyPaths.of(fqrn, keys_dir).public_key
-    try:
-        pem = key_file.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the public key {key_file}: {exc.strerror} "
-                          f"(--keys-dir must hold {key_file.name})") from None
-    public = load_public_key(pem, what=str(key_file))
-    with open_repository(LocalSource(storage), fqrn, [public]) as repo:
+    if not keys and keys_dir is None:
+        raise click.UsageError("give the repository's public key: --keys FQRN.pub")
+    if not keys and keys_dir is not None:
+        key_file = KeyPaths.of(fqrn, keys_dir).public_key
+        if not key_file.is_file():
+            raise ConfigError(f"no public key {key_file} (--keys-dir must hold "
+                              f"{key_file.name}; or pass --keys FILE)")
+        keys = (key_file,)
+    with open_repository(LocalSource(storage), fqrn, load_public_keys(keys)) as repo:
         report = dedup_report(repo, storage)
     if as_json:
         click.echo(json.dumps(report_as_json(report), indent=1))

@@ -1,5 +1,5 @@
 """Image repository administration: `pycvmfs ingest`, `pycvmfs wishlist convert|loop`,
-`pycvmfs webhook serve`, `pycvmfs images remove`."""
+`pycvmfs webhook serve`, `pycvmfs images remove|list`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 import click
 
 from pycvmfs.cli.progress import IngestProgressDisplay
-from pycvmfs.errors import ConfigError
+from pycvmfs.errors import ConfigError, NotFoundError
 from pycvmfs.format.chunking import DEFAULT_CHUNK_PARAMS
 from pycvmfs.publisher.pipeline import Settings
 from pycvmfs.publisher.publish import PublishOptions
@@ -31,6 +31,12 @@ if TYPE_CHECKING:  # the image modules load when a command runs
     from pycvmfs.images.ingest import IngestOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ImageNotFoundError(NotFoundError):
+    """`images remove` named an image the repository does not hold."""
+
+EXIT_INTERRUPTED = 130  # as cli.main gives any command stopped by Ctrl-C
 MAX_SECONDS = 7 * 24 * 3600.0  # waits longer than a week are typing errors (inf overflows)
 
 
@@ -64,6 +70,7 @@ class RepositoryArgs:
     username: str | None
     password: str | None
     skip_layers: bool
+    staged: str  # a StagedPolicy value: what to do with an earlier ingest's unpublished changes
 
 
 def _repository_options(*, repo_required: bool) -> Callable[[F], F]:
@@ -94,11 +101,19 @@ def _repository_options(*, repo_required: bool) -> Callable[[F], F]:
             click.option("--skip-layers", is_flag=True,
                          help="Do not write .layers/XX/DIGEST/layerfs trees (they need root "
                          "for whiteouts)."),
+            click.option("--resume", "staged", flag_value="resume",
+                         help="Publish the changes an earlier, failed ingest staged in the "
+                         "working tree together with this command's [default: refuse "
+                         "to start while there are any]."),
+            click.option("--discard-staged", "staged", flag_value="discard",
+                         help="Undo the changes an earlier, failed ingest staged in the "
+                         "working tree before starting."),
         ]
 
         @functools.wraps(function)
         def command(**kwargs: Any) -> Any:
             shared = {name: kwargs.pop(name) for name in RepositoryArgs.__slots__}
+            shared["staged"] = shared["staged"] or "refuse"
             return function(repo_args=RepositoryArgs(**shared), **kwargs)
 
         for option in reversed(options):
@@ -119,6 +134,7 @@ def _ingest_options(args: RepositoryArgs, fqrn: str | None = None, *, echo: bool
     option to change."""
     from pycvmfs.images.ingest import IngestOptions
     from pycvmfs.images.manifest import Platform
+    from pycvmfs.images.staging import StagedPolicy
 
     storage = args.storage
     work = args.work or storage.with_name(storage.name + ".work")
@@ -147,6 +163,11 @@ def _ingest_options(args: RepositoryArgs, fqrn: str | None = None, *, echo: bool
                           "pid": os.getpid(), **event}
                 log.write(json.dumps(record, sort_keys=True) + "\n")
                 log.flush()
+            if event["action"] == "staged":
+                what = {"resume": "publishing them too (--resume)",
+                        "discard": "discarded them (--discard-staged)"}
+                click.echo(f"found {event['message']}: {what.get(str(event['policy']), '')}",
+                           err=True)
             if event["action"] == "warning":
                 click.echo(f"warning: {event.get('image', '')}: {event.get('message')}",
                            err=True)
@@ -160,6 +181,7 @@ def _ingest_options(args: RepositoryArgs, fqrn: str | None = None, *, echo: bool
             yield IngestOptions(publish, platform=Platform.parse(args.platform),
                                 username=args.username, password=args.password,
                                 notify=notify, layer_trees=not args.skip_layers,
+                                staged=StagedPolicy(args.staged),
                                 progress=display if display and display.enabled else None)
     finally:
         if log is not None:
@@ -176,6 +198,24 @@ def _partial_results(fqrn: str) -> Iterator[None]:
     except IngestError as exc:
         _echo_result(fqrn, exc.result.published)
         raise
+
+
+def _settled_at_start(options: IngestOptions) -> IngestOptions:
+    """For a command that ingests again and again (a loop, a server): the keys and storage
+    are checked once, now (preflight.py), and what an earlier command staged is settled
+    as asked; later rounds publish what their own failed rounds staged (their retry)."""
+    from pycvmfs.images.ingest import STAGED_FIX, work_tree_lock
+    from pycvmfs.images.preflight import check_can_publish
+    from pycvmfs.images.staging import StagedPolicy, StagingJournal
+
+    check_can_publish(options.publish)
+    work = options.publish.source
+    with work_tree_lock(work):
+        staged = StagingJournal(work).settle(options.staged, fix=STAGED_FIX)
+    if staged is not None:
+        options.notify({"action": "staged", "policy": options.staged.value,
+                        "images": staged.images, "message": staged.describe()})
+    return dataclasses.replace(options, staged=StagedPolicy.RESUME)
 
 
 def _echo_result(fqrn: str, published: Any) -> None:
@@ -266,7 +306,7 @@ def wishlist_convert_command(wishlist_file: Path, repo_args: RepositoryArgs) -> 
 @click.option("--rounds", type=click.IntRange(min=1), default=None,
               help="Stop after this many rounds [default: run until interrupted].")
 def wishlist_loop_command(wishlist_file: Path, repo_args: RepositoryArgs, interval: float,
-                          rounds: int | None) -> None:
+                          rounds: int | None) -> int:
     """Convert WISHLIST again and again (re-read each round); a failed round is reported
     and the loop goes on."""
     from pycvmfs.images.wishlist import loop
@@ -281,13 +321,16 @@ def wishlist_loop_command(wishlist_file: Path, repo_args: RepositoryArgs, interv
             _echo_result(repo, getattr(outcome, "published", None))
 
     stop = threading.Event()
-    with _ingest_options(repo_args, repo) as options:
+    with _ingest_options(repo_args, repo) as given:
+        options = _settled_at_start(given)
         try:
             loop(wishlist_file, options, interval=interval, stop=stop, rounds=rounds,
                  on_round=report)
         except KeyboardInterrupt:
             stop.set()
             click.echo("stopped", err=True)
+            return EXIT_INTERRUPTED
+    return 0
 
 
 # -- webhook ----------------------------------------------------------------------------
@@ -326,7 +369,7 @@ def webhook_group() -> None:
 def webhook_serve_command(listen: str, token: str, queue_file: Path | None,
                           registry_urls: tuple[str, ...], wishlist_file: Path | None,
                           retry_seconds: float, max_retry_seconds: float, max_attempts: int,
-                          retry_failed: bool, repo_args: RepositoryArgs) -> None:
+                          retry_failed: bool, repo_args: RepositoryArgs) -> int:
     """Accept Docker registry / Harbor events on HOST:PORT for the registries given by
     --registry-url or --wishlist, and apply them to the repository, one transaction at a
     time."""
@@ -353,7 +396,8 @@ def webhook_serve_command(listen: str, token: str, queue_file: Path | None,
     storage = repo_args.storage
     queue = queue_file or storage.with_name(storage.name + ".webhook-queue.sqlite")
     # no display: the server logs to stderr, which would tear it
-    with _ingest_options(repo_args, echo=False, progress=False) as options:
+    with _ingest_options(repo_args, echo=False, progress=False) as given:
+        options = _settled_at_start(given)
         try:
             service = WebhookService(address, WebhookOptions(
                 options, token, queue, registries=registries, retry_seconds=retry_seconds,
@@ -376,6 +420,8 @@ def webhook_serve_command(listen: str, token: str, queue_file: Path | None,
             service.serve_forever()
         except KeyboardInterrupt:
             click.echo("stopped", err=True)
+            return EXIT_INTERRUPTED
+    return 0
 
 
 # -- removal ----------------------------------------------------------------------------
@@ -403,9 +449,55 @@ def images_remove_command(names: tuple[str, ...], repo_args: RepositoryArgs) -> 
         result = remove_images(list(names), options)
     for name in result.removed:
         click.echo(f"removed {name}")
-    for name in result.missing:
-        click.echo(f"not there: {name}")
-    _echo_result(options.publish.fqrn, result.published)
+    if result.removed or result.published is not None or not result.missing:
+        _echo_result(options.publish.fqrn, result.published)
+    if result.missing:
+        raise ImageNotFoundError(
+            f"not in the repository: {', '.join(result.missing)} (see what is there: "
+            f"pycvmfs images list --mount /cvmfs/{options.publish.fqrn}, or --storage "
+            f"{storage} --keys PUBLIC_KEY)")
+
+
+@images_group.command("list")
+@click.option("--storage", default=None, metavar="STORAGE_DIR_OR_URL",
+              help="The repository's storage directory or a Stratum-1 URL (read and "
+              "verified without mounting; needs --keys).")
+@click.option("--mount", "mount_dir", default=None,
+              type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="A mounted repository (or an ingest working tree).")
+@click.option("--keys", "keys", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Master public key (.pub) or a directory of *.pub, for --storage.")
+@click.option("--repo", "fqrn", default=None,
+              help="Repository name, for --storage [default: as `pycvmfs ls` finds it].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of objects.")
+def images_list_command(storage: str | None, mount_dir: Path | None, keys: tuple[Path, ...],
+                        fqrn: str | None, as_json: bool) -> None:
+    """List the images of an image repository: name, tag, manifest digest, size
+    (compressed layers), layers and ingest date."""
+    from pycvmfs.cli.read import open_repository
+    from pycvmfs.images.listing import DirectoryTree, RepositoryTree, list_images
+
+    if (storage is None) == (mount_dir is None):
+        raise click.UsageError("give the repository as --storage DIR_OR_URL or --mount PATH")
+    if mount_dir is not None:
+        images = list_images(DirectoryTree(mount_dir))
+    else:
+        if not keys:
+            raise click.UsageError("--storage needs --keys (the repository's public key)")
+        with open_repository(str(storage), keys, fqrn, None, None) as repository:
+            images = list_images(RepositoryTree(repository))
+    if as_json:
+        click.echo(json.dumps([image.as_json() for image in images], indent=1))
+        return
+    from pycvmfs.images.report import human
+
+    rows = [("NAME", "TAG", "DIGEST", "SIZE", "LAYERS", "INGESTED")] + [
+        (i.name, i.tag or "-", i.digest.removeprefix("sha256:")[:12], human(i.size),
+         str(i.layers), i.ingested) for i in images]
+    widths = [max(len(row[column]) for row in rows) for column in range(6)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths,
+                                                                       strict=True)).rstrip())
 
 
 COMMANDS = [ingest_command, wishlist_group, webhook_group, images_group]

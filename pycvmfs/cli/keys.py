@@ -10,7 +10,7 @@ from pycvmfs.errors import ConfigError
 from pycvmfs.format.certificates import certificate_fingerprint, fingerprint_text
 from pycvmfs.publisher.keys import create_keys, load_keys
 
-DEFAULT_KEYS_DIR = Path("/etc/cvmfs/keys")
+REFERENCE_KEYS_DIR = Path("/etc/cvmfs/keys")  # cvmfs_server keeps them there
 
 
 @click.group("keys")
@@ -23,9 +23,9 @@ def keys() -> None:
 @click.option(
     "--keys-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_KEYS_DIR,
-    show_default=True,
-    help="Directory for <fqrn>.masterkey, .pub, .key and .crt.",
+    required=True,
+    help=f"Directory for <fqrn>.masterkey, .pub, .key and .crt (the reference's place is "
+    f"{REFERENCE_KEYS_DIR}; nothing is written there unless named).",
 )
 @click.option("--force", is_flag=True, help="Replace keys that already exist.")
 def create(fqrn: str, keys_dir: Path, force: bool) -> None:

@@ -49,7 +49,18 @@ class _LazyGroup(click.Group):
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pycvmfs")
 def cli() -> None:
-    """CernVM-FS client and publisher."""
+    """CernVM-FS client and publisher.
+
+    Exit status: 0 on success, 1 on a failure (one `pycvmfs: error:` line names the cause
+    and the fix), 2 on a usage error, 70 on an internal error (a bug: please report it),
+    130 when interrupted; `pycvmfs run` exits with the container's status.
+
+    Shell completion, for bash (zsh_source and fish_source for zsh and fish):
+
+    eval "$(_PYCVMFS_COMPLETE=bash_source pycvmfs)"
+
+    Manual: man pycvmfs, man pycvmfs-COMMAND (e.g. man pycvmfs-images-list).
+    """
 
 
 EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h)

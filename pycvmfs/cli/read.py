@@ -3,7 +3,8 @@
 Thin front end over `repository.Repository`: parse options, open a source (URL or storage
 directory), verify the trust chain, print. `ls -lR` prints the tab-separated format of the
 shared fixtures' `expected-trunk.tsv` (path, type, permissions, size, nlink, mtime, sha1 of
-the content or link target, stored xattrs as name=hex), reading and verifying every file.
+the content or link target, stored xattrs), reading and verifying every file; xattr values
+print as getfattr shows them, or (`-e hex`) as the fixtures' bare hex.
 """
 
 from __future__ import annotations
@@ -144,8 +145,34 @@ def content_sha1(repository: Repository, path: str) -> str:
     return digest.hexdigest()
 
 
-def long_line(repository: Repository, path: str, entry: DirEntry) -> str:
-    """One `expected-trunk.tsv` line (eight tab-separated fields, the last may be empty)."""
+XATTR_ENCODINGS = ("text", "hex")
+
+
+def xattr_value(value: bytes, encoding: str = "text") -> str:
+    """An xattr value for people, as `getfattr` prints it: printable UTF-8 as a quoted
+    string (`"`, `\\` and control characters escaped as `\\ooo`), anything else as
+    `0x` and hex. `hex`: bare hex digits, the reference listing's (`expected-trunk.tsv`)
+    format."""
+    if encoding == "hex":
+        return value.hex()
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "0x" + value.hex()
+    if any(not (char.isprintable() or char in "\t\n\r") for char in text):
+        return "0x" + value.hex()
+    escaped = "".join(f"\\{ord(char):03o}" if char in '"\\\t\n\r' else char for char in text)
+    return f'"{escaped}"'
+
+
+def xattrs_field(entry: DirEntry, encoding: str = "text") -> str:
+    return ",".join(f"{name}={xattr_value(value, encoding)}" for name, value in entry.xattrs)
+
+
+def long_line(repository: Repository, path: str, entry: DirEntry,
+              xattr_encoding: str = "text") -> str:
+    """One `expected-trunk.tsv` line (eight tab-separated fields, the last may be empty);
+    the reference's exact format with `xattr_encoding="hex"`."""
     directory = entry.is_dir
     if entry.is_regular:
         content = content_sha1(repository, path)
@@ -156,8 +183,7 @@ def long_line(repository: Repository, path: str, entry: DirEntry) -> str:
     return "\t".join((
         path, type_char(entry.mode), oct(entry.mode & 0o7777),
         "-" if directory else str(apparent_size(entry)), "-" if directory else str(entry.linkcount),
-        str(entry.mtime), content,
-        ",".join(f"{name}={value.hex()}" for name, value in entry.xattrs),
+        str(entry.mtime), content, xattrs_field(entry, xattr_encoding),
     ))
 
 
@@ -167,8 +193,12 @@ def long_line(repository: Repository, path: str, entry: DirEntry) -> str:
 @click.option("-R", "--recursive", is_flag=True, help="List subdirectories recursively.")
 @click.option("-l", "--long", "long_format", is_flag=True,
               help="Tab-separated details; reads every listed file to print its SHA-1.")
+@click.option("-e", "--xattr-encoding", type=click.Choice(XATTR_ENCODINGS), default="text",
+              show_default=True, help="xattr values as getfattr shows them (text: quoted "
+              "when printable UTF-8, else 0x-hex), or as bare hex (the reference listing).")
 def ls(repo: str, keys: tuple[Path, ...], fqrn: str | None, tag: str | None, proxy: str,
-       now: dt.datetime | None, path: str, recursive: bool, long_format: bool) -> None:
+       now: dt.datetime | None, path: str, recursive: bool, long_format: bool,
+       xattr_encoding: str) -> None:
     """List PATH (default: the root) of a repository."""
     with open_repository(repo, keys, fqrn, tag, now, proxy) as repository:
         canonical = normalize_path(path)
@@ -183,7 +213,7 @@ def ls(repo: str, keys: tuple[Path, ...], fqrn: str | None, tag: str | None, pro
                      for name, child in repository.listdir(canonical)]
         for item_path, item in items:
             if long_format:
-                _echo(long_line(repository, item_path, item))
+                _echo(long_line(repository, item_path, item, xattr_encoding))
             elif recursive or not entry.is_dir:
                 _echo(item_path)
             else:
@@ -228,8 +258,7 @@ def stat_lines(repository: Repository, path: str) -> list[str]:
     else:
         lines.append("chunks: 0")
     lines.append(f"symlink: {entry.symlink}")
-    xattrs = ",".join(f"{name}={value.hex()}" for name, value in entry.xattrs)
-    lines.append(f"xattrs: {xattrs}")
+    lines.append(f"xattrs: {xattrs_field(entry)}")
     return lines
 
 

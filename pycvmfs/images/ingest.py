@@ -18,7 +18,10 @@ publisher turns it into the next revision. Images and layers already there are n
 again; identical files of different images become one object (content addressing), and
 every image directory and every layerfs is its own nested catalog. A failed ingest leaves
 the published repository alone: new trees are built beside the working tree and renamed in
-only when complete, and the repository changes only if the final publish succeeds.
+only when complete, and the repository changes only if the final publish succeeds. What it
+staged in the working tree is journalled (staging.py): a later ingest refuses to start
+while it is there, unless told to publish it (RESUME) or undo it (DISCARD). Keys, storage
+and working tree are checked before anything is fetched (preflight.py).
 
 After a successful publish every image and layer tree in the working tree shrinks to a
 `.pycvmfs-kept` stub (`keep_published_images`): later publishes graft their catalogs from
@@ -50,21 +53,23 @@ from pycvmfs.images.layer_report import LayerReport
 from pycvmfs.images.layer_stream import COPY_CHUNK_BYTES
 from pycvmfs.images.layers import apply_layers, unpack_layer_tree
 from pycvmfs.images.manifest import LINUX_AMD64, ImageSource, Platform
+from pycvmfs.images.preflight import check_can_publish
 from pycvmfs.images.reference import ImageReference, parse_reference
 from pycvmfs.images.registry import RegistryClient
 from pycvmfs.images.singularity import ImageConfig as RunConfig
 from pycvmfs.images.singularity import write_singularity_files
+from pycvmfs.images.staging import JOURNAL, SCRATCH, StagedPolicy, StagingJournal
 from pycvmfs.images.start_set import DEFAULT_TIMEOUT_S, record_start_sets_at_ingest
 from pycvmfs.publisher.kept import is_kept, keep_published
 from pycvmfs.publisher.publish import PublishOptions, PublishResult, publish
 from pycvmfs.publisher.tree_walk import CATALOG_MARKER
 
-SCRATCH = ".pycvmfs-ingest"  # in the working tree: unfinished images, the lock
-UNPUBLISHED = f"{SCRATCH}/unpublished"  # the working tree has unpublished changes
+UNPUBLISHED = JOURNAL  # the working tree has unpublished changes (staging.py)
 CONFIG_FILE = "config.json"
 INGEST_FILE = "ingest.json"  # ours: reference, manifest and index digests, platform
 
 Notify = Callable[[dict[str, object]], None]
+STAGED_FIX = ("publish them with this ingest (--resume), or undo them (--discard-staged)")
 
 
 class IngestProgress(Protocol):
@@ -100,6 +105,7 @@ class IngestOptions:
     layer_trees: bool = True  # also write `.layers/XX/<digest>/layerfs` (DUCC)
     start_sets: tuple[tuple[str, ...], ...] = ()  # commands recorded in a new flat tree
     start_set_timeout: float = DEFAULT_TIMEOUT_S
+    staged: StagedPolicy = StagedPolicy.REFUSE  # changes an earlier ingest did not publish
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,15 +138,25 @@ def ingest(references: list[str], options: IngestOptions,
     `<registry>/<repository>:<tag>` to publish them under (a docker archive's own RepoTags
     serve otherwise).
 
+    Before any image is fetched: the keys, storage and working tree are checked
+    (preflight.py), and changes an earlier ingest staged without publishing them are
+    refused, resumed or discarded (`options.staged`, staging.py).
+
     An image that fails does not stop the others: they are published, then IngestError
     names every failure (the publisher's own errors propagate as they are). Changes a
-    failed publish left in the working tree are published by the next ingest, even when
-    every image is skipped then."""
+    failed publish left in the working tree stay staged for `options.staged` to decide."""
     work = options.publish.source
     work.mkdir(parents=True, exist_ok=True)
     done: list[IngestedImage] = []
     failures: list[tuple[str, Exception]] = []
     with work_tree_lock(work):
+        journal = StagingJournal(work)
+        if references or journal.read() is not None:
+            check_can_publish(options.publish)
+        staged = journal.settle(options.staged, fix=STAGED_FIX)
+        if staged is not None:
+            options.notify({"action": "staged", "policy": options.staged.value,
+                            "images": staged.images, "message": staged.describe()})
         for text in references:
             started = time.monotonic()
             options.notify({"action": "start_image", "image": text})
@@ -158,7 +174,7 @@ def ingest(references: list[str], options: IngestOptions,
                             "seconds": round(time.monotonic() - started, 3)})
             done.append(image)
         result = None
-        if not all(image.skipped for image in done) or (work / UNPUBLISHED).exists():
+        if not all(image.skipped for image in done) or journal.read() is not None:
             options.notify({"action": "start_publish", "repository": options.publish.fqrn})
             result = publish(options.publish, options.progress)
             options.notify({"action": "end_publish", "repository": options.publish.fqrn,
@@ -166,7 +182,7 @@ def ingest(references: list[str], options: IngestOptions,
                             "bytes_written": result.bytes_written,
                             "seconds": round(result.seconds, 3)})
             keep_published_images(work)
-            (work / UNPUBLISHED).unlink(missing_ok=True)
+            journal.clear()
     outcome = IngestResult(done, result)
     if failures:
         first = failures[0][1]
@@ -215,7 +231,11 @@ def _ingest_one(reference: ImageReference, text: str, work: Path,
             report = _unpack(source, text, work, flat if not flat.is_dir() else None, trees,
                              options)
         _end_progress(options, text, skipped=False)
-    _mark_unpublished(work)
+    link_path, target = layout.public_link(name, config.digest)
+    origins = [layout.layer_origin_file(d) for d in layers] if options.layer_trees else []
+    StagingJournal(work).stage_image(name, [link_path, *origins, *(
+        f"{layout.METADATA}/{name}/{file}"
+        for file in (layout.MANIFEST_FILE, CONFIG_FILE, INGEST_FILE))])
     layer_trees = [layout.layerfs_dir(d) for d in layers] if options.layer_trees else []
     for directory in layout.nested_catalog_dirs([flat_rel, *layer_trees]):
         if not is_kept(work / directory):  # a stub already stands for a published catalog
@@ -223,7 +243,6 @@ def _ingest_one(reference: ImageReference, text: str, work: Path,
             (work / directory / CATALOG_MARKER).touch()
     for digest in layers if options.layer_trees else []:
         _add_origin(work / layout.layer_origin_file(digest), name)
-    link_path, target = layout.public_link(name, config.digest)
     _replace_symlink(work / link_path, target)
     replace_file(metadata, manifest.raw)
     replace_file(metadata.with_name(CONFIG_FILE), config.raw)
@@ -280,7 +299,7 @@ def _unpack(source: ImageSource, text: str, work: Path, flat: Path | None,
                     "/" + flat.relative_to(work).as_posix(), options.start_set_timeout,
                     lambda event: options.notify({"image": text, **event}))
             ready.append((rootfs, flat))
-        _mark_unpublished(work)
+        StagingJournal(work).stage_dirs([t.relative_to(work).as_posix() for _, t in ready])
         for built, target in ready:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(built, target)
@@ -296,11 +315,6 @@ def _download(source: ImageSource, digest: str, path: Path,
             out.write(chunk)
             if progress is not None:
                 progress.downloaded(len(chunk))
-
-
-def _mark_unpublished(work: Path) -> None:
-    """Before the working tree changes: the next ingest publishes even if this one fails."""
-    (work / UNPUBLISHED).touch()
 
 
 def _end_progress(options: IngestOptions, text: str, *, skipped: bool) -> None:

@@ -30,15 +30,17 @@ from pycvmfs.errors import ImageError
 from pycvmfs.images import layout
 from pycvmfs.images.ingest import (
     INGEST_FILE,
-    UNPUBLISHED,
+    STAGED_FIX,
     IngestOptions,
     json_field,
+    keep_published_images,
     read_origins,
     work_tree_lock,
     write_origins,
 )
 from pycvmfs.images.manifest import Manifest, parse_manifest
 from pycvmfs.images.reference import parse_reference
+from pycvmfs.images.staging import StagedPolicy, StagingJournal
 from pycvmfs.publisher.publish import PublishOptions, PublishResult, publish
 from pycvmfs.publisher.tree_walk import CATALOG_MARKER
 
@@ -64,16 +66,25 @@ def public_name_of(text: str) -> str:
 
 def remove_images(names: list[str], options: IngestOptions | PublishOptions) -> RemovalResult:
     """Remove the images named (see the module docstring); publish once if anything
-    changed. Names not in the repository are reported in `missing`, not an error."""
+    changed. Names not in the repository are reported in `missing`, not an error. The
+    publish covers the whole working tree, so changes an ingest staged without publishing
+    them are settled first as for an ingest (`IngestOptions.staged`; REFUSE for bare
+    PublishOptions)."""
     publish_options = options.publish if isinstance(options, IngestOptions) else options
+    policy = options.staged if isinstance(options, IngestOptions) else StagedPolicy.REFUSE
     work = publish_options.source
     if not work.is_dir():
         return RemovalResult([], [public_name_of(n) for n in names], [], None)
     removed: list[str] = []
     missing: list[str] = []
     with work_tree_lock(work):
-        for text in names:
-            name = public_name_of(text)
+        journal = StagingJournal(work)
+        staged = journal.settle(policy, fix=STAGED_FIX)
+        wanted = [public_name_of(text) for text in names]
+        present = [name for name in wanted if _present(work, name)]
+        if present:
+            journal.stage_removal(present)
+        for name in wanted:
             if _remove_one(work, name):
                 removed.append(name)
             else:
@@ -81,11 +92,12 @@ def remove_images(names: list[str], options: IngestOptions | PublishOptions) -> 
         flats = _remove_unreferenced_flats(work) if removed else []
         if removed:
             flats += _remove_unreferenced_layers(work, removed)
-        if not removed and not flats:
+        if not removed and not flats and (staged is None or policy is not StagedPolicy.RESUME):
             return RemovalResult(removed, missing, flats, None)
         progress = options.progress if isinstance(options, IngestOptions) else None
         result = publish(publish_options, progress)
-        (work / UNPUBLISHED).unlink(missing_ok=True)  # the publish covered the working tree
+        keep_published_images(work)
+        journal.clear()  # the publish covered the working tree
     return RemovalResult(removed, missing, flats, result)
 
 
@@ -148,6 +160,15 @@ def _forget_origins(path: Path, names: list[str]) -> None:
     origin = read_origins(path)
     if set(origin) & set(names):
         write_origins(path, [n for n in origin if n not in names])
+
+
+def _present(work: Path, name: str) -> bool:
+    """Whether `name` is in the working tree (refused, before any change, when its public
+    path is not a symlink)."""
+    link = work / name
+    if not link.is_symlink() and link.exists():
+        raise ImageError(f"{name}: not an image symlink in {work}; refusing to remove it")
+    return link.is_symlink() or (work / layout.METADATA / name).is_dir()
 
 
 def _remove_one(work: Path, name: str) -> bool:

@@ -38,7 +38,9 @@ Two runners, tried in this order by `select_runner()`:
     explicit Env (`RunRequest.env is None`), the command runs through the image's
     `/.singularity.d/actions/exec`, which sources the image's env scripts, as Apptainer does.
 
-Exit status: the command's, passed through; death by signal N gives 128 + N, like a shell.
+Exit status: the command's, passed through; death by signal N gives 128 + N, like a shell;
+a command missing from the image is refused before the runner starts with CommandNotRunnableError
+(127, or 126 when it is there but not executable), as a shell reports them.
 stdin, stdout and stderr are inherited. While the command runs, SIGINT and SIGQUIT are
 ignored here (the terminal delivers them to the command, which decides), SIGTERM and SIGHUP
 are forwarded to it.
@@ -62,6 +64,7 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -81,8 +84,20 @@ HOST_FILES = ("etc/resolv.conf", "etc/hosts")
 PROBE_TIMEOUT_S = 30  # a bwrap probe takes milliseconds; this only bounds a hung system
 
 
+MAX_SYMLINKS = 40  # as the kernel's limit on symlinks followed in one lookup
+
+
 class RunnerError(PycvmfsError):
     """No usable runner, or the runner could not start the container."""
+
+
+class CommandNotRunnableError(RunnerError):
+    """The command is not in the image (`status` 127) or not executable there (126), as a
+    shell reports it: found before the runner starts, so its status is not the runner's."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +188,85 @@ def _check_request(request: RunRequest) -> None:
     if not inside.is_symlink() and not inside.is_dir():
         raise RunnerError(f"working directory {request.working_dir} is not a directory in "
                           f"the image {request.root}")
+
+
+def resolve_in_image(root: Path, path: str) -> Path | None:
+    """Host path of absolute image path `path`, symlinks resolved as inside the image
+    (absolute targets from the image root, `..` never above it); None when a component
+    is missing or the symlinks loop."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = root.joinpath(*resolved, part)
+        if candidate.is_symlink():
+            hops += 1
+            if hops > MAX_SYMLINKS:
+                return None
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        if not os.path.lexists(candidate):
+            return None
+        resolved.append(part)
+    return root.joinpath(*resolved)
+
+
+def check_command(request: RunRequest) -> None:
+    """Raise CommandNotRunnableError when the command is missing (127) or not executable (126)
+    in the image, as a shell would find it: a name with `/` from the working directory,
+    else along the container's PATH. Without a known environment (`env` None: the image's
+    env scripts may extend PATH) only names with `/` are checked."""
+    name = request.argv[0]
+    if "/" in name:
+        path = name if name.startswith("/") else f"{request.working_dir}/{name}"
+        found = resolve_in_image(request.root, path)
+        if found is None:
+            raise CommandNotRunnableError(f"{name}: No such file or directory", 127)
+        if found.is_dir():
+            raise CommandNotRunnableError(f"{name}: Is a directory", 126)
+        if not _executable(found):
+            raise CommandNotRunnableError(f"{name}: Permission denied", 126)
+        return
+    if request.env is None:
+        return
+    env = parse_env(request.env) | parse_env(request.extra_env)
+    denied = False
+    for directory in env.get("PATH", DEFAULT_PATH).split(":"):
+        found = resolve_in_image(request.root, f"{directory or request.working_dir}/{name}")
+        if found is None or found.is_dir():
+            continue
+        if _executable(found):
+            return
+        denied = True
+    if denied:
+        raise CommandNotRunnableError(f"{name}: Permission denied", 126)
+    raise CommandNotRunnableError(f"{name}: command not found", 127)
+
+
+def _executable(path: Path) -> bool:
+    """From the mode bits, as execve judges them (access(2) on a FUSE mount without
+    default_permissions says yes to everything)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    if os.geteuid() == 0:
+        return bool(st.st_mode & 0o111)
+    if st.st_uid == os.geteuid():
+        return bool(st.st_mode & stat.S_IXUSR)
+    if st.st_gid == os.getegid() or st.st_gid in os.getgroups():
+        return bool(st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IXOTH)
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -358,4 +452,6 @@ def run_image(root: Path, argv: Sequence[str], config: ImageConfig | None = None
     The whole of what `pycvmfs run` needs once the image path is resolved on the mount.
     """
     request = RunRequest.for_image(root, argv, config, extra_env=extra_env)
-    return select_runner(preference).run(request)
+    runner = select_runner(preference)
+    check_command(request)
+    return runner.run(request)

@@ -208,6 +208,12 @@ CASES = [
          "--storage /proc/nope --keys-dir {keys}", "no repository storage at /proc/nope"),
     case("images-remove-empty-name", "images remove '' --repo demo.pycvmfs.org "
          "--storage {storage} --keys-dir {keys}", "names no image"),
+    case("images-list-no-repository", "images list", "--storage"),
+    case("images-list-not-a-repository", "images list --storage {empty} --keys {pub}",
+         ".cvmfspublished"),
+    case("images-list-mount-missing", "images list --mount {nope}", "--mount"),
+    case("images-list-keys-garbage", "images list --storage {storage} --keys {garbage}",
+         "garbage"),
     # gc
     case("gc-storage-missing", f"gc {STORAGE.replace('{storage}', '{nope}')} --keys-dir {{keys}}",
          "does not exist"),
@@ -218,7 +224,9 @@ CASES = [
          "--keep-revisions"),
     # report
     case("dedup-keys-missing", f"report dedup {STORAGE} --keys-dir {{empty}}",
-         "cannot read the public key"),
+         "no public key"),
+    case("dedup-pub-missing", f"report dedup {STORAGE} --keys {{nope}}/x.pub", "--keys"),
+    case("dedup-no-keys", f"report dedup {STORAGE}", "--keys"),
     case("dedup-png-dir-missing",
          f"report dedup {STORAGE} --keys-dir {{keys}} --png {{nope}}/x.png", "--png"),
     case("dedup-storage-is-proc",

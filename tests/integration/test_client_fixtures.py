@@ -168,7 +168,7 @@ def mount_served(served: Served, tmp_path: Path, backend: str | None = None,
 def reader_listing(served: Served, capsys: pytest.CaptureFixture[str],
                    tag: str | None = None) -> list[str]:
     """`pycvmfs ls -lR` of the served storage directory (no FUSE, every object verified)."""
-    args = ["ls", "-lR", str(served.storage), "--keys", str(served.public_key),
+    args = ["ls", "-lR", "-e", "hex", str(served.storage), "--keys", str(served.public_key),
             "--fqrn", served.fqrn]
     if tag:
         args += ["--tag", tag]

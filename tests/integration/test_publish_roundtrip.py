@@ -143,5 +143,5 @@ def test_published_repository_served_by_nginx(tmp_path: Path, keys: Keys,
         assert capsysbinary.readouterr().out == (source / "big.bin").read_bytes()
     view = source_view(source)
     assert len(listing) == len(view) + sum(path.count("\n") for path in view)
-    assert any(line.startswith("/plain.txt\tf\t0o644\t11\t2\t") and "user.foo=626172" in line
+    assert any(line.startswith("/plain.txt\tf\t0o644\t11\t2\t") and 'user.foo="bar"' in line
                for line in listing)

@@ -30,7 +30,8 @@ def base_url() -> Iterator[str]:
 
 
 def test_ls_long_recursive_over_http(base_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["ls", "-lR", base_url, "--keys", str(ORACLE_KEYS), "--now", NOW_ARG]) == 0
+    assert main(["ls", "-lR", "-e", "hex", base_url, "--keys", str(ORACLE_KEYS),
+                 "--now", NOW_ARG]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
     expected = (ORACLE / "expected-trunk.tsv").read_text().splitlines()

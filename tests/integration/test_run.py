@@ -1,5 +1,6 @@
 """`pycvmfs run` end to end: a Debian image with python3 ingested from a real registry,
-served by nginx, run straight from the mount (bubblewrap here), exit codes passed through."""
+served by nginx, run straight from the mount (bubblewrap here), exit codes passed through
+(127/126 as a shell gives them), and the mount it made ended when it ends."""
 
 from __future__ import annotations
 
@@ -60,10 +61,11 @@ def served(keys: Keys, ingested_images: IngestedImages) -> Iterator[Served]:
             force_unmount(mnt)
 
 
-def _run(served: Served, *command: str) -> subprocess.CompletedProcess[str]:
+def _run(served: Served, *command: str, mount: tuple[str, ...] = ()
+         ) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYCVMFS_CONFIG_ROOT="/nonexistent")
     return subprocess.run([sys.executable, "-m", "pycvmfs", "run", "-o", served.options,
-                           "--runner", "bwrap", served.image, "--", *command],
+                           "--runner", "bwrap", *mount, served.image, "--", *command],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
 
 
@@ -73,9 +75,51 @@ def test_run_mounts_and_runs_the_image(served: Served) -> None:
     assert "Debian GNU/Linux 12" in done.stdout
     assert "FOO=bar" in done.stdout  # the image's Env
     assert done.stdout.rstrip().endswith("/opt")  # its WorkingDir
-    assert is_mounted(served.mnt)  # left mounted for the next run
-    again = _run(served, "/bin/sh", "-c", "exit 7")  # reuses the mount
-    assert again.returncode == 7, again.stderr
+    assert not is_mounted(served.mnt)  # what it mounted, it unmounted
+    failed = _run(served, "/bin/sh", "-c", "exit 7")
+    assert failed.returncode == 7, failed.stderr
+    assert not is_mounted(served.mnt)
+
+
+def test_a_chosen_mount_point_stays_and_is_reused(served: Served) -> None:
+    kept = _run(served, "/bin/sh", "-c", "exit 3", mount=("--mount", str(served.mnt)))
+    assert kept.returncode == 3 and "stays mounted" in kept.stderr, kept.stderr
+    assert is_mounted(served.mnt)
+    try:
+        again = _run(served, "true")  # finds the mount: uses it, says where, leaves it
+        assert again.returncode == 0, again.stderr
+        assert f"at {served.mnt}" in again.stderr and f"pycvmfs umount {served.mnt}" \
+            in again.stderr
+        assert is_mounted(served.mnt)
+    finally:
+        subprocess.run([sys.executable, "-m", "pycvmfs", "umount", str(served.mnt)],
+                       capture_output=True, cwd=ROOT)
+
+
+def test_missing_and_unexecutable_commands_exit_as_in_a_shell(served: Served) -> None:
+    missing = _run(served, "no-such-command")
+    assert missing.returncode == 127 and "no-such-command: command not found" in missing.stderr
+    assert _run(served, "/no/such/file").returncode == 127
+    assert _run(served, "/etc/os-release").returncode == 126  # there, not executable
+    assert _run(served, "/etc").returncode == 126
+    assert _run(served, "/bin/sh", "-c", "kill -TERM $$").returncode == 128 + 15
+    assert not is_mounted(served.mnt)
+
+
+def test_sigterm_unmounts_what_run_mounted(served: Served) -> None:
+    env = dict(os.environ, PYCVMFS_CONFIG_ROOT="/nonexistent")
+    process = subprocess.Popen([sys.executable, "-m", "pycvmfs", "run", "-o", served.options,
+                                "--runner", "bwrap", served.image, "--", "/bin/sh", "-c",
+                                "echo started; sleep 60"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "started\n"
+        process.terminate()  # forwarded to the container, which ends; then the unmount
+        assert process.wait(timeout=60) == 128 + 15
+    finally:
+        process.kill()
+        process.communicate(timeout=30)
+    assert not is_mounted(served.mnt)
 
 
 def test_run_refuses_a_missing_image(served: Served) -> None:
@@ -107,7 +151,7 @@ def test_an_ordinary_user_runs_the_image(served: Served, keys: Keys, user: User,
             pytest.skip(f"bubblewrap cannot run unprivileged here: {done.stderr.strip()}")
         assert done.returncode == 0, done.stderr
         assert "Debian GNU/Linux 12" in done.stdout and "FOO=bar" in done.stdout
-        assert f"user_id={user.uid}" in mountinfo()[str(mnt)][-1]  # the user's mount
+        assert str(mnt) not in mountinfo()  # the user's own mount, ended by the user
     finally:
         as_user(user, env, home, SYSTEM_PYTHON, "-m", "pycvmfs", "umount", str(mnt))
         force_unmount(mnt)

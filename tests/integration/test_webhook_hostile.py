@@ -405,6 +405,9 @@ def test_events_for_unconfigured_registries_fetch_nothing(tmp_path: Path) -> Non
     target.url, a Harbor resource URL) are ignored; an event for the configured registry
     whose target.url names it is fetched from the configured URL; an item queued under an
     older configuration fails without a fetch. The decoy sees no connection at all."""
+    from pycvmfs.publisher.keys import create_keys
+
+    create_keys("r.org", tmp_path / "keys")  # an ingest checks its keys before fetching
     with socket.socket() as decoy, socket.socket() as closed_port:
         decoy.bind(("127.0.0.1", 0))
         decoy.listen(16)

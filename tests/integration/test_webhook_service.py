@@ -134,7 +134,7 @@ os._exit(9)
 
 def _serve_args(tmp_path: Path, keys: Keys, port: int, *extra: str) -> list[str]:
     script = ("import sys\nfrom pycvmfs.cli.images_admin import webhook_group\n"
-              "webhook_group(sys.argv[1:], standalone_mode=False)\n")
+              "raise SystemExit(webhook_group(sys.argv[1:], standalone_mode=False))\n")
     return [sys.executable, "-c", script, "serve", "--listen", f"127.0.0.1:{port}",
             "--token", "tok", "--queue", str(tmp_path / "queue.sqlite"), "--repo", keys.fqrn,
             "--storage", str(tmp_path / "storage"), "--keys-dir", str(keys.keys_dir), *extra]
@@ -194,6 +194,7 @@ def test_cli_webhook_serve_queues_and_stops_on_sigint(tmp_path: Path, keys: Keys
             process.send_signal(signal.SIGINT)
             _out, err = process.communicate(timeout=30)
     assert "listening on 127.0.0.1" in err and "stopped" in err
+    assert process.returncode == 130  # interrupted, as every command
     assert "127.0.0.1:2" in err and "not configured" in err  # the ignored event is logged
     queue = EventQueue(tmp_path / "queue.sqlite")  # nothing listens on 127.0.0.1:1
     state = queue.state(1)  # (the worker finishes its item before the process ends)

@@ -180,3 +180,10 @@ def test_cli_help() -> None:
     result = CliRunner().invoke(keys, ["create", "--help"])
     assert result.exit_code == 0
     assert "--keys-dir" in result.output and "--force" in result.output
+
+
+def test_cli_create_needs_a_keys_dir() -> None:
+    """Never a silent write into /etc/cvmfs/keys: the directory must be named."""
+    result = CliRunner().invoke(keys, ["create", "cli.test"])
+    assert result.exit_code == 2
+    assert "Missing option '--keys-dir'" in result.output

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from pycvmfs.cli.images_admin import images_group
 from pycvmfs.errors import ImageError
 from pycvmfs.images import layout
-from pycvmfs.images.ingest import INGEST_FILE, IngestOptions
+from pycvmfs.images.ingest import INGEST_FILE, UNPUBLISHED, IngestOptions
 from pycvmfs.images.removal import names_for_digest, referenced_flats, remove_images
 from pycvmfs.images.webhook_http import parse_listen
 from pycvmfs.images.webhook_options import WebhookOptions
@@ -312,6 +312,7 @@ def test_remove_refuses_a_non_symlink(tmp_path: Path, keys: Keys) -> None:
     with pytest.raises(Exception, match="not an image symlink"):
         remove_images(["reg.org/ns/a:v1"], options)
     assert os.path.exists(work / "reg.org" / "ns" / "a:v1")
+    assert not (work / UNPUBLISHED).exists()  # refused before anything was staged
 
 
 def test_requeue_failed_and_busy_lock_is_not_a_failure(tmp_path: Path) -> None:
@@ -345,7 +346,7 @@ def test_cli_images_remove(tmp_path: Path, keys: Keys) -> None:
     result = CliRunner().invoke(images_group, [
         "remove", "reg.org/ns/a:v1", "reg.org/ns/a:gone", "--repo", keys.fqrn,
         "--storage", str(storage), "--keys-dir", str(keys.keys_dir), "--work", str(work)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # one of the images was not there
     assert "removed reg.org/ns/a:v1" in result.output
-    assert "not there: reg.org/ns/a:gone" in result.output
+    assert "not in the repository: reg.org/ns/a:gone" in str(result.exception)
     assert "published test.pycvmfs.org revision 1" in result.output
