@@ -21,6 +21,7 @@ from tests.publish_helpers import FQRN, Keys
 # creates or changes anything there fails (tests write only into temporary directories).
 SHARED_PLACES = (Path("/etc/cvmfs"), Path("/var/lib/cvmfs"))
 MAX_ENTRIES = 100_000  # a walk of a shared place stops there (it is only compared)
+LIVE_CLIENT = "unless a CernVM-FS client running on this machine changed it meanwhile"
 
 _LEAKS = LeakChecker()
 _undo: list[Callable[[], None]] = []
@@ -147,7 +148,7 @@ def _shared_places_untouched() -> Iterator[None]:
                 if (problem := _changes(place, before[place], _walk(place))) is not None]
     if problems:
         pytest.fail("the tests wrote outside their temporary directories: "
-                    + "; ".join(problems), pytrace=False)
+                    + "; ".join(problems) + f" ({LIVE_CLIENT})", pytrace=False)
 
 
 @pytest.fixture(autouse=True)
@@ -159,4 +160,4 @@ def _shared_places_untouched_by_test() -> Iterator[None]:
                 if (problem := _changes(place, before[place], _top(place))) is not None]
     if problems:
         pytest.fail("this test wrote outside its temporary directories: "
-                    + "; ".join(problems), pytrace=False)
+                    + "; ".join(problems) + f" ({LIVE_CLIENT})", pytrace=False)
