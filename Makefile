@@ -23,7 +23,8 @@ $(VENV)/.installed-demo: pyproject.toml
 # Then the test and lint tools, and pyfuse3, which compiles against libfuse3 (headers,
 # pkg-config, a C compiler and Python's headers: `make system-packages` lists them).
 $(VENV)/.installed: $(VENV)/.installed-demo
-	$(PY) -m pip install --quiet -e '.[test]' || { \
+	@echo "$(PY) -m pip install --quiet -e '.[test]'"
+	@$(PY) -m pip install --quiet -e '.[test]' || { \
 	    echo "make: installing .[test] failed; pyfuse3 builds against libfuse3: see" \
 	         "\`make system-packages\` for the packages it needs"; exit 1; }
 	touch $@
@@ -42,6 +43,7 @@ setup: $(VENV)/.installed
 # htpasswd for registry auth; strace: start sets recorded at ingest.
 PY_INCLUDE := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_path('include'))" \
 	2>/dev/null)
+PY_VERSION := $(shell $(PYTHON) -c "import sys; print('%d.%d' % sys.version_info[:2])" 2>/dev/null)
 SYSTEM_PACKAGES := \
 	nginx:nginx:nginx \
 	squid:squid:squid \
@@ -50,7 +52,7 @@ SYSTEM_PACKAGES := \
 	/usr/include/fuse3/fuse_lowlevel.h:libfuse3-dev:fuse3-devel \
 	pkg-config:pkg-config:pkgconf-pkg-config \
 	gcc:gcc:gcc \
-	$(PY_INCLUDE)/Python.h:python3-dev:python3-devel \
+	$(PY_INCLUDE)/Python.h:python$(PY_VERSION)-dev:python$(PY_VERSION)-devel \
 	docker-registry:docker-registry:- \
 	skopeo:skopeo:skopeo \
 	umoci:umoci:umoci \
@@ -81,7 +83,7 @@ system-packages:
 	    apt-get install -y -qq --no-install-recommends $$apt >/dev/null; \
 	else \
 	    echo "== missing system packages (tests that need them are skipped; pyfuse3, in" \
-	         "make setup, builds only with libfuse3-dev pkg-config gcc python3-dev):"; \
+	         "make setup, builds only with libfuse3's headers, pkg-config, gcc and Python's):"; \
 	    echo "   Debian/Ubuntu:            sudo apt-get install$$apt"; \
 	    if test -n "$$dnf"; then echo "   RHEL/Alma (EPEL enabled): sudo dnf install$$dnf"; fi; \
 	fi

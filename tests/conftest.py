@@ -8,7 +8,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -125,7 +125,7 @@ def _top(place: Path) -> dict[str, int] | None:
     return entries
 
 
-def _changes(place: Path, before: dict[str, object] | None, after: dict[str, object] | None,
+def _changes(place: Path, before: Mapping[str, object] | None, after: Mapping[str, object] | None,
              ) -> str | None:
     if before == after:
         return None
@@ -151,13 +151,27 @@ def _shared_places_untouched() -> Iterator[None]:
                     + "; ".join(problems) + f" ({LIVE_CLIENT})", pytrace=False)
 
 
-@pytest.fixture(autouse=True)
-def _shared_places_untouched_by_test() -> Iterator[None]:
-    """The test that creates SHARED_PLACES, or an entry directly in one, is named."""
-    before = {place: _top(place) for place in SHARED_PLACES}
-    yield
-    problems = [problem for place in SHARED_PLACES
-                if (problem := _changes(place, before[place], _top(place))) is not None]
+_tops_before: dict[str, dict[Path, dict[str, int] | None]] = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    _tops_before[item.nodeid] = {place: _top(place) for place in SHARED_PLACES}
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item,
+                            nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    """The test that creates SHARED_PLACES, or an entry directly in one, is named. Checked
+    once its teardown is complete (as the leak checks are): a failure raised from a fixture
+    would leave pytest's own state behind for the next test."""
+    result = yield
+    before = _tops_before.pop(item.nodeid, None)
+    problems = [] if before is None else [
+        problem for place in SHARED_PLACES
+        if (problem := _changes(place, before[place], _top(place))) is not None]
     if problems:
-        pytest.fail("this test wrote outside its temporary directories: "
-                    + "; ".join(problems) + f" ({LIVE_CLIENT})", pytrace=False)
+        raise pytest.fail.Exception("this test wrote outside its temporary directories: "
+                                    + "; ".join(problems) + f" ({LIVE_CLIENT})", pytrace=False)
+    return result
