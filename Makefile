@@ -6,21 +6,92 @@ DEMO_FQRN := demo.pycvmfs.org
 DEMO_KEY  := testdata/keys/$(DEMO_FQRN).pub
 DEMO_OUT  ?= /tmp/pycvmfs-demo
 
-.PHONY: setup demo lint test test-unit test-integration test-fast test-slow testdata bench bench-client \
-	bench-images clean
+.PHONY: setup setup-demo system-packages demo lint test test-unit test-integration test-fast \
+	test-slow testdata bench bench-client bench-images clean
 
-$(VENV)/.installed: pyproject.toml
+# pycvmfs and its dependencies, all wheels: no compiler and no FUSE headers. A mount loads
+# libfuse3.so through ctypes when it is there (package fuse3).
+$(VENV)/.installed-demo: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	    echo "make: pycvmfs needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) -V 2>&1)" \
+	         "(choose another: make PYTHON=python3.12 ...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e .
 	touch $@
+
+# Then the test and lint tools, and pyfuse3, which compiles against libfuse3 (headers,
+# pkg-config, a C compiler and Python's headers: `make system-packages` lists them).
+$(VENV)/.installed: $(VENV)/.installed-demo
+	@echo "$(PY) -m pip install --quiet -e '.[test]'"
+	@$(PY) -m pip install --quiet -e '.[test]' || { \
+	    echo "make: installing .[test] failed; pyfuse3 builds against libfuse3: see" \
+	         "\`make system-packages\` for the packages it needs"; exit 1; }
+	touch $@
+
+setup-demo: $(VENV)/.installed-demo
 
 setup: $(VENV)/.installed
 
+# What the test suite uses from the system, one entry per package:
+# PROBE:DEBIAN-PACKAGE:RHEL-PACKAGE, PROBE a command (also looked for in /usr/sbin) or an
+# absolute file, `-` where the distribution has no such package. nginx: real Stratum-1s;
+# squid: site proxies; attr: getfattr; fuse3: fusermount3 and libfuse3.so for mounts;
+# libfuse3-dev, pkg-config, gcc, Python headers: building pyfuse3; docker-registry, skopeo,
+# umoci: real container images (RHEL: no docker-registry command, those tests skip);
+# debootstrap: the test images; bubblewrap: running images unprivileged; apache2-utils:
+# htpasswd for registry auth; strace: start sets recorded at ingest.
+PY_INCLUDE := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_path('include'))" \
+	2>/dev/null)
+PY_VERSION := $(shell $(PYTHON) -c "import sys; print('%d.%d' % sys.version_info[:2])" 2>/dev/null)
+SYSTEM_PACKAGES := \
+	nginx:nginx:nginx \
+	squid:squid:squid \
+	getfattr:attr:attr \
+	fusermount3:fuse3:fuse3 \
+	/usr/include/fuse3/fuse_lowlevel.h:libfuse3-dev:fuse3-devel \
+	pkg-config:pkg-config:pkgconf-pkg-config \
+	gcc:gcc:gcc \
+	$(PY_INCLUDE)/Python.h:python$(PY_VERSION)-dev:python$(PY_VERSION)-devel \
+	docker-registry:docker-registry:- \
+	skopeo:skopeo:skopeo \
+	umoci:umoci:umoci \
+	debootstrap:debootstrap:debootstrap \
+	bwrap:bubblewrap:bubblewrap \
+	htpasswd:apache2-utils:httpd-tools \
+	strace:strace:strace
+
+# Installs the missing ones as root where apt-get is; elsewhere prints them, one apt and one
+# dnf line, and goes on (tests that need a missing tool are skipped; pyfuse3 cannot be built
+# without its four).
+system-packages:
+	@apt=; dnf=; \
+	for entry in $(SYSTEM_PACKAGES); do \
+	    probe=$${entry%%:*}; rest=$${entry#*:}; deb=$${rest%%:*}; rpm=$${rest#*:}; \
+	    case $$probe in \
+	        /*) test -e "$$probe" ;; \
+	        *) command -v "$$probe" >/dev/null 2>&1 || test -x "/usr/sbin/$$probe" ;; \
+	    esac && continue; \
+	    apt="$$apt $$deb"; test "$$rpm" = - || dnf="$$dnf $$rpm"; \
+	done; \
+	if test -z "$$apt"; then \
+	    echo "== system packages: every one the tests use is installed"; \
+	elif test "$$(id -u)" = 0 && command -v apt-get >/dev/null 2>&1; then \
+	    echo "== installing system packages:$$apt"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && \
+	    apt-get install -y -qq --no-install-recommends $$apt >/dev/null; \
+	else \
+	    echo "== missing system packages (tests that need them are skipped; pyfuse3, in" \
+	         "make setup, builds only with libfuse3's headers, pkg-config, gcc and Python's):"; \
+	    echo "   Debian/Ubuntu:            sudo apt-get install$$apt"; \
+	    if test -n "$$dnf"; then echo "   RHEL/Alma (EPEL enabled): sudo dnf install$$dnf"; fi; \
+	fi
+
 # Publish the demo tree into a scratch repository, list and read the bundled demo
 # repository back through the verifying no-FUSE reader, then serve it over HTTP on
-# 127.0.0.1 and mount it with `pycvmfs mount` (skipped where FUSE is not usable).
-demo: setup
+# 127.0.0.1 and mount it with `pycvmfs mount` (skipped, saying why, where FUSE is not usable).
+demo: setup-demo
 	rm -rf $(DEMO_OUT)
 	$(PY) testdata/build_demo.py --output $(DEMO_OUT)/repo
 	@echo "== the bundled demo repository, verified and listed (path type mode size nlink mtime sha1/target xattrs)"
@@ -47,7 +118,7 @@ lint: setup
 # two workers; then every other test, one at a time (they mount, serve and time things).
 UNSHARE_NET := $(shell unshare --net true >/dev/null 2>&1 && echo unshare --net --)
 
-test: setup lint test-unit test-integration
+test: system-packages setup lint test-unit test-integration
 
 test-unit: setup
 	$(UNSHARE_NET) $(PY) -m pytest -q -n 2 tests/unit

@@ -2,7 +2,10 @@
 mount it with `pycvmfs mount`, show what a user sees, and unmount.
 
 Uses Python's own HTTP server (no nginx needed) and a scratch cache under --workdir.
-Skips with a message, exit 0, where FUSE is not usable (no /dev/fuse, or no permission).
+Needs no compiler and no FUSE headers: the default backend loads libfuse3.so through ctypes
+(mfusepy, a pure wheel, is the fallback). Where a mount cannot work it says why in one line
+and exits 0: no /dev/fuse, /dev/fuse not readable and writable, no libfuse library, or (for
+an ordinary user) no setuid fusermount3.
 """
 
 from __future__ import annotations
@@ -12,10 +15,14 @@ import functools
 import http.server
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import threading
 from pathlib import Path
+
+from pycvmfs.errors import ConfigError
+from pycvmfs.fs.mount import load_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 FQRN = "demo.pycvmfs.org"
@@ -31,12 +38,34 @@ def _run(*command: str) -> None:
     subprocess.run(command, check=True)
 
 
+def why_no_mount() -> str | None:
+    """What stops a FUSE mount here, with the fix; None when nothing does."""
+    if not os.path.exists("/dev/fuse"):
+        return "there is no /dev/fuse (no FUSE in this kernel or container)"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "/dev/fuse is not readable and writable by you (as root: chmod 666 /dev/fuse)"
+    try:
+        load_backend()
+    except ConfigError:
+        return ("no usable libfuse library (libfuse3.so.3 or .4, or libfuse.so.2) was found "
+                "(apt-get install fuse3)")
+    if os.geteuid() != 0:
+        fusermount = shutil.which("fusermount3")
+        if fusermount is None:
+            return ("an ordinary user mounts through fusermount3, which is not installed "
+                    "(apt-get install fuse3)")
+        if not os.stat(fusermount).st_mode & stat.S_ISUID:
+            return f"{fusermount} is not setuid root (as root: chmod u+s {fusermount})"
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/pycvmfs-demo"))
     args = parser.parse_args()
-    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        print("== skipping the mount demo: /dev/fuse is not usable here")
+    why = why_no_mount()
+    if why is not None:
+        print(f"== skipping the mount demo: {why}")
         return 0
     docroot = args.workdir / "www"
     shutil.rmtree(docroot, ignore_errors=True)

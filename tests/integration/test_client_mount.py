@@ -80,6 +80,7 @@ def test_mount_errors_are_clear(tmp_path: Path) -> None:
     config_root.mkdir()
     mnt = tmp_path / "mnt"
     mnt.mkdir()
+    (config_root / "default.local").write_text(f"CVMFS_CACHE_BASE={tmp_path / 'cache'}\n")
     env = dict(os.environ, PYCVMFS_CONFIG_ROOT=str(config_root), HOME=str(tmp_path))
     done = _pycvmfs("mount", FQRN, str(mnt), "-o", "CVMFS_SERVER_URL=http://127.0.0.1:1/x",
                     env=env)
