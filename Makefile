@@ -7,7 +7,7 @@ DEMO_KEY  := testdata/keys/$(DEMO_FQRN).pub
 DEMO_OUT  ?= /tmp/pycvmfs-demo
 
 .PHONY: setup setup-demo system-packages demo lint test test-unit test-integration test-fast \
-	test-slow testdata bench bench-client bench-images clean
+	test-slow testdata man bench bench-client bench-images clean
 
 # pycvmfs and its dependencies, all wheels: no compiler and no FUSE headers. A mount loads
 # libfuse3.so through ctypes when it is there (package fuse3).
@@ -131,6 +131,11 @@ test-fast: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# Regenerate the manual pages (pycvmfs/man/*.1) from the CLI after a command changes;
+# tests/unit/cli/test_man_pages.py fails while they are stale.
+man: setup
+	$(PY) tools/man_pages.py
 
 # Regenerate testdata/repo (reproducible: same bytes every time).
 testdata: setup
