@@ -28,7 +28,7 @@ COMMAND_MODULES = {"keys": "keys", "publish": "publish", "whitelist": "whitelist
                    "mount": "mount", "umount": "mount", "cache": "cache", "ingest": "images_admin",
                    "run": "run", "wishlist": "images_admin", "webhook": "images_admin",
                    "images": "images_admin", "gc": "gc_report", "report": "gc_report",
-                   "bundle": "bundle"}
+                   "bundle": "bundle", "exec": "exec_command"}
 
 
 class _LazyGroup(click.Group):
