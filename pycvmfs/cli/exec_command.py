@@ -25,6 +25,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -156,8 +157,8 @@ def start_serving(config: ClientConfig, mountpoint: str, backend: str | None) ->
     from pycvmfs.cli.mount import serve_mount
     from pycvmfs.fs import userns
 
-    click.get_text_stream("stdout").flush()
-    click.get_text_stream("stderr").flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
     parent = os.getpid()
     reader, writer = os.pipe()
     pid = os.fork()
@@ -257,10 +258,10 @@ def run_command(command: list[str], env: dict[str, str] | None = None) -> int:
             child = subprocess.Popen(command, env=env,
                                      preexec_fn=_unblock_and_die_with_parent)
         except OSError as exc:
-            click.echo(f"pycvmfs: {command[0]}: "
-                       f"{'command not found' if start_failure_status(exc) == NOT_FOUND else exc.strerror}",
-                       err=True)
-            return start_failure_status(exc)
+            status = start_failure_status(exc)
+            reason = "command not found" if status == NOT_FOUND else exc.strerror
+            click.echo(f"pycvmfs: {command[0]}: {reason}", err=True)
+            return status
         while True:
             info = signal.sigtimedwait(waited, WAIT_TICK_S)
             if info is not None and forwards(info.si_signo, info.si_code):
@@ -312,12 +313,21 @@ def _wait_gone(pids: Sequence[int], timeout_s: float) -> None:
     """Wait (bounded) until the serving processes of unmounted mounts have exited."""
     deadline = time.monotonic() + timeout_s
     for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+        while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs; reaped if it is this process's child (a serving process
+    `pycvmfs mount` started as `python -m pycvmfs mount --foreground` is)."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == 0
+    except ChildProcessError:  # not ours
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 COMMANDS = [exec_command]

@@ -14,6 +14,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,12 +23,11 @@ from pathlib import Path
 import pytest
 
 from pycvmfs.publisher.keys import create_keys
-from tests.integration.test_client_unprivileged import (  # noqa: F401 - fixtures
+from tests.integration.test_client_unprivileged import (
+    FUSE_DEVICE,
     SYSTEM_PYTHON,
     USER,
-    fuse_open_to_all,
     missing_requirement,
-    user,
     user_env,
 )
 from tests.mounting import DEMO_FQRN, DEMO_KEY, DEMO_REPO, User, mountinfo
@@ -103,13 +103,25 @@ def module_site() -> Iterator[Site]:
 
 
 @pytest.fixture
-def site(module_site: Site, user: User) -> Iterator[Site]:
+def fuse_open_to_all(module_site: Site) -> Iterator[None]:
+    """`chmod 666 /dev/fuse` as HPC nodes ship it; the original mode is always restored."""
+    original = stat.S_IMODE(os.stat(FUSE_DEVICE).st_mode)
+    try:
+        os.chmod(FUSE_DEVICE, 0o666)
+        yield
+    finally:
+        os.chmod(FUSE_DEVICE, original)
+
+
+@pytest.fixture
+def site(module_site: Site) -> Iterator[Site]:
     """The module's site; afterwards no mount and no serving process may be left."""
     yield module_site
-    mounts = [point for point, fields in mountinfo().items()
+    mounts = [point for point in mountinfo()
               if point.startswith(("/cvmfs", str(module_site.home)))]
     assert not mounts, "a mount was left in the host namespace"
-    assert not _serving_processes(user, module_site.home), "a process was left behind"
+    assert not _serving_processes(module_site.user, module_site.home), \
+        "a process was left behind"
 
 
 @pytest.fixture
