@@ -99,14 +99,17 @@ class RunRequest:
     env: tuple[str, ...] | None = None
     working_dir: str = "/"
     extra_env: tuple[str, ...] = ()
+    cvmfs: tuple[tuple[str, Path], ...] = ()  # (fqrn, host directory): read-only at /cvmfs
 
     @classmethod
     def for_image(cls, root: Path, argv: Sequence[str], config: ImageConfig | None = None,
-                  *, extra_env: Sequence[str] = ()) -> RunRequest:
+                  *, extra_env: Sequence[str] = (),
+                  cvmfs: Mapping[str, Path] | None = None) -> RunRequest:
         """A request for `argv` in the image at `root`; with its config when known."""
+        binds = tuple(sorted((cvmfs or {}).items()))
         if config is None:
-            return cls(Path(root), tuple(argv), None, "/", tuple(extra_env))
-        return cls(Path(root), tuple(argv), config.env, config.cwd, tuple(extra_env))
+            return cls(Path(root), tuple(argv), None, "/", tuple(extra_env), binds)
+        return cls(Path(root), tuple(argv), config.env, config.cwd, tuple(extra_env), binds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,20 @@ def _base_env(host: Mapping[str, str]) -> dict[str, str]:
     if "TERM" in host:
         env["TERM"] = host["TERM"]
     return env
+
+
+def cvmfs_repositories(fqrn: str, mount_dir: Path,
+                       host_cvmfs: Path = Path("/cvmfs")) -> dict[str, Path]:
+    """What `pycvmfs run --cvmfs` binds at /cvmfs/<fqrn> in the container: the image's
+    repository (where it is mounted) and every repository mounted at `host_cvmfs` (the
+    host's, or the one `pycvmfs exec` made)."""
+    from pycvmfs.fs.mount import mount_table
+
+    table = mount_table()
+    found = {Path(point).name: Path(point) for point in table
+             if Path(point).parent == host_cvmfs and not Path(point).name.startswith(".")}
+    found[fqrn] = mount_dir
+    return found
 
 
 def _check_request(request: RunRequest) -> None:
@@ -236,7 +253,9 @@ class ApptainerRunner:
         wanted = parse_env(request.env or ()) | parse_env(request.extra_env)
         env.update({prefix + name: value for name, value in wanted.items()
                     if SHELL_NAME.match(name)})
-        argv = (self.executable, "exec", "--containall", "--cleanenv",
+        binds = [item for fqrn, host in request.cvmfs
+                 for item in ("--bind", f"{host}:/cvmfs/{fqrn}:ro")]
+        argv = (self.executable, "exec", "--containall", "--cleanenv", *binds,
                 "--pwd", request.working_dir, str(request.root), *request.argv)
         return Invocation(argv, env)
 
@@ -274,10 +293,14 @@ class BwrapRunner:
         if not (root / "proc").is_dir() or not (root / "dev").is_dir():
             raise RunnerError(f"{root} has no /proc or /dev directory to mount on (not a "
                               "root filesystem?)")
-        argv: list[str] = [self.executable, "--ro-bind", str(root), "/",
+        argv: list[str] = [self.executable, *_root_of(root, cvmfs=bool(request.cvmfs)),
                            "--dev", "/dev", "--proc", "/proc"]
         if (root / "tmp").is_dir() and not (root / "tmp").is_symlink():
             argv += ["--tmpfs", "/tmp"]
+        if request.cvmfs:  # a tmpfs first: bwrap makes the mount points in it
+            argv += ["--tmpfs", "/cvmfs"]
+            for fqrn, host in request.cvmfs:
+                argv += ["--ro-bind", str(host), f"/cvmfs/{fqrn}"]
         argv += ["--unshare-all", *(["--share-net"] if self.share_net else []),
                  "--die-with-parent"]
         new_session = self.new_session
@@ -289,6 +312,8 @@ class BwrapRunner:
             host, inside = Path("/") / relative, root / relative
             if host.exists() and inside.is_file() and not inside.is_symlink():
                 argv += ["--ro-bind", str(host), f"/{relative}"]
+        if request.cvmfs and not _has_cvmfs_dir(root):
+            argv += ["--remount-ro", "/"]  # the tmpfs root, once everything is made in it
         argv += ["--chdir", request.working_dir, "--"]
 
         env = _base_env(os.environ)
@@ -302,6 +327,26 @@ class BwrapRunner:
 
     def run(self, request: RunRequest) -> int:
         return _launch(self.invocation(request), self.name)
+
+
+def _has_cvmfs_dir(root: Path) -> bool:
+    return (root / "cvmfs").is_dir() and not (root / "cvmfs").is_symlink()
+
+
+def _root_of(root: Path, *, cvmfs: bool) -> list[str]:
+    """The image read-only as /; when /cvmfs must be bound but the image has no such
+    directory (a bind needs an existing target on a read-only root), a tmpfs root with
+    each top-level entry of the image bound (symlinks copied) and an empty /cvmfs,
+    remounted read-only at the end (`BwrapRunner.invocation`)."""
+    if not cvmfs or _has_cvmfs_dir(root):
+        return ["--ro-bind", str(root), "/"]
+    argv = ["--tmpfs", "/"]
+    for entry in sorted(root.iterdir()):
+        if entry.is_symlink():
+            argv += ["--symlink", os.readlink(entry), f"/{entry.name}"]
+        else:
+            argv += ["--ro-bind", str(entry), f"/{entry.name}"]
+    return [*argv, "--dir", "/cvmfs"]
 
 
 def _stdin_is_terminal() -> bool:
@@ -352,10 +397,12 @@ def select_runner(preference: str | None = None, *,
 
 
 def run_image(root: Path, argv: Sequence[str], config: ImageConfig | None = None, *,
-              preference: str | None = None, extra_env: Sequence[str] = ()) -> int:
+              preference: str | None = None, extra_env: Sequence[str] = (),
+              cvmfs: Mapping[str, Path] | None = None) -> int:
     """Run `argv` in the flat image at `root` with the best runner; its exit status.
+    `cvmfs`: repositories (fqrn -> host directory) to bind read-only at /cvmfs/<fqrn>.
 
     The whole of what `pycvmfs run` needs once the image path is resolved on the mount.
     """
-    request = RunRequest.for_image(root, argv, config, extra_env=extra_env)
+    request = RunRequest.for_image(root, argv, config, extra_env=extra_env, cvmfs=cvmfs)
     return select_runner(preference).run(request)
