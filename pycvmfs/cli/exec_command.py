@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -167,6 +168,10 @@ def start_serving(config: ClientConfig, mountpoint: str, backend: str | None) ->
         try:
             os.close(reader)
             os.setsid()
+            # `pycvmfs umount`, `run` and the mount checks find a serving process by its
+            # command line naming the mount point relative to its working directory:
+            # this process's names the repository, so it works from /cvmfs
+            os.chdir(os.path.dirname(mountpoint))
             userns.prctl(userns.PR_SET_PDEATHSIG, signal.SIGTERM)
             if os.getppid() != parent:
                 os._exit(1)
@@ -176,13 +181,29 @@ def start_serving(config: ClientConfig, mountpoint: str, backend: str | None) ->
             os.dup2(devnull, 1)
             os.dup2(writer, 2)
 
+            mounted = threading.Event()
+
             def ready() -> None:
                 os.write(writer, READY_MARK + str(os.getpid()).encode() + b"\n")
                 os.dup2(devnull, 2)
                 os.close(writer)
+                mounted.set()
 
-            code = exit_code_of(lambda: serve_mount(config, mountpoint, backend,
-                                                    detached=True, ready=ready))
+            # serving runs in a thread: once mounted, this (the main) thread gives up its
+            # capabilities, so that CMD, which has none, may look at this process in /proc
+            # as it may at a `pycvmfs mount` (the kernel compares with the main thread's)
+            codes: list[int] = []
+            thread = threading.Thread(target=lambda: codes.append(exit_code_of(
+                lambda: serve_mount(config, mountpoint, backend, detached=True,
+                                    ready=ready))), name="serving")
+            thread.start()
+            signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)  # libfuse's to handle
+            while thread.is_alive() and not mounted.wait(WAIT_TICK_S):
+                pass
+            if mounted.is_set() and os.getuid() != 0:
+                userns.drop_capabilities()
+            thread.join()
+            code = codes[0] if codes else 1
         finally:
             os._exit(code)
     os.close(writer)

@@ -119,6 +119,25 @@ def prctl(option: int, value: int) -> None:
     _check(_libc().prctl(option, value, 0, 0, 0), f"prctl {option}")
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+CAPABILITY_VERSION_3 = 0x20080522  # <linux/capability.h>: two 32-bit words per set
+
+
+def drop_capabilities() -> None:
+    """Empty every capability set of the calling thread (capabilities are per thread)."""
+    header = _CapHeader(CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc().capset(ctypes.byref(header), data), "capset")
+
+
 def detach(target: str) -> bool:
     """Lazy unmount of `target`; whether it was done."""
     return int(_libc().umount2(os.fsencode(target), MNT_DETACH)) == 0

@@ -152,7 +152,9 @@ def test_reads_through_absolute_paths_as_the_user(site: Site) -> None:
               "print(os.geteuid(), os.getegid(), os.stat(p + '/README.txt').st_uid); "
               "print(open(p + '/README.txt').read(), end=''); "
               "print(len(open(p + '/data/random.bin', 'rb').read())); "
-              "print(os.getxattr(p, 'user.fqrn').decode()); print(os.listdir('/cvmfs'))")
+              "print(os.getxattr(p, 'user.fqrn').decode()); "
+              "from pycvmfs.fs.mount import inspect_mount; print(inspect_mount(p).health); "
+              "print(os.listdir('/cvmfs'))")
     done = site.run(DEMO_FQRN, "--", "/usr/bin/python3", "-c", script)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -160,6 +162,7 @@ def test_reads_through_absolute_paths_as_the_user(site: Site) -> None:
     assert lines[0] == f"{uid} {gid} {uid}"  # the user's own ids; files show the user
     assert done.stdout.count(README_END) == 1
     assert "1500000" in lines and DEMO_FQRN in lines
+    assert "Health.SERVING" in lines  # its serving process is found, as for a mount
     assert lines[-1] == f"[{DEMO_FQRN!r}]"
     assert not Path("/cvmfs").exists()
 
