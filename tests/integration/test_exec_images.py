@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 import pwd
-import subprocess
 import shutil
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
