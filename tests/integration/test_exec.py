@@ -251,3 +251,55 @@ def test_refused_namespaces_fall_back_to_a_mount_in_home(site: Site, area: Path)
     assert "sysctl kernel.unprivileged_userns_clone=1" in done.stderr
     assert "paths are not at /cvmfs" in done.stderr
     assert str(mnt) not in mountinfo()
+
+
+def test_a_repository_that_cannot_mount_ends_the_others(site: Site) -> None:
+    broken = "broken.pycvmfs.org"
+    conf = site.config_root / "config.d" / f"{broken}.conf"
+    conf.write_text("CVMFS_SERVER_URL=http://127.0.0.1:1/cvmfs/@fqrn@\nCVMFS_HTTP_PROXY=DIRECT\n"
+                    f"CVMFS_PUBLIC_KEY={site.config_root / 'keys' / DEMO_KEY.name}\n"
+                    "CVMFS_MAX_RETRIES=0\n")
+    conf.chmod(0o644)
+    try:
+        done = site.run(DEMO_FQRN, broken, "--", "true")
+    finally:
+        conf.unlink()
+    assert done.returncode == 1
+    assert done.stderr.startswith("pycvmfs: error: ") and broken in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_killing_exec_leaves_nothing(site: Site) -> None:
+    marker = site.home / "started-kill"
+    marker.unlink(missing_ok=True)
+    child = subprocess.Popen(site.command(DEMO_FQRN, "--", "sh", "-c",
+                                          f"touch {marker}; exec sleep 31.7"),
+                             env=site.env, cwd=site.home, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not marker.exists():
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        child.kill()  # no cleanup of its own: the parent-death signals end the rest
+        child.wait()
+        deadline = time.monotonic() + 10
+        while _serving_processes(site.user, site.home) or _sleeping(marker):
+            assert time.monotonic() < deadline, "processes outlived a killed exec"
+            time.sleep(0.05)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def _sleeping(marker: Path) -> bool:
+    """Whether the command (`sleep 31.7` after touching `marker`) still runs."""
+    for name in os.listdir("/proc"):
+        try:
+            if name.isdigit() \
+                    and Path(f"/proc/{name}/cmdline").read_bytes() == b"sleep\x0031.7\x00":
+                return True
+        except OSError:
+            continue
+    return False
