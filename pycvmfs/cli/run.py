@@ -49,6 +49,7 @@ def run_command(image: str, command: tuple[str, ...], mount_dir: Path | None,
     unpacked.cern.ch/registry.hub.docker.com/library/centos:centos7)."""
     from pycvmfs.cli.mount import mount_in_background, overrides_of
     from pycvmfs.config import load_config
+    from pycvmfs.fs.mount import mount_table
     from pycvmfs.images.runner import cvmfs_repositories, run_image
     from pycvmfs.images.singularity import ImageConfig
 
@@ -78,7 +79,8 @@ def run_command(image: str, command: tuple[str, ...], mount_dir: Path | None,
     image_config = ImageConfig.from_oci(blob) if isinstance(blob, dict) else None
     return run_image(root, list(command), image_config, preference=runner,
                      extra_env=list(extra_env),
-                     cvmfs=cvmfs_repositories(fqrn, mount_dir) if with_cvmfs else None)
+                     cvmfs=cvmfs_repositories(fqrn, mount_dir, mount_table())
+                     if with_cvmfs else None)
 
 
 def _default_mount_dir(cache_base: Path, fqrn: str) -> Path:

@@ -65,7 +65,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -162,15 +162,12 @@ def _base_env(host: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def cvmfs_repositories(fqrn: str, mount_dir: Path,
+def cvmfs_repositories(fqrn: str, mount_dir: Path, mount_points: Iterable[str],
                        host_cvmfs: Path = Path("/cvmfs")) -> dict[str, Path]:
     """What `pycvmfs run --cvmfs` binds at /cvmfs/<fqrn> in the container: the image's
     repository (where it is mounted) and every repository mounted at `host_cvmfs` (the
-    host's, or the one `pycvmfs exec` made)."""
-    from pycvmfs.fs.mount import mount_table
-
-    table = mount_table()
-    found = {Path(point).name: Path(point) for point in table
+    host's, or the one `pycvmfs exec` made) among `mount_points` (the mount table's)."""
+    found = {Path(point).name: Path(point) for point in mount_points
              if Path(point).parent == host_cvmfs and not Path(point).name.startswith(".")}
     found[fqrn] = mount_dir
     return found

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pycvmfs.images.runner import ApptainerRunner, BwrapRunner, RunRequest
+from pycvmfs.images.runner import ApptainerRunner, BwrapRunner, RunRequest, cvmfs_repositories
 
 
 def _image(root: Path, *, cvmfs: bool = True) -> Path:
@@ -55,3 +55,9 @@ def test_apptainer_binds_read_only(tmp_path: Path) -> None:
         _request(_image(tmp_path))).argv)
     assert ["--bind", "/mnt/a:/cvmfs/a.example.org:ro"] == argv[4:6]
     assert "/cvmfs/b.example.org:/cvmfs/b.example.org:ro" in argv
+
+
+def test_repositories_mounted_at_cvmfs_come_along() -> None:
+    table = ["/", "/cvmfs/a.example.org", "/cvmfs/.hidden", "/cvmfs/x/y", "/home"]
+    assert cvmfs_repositories("img.example.org", Path("/mnt/img"), table) == {
+        "a.example.org": Path("/cvmfs/a.example.org"), "img.example.org": Path("/mnt/img")}
