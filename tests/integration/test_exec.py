@@ -16,6 +16,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,7 @@ from tests.integration.test_client_unprivileged import (
     missing_requirement,
     user_env,
 )
-from tests.mounting import DEMO_FQRN, DEMO_KEY, DEMO_REPO, User, mountinfo
+from tests.mounting import DEMO_FQRN, DEMO_KEY, DEMO_REPO, ROOT, User, mountinfo
 from tests.publish_helpers import Keys, run_publish
 from tests.servers import Nginx, nginx_binary, shared_scratch
 
@@ -303,3 +304,15 @@ def _sleeping(marker: Path) -> bool:
         except OSError:
             continue
     return False
+
+
+def test_root_needs_only_a_mount_namespace(site: Site, area: Path) -> None:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(area),
+           "PYCVMFS_CONFIG_ROOT": str(site.config_root), "LANG": "C.UTF-8"}
+    done = subprocess.run([sys.executable, "-m", "pycvmfs", "exec", "-o",
+                           f"CVMFS_CACHE_BASE={area / 'cache'}", DEMO_FQRN, "--", "sh", "-c",
+                           f"id -u; tail -n 1 /cvmfs/{DEMO_FQRN}/README.txt; exit 9"],
+                          env=env, cwd=ROOT, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=RUN_TIMEOUT_S)
+    assert done.returncode == 9, done.stderr
+    assert done.stdout == "0\n" + README_END
