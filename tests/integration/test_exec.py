@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from pycvmfs.fs.mount import BACKENDS
 from pycvmfs.publisher.keys import create_keys
 from tests.integration.test_client_unprivileged import (
     FUSE_DEVICE,
@@ -148,7 +149,8 @@ def _serving_processes(user: User, home: Path) -> list[str]:
     return found
 
 
-def test_reads_through_absolute_paths_as_the_user(site: Site) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reads_through_absolute_paths_as_the_user(site: Site, backend: str) -> None:
     script = ("import os; p = '/cvmfs/demo.pycvmfs.org'; "
               "print(os.geteuid(), os.getegid(), os.stat(p + '/README.txt').st_uid); "
               "print(open(p + '/README.txt').read(), end=''); "
@@ -156,7 +158,7 @@ def test_reads_through_absolute_paths_as_the_user(site: Site) -> None:
               "print(os.getxattr(p, 'user.fqrn').decode()); "
               "from pycvmfs.fs.mount import inspect_mount; print(inspect_mount(p).health); "
               "print(os.listdir('/cvmfs'))")
-    done = site.run(DEMO_FQRN, "--", "/usr/bin/python3", "-c", script)
+    done = site.run("--backend", backend, DEMO_FQRN, "--", "/usr/bin/python3", "-c", script)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     uid, gid = site.user.uid, site.user.gid
