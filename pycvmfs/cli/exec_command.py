@@ -103,12 +103,14 @@ def forwards(signo: int, code: int) -> bool:
               help="Extra configuration file(s), applied after the /etc/cvmfs hierarchy.")
 @click.option("--backend", default=None, callback=lambda ctx, param, value: _backend(value),
               help="FUSE binding: lowlevel, pyfuse3 or mfusepy (default: the first that loads).")
-@click.argument("words", nargs=-1, type=click.UNPROCESSED)
+@click.argument("words", nargs=-1, type=click.UNPROCESSED,
+                metavar="REPO [REPO...] -- CMD [ARGS...]")
 def exec_command(options: tuple[str, ...], config_files: tuple[Path, ...],
                  backend: str | None, words: tuple[str, ...]) -> int:
     """Run CMD with each REPO mounted at /cvmfs/REPO in a private namespace (no root
     needed where unprivileged user namespaces are allowed); its exit status is CMD's.
-    Usage: pycvmfs exec [options] REPO [REPO...] -- CMD [ARGS...]"""
+    Options go before the first REPO. Where user namespaces are refused, the repositories
+    are mounted under ~/cvmfs/REPO instead, with a message."""
     from pycvmfs.config import load_config
     from pycvmfs.fs import userns
     from pycvmfs.fs.mount import check_fuse_usable
