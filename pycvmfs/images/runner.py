@@ -32,6 +32,10 @@ Two runners, tried in this order by `select_runner()`:
   - the host's /etc/resolv.conf and /etc/hosts are bound over the image's when the image has
     them as regular files (a bind needs an existing target on a read-only root; DUCC and
     `pycvmfs.images.singularity` create empty ones), as Apptainer does, so DNS works.
+  - `RunRequest.cvmfs` (`pycvmfs run --cvmfs`): a tmpfs on /cvmfs with each repository
+    bound read-only at /cvmfs/<fqrn>; an image without a /cvmfs directory gets a tmpfs root
+    with its top-level entries bound and an empty /cvmfs, remounted read-only (Apptainer:
+    `--bind HOST:/cvmfs/<fqrn>:ro`).
   - environment: bwrap hands its own environment to the command, so it is started with
     exactly the container's: PATH (Debian default), HOME (/root for root, else /tmp, the only
     writable place), TERM from the caller, then the image's Env, then `extra_env`. Without an
