@@ -47,14 +47,19 @@ MOUNT_DIR_MODE = 0o755  # others may traverse, never write
               help="apptainer, singularity or bwrap [default: the first that works].")
 @click.option("--env", "extra_env", multiple=True, metavar="NAME=VALUE",
               help="More environment for the command.")
+@click.option("--cvmfs", "with_cvmfs", is_flag=True,
+              help="Bind the repository (and any other mounted at /cvmfs here, as under "
+              "`pycvmfs exec`) at /cvmfs/FQRN inside the container, so the image's paths "
+              "into /cvmfs resolve.")
 def run_command(image: str, command: tuple[str, ...], mount_dir: Path | None,
                 options: tuple[str, ...], config_files: tuple[Path, ...], runner: str | None,
-                extra_env: tuple[str, ...]) -> int:
+                extra_env: tuple[str, ...], with_cvmfs: bool = False) -> int:
     """Run COMMAND inside IMAGE (FQRN/IMAGE-PATH, e.g.
     unpacked.cern.ch/registry.hub.docker.com/library/centos:centos7)."""
     from pycvmfs.cli.mount import mount_in_background, overrides_of
     from pycvmfs.config import load_config
-    from pycvmfs.images.runner import run_image
+    from pycvmfs.fs.mount import mount_table
+    from pycvmfs.images.runner import cvmfs_repositories, run_image
     from pycvmfs.images.singularity import ImageConfig
 
     fqrn, _, image_path = image.strip("/").partition("/")
@@ -92,7 +97,9 @@ def run_command(image: str, command: tuple[str, ...], mount_dir: Path | None,
         image_config = ImageConfig.from_oci(blob) if isinstance(blob, dict) else None
         try:
             return run_image(root, list(command), image_config, preference=runner,
-                             extra_env=list(extra_env))
+                             extra_env=list(extra_env),
+                             cvmfs=cvmfs_repositories(fqrn, mount_dir, mount_table())
+                             if with_cvmfs else None)
         except CommandNotRunnableError as exc:
             _say(str(exc))
             return exc.status

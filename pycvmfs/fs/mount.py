@@ -231,10 +231,11 @@ def serve(vfs: RepositoryVFS, mountpoint: str, *, backend: str | None = None,
                                "attr_timeout": kcache_timeout_s, "nodev": True})
 
 
-def check_fuse_usable() -> None:
+def check_fuse_usable(*, through_fusermount: bool = True) -> None:
     """Before mounting, the two things a mount needs from the node, as named errors instead
     of a failure deep inside libfuse: /dev/fuse open for reading and writing, and for an
-    ordinary user `fusermount3` installed setuid root (libfuse mounts through it)."""
+    ordinary user `fusermount3` installed setuid root (libfuse mounts through it), unless
+    not `through_fusermount` (in a user namespace of its own, libfuse mounts directly)."""
     try:
         os.close(os.open(FUSE_DEVICE, os.O_RDWR))
     except FileNotFoundError:
@@ -249,7 +250,7 @@ def check_fuse_usable() -> None:
         raise ConfigError(f"{FUSE_DEVICE} cannot be opened for reading and writing by uid "
                           f"{os.geteuid()} ({exc.strerror}, {mode}): ask the administrator "
                           f"for `chmod 666 {FUSE_DEVICE}` (HPC nodes ship it 0666)") from None
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 or not through_fusermount:
         return
     helper = shutil.which("fusermount3")
     if helper is None:

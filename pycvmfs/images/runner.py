@@ -32,6 +32,10 @@ Two runners, tried in this order by `select_runner()`:
   - the host's /etc/resolv.conf and /etc/hosts are bound over the image's when the image has
     them as regular files (a bind needs an existing target on a read-only root; DUCC and
     `pycvmfs.images.singularity` create empty ones), as Apptainer does, so DNS works.
+  - `RunRequest.cvmfs` (`pycvmfs run --cvmfs`): a tmpfs on /cvmfs with each repository
+    bound read-only at /cvmfs/<fqrn>; an image without a /cvmfs directory gets a tmpfs root
+    with its top-level entries bound and an empty /cvmfs, remounted read-only (Apptainer:
+    `--bind HOST:/cvmfs/<fqrn>:ro`).
   - environment: bwrap hands its own environment to the command, so it is started with
     exactly the container's: PATH (Debian default), HOME (/root for root, else /tmp, the only
     writable place), TERM from the caller, then the image's Env, then `extra_env`. Without an
@@ -68,7 +72,7 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -114,14 +118,17 @@ class RunRequest:
     env: tuple[str, ...] | None = None
     working_dir: str = "/"
     extra_env: tuple[str, ...] = ()
+    cvmfs: tuple[tuple[str, Path], ...] = ()  # (fqrn, host directory): read-only at /cvmfs
 
     @classmethod
     def for_image(cls, root: Path, argv: Sequence[str], config: ImageConfig | None = None,
-                  *, extra_env: Sequence[str] = ()) -> RunRequest:
+                  *, extra_env: Sequence[str] = (),
+                  cvmfs: Mapping[str, Path] | None = None) -> RunRequest:
         """A request for `argv` in the image at `root`; with its config when known."""
+        binds = tuple(sorted((cvmfs or {}).items()))
         if config is None:
-            return cls(Path(root), tuple(argv), None, "/", tuple(extra_env))
-        return cls(Path(root), tuple(argv), config.env, config.cwd, tuple(extra_env))
+            return cls(Path(root), tuple(argv), None, "/", tuple(extra_env), binds)
+        return cls(Path(root), tuple(argv), config.env, config.cwd, tuple(extra_env), binds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +179,17 @@ def _base_env(host: Mapping[str, str]) -> dict[str, str]:
     if "TERM" in host:
         env["TERM"] = host["TERM"]
     return env
+
+
+def cvmfs_repositories(fqrn: str, mount_dir: Path, mount_points: Iterable[str],
+                       host_cvmfs: Path = Path("/cvmfs")) -> dict[str, Path]:
+    """What `pycvmfs run --cvmfs` binds at /cvmfs/<fqrn> in the container: the image's
+    repository (where it is mounted) and every repository mounted at `host_cvmfs` (the
+    host's, or the one `pycvmfs exec` made) among `mount_points` (the mount table's)."""
+    found = {Path(point).name: Path(point) for point in mount_points
+             if Path(point).parent == host_cvmfs and not Path(point).name.startswith(".")}
+    found[fqrn] = mount_dir
+    return found
 
 
 def _check_request(request: RunRequest) -> None:
@@ -330,7 +348,9 @@ class ApptainerRunner:
         wanted = parse_env(request.env or ()) | parse_env(request.extra_env)
         env.update({prefix + name: value for name, value in wanted.items()
                     if SHELL_NAME.match(name)})
-        argv = (self.executable, "exec", "--containall", "--cleanenv",
+        binds = [item for fqrn, host in request.cvmfs
+                 for item in ("--bind", f"{host}:/cvmfs/{fqrn}:ro")]
+        argv = (self.executable, "exec", "--containall", "--cleanenv", *binds,
                 "--pwd", request.working_dir, str(request.root), *request.argv)
         return Invocation(argv, env)
 
@@ -368,10 +388,14 @@ class BwrapRunner:
         if not (root / "proc").is_dir() or not (root / "dev").is_dir():
             raise RunnerError(f"{root} has no /proc or /dev directory to mount on (not a "
                               "root filesystem?)")
-        argv: list[str] = [self.executable, "--ro-bind", str(root), "/",
+        argv: list[str] = [self.executable, *_root_of(root, cvmfs=bool(request.cvmfs)),
                            "--dev", "/dev", "--proc", "/proc"]
         if (root / "tmp").is_dir() and not (root / "tmp").is_symlink():
             argv += ["--tmpfs", "/tmp"]
+        if request.cvmfs:  # a tmpfs first: bwrap makes the mount points in it
+            argv += ["--tmpfs", "/cvmfs"]
+            for fqrn, host in request.cvmfs:
+                argv += ["--ro-bind", str(host), f"/cvmfs/{fqrn}"]
         argv += ["--unshare-all", *(["--share-net"] if self.share_net else []),
                  "--die-with-parent"]
         new_session = self.new_session
@@ -383,6 +407,8 @@ class BwrapRunner:
             host, inside = Path("/") / relative, root / relative
             if host.exists() and inside.is_file() and not inside.is_symlink():
                 argv += ["--ro-bind", str(host), f"/{relative}"]
+        if request.cvmfs and not _has_cvmfs_dir(root):
+            argv += ["--remount-ro", "/"]  # the tmpfs root, once everything is made in it
         argv += ["--chdir", request.working_dir, "--"]
 
         env = _base_env(os.environ)
@@ -396,6 +422,26 @@ class BwrapRunner:
 
     def run(self, request: RunRequest) -> int:
         return _launch(self.invocation(request), self.name)
+
+
+def _has_cvmfs_dir(root: Path) -> bool:
+    return (root / "cvmfs").is_dir() and not (root / "cvmfs").is_symlink()
+
+
+def _root_of(root: Path, *, cvmfs: bool) -> list[str]:
+    """The image read-only as /; when /cvmfs must be bound but the image has no such
+    directory (a bind needs an existing target on a read-only root), a tmpfs root with
+    each top-level entry of the image bound (symlinks copied) and an empty /cvmfs,
+    remounted read-only at the end (`BwrapRunner.invocation`)."""
+    if not cvmfs or _has_cvmfs_dir(root):
+        return ["--ro-bind", str(root), "/"]
+    argv = ["--tmpfs", "/"]
+    for entry in sorted(root.iterdir()):
+        if entry.is_symlink():
+            argv += ["--symlink", os.readlink(entry), f"/{entry.name}"]
+        else:
+            argv += ["--ro-bind", str(entry), f"/{entry.name}"]
+    return [*argv, "--dir", "/cvmfs"]
 
 
 def _stdin_is_terminal() -> bool:
@@ -446,12 +492,14 @@ def select_runner(preference: str | None = None, *,
 
 
 def run_image(root: Path, argv: Sequence[str], config: ImageConfig | None = None, *,
-              preference: str | None = None, extra_env: Sequence[str] = ()) -> int:
+              preference: str | None = None, extra_env: Sequence[str] = (),
+              cvmfs: Mapping[str, Path] | None = None) -> int:
     """Run `argv` in the flat image at `root` with the best runner; its exit status.
+    `cvmfs`: repositories (fqrn -> host directory) to bind read-only at /cvmfs/<fqrn>.
 
     The whole of what `pycvmfs run` needs once the image path is resolved on the mount.
     """
-    request = RunRequest.for_image(root, argv, config, extra_env=extra_env)
+    request = RunRequest.for_image(root, argv, config, extra_env=extra_env, cvmfs=cvmfs)
     runner = select_runner(preference)
     check_command(request)
     return runner.run(request)
