@@ -59,7 +59,13 @@ FALLBACK_DIR = "cvmfs"  # ~/cvmfs/<fqrn> where there is no namespace
 
 
 def split_command(words: Sequence[str]) -> tuple[list[str], list[str]]:
-    """`REPO [REPO...] -- CMD [ARGS...]` -> (repositories, command)."""
+    """`REPO [REPO...] -- CMD [ARGS...]` -> (repositories, command). An option among the
+    repositories is one click did not know (unknown options are passed through to here)."""
+    for word in words:
+        if word == "--":
+            break
+        if word.startswith("-"):
+            raise click.NoSuchOption(word)
     if "--" not in words:
         raise click.UsageError("expected REPO [REPO...] -- CMD [ARGS...] (options go "
                                "before the first REPO)")
