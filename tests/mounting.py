@@ -16,13 +16,16 @@ from __future__ import annotations
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +37,7 @@ DEMO_REPO = ROOT / "testdata" / "repo"
 DEMO_KEY = ROOT / "testdata" / "keys" / f"{DEMO_FQRN}.pub"
 COMMAND_TIMEOUT_S = 120.0
 SERVER_EXIT_TIMEOUT_S = 10.0
+FUSE_DEVICE = "/dev/fuse"
 _PID = re.compile(r"\(pid (\d+)\)")
 
 
@@ -153,3 +157,26 @@ def cli_mount(fqrn: str, mountpoint: Path, *, env: Mapping[str, str],
             mount.unmount()
         force_unmount(mountpoint)
         wait_for_exit(mount.pid)
+
+
+@contextmanager
+def fuse_open_to_all_users() -> Iterator[None]:
+    """`chmod 666 /dev/fuse` as HPC nodes ship it; the original mode is always restored."""
+    original = stat.S_IMODE(os.stat(FUSE_DEVICE).st_mode)
+    try:
+        os.chmod(FUSE_DEVICE, 0o666)
+        yield
+    finally:
+        os.chmod(FUSE_DEVICE, original)
+
+
+NEEDS_PYFUSE3 = pytest.mark.skipif(
+    find_spec("pyfuse3") is None,
+    reason="pyfuse3 is not installed (`make system-packages`, then `make setup`)")
+
+
+def backend_params(*names: str) -> list[Any]:
+    """FUSE backends for `parametrize`: pyfuse3 (built from source against libfuse3's
+    headers, which `make setup` tries) is skipped where it is not installed."""
+    return [pytest.param(name, marks=NEEDS_PYFUSE3 if name == "pyfuse3" else ())
+            for name in names]

@@ -47,6 +47,7 @@ from tests.mounting import (
     User,
     cli_mount,
     force_unmount,
+    fuse_open_to_all_users,
     is_mounted,
     pycvmfs,
 )
@@ -58,7 +59,6 @@ ATTACKER = "pycvmfs-attacker"
 FQRN = DEMO_FQRN
 PLANTED = b"PLANTED BY ANOTHER USER\n"
 HOST_SECRET = b"host file: must never be read, written or deleted by a mount\n"
-FUSE_DEVICE = "/dev/fuse"
 
 
 # -- the attacker, the repository, the places -----------------------------------------
@@ -312,13 +312,9 @@ def test_cache_commands_refuse_the_planted_directory(
 
 @pytest.fixture
 def fuse_open_to_all() -> Iterator[None]:
-    """`chmod 666 /dev/fuse` as HPC nodes ship it; the original mode is always restored."""
-    original = stat.S_IMODE(os.stat(FUSE_DEVICE).st_mode)
-    try:
-        os.chmod(FUSE_DEVICE, 0o666)
+    """/dev/fuse open to every user for the test (`fuse_open_to_all_users`)."""
+    with fuse_open_to_all_users():
         yield
-    finally:
-        os.chmod(FUSE_DEVICE, original)
 
 
 @pytest.mark.usefixtures("fuse_open_to_all")

@@ -95,8 +95,14 @@ CASES = [
     case("whitelist-storage-in-proc",
          "whitelist sign --keys-dir {keys} --repo demo.pycvmfs.org --storage /proc/nope",
          "/proc/nope"),
-    # doctor (problems it finds are its report, not errors)
+    # doctor (problems it finds are its report, not errors), status, metrics
     case("doctor-unknown-option", "doctor --json --nope", "--nope"),
+    case("status-not-a-mount", "status {empty}", "is not a mount point"),
+    case("metrics-not-a-mount", "metrics {empty}", "is not a mount point"),
+    case("metrics-listen-bad-port", "metrics --listen 127.0.0.1:99999", "127.0.0.1:99999"),
+    # exec
+    case("exec-bad-repository", "exec ../x -- true", "is not a repository name"),
+    case("exec-no-command", "exec demo.pycvmfs.org true", "expected REPO"),
     # ls, cat, stat
     case("ls-repo-missing", "ls {nope} --keys {pub}", "does not exist"),
     case("ls-garbage-key", "ls {repo} --keys {garbage}", "not a PEM"),

@@ -36,7 +36,15 @@ from tests.fixtures_path import (
     requires_fixtures,
     unpack_legacy,
 )
-from tests.mounting import DEMO_FQRN, DEMO_KEY, DEMO_REPO, CliMount, cli_mount
+from tests.mounting import (
+    DEMO_FQRN,
+    DEMO_KEY,
+    DEMO_REPO,
+    NEEDS_PYFUSE3,
+    CliMount,
+    backend_params,
+    cli_mount,
+)
 from tests.publish_helpers import Keys, run_publish
 from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, shared_scratch
 from tests.tree_listing import (
@@ -198,7 +206,7 @@ def unmount_cleanly(mount: CliMount) -> None:
 
 
 @requires_fixtures
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*BACKENDS))
 def test_oracle_tree_matches_reference(oracle: Served, tmp_path: Path, backend: str) -> None:
     with mount_served(oracle, tmp_path, backend) as mount:
         check_root_xattrs(mount.mountpoint, ORACLE_FQRN, 6)
@@ -208,7 +216,7 @@ def test_oracle_tree_matches_reference(oracle: Served, tmp_path: Path, backend: 
 
 
 @requires_fixtures
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*BACKENDS))
 def test_legacy_tree_matches_reference(legacy: Served, tmp_path: Path, backend: str) -> None:
     with mount_served(legacy, tmp_path, backend) as mount:
         check_root_xattrs(mount.mountpoint, LEGACY_FQRN, 2)
@@ -216,7 +224,7 @@ def test_legacy_tree_matches_reference(legacy: Served, tmp_path: Path, backend: 
         unmount_cleanly(mount)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*BACKENDS))
 def test_demo_tree_matches_reader(demo: Served, tmp_path: Path, backend: str,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     expected = reader_listing(demo, capsys)
@@ -240,7 +248,7 @@ def test_demo_tree_matches_reader(demo: Served, tmp_path: Path, backend: str,
 
 @requires_fixtures
 @pytest.mark.parametrize(("tag", "revision", "sums", "backend"), [
-    (TAG_REV1, 1, "expected-rev1.sha1", "pyfuse3"),
+    pytest.param(TAG_REV1, 1, "expected-rev1.sha1", "pyfuse3", marks=NEEDS_PYFUSE3),
     (TAG_REV2, 2, "expected-rev2.sha1", "mfusepy"),
 ])
 def test_oracle_generic_tag(oracle: Served, tmp_path: Path, tag: str, revision: int,
@@ -285,7 +293,7 @@ def tools(stratum1: Nginx, workdir: Path, keys: Keys) -> Served:
     return serve(stratum1, keys.fqrn, storage, keys.public_key_file)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*BACKENDS))
 def test_binary_in_the_mount_executes(tools: Served, tmp_path: Path, backend: str) -> None:
     with mount_served(tools, tmp_path, backend) as mount:
         binary = mount.mountpoint / "bin" / "true"

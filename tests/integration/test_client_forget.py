@@ -16,6 +16,7 @@ import pytest
 
 from pycvmfs.fs import mount
 from pycvmfs.fs.vfs import RepositoryVFS
+from tests.mounting import backend_params
 from tests.publish_helpers import Keys, open_repository, run_publish
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
@@ -62,7 +63,7 @@ def _walk(mnt: Path) -> dict[str, bytes]:
     return seen
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=backend_params(*BACKENDS))
 def served(request: pytest.FixtureRequest, storage: Path, keys: Keys,
            tmp_path: Path) -> Iterator[tuple[RepositoryVFS, Path]]:
     try:

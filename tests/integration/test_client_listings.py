@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import cli_mount
+from tests.mounting import backend_params, cli_mount
 from tests.publish_helpers import Keys
 from tests.revision_site import Site, revision, wait_for
 from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, shared_scratch
@@ -135,7 +135,7 @@ class _DirStream:
         self.libc.closedir(self.handle)
 
 
-@pytest.mark.parametrize("backend", ["lowlevel", "pyfuse3"])
+@pytest.mark.parametrize("backend", backend_params("lowlevel", "pyfuse3"))
 def test_seekdir_to_telldir_stays_in_the_handles_revision(site: Site, backend: str) -> None:
     site.publish(_files(0), T0)
     mnt, cache = site.base / "mnt", site.base / "cache"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from pycvmfs.fs.mount import BACKENDS
-from tests.mounting import cli_mount
+from tests.mounting import backend_params, cli_mount
 from tests.publish_helpers import Keys
 from tests.revision_site import Site, revision, wait_for
 from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, shared_scratch
@@ -33,7 +33,7 @@ def site(keys: Keys) -> Iterator[Site]:
         yield Site(keys, server, base)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*BACKENDS))
 def test_new_revision_shows_while_open_files_keep_old_bytes(site: Site, backend: str) -> None:
     # directories keep their mtime across the revisions: only an explicit invalidation,
     # not a changed mtime, can make the kernel drop a listing it cached

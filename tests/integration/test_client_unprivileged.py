@@ -36,7 +36,9 @@ from tests.mounting import (
     DEMO_REPO,
     ROOT,
     User,
+    backend_params,
     cli_mount,
+    fuse_open_to_all_users,
     is_mounted,
     mountinfo,
 )
@@ -51,7 +53,6 @@ pytestmark = [
 USER = "nobody"
 SYSTEM_PYTHON = "/usr/bin/python3"
 FQRN = DEMO_FQRN
-FUSE_DEVICE = "/dev/fuse"
 README_END = "revision 2: updated\n"
 ALLOW_SYS_ADMIN = "/sys/module/fuse/parameters/allow_sys_admin_access"
 
@@ -139,13 +140,9 @@ def user() -> User:
 
 @pytest.fixture
 def fuse_open_to_all(user: User) -> Iterator[None]:
-    """`chmod 666 /dev/fuse` as HPC nodes ship it; the original mode is always restored."""
-    original = stat.S_IMODE(os.stat(FUSE_DEVICE).st_mode)
-    try:
-        os.chmod(FUSE_DEVICE, 0o666)
+    """/dev/fuse open to every user for the test (`fuse_open_to_all_users`)."""
+    with fuse_open_to_all_users():
         yield
-    finally:
-        os.chmod(FUSE_DEVICE, original)
 
 
 @pytest.fixture
@@ -182,7 +179,7 @@ def as_user(user: User, env: dict[str, str], cwd: Path,
                           text=True, stdin=subprocess.DEVNULL, timeout=120)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*BACKENDS))
 @pytest.mark.usefixtures("fuse_open_to_all")
 def test_ordinary_user_mounts_and_reads(user: User, area: Path, backend: str) -> None:
     home, mnt, config_root = area / "home", area / "mnt", area / "etc-cvmfs"
@@ -196,7 +193,7 @@ def test_ordinary_user_mounts_and_reads(user: User, area: Path, backend: str) ->
         path.chmod(0o755 if path.is_dir() else 0o644)
     env = user_env(user, home, config_root)
     probe = as_user(user, env, home, SYSTEM_PYTHON, "-c",
-                    "import os, pycvmfs.cli.main, pyfuse3, mfusepy; print(os.geteuid())")
+                    "import os, pycvmfs.cli.main; print(os.geteuid())")
     if probe.returncode != 0 and ("Permission denied" in probe.stderr
                                   or "ModuleNotFoundError" in probe.stderr):
         pytest.skip(f"{user.name} cannot import pycvmfs with {SYSTEM_PYTHON}: "

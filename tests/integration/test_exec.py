@@ -14,7 +14,6 @@ import os
 import pwd
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -26,13 +25,21 @@ import pytest
 from pycvmfs.fs.mount import BACKENDS
 from pycvmfs.publisher.keys import create_keys
 from tests.integration.test_client_unprivileged import (
-    FUSE_DEVICE,
     SYSTEM_PYTHON,
     USER,
     missing_requirement,
     user_env,
 )
-from tests.mounting import DEMO_FQRN, DEMO_KEY, DEMO_REPO, ROOT, User, mountinfo
+from tests.mounting import (
+    DEMO_FQRN,
+    DEMO_KEY,
+    DEMO_REPO,
+    ROOT,
+    User,
+    backend_params,
+    fuse_open_to_all_users,
+    mountinfo,
+)
 from tests.publish_helpers import Keys, run_publish
 from tests.servers import Nginx, nginx_binary, shared_scratch
 
@@ -106,13 +113,9 @@ def module_site() -> Iterator[Site]:
 
 @pytest.fixture
 def fuse_open_to_all(module_site: Site) -> Iterator[None]:
-    """`chmod 666 /dev/fuse` as HPC nodes ship it; the original mode is always restored."""
-    original = stat.S_IMODE(os.stat(FUSE_DEVICE).st_mode)
-    try:
-        os.chmod(FUSE_DEVICE, 0o666)
+    """/dev/fuse open to every user for the test (`fuse_open_to_all_users`)."""
+    with fuse_open_to_all_users():
         yield
-    finally:
-        os.chmod(FUSE_DEVICE, original)
 
 
 @pytest.fixture
@@ -149,7 +152,7 @@ def _serving_processes(user: User, home: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*BACKENDS))
 def test_reads_through_absolute_paths_as_the_user(site: Site, backend: str) -> None:
     script = ("import os; p = '/cvmfs/demo.pycvmfs.org'; "
               "print(os.geteuid(), os.getegid(), os.stat(p + '/README.txt').st_uid); "

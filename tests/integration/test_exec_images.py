@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,14 +16,13 @@ import pytest
 
 from tests.ingested import IngestedImages
 from tests.integration.test_client_unprivileged import (
-    FUSE_DEVICE,
     SYSTEM_PYTHON,
     USER,
     missing_requirement,
     user_env,
 )
 from tests.integration.test_exec import RUN_TIMEOUT_S
-from tests.mounting import User, mountinfo
+from tests.mounting import User, fuse_open_to_all_users, mountinfo
 from tests.publish_helpers import Keys
 from tests.registry import NEEDS_REGISTRY_TOOLS, needs_tools
 from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, shared_scratch
@@ -36,12 +34,9 @@ pytestmark = [*NEEDS_FUSE_AND_NGINX, NEEDS_REGISTRY_TOOLS, needs_tools("bwrap"),
 
 @pytest.fixture
 def fuse_open_to_all() -> Iterator[None]:
-    original = stat.S_IMODE(os.stat(FUSE_DEVICE).st_mode)
-    try:
-        os.chmod(FUSE_DEVICE, 0o666)
+    """/dev/fuse open to every user for the test (`fuse_open_to_all_users`)."""
+    with fuse_open_to_all_users():
         yield
-    finally:
-        os.chmod(FUSE_DEVICE, original)
 
 
 @pytest.mark.usefixtures("fuse_open_to_all")

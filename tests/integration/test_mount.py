@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.mounting import backend_params
 from tests.publish_helpers import Keys, open_repository
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +37,7 @@ def _usable(backend: str) -> bool:
     return True
 
 
-@pytest.fixture(params=["pyfuse3", "lowlevel", "mfusepy"])
+@pytest.fixture(params=backend_params("pyfuse3", "lowlevel", "mfusepy"))
 def mounted(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     backend = request.param
     if not _usable(backend):
