@@ -14,8 +14,9 @@ from pycvmfs.config import (
     DEFAULT_CONFIG_ROOT,
     ClientConfig,
     MergedSettings,
+    Severity,
+    inspect_config,
     load_settings,
-    resolve,
     resolve_public_keys,
 )
 from pycvmfs.config_values import Typed
@@ -90,11 +91,10 @@ def read_configuration(fqrn: str | None, *, extra_files: Sequence[Path] = (),
         keys = resolve_public_keys(merged)
     except (ConfigError, OSError) as exc:
         keys_error = str(exc)
-    config = None
-    try:
-        config = resolve(merged)
-    except (ConfigError, OSError) as exc:
-        values_error = str(exc)
+    # every refused value at once, as `config show` lists them (not only the first)
+    report = inspect_config(fqrn, extra_files=extra_files, environ=env)
+    values_error = "; ".join(report.of(Severity.ERROR))
+    config = report.config
     facts = replace(facts, keys=keys, keys_error=keys_error, values_error=values_error)
     return LoadedConfig(facts, merged, config)
 
