@@ -18,7 +18,7 @@ from pycvmfs.cache.fetcher import Fetcher
 from pycvmfs.cache.host import CacheConfig, CacheHost, open_cache_directory
 from pycvmfs.cache.identity import cache_uuid
 from pycvmfs.client_notices import captured_warnings, geo_notice, mount_notices
-from pycvmfs.config import ClientConfig, symlink_environment
+from pycvmfs.config import ClientConfig, MergedSettings, cache_fields, symlink_environment
 from pycvmfs.errors import ConfigError
 from pycvmfs.format.certificates import load_public_key
 from pycvmfs.fs.magic_xattrs import CacheInfo, NetworkInfo
@@ -111,14 +111,24 @@ def cache_config_of(config: ClientConfig) -> CacheConfig:
     `CVMFS_CACHE_BASE/shared|FQRN`. Below `CVMFS_CACHE_BASE` (which may be a shared sticky
     directory) every component must be the user's; a directory elsewhere is checked from
     its parent (`cache.safe_dir`)."""
-    directory = Path(os.path.abspath(config.alien_cache or config.cache_dir))
-    base = Path(os.path.abspath(config.cache_base))
-    if config.alien_cache is not None or not directory.is_relative_to(base) \
-            or directory == base:
+    return _cache_config(config.cache_base, config.cache_dir, config.shared_cache,
+                         config.quota_limit_mb, config.alien_cache)
+
+
+def cache_config_of_settings(merged: MergedSettings) -> CacheConfig:
+    """`cache_config_of` before the whole configuration is resolved: no server URL or key
+    needed (`pycvmfs cache`); a ConfigError only for a bad cache setting."""
+    return _cache_config(*cache_fields(merged))
+
+
+def _cache_config(cache_base: Path, cache_dir: Path, shared: bool, quota_limit_mb: int,
+                  alien_cache: Path | None) -> CacheConfig:
+    directory = Path(os.path.abspath(alien_cache or cache_dir))
+    base = Path(os.path.abspath(cache_base))
+    if alien_cache is not None or not directory.is_relative_to(base) or directory == base:
         base = directory.parent
-    return CacheConfig(directory=directory, quota_limit_mb=config.quota_limit_mb,
-                       alien=config.alien_cache is not None, shared=config.shared_cache,
-                       base=base)
+    return CacheConfig(directory=directory, quota_limit_mb=quota_limit_mb,
+                       alien=alien_cache is not None, shared=shared, base=base)
 
 
 def _cache_uuid(config: ClientConfig) -> str:

@@ -354,7 +354,7 @@ def resolve(merged: MergedSettings, *, trust: FileTrust | None = None) -> Client
     typed.check_all()
     proxy = _proxy(typed)
     fallback = typed.proxies("CVMFS_FALLBACK_PROXY")
-    cache = _cache_fields(merged.fqrn, typed)
+    cache = cache_fields(merged)
     max_servers = typed.integer("CVMFS_MAX_SERVERS")
     return ClientConfig(
         fqrn=merged.fqrn,
@@ -503,8 +503,10 @@ def _where_to_set(merged: MergedSettings) -> str:
 _CacheFields = tuple[Path, Path, bool, int, "Path | None"]
 
 
-def _cache_fields(fqrn: str, typed: Typed) -> _CacheFields:
-    """(base, dir, shared, quota, alien) with the reference's checks (fact sheet 9.1, 9.6)."""
+def cache_fields(merged: MergedSettings) -> _CacheFields:
+    """(base, dir, shared, quota, alien) with the reference's checks (fact sheet 9.1, 9.6);
+    needs no server URL or key (`pycvmfs cache` finds a cache with it)."""
+    typed, fqrn = _typed(merged), merged.fqrn
     base = typed.path("CVMFS_CACHE_BASE") or Path(ROOT_CACHE_BASE)
     shared = typed.boolean("CVMFS_SHARED_CACHE")
     quota = typed.integer("CVMFS_QUOTA_LIMIT")

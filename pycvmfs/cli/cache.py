@@ -28,17 +28,31 @@ class _Target:
 
 def _target_of(fqrn: str | None, directory: Path | None, options: tuple[str, ...],
                alien: bool) -> _Target:
-    """An explicit --dir, else the cache the configuration of FQRN uses."""
+    """An explicit --dir, else the cache the configuration of FQRN uses (its cache
+    settings only: no server URL or key is needed to find it)."""
     if directory is not None:
-        return _Target(directory, None, alien)
+        return _Target(_objects_directory(directory), None, alien)
     if fqrn is None:
         raise click.UsageError("give --dir CACHE_DIRECTORY or a repository name")
     from pycvmfs.cli.mount import overrides_of
-    from pycvmfs.client import cache_config_of
-    from pycvmfs.config import load_config
+    from pycvmfs.client import cache_config_of_settings
+    from pycvmfs.config import load_settings
 
-    config = cache_config_of(load_config(fqrn, overrides=overrides_of(options)))
+    config = cache_config_of_settings(load_settings(fqrn, overrides=overrides_of(options)))
     return _Target(config.directory, config.base, config.alien)
+
+
+def _objects_directory(directory: Path) -> Path:
+    """`directory`, or its `shared/` when `directory` is a cache base (CVMFS_CACHE_BASE,
+    where a shared cache keeps its objects in `shared/`) rather than a cache itself."""
+    from pycvmfs.cache.identity import MARKER_NAME
+
+    shared = directory / "shared"
+    if not (directory / MARKER_NAME).exists() and (shared / MARKER_NAME).exists():
+        click.echo(f"pycvmfs: cache: {directory} is a cache base; its objects are in {shared}",
+                   err=True)
+        return shared
+    return directory
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -68,6 +68,9 @@ def test_mount_from_configuration(tmp_path: Path) -> None:
         assert not os.path.ismount(mnt)
     status = _pycvmfs("cache", "status", FQRN, env=env)  # found through the configuration
     assert status.returncode == 0 and "objects" in status.stdout, status.stderr
+    base = _pycvmfs("cache", "status", "--dir", str(tmp_path / "cache"), env=env)  # the base
+    assert base.returncode == 0 and "objects: 0" not in base.stdout, base.stdout
+    assert "is a cache base" in base.stderr and "shared" in base.stdout, base.stderr
     verify = _pycvmfs("cache", "verify", "--dir", str(tmp_path / "cache" / "shared"), env=env)
     assert verify.returncode == 0 and "consistent" in verify.stdout, verify.stdout
     cleaned = _pycvmfs("cache", "clean", FQRN, env=env)

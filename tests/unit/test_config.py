@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pycvmfs.client import cache_config_of_settings
 from pycvmfs.config import (
     BUILTIN_DEFAULTS,
     OVERRIDE,
@@ -20,6 +21,7 @@ from pycvmfs.config import (
     load_config,
     load_settings,
     parse_config_text,
+    resolve,
     symlink_environment,
 )
 from pycvmfs.config_defaults import DOMAINS
@@ -572,3 +574,14 @@ def test_symlink_environment(tmp_path: Path) -> None:
     env = symlink_environment(config, {"PATH": "/bin", "CVMFS_TIMEOUT": "1"})
     assert env["PATH"] == "/bin" and env["CVMFS_TIMEOUT"] == "7" and env["MY_VAR"] == "x"
     assert env["CVMFS_FQRN"] == FQRN and env["CVMFS_CACHE_BASE"] == "/home/u/.cache/pycvmfs"
+
+
+def test_the_cache_is_found_without_server_url_or_key(tmp_path: Path) -> None:
+    """`pycvmfs cache status FQRN` needs only the cache settings (issue 12)."""
+    root = write(tmp_path / "etc", {"default.local": "CVMFS_CACHE_BASE=/c\n"})  # no key
+    merged = load_settings("nokey.example.org", config_root=root, environ={"HOME": "/h"},
+                           is_root=False)
+    with pytest.raises(ConfigError):
+        resolve(merged)  # a mount needs a server URL and a key
+    cache = cache_config_of_settings(merged)
+    assert (cache.directory, cache.base) == (Path("/c/shared"), Path("/c"))
