@@ -38,12 +38,12 @@ import click
 from pycvmfs.cli.mount import (
     READY_MARK,
     READY_TIMEOUT_S,
-    STARTED_MARK,
     _backend,
-    _failure_of,
     _read_until_ready,
     _reported,
+    not_ready,
     overrides_of,
+    report_serving,
 )
 from pycvmfs.errors import ConfigError
 
@@ -183,18 +183,11 @@ def start_serving(config: ClientConfig, mountpoint: str, backend: str | None) ->
             userns.prctl(userns.PR_SET_PDEATHSIG, signal.SIGTERM)
             if os.getppid() != parent:
                 os._exit(1)
-            os.write(writer, STARTED_MARK + str(os.getpid()).encode() + b"\n")
-            devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, 0)
-            os.dup2(devnull, 1)
-            os.dup2(writer, 2)
-
+            report_ready = report_serving(writer)
             mounted = threading.Event()
 
             def ready() -> None:
-                os.write(writer, READY_MARK + str(os.getpid()).encode() + b"\n")
-                os.dup2(devnull, 2)
-                os.close(writer)
+                report_ready()
                 mounted.set()
 
             # serving runs in a thread: once mounted, this (the main) thread gives up its
@@ -222,11 +215,7 @@ def start_serving(config: ClientConfig, mountpoint: str, backend: str | None) ->
     if _reported(said, READY_MARK) is not None:
         return Serving(pid, mountpoint)
     _end_process(pid)
-    if said.endswith(b"\0timeout"):
-        raise ConfigError(f"mounting {config.fqrn} did not finish in {READY_TIMEOUT_S:.0f} s")
-    text = b"\n".join(line for line in said.split(b"\n")
-                      if not line.startswith(STARTED_MARK)).decode(errors="replace")
-    raise ConfigError(_failure_of(text) or f"mounting {config.fqrn} failed")
+    raise not_ready(said, config.fqrn)
 
 
 def _end_process(pid: int, grace_s: float = END_GRACE_S) -> None:

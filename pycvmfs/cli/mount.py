@@ -269,9 +269,7 @@ def _exec_serving(fqrn: str, canonical: str, options: tuple[str, ...],
         while not os.path.ismount(canonical):
             if child.poll() is not None:
                 errors.seek(0)
-                raise ConfigError(_failure_of(b"\n".join(
-                    line for line in errors.read().split(b"\n")
-                    if not line.startswith(NOTICE_MARK)).decode(errors="replace"))
+                raise ConfigError(_failure_of(errors.read())
                                   or f"mounting {fqrn} failed (exit {child.returncode})")
             if time.monotonic() > deadline:
                 child.kill()
@@ -300,17 +298,7 @@ def _fork_serving(config: ClientConfig, canonical: str, backend: str | None
             os.setsid()
             if os.fork() != 0:
                 os._exit(0)
-            os.write(writer, STARTED_MARK + str(os.getpid()).encode() + b"\n")
-            devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, 0)
-            os.dup2(devnull, 1)
-            os.dup2(writer, 2)
-
-            def ready() -> None:
-                os.write(writer, READY_MARK + str(os.getpid()).encode() + b"\n")
-                os.dup2(devnull, 2)  # from now on it logs to its files only
-                os.close(writer)
-
+            ready = report_serving(writer)
             code = exit_code_of(lambda: serve_mount(config, canonical, backend,
                                                     detached=True, ready=ready))
         finally:
@@ -329,11 +317,34 @@ def _fork_serving(config: ClientConfig, canonical: str, backend: str | None
         if started is not None:  # as the exec path does: a mount that hangs is ended
             with contextlib.suppress(ProcessLookupError):
                 os.kill(started, signal.SIGKILL)
-        raise ConfigError(f"mounting {config.fqrn} did not finish in {READY_TIMEOUT_S:.0f} s")
-    text = b"\n".join(line for line in said.split(b"\n")
-                      if not line.startswith((STARTED_MARK, NOTICE_MARK))
-                      ).decode(errors="replace")
-    raise ConfigError(_failure_of(text) or f"mounting {config.fqrn} failed")
+    raise not_ready(said, config.fqrn)
+
+
+def report_serving(writer: int) -> Callable[[], None]:
+    """In a forked serving process: say its pid on pipe `writer`, which becomes its stderr
+    until the mount is ready (so a failure's one line, and the degraded states, reach the
+    command waiting on the pipe); stdin and stdout go to /dev/null. Returns the `ready`
+    callback for `serve_mount`: it reports the pid ready and moves stderr to /dev/null."""
+    os.write(writer, STARTED_MARK + str(os.getpid()).encode() + b"\n")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.dup2(writer, 2)
+
+    def ready() -> None:
+        os.write(writer, READY_MARK + str(os.getpid()).encode() + b"\n")
+        os.dup2(devnull, 2)  # from now on it logs to its files only
+        os.close(writer)
+
+    return ready
+
+
+def not_ready(said: bytes, fqrn: str) -> ConfigError:
+    """Why a forked serving process never reported ready: the deadline passed, or the one
+    line it wrote before it ended."""
+    if said.endswith(b"\0timeout"):
+        return ConfigError(f"mounting {fqrn} did not finish in {READY_TIMEOUT_S:.0f} s")
+    return ConfigError(_failure_of(said) or f"mounting {fqrn} failed")
 
 
 def _reported(said: bytes, mark: bytes) -> int | None:
@@ -359,10 +370,13 @@ def _read_until_ready(fd: int, deadline: float) -> bytes:
     return said
 
 
-def _failure_of(stderr: str) -> str:
+def _failure_of(stderr: bytes) -> str:
     """The serving process's one-line error (its last `pycvmfs: ...` line, prefix
-    dropped), else all it printed."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    dropped), else all it printed; its pid and degraded-state lines are not part of it."""
+    text = b"\n".join(line for line in stderr.split(b"\n")
+                      if not line.startswith((STARTED_MARK, NOTICE_MARK)))
+    lines = [line.strip() for line in text.decode(errors="replace").splitlines()
+             if line.strip()]
     for line in reversed(lines):
         if line.startswith("pycvmfs: "):
             return line.removeprefix("pycvmfs: ").removeprefix("error: ")

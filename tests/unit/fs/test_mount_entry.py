@@ -52,6 +52,8 @@ def test_mount_point_path_resolves_only_the_parent(tmp_path: Path) -> None:
     ("pycvmfs: internal error: ValueError: v\n", "internal error: ValueError: v"),
     ("something\nelse\n", "something else"),
     ("", ""),
+    ("\0pycvmfs-started 41\n\0pycvmfs-degraded offline\npycvmfs: error: the cause\n",
+     "the cause"),
 ])
 def test_background_failure_relays_one_line(stderr: str, message: str) -> None:
-    assert _failure_of(stderr) == message
+    assert _failure_of(stderr.encode()) == message
