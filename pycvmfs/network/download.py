@@ -143,7 +143,10 @@ class Downloader:
             host = self._host(attempt)
             host.bytes += received
             host.seconds += seconds
-            if failure is not Failure.OK:
+            if failure is Failure.OK:
+                self._ndownload += 1
+                host.downloads += 1
+            else:
                 self._nerrors += 1
                 host.errors += 1
                 if failure.is_proxy:
@@ -173,12 +176,8 @@ class Downloader:
         attempt = next(steps)
         failed: list[AttemptRecord] = []
         while True:
-            outcome = self._run(attempt, sink, expected)
-            failure = classify(outcome)
+            outcome, failure = self._run(attempt, sink, expected)
             if failure is Failure.OK:
-                with self._lock:
-                    self._ndownload += 1
-                    self._host(attempt).downloads += 1
                 return DownloadResult(attempt.url, str(attempt.proxy), outcome.bytes_received,
                                       tuple(failed))
             record = AttemptRecord(attempt.url, str(attempt.proxy), _reason(failure, outcome))
@@ -192,7 +191,9 @@ class Downloader:
             self._count_next(attempt, following)
             attempt = following
 
-    def _run(self, attempt: Attempt, sink: Sink, expected: ContentHash | None) -> Outcome:
+    def _run(self, attempt: Attempt, sink: Sink, expected: ContentHash | None
+             ) -> tuple[Outcome, Failure]:
+        """One attempt, verified and counted: its outcome and how it is classified."""
         if attempt.delay > 0:
             self._sleep(attempt.delay)
         s = self.settings
@@ -203,8 +204,9 @@ class Downloader:
                                      headers=request_headers(attempt.no_cache), sink=sink,
                                      timeout=timeout, low_speed_limit=s.low_speed_limit)
         outcome = _finish_attempt(outcome, sink, expected)
-        self._count(attempt, outcome.bytes_received, self._clock() - start, classify(outcome))
-        return outcome
+        failure = classify(outcome)
+        self._count(attempt, outcome.bytes_received, self._clock() - start, failure)
+        return outcome, failure
 
 
 def _finish_attempt(outcome: Outcome, sink: Sink, expected: ContentHash | None) -> Outcome:
