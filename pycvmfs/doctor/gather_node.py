@@ -14,13 +14,9 @@ from pathlib import Path
 
 from pycvmfs.doctor.node import FuseDevice, Helper, Libfuse, NodeFacts, Sysctls
 from pycvmfs.doctor.probe import FUSE_DEVICE, ProbeReport
+from pycvmfs.fs.userns import SYSCTLS, proc_sys
 
 PROBE_TIMEOUT_S = 8.0
-SYSCTLS = {
-    "unprivileged_userns_clone": "/proc/sys/kernel/unprivileged_userns_clone",
-    "max_user_namespaces": "/proc/sys/user/max_user_namespaces",
-    "apparmor_restrict": "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
-}
 
 
 def fuse_device(path: str = FUSE_DEVICE) -> FuseDevice:
@@ -47,15 +43,16 @@ def helper() -> Helper:
     return Helper(path, bool(st.st_mode & stat.S_ISUID) and st.st_uid == 0)
 
 
-def _read_int(path: str) -> int | None:
+def _read_int(path: Path) -> int | None:
     try:
-        return int(Path(path).read_text().strip())
+        return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
 
 
 def sysctls() -> Sysctls:
-    return Sysctls(**{name: _read_int(path) for name, path in SYSCTLS.items()})
+    base = proc_sys()
+    return Sysctls.from_names({sysctl.name: _read_int(sysctl.path(base)) for sysctl in SYSCTLS})
 
 
 def fuse_filesystem() -> bool:

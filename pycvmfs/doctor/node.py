@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from pycvmfs.doctor.probe import ProbeReport
 from pycvmfs.doctor.result import CheckResult, fail, ok, warn
+from pycvmfs.fs.userns import SYSCTLS
 
 FUSE_MAJOR, FUSE_MINOR = 10, 229
 FUSE_IN_USERNS_KERNEL = (4, 18)  # FS_USERNS_MOUNT for fuse
@@ -40,6 +41,18 @@ class Sysctls:
     unprivileged_userns_clone: int | None = None  # Debian, older Ubuntu
     max_user_namespaces: int | None = None
     apparmor_restrict: int | None = None  # kernel.apparmor_restrict_unprivileged_userns
+
+    def by_name(self) -> dict[str, int | None]:
+        """The values by their sysctl(8) names, as `fs.userns.SYSCTLS` names them."""
+        return {"kernel.unprivileged_userns_clone": self.unprivileged_userns_clone,
+                "user.max_user_namespaces": self.max_user_namespaces,
+                "kernel.apparmor_restrict_unprivileged_userns": self.apparmor_restrict}
+
+    @classmethod
+    def from_names(cls, values: dict[str, int | None]) -> Sysctls:
+        return cls(values.get("kernel.unprivileged_userns_clone"),
+                   values.get("user.max_user_namespaces"),
+                   values.get("kernel.apparmor_restrict_unprivileged_userns"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,15 +112,11 @@ def check_helper(facts: NodeFacts) -> CheckResult:
 
 
 def sysctl_fixes(sysctls: Sysctls) -> list[str]:
-    """The sysctl settings to ask the administrator for, from what was read."""
-    fixes = []
-    if sysctls.unprivileged_userns_clone == 0:
-        fixes.append("kernel.unprivileged_userns_clone=1")
-    if sysctls.max_user_namespaces == 0:
-        fixes.append("user.max_user_namespaces=15000")
-    if sysctls.apparmor_restrict == 1:
-        fixes.append("kernel.apparmor_restrict_unprivileged_userns=0")
-    return fixes
+    """The sysctl settings to ask the administrator for, from what was read (the settings
+    and their values are the ones `pycvmfs exec` names, `fs.userns.SYSCTLS`)."""
+    read = sysctls.by_name()
+    return [f"{sysctl.name}={sysctl.on}" for sysctl in SYSCTLS
+            if read[sysctl.name] is not None and str(read[sysctl.name]) == sysctl.off]
 
 
 def _sysctl_text(sysctls: Sysctls) -> str:
