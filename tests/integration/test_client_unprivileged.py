@@ -129,13 +129,18 @@ def missing_requirement() -> str | None:
     return None
 
 
-@pytest.fixture
-def user() -> User:
+def ordinary_user() -> User:
+    """The ordinary user these tests run as (the test is skipped if it cannot be)."""
     reason = missing_requirement()
     if reason is not None:
         pytest.skip(reason)
     entry = pwd.getpwnam(USER)
     return User(USER, entry.pw_uid, entry.pw_gid)
+
+
+@pytest.fixture
+def user() -> User:
+    return ordinary_user()
 
 
 @pytest.fixture

@@ -23,8 +23,7 @@ from pycvmfs.publisher.storage import LocalStorage
 from pycvmfs.publisher.whitelist_sign import write_whitelist
 from tests.integration.test_client_unprivileged import (
     SYSTEM_PYTHON,
-    USER,
-    missing_requirement,
+    ordinary_user,
     user_env,
 )
 from tests.mounting import DEMO_FQRN, DEMO_KEY, DEMO_REPO, User, mountinfo, pycvmfs
@@ -207,13 +206,7 @@ def doctor_as_user(user: User, area: Path, fuse_mode: int, url: str
 
 @pytest.fixture
 def user() -> User:
-    reason = missing_requirement()
-    if reason is not None:
-        pytest.skip(reason)
-    import pwd
-
-    entry = pwd.getpwnam(USER)
-    return User(USER, entry.pw_uid, entry.pw_gid)
+    return ordinary_user()
 
 
 @NEEDS_NGINX

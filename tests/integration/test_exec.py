@@ -11,7 +11,6 @@ shebang into /cvmfs). The host has no /cvmfs: every path the command reads throu
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -26,8 +25,7 @@ from pycvmfs.fs.mount import BACKENDS
 from pycvmfs.publisher.keys import create_keys
 from tests.integration.test_client_unprivileged import (
     SYSTEM_PYTHON,
-    USER,
-    missing_requirement,
+    ordinary_user,
     user_env,
 )
 from tests.mounting import (
@@ -103,12 +101,9 @@ class Site:
 @pytest.fixture(scope="module")
 def module_site() -> Iterator[Site]:
     """One server, configuration and home for the module (the cache stays warm)."""
-    reason = missing_requirement()
-    if reason is not None:
-        pytest.skip(reason)
-    entry = pwd.getpwnam(USER)
+    user = ordinary_user()
     with shared_scratch("pycvmfs-exec-") as base, Nginx() as nginx:
-        yield Site(User(USER, entry.pw_uid, entry.pw_gid), base, nginx)
+        yield Site(user, base, nginx)
 
 
 @pytest.fixture
