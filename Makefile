@@ -7,7 +7,7 @@ DEMO_KEY  := testdata/keys/$(DEMO_FQRN).pub
 DEMO_OUT  ?= /tmp/pycvmfs-demo
 
 .PHONY: setup setup-demo system-packages demo lint test test-unit test-integration test-fast \
-	test-slow testdata man bench bench-client bench-images clean
+	test-slow testdata man grpc-stubs bench bench-client bench-images clean
 
 # pycvmfs and its dependencies, all wheels: no compiler and no FUSE headers. A mount loads
 # libfuse3.so through ctypes when it is there (package fuse3).
@@ -123,7 +123,7 @@ UNSHARE_NET := $(shell unshare --net true >/dev/null 2>&1 && echo unshare --net 
 
 test: system-packages setup lint test-unit test-integration
 
-test-unit: setup
+test-unit: setup grpc-stubs
 	$(UNSHARE_NET) $(PY) -m pytest -q -n 2 tests/unit
 
 test-integration: setup
@@ -134,6 +134,14 @@ test-fast: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# containerd's snapshots API for `pycvmfs snapshotter` (pycvmfs/snapshotter/api.py): a
+# descriptor set compiled by grpcio-tools from containerd's own .proto files, taken from
+# Debian's golang-github-containerd-containerd-dev and golang-github-gogo-protobuf-dev
+# (installed, or fetched with apt-get download); never committed (.gitignore). Where that
+# fails, one line says why and the snapshotter's tests are skipped.
+grpc-stubs: setup
+	@$(PY) tools/grpc_stubs.py || true
 
 # Regenerate the manual pages (pycvmfs/man/*.1) from the CLI after a command changes;
 # tests/unit/cli/test_man_pages.py fails while they are stale.

@@ -1,0 +1,41 @@
+"""`pycvmfs snapshotter serve`: containerd's remote snapshotter over a pycvmfs mount of an
+image repository (pycvmfs/snapshotter/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+DEFAULT_STATE = Path("/var/lib/pycvmfs-snapshotter")
+
+
+@click.group("snapshotter")
+def snapshotter_group() -> None:
+    """containerd remote snapshotter: containers start from the layers in the repository."""
+
+
+@snapshotter_group.command("serve")
+@click.option("--address", required=True, metavar="unix:///PATH.sock",
+              help="Unix socket to serve on; containerd's [proxy_plugins.NAME] address is PATH.")
+@click.option("--repository", required=True, metavar="MNT",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Mountpoint of the image repository (its .layers/ are used in place).")
+@click.option("--state", default=DEFAULT_STATE, show_default=True, metavar="DIR",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Metadata database and local snapshot directories.")
+def serve_command(address: str, repository: Path, state: Path) -> None:
+    """Serve containerd's snapshots API on ADDRESS until SIGTERM or Ctrl-C. Layers found in
+    the repository are used from the mount without download; any other layer is unpacked
+    by containerd into a local overlay snapshot under --state."""
+    import logging
+
+    from pycvmfs.snapshotter.server import serve, socket_path
+
+    logging.basicConfig(level=logging.INFO, format="pycvmfs snapshotter: %(message)s")
+    path = socket_path(address)
+    click.echo(f"serving containerd snapshots on {path} (Ctrl-C stops)", err=True)
+    serve(path, repository, state)
+
+
+COMMANDS = [snapshotter_group]
