@@ -15,9 +15,11 @@ active snapshot. A lowerdir on the pycvmfs mount is what makes a container start
 any download.
 
 Prepare with `containerd.io/snapshot.ref` (the chain ID containerd's unpacker will commit
-the layer as) for a layer the repository has commits that name directly as a remote
-snapshot and answers ALREADY_EXISTS, as the reference's (stargz-based) snapshotter does:
-the unpacker then skips fetching and applying the layer.
+the layer as) for a layer the repository has records a committed remote snapshot carrying
+that label and answers ALREADY_EXISTS, as the reference's (stargz-based) snapshotter does;
+containerd (metadata/snapshot.go) then lists committed snapshots with
+`labels."containerd.io/snapshot.ref"==TARGET,parent=="PARENT"`, adopts the one found and
+skips fetching and applying the layer.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from pycvmfs.snapshotter.errors import (
     InvalidSnapshotError,
@@ -105,12 +108,22 @@ class Snapshotter:
             target = labels.get(TARGET_LABEL)
             tree = self._layers.find(labels) if target else None
             if target and tree is not None:
-                remote_labels = {**labels, REMOTE_LABEL: REMOTE_LABEL_VALUE}
-                self._store.create(target, parent, Kind.COMMITTED, remote_labels,
-                                   remote=str(tree))
-                raise SnapshotExistsError(f"target snapshot {target!r}: already exists "
-                                          f"(remote layer {tree})")
+                self._commit_remote(key, parent, target, tree, labels)
             return self.mounts_of(self._create_local(key, parent, Kind.ACTIVE, labels))
+
+    def _commit_remote(self, key: str, parent: str, target: str, tree: Path,
+                       labels: dict[str, str]) -> NoReturn:
+        """Record the layer tree as committed snapshot `target` on `parent` and answer that it
+        exists. containerd then finds it by listing committed snapshots labelled
+        `containerd.io/snapshot.ref==TARGET` with this parent and uses whatever name it has:
+        when `target` is already taken on another parent (a chain below it that is local
+        in another namespace), the remote snapshot is named after the unique `key`."""
+        existing = self._store.find(target)
+        if existing is None or existing.parent != parent:
+            self._store.create(target if existing is None else key, parent, Kind.COMMITTED,
+                               {**labels, REMOTE_LABEL: REMOTE_LABEL_VALUE}, remote=str(tree))
+        raise SnapshotExistsError(f"target snapshot {target!r}: already exists (remote "
+                                  f"layer {tree})")
 
     def view(self, key: str, parent: str, labels: dict[str, str]) -> list[Mount]:
         """A read-only snapshot `key` of committed `parent`."""

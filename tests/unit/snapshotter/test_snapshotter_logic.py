@@ -172,3 +172,29 @@ def test_disk_usage_counts_hard_links_once(tmp_path: Path) -> None:
     usage = disk_usage(tmp_path / "d")
     assert usage.inodes == 2
     assert usage.size >= 10000
+
+
+def test_containerds_lookup_after_already_exists(tmp_path: Path, mount: Path) -> None:
+    """containerd finds the remote snapshot with this filter (metadata/snapshot.go); a
+    target name taken on another parent (a local chain in another namespace) still gets a
+    snapshot of its own."""
+    from pycvmfs.snapshotter.filters import matches
+
+    snapshotter = make(tmp_path, mount)
+    snapshotter.prepare("A/1/extract", "", {})
+    snapshotter.commit("A/2/base", "A/1/extract", {})
+    snapshotter.prepare("B/1/extract", "", {})
+    snapshotter.commit("B/2/base", "B/1/extract", {})
+    for namespace in ("A", "B"):
+        with pytest.raises(SnapshotExistsError):
+            snapshotter.prepare(f"{namespace}/3/extract", f"{namespace}/2/base",
+                                unpack_labels("sha256:chain", LAYER_A))
+        wanted = f'labels."containerd.io/snapshot.ref"==sha256:chain,parent=="{namespace}/2/base"'
+        found = [s for s in snapshotter.walk()
+                 if s.kind is Kind.COMMITTED and matches(s, [wanted])]
+        assert len(found) == 1 and found[0].remote == str(mount / layerfs_dir(LAYER_A))
+    assert {s.key for s in snapshotter.walk() if s.remote} == {"sha256:chain", "B/3/extract"}
+    # the same chain prepared again on the same parent: nothing new
+    with pytest.raises(SnapshotExistsError):
+        snapshotter.prepare("A/4/extract", "A/2/base", unpack_labels("sha256:chain", LAYER_A))
+    assert len(snapshotter.walk()) == 4
