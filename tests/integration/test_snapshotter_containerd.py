@@ -4,8 +4,8 @@ ALREADY_EXISTS, containerd finds it by its label), a container's snapshot mounts
 overlay over the layer tree, snapshots survive restarts of the snapshotter and of
 containerd, and an image whose layers the repository lacks is unpacked locally and runs.
 
-The repository here is a plain directory laid out as ingest lays out `.layers/`; the same
-with a pycvmfs mount and a registry is tests of the whole chain."""
+The repository here is a plain directory laid out as ingest lays out `.layers/`: the
+snapshotter only reads paths under it, so a pycvmfs mount behaves the same."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from pycvmfs.images.layout import layerfs_dir
 from tests.containerd import (
     PLUGIN,
     PrivateContainerd,
-    Snapshotter,
     SnapshotsClient,
+    Snapshotter,
     missing_requirement,
 )
 
