@@ -20,8 +20,8 @@ from pycvmfs.images import layout
 from tests.containerd import (
     PLUGIN,
     PrivateContainerd,
-    Snapshotter,
     SnapshotsClient,
+    Snapshotter,
     missing_requirement,
 )
 from tests.ingested import IngestedImages
