@@ -36,6 +36,7 @@ from pycvmfs.snapshotter.errors import (
     InvalidSnapshotError,
     SnapshotExistsError,
     SnapshotInUseError,
+    SnapshotNotFoundError,
 )
 from pycvmfs.snapshotter.layers import REMOTE_LABEL, REMOTE_LABEL_VALUE, TARGET_LABEL, RemoteLayers
 from pycvmfs.snapshotter.store import Kind, MetadataStore, Snapshot
@@ -165,6 +166,11 @@ class Snapshotter:
             raise SnapshotInUseError(f"snapshot {snapshot.key!r} is committed: only active "
                                      "and view snapshots are mounted")
         parents = self._store.chain(snapshot.parent) if snapshot.parent else []
+        for gone in (p for p in parents if p.remote and not os.path.isdir(p.remote)):
+            raise SnapshotNotFoundError(
+                f"snapshot {gone.key!r}: its layer tree {gone.remote} is not in the "
+                "repository (image removed, or the repository not mounted); remove the "
+                "image from containerd and pull it again")
         if not parents:
             mode = "ro" if snapshot.kind is Kind.VIEW else "rw"
             return [Mount("bind", str(self.files(snapshot)), (mode, "rbind"))]
