@@ -148,11 +148,9 @@ class SnapshotsClient:
 
     def call(self, method: str, **fields: Any) -> Any:
         """One unary call; grpc.RpcError as containerd answers it."""
-        from pycvmfs.snapshotter.api import SERVICE
-
-        request_class, response_class, _ = self.api.methods[method]
-        stub = self._channel.unary_unary(f"/{SERVICE}/{method}",
-                                         request_serializer=request_class.SerializeToString,
-                                         response_deserializer=response_class.FromString)
-        return stub(request_class(snapshotter=PLUGIN, **fields), metadata=self._metadata,
+        rpc = self.api.methods[method]
+        stub = self._channel.unary_unary(self.api.path(method),
+                                         request_serializer=rpc.request.SerializeToString,
+                                         response_deserializer=rpc.response.FromString)
+        return stub(rpc.request(snapshotter=PLUGIN, **fields), metadata=self._metadata,
                     timeout=CALL_TIMEOUT_S)

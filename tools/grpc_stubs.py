@@ -1,4 +1,5 @@
-"""Compile containerd's snapshots API into the descriptor set the snapshotter loads.
+"""Compile containerd's API (snapshots, content, images, leases) into the descriptor set
+pycvmfs/snapshotter/api.py loads.
 
     python tools/grpc_stubs.py [OUTPUT]   (default: pycvmfs/snapshotter/containerd_api.binpb)
 
@@ -29,7 +30,11 @@ DEFAULT_OUTPUT = ROOT / "pycvmfs" / "snapshotter" / "containerd_api.binpb"
 WORK = ROOT / "build" / "containerd-api"
 PACKAGES = ("golang-github-containerd-containerd-dev", "golang-github-gogo-protobuf-dev")
 GOCODE = Path("usr/share/gocode/src")
-SNAPSHOTS_PROTO = "github.com/containerd/containerd/api/services/snapshots/v1/snapshots.proto"
+API = "github.com/containerd/containerd/api/services"
+SNAPSHOTS_PROTO = f"{API}/snapshots/v1/snapshots.proto"
+# the snapshotter serves the first; a client registering images in containerd uses the rest
+PROTOS = (SNAPSHOTS_PROTO, f"{API}/content/v1/content.proto", f"{API}/images/v1/images.proto",
+          f"{API}/leases/v1/leases.proto")
 GOGO_ROOT = "github.com/gogo/protobuf"  # containerd imports "gogoproto/gogo.proto" from here
 GOGO_PROTO = f"{GOGO_ROOT}/gogoproto/gogo.proto"
 
@@ -79,17 +84,19 @@ def compile_set(source: Path, output: Path) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     status = protoc.main(["protoc", f"-I{source}", f"-I{source / GOGO_ROOT}",
                           f"-I{well_known}", "--include_imports",
-                          f"--descriptor_set_out={output}", SNAPSHOTS_PROTO])
+                          f"--descriptor_set_out={output}", *PROTOS])
     if status != 0:
-        raise StubError(f"protoc could not compile {source / SNAPSHOTS_PROTO} (status {status})")
+        raise StubError(f"protoc could not compile containerd's API in {source} "
+                        f"(status {status})")
 
 
 def main(argv: list[str]) -> int:
     output = Path(argv[0]) if argv else DEFAULT_OUTPUT
     try:
         source = proto_root()
-        proto = source / SNAPSHOTS_PROTO
-        if output.is_file() and output.stat().st_mtime >= proto.stat().st_mtime:
+        if output.is_file() and output.stat().st_mtime >= max(
+                (source / name).stat().st_mtime for name in PROTOS) and output.stat(
+                ).st_mtime >= Path(__file__).stat().st_mtime:
             return 0
         compile_set(source, output)
     except (StubError, OSError, subprocess.SubprocessError) as exc:

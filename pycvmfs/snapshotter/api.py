@@ -1,10 +1,11 @@
-"""containerd's snapshots API as Python message classes, built at run time.
+"""containerd's gRPC API as Python message classes, built at run time.
 
 `containerd_api.binpb` (next to this module, not committed) is the FileDescriptorSet that
-`make grpc-stubs` (tools/grpc_stubs.py) compiles from containerd's own `.proto` files:
-`containerd.services.snapshots.v1.Snapshots` and `containerd.types.Mount`. protobuf's
-message factory turns it into classes here, so the wire format is exactly containerd's and
-no generated Python is imported. grpcio and protobuf are the `snapshotter` extra.
+`make grpc-stubs` (tools/grpc_stubs.py) compiles from containerd's own `.proto` files: the
+`Snapshots` service the snapshotter serves, and `Content`, `Images` and `Leases`, which a
+client registering an image in containerd calls. protobuf's message factory turns it into
+classes here, so the wire format is exactly containerd's and no generated Python is
+imported. grpcio and protobuf are the `snapshotter` extra.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ from typing import Any
 from pycvmfs.snapshotter.errors import SnapshotterError
 
 DESCRIPTOR_SET = Path(__file__).with_name("containerd_api.binpb")
-SERVICE = "containerd.services.snapshots.v1.Snapshots"
-PACKAGE = "containerd.services.snapshots.v1"
+SNAPSHOTS = "containerd.services.snapshots.v1.Snapshots"
+CONTENT = "containerd.services.content.v1.Content"
+IMAGES = "containerd.services.images.v1.Images"
+LEASES = "containerd.services.leases.v1.Leases"
+SERVICE = SNAPSHOTS  # the one the snapshotter serves
+SHARED_TYPES = ("containerd.types.Mount", "containerd.types.Descriptor", "google.protobuf.Empty")
 
 
 class ApiMissingError(SnapshotterError):
@@ -26,46 +31,74 @@ class ApiMissingError(SnapshotterError):
 
 
 @dataclass(frozen=True)
-class Api:
-    """The message classes by short name (`PrepareSnapshotRequest`, `Info`, `Mount`, ...),
-    and each RPC's (request class, response class, server-streaming)."""
+class Method:
+    """One RPC: its message classes and which sides stream."""
 
+    request: Any
+    response: Any
+    client_streaming: bool
+    server_streaming: bool
+
+
+@dataclass(frozen=True)
+class Api:
+    """One service: its full name, the message classes of its .proto file and the shared
+    types it uses by short name (`PrepareSnapshotRequest`, `Info`, `Mount`, `Empty`, ...),
+    and its RPCs by name."""
+
+    service: str
     messages: dict[str, Any]
-    methods: dict[str, tuple[Any, Any, bool]]
+    methods: dict[str, Method]
 
     def message(self, type_name: str, **fields: Any) -> Any:
         """A new message of this short name."""
         return self.messages[type_name](**fields)
 
+    def path(self, method: str) -> str:
+        """The gRPC path of an RPC: `/SERVICE/METHOD`."""
+        return f"/{self.service}/{method}"
+
 
 @cache
-def load(path: Path = DESCRIPTOR_SET) -> Api:
-    """The API from the descriptor set at `path` (ApiMissingError when it cannot be read)."""
+def _pool(path: Path) -> Any:
     try:
-        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+        from google.protobuf import descriptor_pb2, descriptor_pool
     except ImportError as exc:
-        raise ApiMissingError("the snapshotter needs protobuf and grpcio: "
+        raise ApiMissingError("containerd's API needs protobuf and grpcio: "
                               "pip install 'pycvmfs[snapshotter]'") from exc
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ApiMissingError(f"{path}: {exc.strerror}; generate containerd's API with "
                               "`make grpc-stubs`") from exc
-    files = descriptor_pb2.FileDescriptorSet.FromString(data)
     pool = descriptor_pool.DescriptorPool()
-    for proto in files.file:
+    for proto in descriptor_pb2.FileDescriptorSet.FromString(data).file:
         pool.Add(proto)
-    service = pool.FindServiceByName(SERVICE)
-    messages: dict[str, Any] = {}
-    for full_name in (f"{PACKAGE}.{name}" for name in service.file.message_types_by_name):
-        messages[full_name.rsplit(".", 1)[1]] = message_factory.GetMessageClass(
-            pool.FindMessageTypeByName(full_name))
-    messages["Mount"] = message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("containerd.types.Mount"))
-    messages["Empty"] = message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("google.protobuf.Empty"))
-    methods = {method.name: (message_factory.GetMessageClass(method.input_type),
-                             message_factory.GetMessageClass(method.output_type),
-                             method.server_streaming)
+    return pool
+
+
+@cache
+def load(path: Path = DESCRIPTOR_SET, service_name: str = SNAPSHOTS) -> Api:
+    """The service `service_name` from the descriptor set at `path` (ApiMissingError when
+    it cannot be read or lacks the service)."""
+    from google.protobuf import message_factory
+
+    pool = _pool(path)
+    try:
+        service = pool.FindServiceByName(service_name)
+    except KeyError:
+        raise ApiMissingError(f"{path} has no {service_name}; regenerate it with "
+                              "`make grpc-stubs`") from None
+    messages = {short: message_factory.GetMessageClass(descriptor)
+                for short, descriptor in service.file.message_types_by_name.items()}
+    for full_name in SHARED_TYPES:
+        try:
+            messages[full_name.rsplit(".", 1)[1]] = message_factory.GetMessageClass(
+                pool.FindMessageTypeByName(full_name))
+        except KeyError:
+            continue
+    methods = {method.name: Method(message_factory.GetMessageClass(method.input_type),
+                                   message_factory.GetMessageClass(method.output_type),
+                                   method.client_streaming, method.server_streaming)
                for method in service.methods}
-    return Api(messages=messages, methods=methods)
+    return Api(service_name, messages, methods)

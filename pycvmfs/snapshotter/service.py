@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, Protocol
 
-from pycvmfs.snapshotter.api import SERVICE, Api
+from pycvmfs.snapshotter.api import Api
 from pycvmfs.snapshotter.errors import SnapshotterError
 from pycvmfs.snapshotter.filters import matches
 from pycvmfs.snapshotter.snapshots import Mount, Snapshotter
@@ -120,10 +120,10 @@ def handler(api: Api, servicer: SnapshotsServicer) -> Any:
     import grpc
 
     methods: dict[str, Any] = {}
-    for name, (request_class, response_class, streaming) in api.methods.items():
-        make = grpc.unary_stream_rpc_method_handler if streaming else \
+    for name, method in api.methods.items():
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else \
             grpc.unary_unary_rpc_method_handler
         methods[name] = make(getattr(servicer, name),
-                             request_deserializer=request_class.FromString,
-                             response_serializer=response_class.SerializeToString)
-    return grpc.method_handlers_generic_handler(SERVICE, methods)
+                             request_deserializer=method.request.FromString,
+                             response_serializer=method.response.SerializeToString)
+    return grpc.method_handlers_generic_handler(api.service, methods)

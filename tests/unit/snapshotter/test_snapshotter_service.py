@@ -44,19 +44,39 @@ def service(tmp_path: Path) -> tuple[Any, Any]:
 
 def call(api: Any, servicer: Any, method: str, **fields: Any) -> Any:
     """Through the wire format both ways, as containerd's client would."""
-    request_class, response_class, streaming = api.methods[method]
-    request = request_class.FromString(request_class(**fields).SerializeToString())
+    rpc = api.methods[method]
+    request = rpc.request.FromString(rpc.request(**fields).SerializeToString())
     answer = getattr(servicer, method)(request, FakeContext())
-    if streaming:
-        return [response_class.FromString(part.SerializeToString()) for part in answer]
-    return response_class.FromString(answer.SerializeToString())
+    if rpc.server_streaming:
+        return [rpc.response.FromString(part.SerializeToString()) for part in answer]
+    return rpc.response.FromString(answer.SerializeToString())
 
 
 def test_the_api_has_containerds_methods() -> None:
     api = api_module.load()
     assert set(api.methods) == {"Prepare", "View", "Mounts", "Commit", "Remove", "Stat",
                                 "Update", "List", "Usage", "Cleanup"}
-    assert api.methods["List"][2] is True
+    assert api.methods["List"].server_streaming and not api.methods["List"].client_streaming
+    assert api.path("Prepare") == "/containerd.services.snapshots.v1.Snapshots/Prepare"
+
+
+@pytest.mark.parametrize(("service", "method", "streams"), [
+    (api_module.CONTENT, "Write", (True, True)), (api_module.CONTENT, "Info", (False, False)),
+    (api_module.IMAGES, "Create", (False, False)), (api_module.LEASES, "Create", (False, False)),
+])
+def test_the_client_services_load(service: str, method: str, streams: tuple[bool, bool]) -> None:
+    """What a client registering an image in containerd calls."""
+    api = api_module.load(api_module.DESCRIPTOR_SET, service)
+    rpc = api.methods[method]
+    assert (rpc.client_streaming, rpc.server_streaming) == streams
+    if service == api_module.IMAGES:
+        image = api.message("Image", name="x", target=api.message("Descriptor", digest="d"))
+        assert image.target.digest == "d"
+
+
+def test_a_service_the_set_lacks_is_named() -> None:
+    with pytest.raises(api_module.ApiMissingError, match="No.Such"):
+        api_module.load(api_module.DESCRIPTOR_SET, "No.Such")
 
 
 def test_remote_prepare_answers_already_exists(service: tuple[Any, Any]) -> None:
