@@ -11,7 +11,7 @@ quoted too. The fields of a snapshot are `name`, `parent`, `kind` (`active`, `vi
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pycvmfs.snapshotter.errors import InvalidSnapshotError
@@ -80,8 +80,16 @@ def _matches_one(snapshot: Snapshot, selector: Selector) -> bool:
         raise InvalidSnapshotError(f"filter value {selector.value!r}: {exc}") from None
 
 
+def compile_filters(filters: Sequence[str]) -> Callable[[Snapshot], bool]:
+    """A test passing the snapshots that match any of the filters (every snapshot when none
+    is given); the filters are parsed once, here (InvalidSnapshotError)."""
+    parsed = [parse(text) for text in filters]
+    if not parsed:
+        return lambda snapshot: True
+    return lambda snapshot: any(all(_matches_one(snapshot, s) for s in selectors)
+                                for selectors in parsed)
+
+
 def matches(snapshot: Snapshot, filters: Sequence[str]) -> bool:
     """Whether the snapshot passes any of the filters (all of them pass when none is given)."""
-    if not filters:
-        return True
-    return any(all(_matches_one(snapshot, s) for s in parse(text)) for text in filters)
+    return compile_filters(filters)(snapshot)

@@ -15,7 +15,7 @@ from typing import Any, NoReturn, Protocol
 
 from pycvmfs.snapshotter.api import Api
 from pycvmfs.snapshotter.errors import SnapshotterError
-from pycvmfs.snapshotter.filters import matches
+from pycvmfs.snapshotter.filters import compile_filters
 from pycvmfs.snapshotter.snapshots import Mount, Snapshotter
 from pycvmfs.snapshotter.store import Snapshot
 
@@ -99,9 +99,11 @@ class SnapshotsServicer:
         return self._api.message("UpdateSnapshotResponse", info=self.info(snapshot))
 
     def List(self, request: Any, context: Context) -> Iterator[Any]:  # noqa: N802
-        filters = list(request.filters)
-        found = self._call(context, lambda: [s for s in self._snapshotter.walk()
-                                             if matches(s, filters)])
+        def listed() -> list[Snapshot]:
+            wanted = compile_filters(list(request.filters))
+            return [snapshot for snapshot in self._snapshotter.walk() if wanted(snapshot)]
+
+        found = self._call(context, listed)
         for start in range(0, len(found), LIST_BATCH):
             yield self._api.message("ListSnapshotsResponse",
                                     info=[self.info(s) for s in found[start:start + LIST_BATCH]])
