@@ -33,9 +33,7 @@ def serve_command(address: str, repository: Path, state: Path) -> None:
     from pycvmfs.snapshotter.server import serve, socket_path
 
     logging.basicConfig(level=logging.INFO, format="pycvmfs snapshotter: %(message)s")
-    path = socket_path(address)
-    click.echo(f"serving containerd snapshots on {path} (Ctrl-C stops)", err=True)
-    serve(path, repository, state)
+    serve(socket_path(address), repository, state)
 
 
 COMMANDS = [snapshotter_group]

@@ -86,7 +86,7 @@ def serve(address: Path, repository: Path, state: Path) -> None:
         stopping.set()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    log.info("serving containerd snapshots on %s (repository %s, state %s)",
+    log.info("serving containerd snapshots on %s (repository %s, state %s; Ctrl-C stops)",
              address, repository, state)
     try:
         while not stopping.wait(1.0):
