@@ -36,4 +36,30 @@ def serve_command(address: str, repository: Path, state: Path) -> None:
     serve(socket_path(address), repository, state)
 
 
+@snapshotter_group.command("pull")
+@click.argument("image")
+@click.option("--containerd", "address", required=True, metavar="unix:///PATH.sock",
+              help="containerd's gRPC socket.")
+@click.option("--repository", required=True, metavar="MNT",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Mountpoint of the image repository the snapshotter serves.")
+@click.option("--namespace", default="default", show_default=True,
+              help="containerd namespace to register the image in.")
+@click.option("--plain-http", is_flag=True,
+              help="Talk to the registry over http (loopback registries always are).")
+def pull_command(image: str, address: str, repository: Path, namespace: str,
+                 plain_http: bool) -> None:
+    """Register IMAGE in containerd without downloading its layers: manifest and config
+    from the registry, each layer's snapshot adopted by the pycvmfs snapshotter from the
+    repository. Then `ctr run --snapshotter pycvmfs IMAGE ID CMD` runs it. An image with a
+    layer the repository lacks is refused."""
+    from pycvmfs.snapshotter.pull import pull
+    from pycvmfs.snapshotter.server import socket_path
+
+    plan = pull(image, socket_path(address), repository, namespace=namespace,
+                plain_http=plain_http)
+    click.echo(f"{plan.name}: {plan.manifest.digest}, {len(plan.layers)} layers from "
+               f"{repository}")
+
+
 COMMANDS = [snapshotter_group]

@@ -1,0 +1,75 @@
+"""`pycvmfs snapshotter pull` registers an ingested image in a private containerd with no
+layer download: the test image (two layers) is served by a registry that logs its
+requests, the repository holding its layer trees is mounted, the pull writes manifest and
+config and has the pycvmfs snapshotter adopt both layers; `ctr run` then runs python3 from
+it and the registry saw no request for a layer blob. An image whose layers the repository
+lacks is refused with one line naming the layer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pycvmfs.images import layout
+from tests.containerd import PLUGIN, PrivateContainerd, Snapshotter, missing_requirement
+from tests.ingested import IngestedImages
+from tests.integration.test_snapshotter_mount import mounted  # noqa: F401 - fixture
+from tests.registry import DockerRegistry
+from tests.servers import NEEDS_FUSE_AND_NGINX
+
+pytestmark = [*NEEDS_FUSE_AND_NGINX,
+              pytest.mark.skipif(missing_requirement() is not None,
+                                 reason=missing_requirement() or "")]
+PULL_TIMEOUT_S = 60
+
+
+def _pull(image: str, containerd: PrivateContainerd,
+          mnt: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pycvmfs", "snapshotter", "pull", image, "--containerd",
+         f"unix://{containerd.socket}", "--repository", str(mnt), "--plain-http"],
+        capture_output=True, text=True, timeout=PULL_TIMEOUT_S, check=False)
+
+
+def test_pull_registers_the_image_without_layer_downloads(
+        ingested_images: IngestedImages, mounted: tuple[Path, Path]) -> None:  # noqa: F811
+    mnt, base = mounted
+    image = ingested_images.images.python
+    manifest = json.loads((mnt / layout.metadata_file(ingested_images.name("python")))
+                          .read_text())
+    layer_digests = [layer["digest"] for layer in manifest["layers"]]
+    with DockerRegistry(access_log=True) as registry, \
+            Snapshotter(base / "snapshotter.sock", mnt, base / "snapshotter"), \
+            PrivateContainerd(base, base / "snapshotter.sock") as containerd:
+        registry.push(image.layout, image.tag, "ns/debian:python")
+        reference = f"{registry.host}/ns/debian:python"
+        pushed = len(registry.log())
+        done = _pull(reference, containerd, mnt)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"{reference}: sha256:")
+        assert reference in containerd.ctr("images", "ls", "-q").split()
+        output = containerd.ctr("run", "--snapshotter", PLUGIN, reference, "pull-1",
+                                "python3", "-c", "print('pulled', 6 * 7)", timeout=90)
+        assert output.strip() == "pulled 42"
+        containerd.ctr("containers", "rm", "pull-1")
+        requests = [line for line in registry.log()[pushed:].splitlines() if '"GET ' in line]
+        assert any("/manifests/python" in line for line in requests), requests
+        assert not [line for line in requests
+                    if any(digest in line for digest in layer_digests)], requests
+        assert _pull(reference, containerd, mnt).returncode == 0  # a pull again is fine
+
+
+def test_pull_refuses_an_image_whose_layers_are_not_in_the_repository(
+        ingested_images: IngestedImages, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pycvmfs", "snapshotter", "pull", ingested_images.base_ref,
+         "--containerd", f"unix://{tmp_path}/none.sock", "--repository", str(tmp_path)],
+        capture_output=True, text=True, timeout=PULL_TIMEOUT_S, check=False)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert f"is not in {tmp_path}/.layers" in done.stderr
+    assert "ingest the image with layer trees" in done.stderr
