@@ -28,5 +28,8 @@ with a CernVM-FS file system):
 Modules: api (message classes from containerd's .proto, compiled by `make grpc-stubs`),
 errors (gRPC status per error), store (SQLite metadata), layers (finding layer trees),
 filters (containerd's filter syntax for List), snapshots (the semantics), service (the
-gRPC servicer), server (the unix socket).
+gRPC servicer), server (the unix socket); and for `pycvmfs snapshotter pull`, which
+registers an image in containerd with its layers adopted from the repository: pull_plan
+(chain IDs, labels, descriptors), containerd_client (containerd's Content, Images, Leases
+and Snapshots services), pull (the sequence).
 """
