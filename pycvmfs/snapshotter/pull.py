@@ -14,7 +14,9 @@ names the layer and says to ingest the image with layer trees (`ctr image pull
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Protocol
 
 from pycvmfs.images.reference import HUB_REGISTRY, parse_reference
 from pycvmfs.images.registry import RegistryClient
@@ -28,6 +30,26 @@ CTR_HUB = "docker.io"  # how containerd's reference.ParseNormalizedNamed spells 
 
 class LayerNotInRepositoryError(SnapshotterError):
     code = "NOT_FOUND"
+
+
+class Containerd(Protocol):
+    """What `register` calls (ContainerdClient; a fake in unit tests)."""
+
+    def lease(self) -> AbstractContextManager[str]: ...
+
+    def write_content(self, ref: str, digest: str, data: bytes,
+                      labels: dict[str, str]) -> bool: ...
+
+    def prepare(self, snapshotter: str, key: str, parent: str,
+                labels: dict[str, str]) -> None: ...
+
+    def remove_snapshot(self, snapshotter: str, key: str) -> None: ...
+
+    def put_image(self, name: str, target: dict[str, object]) -> None: ...
+
+    def code_of(self, error: BaseException) -> str | None: ...
+
+    def failure(self, what: str, error: Exception) -> ContainerdError: ...
 
 
 def image_name(reference: str) -> str:
@@ -54,7 +76,7 @@ def missing_layers(plan: PullPlan, repository: Path) -> list[str]:
     return [layer.layer_digest for layer in plan.layers if layers.find(layer.labels) is None]
 
 
-def register(plan: PullPlan, client: ContainerdClient, repository: Path,
+def register(plan: PullPlan, client: Containerd, repository: Path,
              snapshotter: str = SNAPSHOTTER) -> None:
     """Send the plan to containerd (module docstring)."""
     missing = missing_layers(plan, repository)
@@ -83,7 +105,7 @@ def register(plan: PullPlan, client: ContainerdClient, repository: Path,
         raise client.failure(step, error) from None
 
 
-def _prepare(client: ContainerdClient, snapshotter: str, layer: LayerSnapshot) -> None:
+def _prepare(client: Containerd, snapshotter: str, layer: LayerSnapshot) -> None:
     try:
         client.prepare(snapshotter, layer.key, layer.parent, layer.labels)
     except Exception as error:

@@ -1,16 +1,22 @@
 """What `pycvmfs snapshotter pull` sends to containerd: chain IDs, snapshot keys and
-labels, content labels and the image record's target (pycvmfs/snapshotter/pull_plan.py)."""
+labels, content labels and the image record's target (pycvmfs/snapshotter/pull_plan.py),
+and the order and refusals of the sequence (pull.py, against a fake containerd)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
+from pycvmfs.images.layout import layerfs_dir
 from pycvmfs.images.manifest import Manifest, parse_config, parse_manifest
-from pycvmfs.snapshotter.pull import image_name
-from pycvmfs.snapshotter.pull_plan import PullPlanError, chain_ids, plan_pull
+from pycvmfs.snapshotter.containerd_client import ContainerdError
+from pycvmfs.snapshotter.pull import LayerNotInRepositoryError, image_name, register
+from pycvmfs.snapshotter.pull_plan import PullPlan, PullPlanError, chain_ids, plan_pull
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -81,3 +87,93 @@ def test_diff_ids_not_matching_the_layers_are_refused() -> None:
 ])
 def test_the_image_record_is_named_as_ctr_names_it(reference: str, name: str) -> None:
     assert image_name(reference) == name
+
+
+class _RefusedError(Exception):
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class FakeContainerd:
+    """Records register's calls; Prepare answers `prepare_answer` (a status name, or None
+    for an accepted Prepare)."""
+
+    def __init__(self, prepare_answer: str | None = "ALREADY_EXISTS") -> None:
+        self.calls: list[tuple[object, ...]] = []
+        self.prepare_answer = prepare_answer
+
+    @contextmanager
+    def lease(self) -> Iterator[str]:
+        self.calls.append(("lease",))
+        yield "l"
+        self.calls.append(("lease end",))
+
+    def write_content(self, ref: str, digest: str, data: bytes,
+                      labels: dict[str, str]) -> bool:
+        self.calls.append(("write", digest, dict(labels)))
+        return True
+
+    def prepare(self, snapshotter: str, key: str, parent: str,
+                labels: dict[str, str]) -> None:
+        self.calls.append(("prepare", snapshotter, key, parent))
+        if self.prepare_answer is not None:
+            raise _RefusedError(self.prepare_answer)
+
+    def remove_snapshot(self, snapshotter: str, key: str) -> None:
+        self.calls.append(("remove", key))
+
+    def put_image(self, name: str, target: dict[str, object]) -> None:
+        self.calls.append(("image", name, target["digest"]))
+
+    def code_of(self, error: BaseException) -> str | None:
+        return error.code if isinstance(error, _RefusedError) else None
+
+    def failure(self, what: str, error: Exception) -> ContainerdError:
+        return ContainerdError(f"containerd refused {what}: {error}")
+
+
+def _repository_with(tmp_path: Path, digests: list[str]) -> Path:
+    for digest in digests:
+        (tmp_path / layerfs_dir(digest)).mkdir(parents=True)
+    return tmp_path
+
+
+def _plan() -> PullPlan:
+    manifest, config, config_digest = _image()
+    return plan_pull("r/i:t", manifest, parse_config(config, config_digest))
+
+
+def test_register_sends_content_then_snapshots_then_the_image_under_a_lease(
+        tmp_path: Path) -> None:
+    plan, client = _plan(), FakeContainerd()
+    register(plan, client, _repository_with(tmp_path, LAYERS))
+    chains = chain_ids(DIFF_IDS)
+    assert client.calls == [
+        ("lease",), ("write", plan.config.digest, plan.config.labels),
+        ("write", plan.manifest.digest, plan.manifest.labels),
+        ("prepare", "pycvmfs", f"extract-0 {chains[0]}", ""),
+        ("prepare", "pycvmfs", f"extract-1 {chains[1]}", chains[0]),
+        ("image", "r/i:t", plan.manifest.digest), ("lease end",)]
+
+
+def test_a_layer_missing_from_the_repository_is_refused_before_any_call(
+        tmp_path: Path) -> None:
+    client = FakeContainerd()
+    with pytest.raises(LayerNotInRepositoryError, match=f"layer {LAYERS[1]} is not in"):
+        register(_plan(), client, _repository_with(tmp_path, LAYERS[:1]))
+    assert client.calls == []
+
+
+def test_a_layer_the_snapshotter_did_not_adopt_is_removed_and_named(tmp_path: Path) -> None:
+    client = FakeContainerd(prepare_answer=None)
+    with pytest.raises(LayerNotInRepositoryError, match=f"did not adopt layer {LAYERS[0]}"):
+        register(_plan(), client, _repository_with(tmp_path, LAYERS))
+    assert ("remove", client.calls[3][2]) in client.calls
+    assert not [call for call in client.calls if call[0] == "image"]
+
+
+def test_containerd_refusals_are_one_line(tmp_path: Path) -> None:
+    client = FakeContainerd(prepare_answer="FAILED_PRECONDITION")
+    with pytest.raises(ContainerdError, match=f"preparing the snapshot of layer {LAYERS[0]}"):
+        register(_plan(), client, _repository_with(tmp_path, LAYERS))
