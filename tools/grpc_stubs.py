@@ -34,7 +34,7 @@ API = "github.com/containerd/containerd/api/services"
 SNAPSHOTS_PROTO = f"{API}/snapshots/v1/snapshots.proto"
 # the snapshotter serves the first; a client registering images in containerd uses the rest
 PROTOS = (SNAPSHOTS_PROTO, f"{API}/content/v1/content.proto", f"{API}/images/v1/images.proto",
-          f"{API}/leases/v1/leases.proto")
+          f"{API}/leases/v1/leases.proto", f"{API}/diff/v1/diff.proto")
 GOGO_ROOT = "github.com/gogo/protobuf"  # containerd imports "gogoproto/gogo.proto" from here
 GOGO_PROTO = f"{GOGO_ROOT}/gogoproto/gogo.proto"
 

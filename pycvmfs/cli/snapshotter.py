@@ -51,15 +51,16 @@ def pull_command(image: str, address: str, repository: Path, namespace: str,
                  plain_http: bool) -> None:
     """Register IMAGE in containerd without downloading its layers: manifest and config
     from the registry, each layer's snapshot adopted by the pycvmfs snapshotter from the
-    repository. Then `ctr run --snapshotter pycvmfs IMAGE ID CMD` runs it. An image with a
-    layer the repository lacks is refused."""
+    repository; a layer the repository lacks is downloaded and unpacked locally. Then
+    `ctr run --snapshotter pycvmfs IMAGE ID CMD` runs it."""
     from pycvmfs.snapshotter.pull import pull
     from pycvmfs.snapshotter.server import socket_path
 
-    plan = pull(image, socket_path(address), repository, namespace=namespace,
-                plain_http=plain_http)
-    click.echo(f"{plan.name}: {plan.manifest.digest}, {len(plan.layers)} layers from "
-               f"{repository}")
+    plan, downloaded = pull(image, socket_path(address), repository, namespace=namespace,
+                            plain_http=plain_http)
+    click.echo(f"{plan.name}: {plan.manifest.digest}, "
+               f"{len(plan.layers) - len(downloaded)} of {len(plan.layers)} layers from "
+               f"{repository}, {len(downloaded)} downloaded")
 
 
 COMMANDS = [snapshotter_group]

@@ -30,6 +30,6 @@ errors (gRPC status per error), store (SQLite metadata), layers (finding layer t
 filters (containerd's filter syntax for List), snapshots (the semantics), service (the
 gRPC servicer), server (the unix socket); and for `pycvmfs snapshotter pull`, which
 registers an image in containerd with its layers adopted from the repository: pull_plan
-(chain IDs, labels, descriptors), containerd_client (containerd's Content, Images, Leases
-and Snapshots services), pull (the sequence).
+(chain IDs, labels, descriptors), containerd_client (containerd's Content, Images, Leases,
+Snapshots and Diff services), pull (the sequence).
 """

@@ -2,8 +2,8 @@
 
 `containerd_api.binpb` (next to this module, not committed) is the FileDescriptorSet that
 `make grpc-stubs` (tools/grpc_stubs.py) compiles from containerd's own `.proto` files: the
-`Snapshots` service the snapshotter serves, and `Content`, `Images` and `Leases`, which a
-client registering an image in containerd calls. protobuf's message factory turns it into
+`Snapshots` service the snapshotter serves, and `Content`, `Images`, `Leases` and `Diff`,
+which a client registering an image in containerd calls. protobuf's message factory turns it into
 classes here, so the wire format is exactly containerd's and no generated Python is
 imported. grpcio and protobuf are the `snapshotter` extra.
 """
@@ -22,6 +22,7 @@ SNAPSHOTS = "containerd.services.snapshots.v1.Snapshots"
 CONTENT = "containerd.services.content.v1.Content"
 IMAGES = "containerd.services.images.v1.Images"
 LEASES = "containerd.services.leases.v1.Leases"
+DIFF = "containerd.services.diff.v1.Diff"
 SERVICE = SNAPSHOTS  # the one the snapshotter serves
 SHARED_TYPES = ("containerd.types.Mount", "containerd.types.Descriptor", "google.protobuf.Empty")
 

@@ -1,4 +1,4 @@
-"""A client of containerd's own gRPC services (Content, Images, Leases, Snapshots) on its
+"""A client of containerd's own gRPC services (Content, Images, Leases, Snapshots, Diff) on its
 unix socket, with the message classes of pycvmfs/snapshotter/api.py.
 
 Every call carries the namespace (`containerd-namespace` metadata) and, inside `lease()`,
@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pycvmfs.snapshotter.api import CONTENT, IMAGES, LEASES, SNAPSHOTS, Api, load
+from pycvmfs.snapshotter.api import (
+    CONTENT,
+    DIFF,
+    IMAGES,
+    LEASES,
+    SNAPSHOTS,
+    Api,
+    ApiMissingError,
+    load,
+)
 from pycvmfs.snapshotter.errors import SnapshotterError
 
 CALL_TIMEOUT_S = 30.0
@@ -32,12 +41,16 @@ class ContainerdClient:
     """containerd at the unix socket `socket`, in `namespace`. Use as a context manager."""
 
     def __init__(self, socket: Path, namespace: str = "default") -> None:
-        import grpc
+        try:
+            import grpc
+        except ImportError:
+            raise ApiMissingError("talking to containerd needs grpcio: "
+                                  "pip install 'pycvmfs[snapshotter]'") from None
 
         self._grpc = grpc
         self.socket = socket
         self.apis = {name: load(service_name=name) for name in (CONTENT, IMAGES, LEASES,
-                                                                 SNAPSHOTS)}
+                                                                 SNAPSHOTS, DIFF)}
         self._channel = grpc.insecure_channel(f"unix:{socket}")
         self._metadata: tuple[tuple[str, str], ...] = (("containerd-namespace", namespace),)
 
@@ -91,15 +104,28 @@ class ContainerdClient:
                       labels: dict[str, str]) -> bool:
         """Write and commit one blob with its labels; False when containerd already had it
         (its labels are then set with Update)."""
+        return self.write_stream(ref, digest, len(data), [data], labels)
+
+    def write_stream(self, ref: str, digest: str, total: int, chunks: Iterable[bytes],
+                     labels: dict[str, str], timeout: float = CALL_TIMEOUT_S) -> bool:
+        """`write_content` of a blob given as chunks (WRITE each, then COMMIT)."""
         api = self.apis[CONTENT]
         rpc = api.methods["Write"]
         stub = self._channel.stream_stream(api.path("Write"),
                                            request_serializer=rpc.request.SerializeToString,
                                            response_deserializer=rpc.response.FromString)
-        request = api.message("WriteContentRequest", action=2, ref=ref, total=len(data),
-                              expected=digest, offset=0, data=data, labels=labels)
+
+        def requests() -> Iterator[Any]:
+            offset = 0
+            for chunk in chunks:
+                yield api.message("WriteContentRequest", action=1, ref=ref, total=total,
+                                  expected=digest, offset=offset, data=chunk)
+                offset += len(chunk)
+            yield api.message("WriteContentRequest", action=2, ref=ref, total=total,
+                              expected=digest, offset=offset, labels=labels)
+
         try:
-            for _ in stub(iter([request]), metadata=self._metadata, timeout=CALL_TIMEOUT_S):
+            for _ in stub(requests(), metadata=self._metadata, timeout=timeout):
                 pass
         except self._grpc.RpcError as error:
             if error.code() != self._grpc.StatusCode.ALREADY_EXISTS:
@@ -112,12 +138,27 @@ class ContainerdClient:
         return True
 
     def prepare(self, snapshotter: str, key: str, parent: str,
-                labels: dict[str, str]) -> None:
-        """Snapshots.Prepare (grpc.RpcError ALREADY_EXISTS when the snapshot is there)."""
+                labels: dict[str, str]) -> list[Any]:
+        """Snapshots.Prepare: the active snapshot's mounts (grpc.RpcError ALREADY_EXISTS
+        when the snapshot is there)."""
         api = self.apis[SNAPSHOTS]
-        self._call(SNAPSHOTS, "Prepare", api.message(
+        return list(self._call(SNAPSHOTS, "Prepare", api.message(
             "PrepareSnapshotRequest", snapshotter=snapshotter, key=key, parent=parent,
-            labels=labels))
+            labels=labels)).mounts)
+
+    def commit(self, snapshotter: str, name: str, key: str) -> None:
+        api = self.apis[SNAPSHOTS]
+        self._call(SNAPSHOTS, "Commit", api.message("CommitSnapshotRequest",
+                                                    snapshotter=snapshotter, name=name, key=key))
+
+    def apply(self, layer: dict[str, object], mounts: list[Any]) -> str:
+        """Diff.Apply of a layer blob in the content store onto `mounts`: the diff ID of
+        what was applied (containerd decompresses and checks the blob's digest)."""
+        api = self.apis[DIFF]
+        request = api.message("ApplyRequest", diff=api.message("Descriptor", **layer))
+        for mount in mounts:
+            request.mounts.add().CopyFrom(mount)
+        return str(self._call(DIFF, "Apply", request).applied.digest)
 
     def remove_snapshot(self, snapshotter: str, key: str) -> None:
         api = self.apis[SNAPSHOTS]

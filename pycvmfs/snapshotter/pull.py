@@ -7,29 +7,42 @@ prepared through containerd's Snapshots service with the pycvmfs snapshotter and
 labels that name the layer, which the snapshotter answers ALREADY_EXISTS after adopting
 the repository's layer tree; then the image record points at the manifest.
 
-Layers not in the repository are refused, before anything is written, with an error that
-names the layer and says to ingest the image with layer trees (`ctr image pull
---snapshotter pycvmfs` pulls such an image the ordinary way).
+A layer the repository lacks is downloaded from the registry (digest-checked), written
+into the content store and applied by containerd's Diff service onto a local snapshot,
+which is committed under its chain ID after the applied diff ID is checked against the
+config: an image only partly in the repository still runs. Without a downloader
+(`fetch_layer=None`) such an image is refused before anything is written, naming the layer.
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pycvmfs.images.reference import HUB_REGISTRY, parse_reference
 from pycvmfs.images.registry import RegistryClient
 from pycvmfs.snapshotter.containerd_client import ContainerdClient, ContainerdError
 from pycvmfs.snapshotter.errors import SnapshotterError
-from pycvmfs.snapshotter.layers import RemoteLayers
+from pycvmfs.snapshotter.layers import TARGET_LABEL, RemoteLayers
 from pycvmfs.snapshotter.pull_plan import SNAPSHOTTER, LayerSnapshot, PullPlan, plan_pull
 
+LayerFetcher = Callable[[LayerSnapshot, Path], None]  # the blob into a file, digest-checked
+CHUNK_BYTES = 1 << 20
+APPLY_TIMEOUT_S = 600.0  # writing and applying one downloaded layer
 CTR_HUB = "docker.io"  # how containerd's reference.ParseNormalizedNamed spells the Hub
 
 
 class LayerNotInRepositoryError(SnapshotterError):
     code = "NOT_FOUND"
+
+
+class LayerMismatchError(SnapshotterError):
+    """A downloaded layer whose content is not what the image config lists."""
+
+    code = "DATA_LOSS"
 
 
 class Containerd(Protocol):
@@ -40,8 +53,15 @@ class Containerd(Protocol):
     def write_content(self, ref: str, digest: str, data: bytes,
                       labels: dict[str, str]) -> bool: ...
 
+    def write_stream(self, ref: str, digest: str, total: int, chunks: Iterator[bytes],
+                     labels: dict[str, str], timeout: float = ...) -> bool: ...
+
     def prepare(self, snapshotter: str, key: str, parent: str,
-                labels: dict[str, str]) -> None: ...
+                labels: dict[str, str]) -> list[Any]: ...
+
+    def commit(self, snapshotter: str, name: str, key: str) -> None: ...
+
+    def apply(self, layer: dict[str, object], mounts: list[Any]) -> str: ...
 
     def remove_snapshot(self, snapshotter: str, key: str) -> None: ...
 
@@ -61,15 +81,6 @@ def image_name(reference: str) -> str:
     return f"{registry}/{ref.repository}{suffix}"
 
 
-def fetch_plan(reference: str, *, plain_http: bool = False) -> PullPlan:
-    """Manifest and config from the registry (auth, digests checked), as a plan."""
-    ref = parse_reference(reference)
-    with RegistryClient.for_reference(ref, insecure=plain_http) as client:
-        manifest = client.get_manifest(ref)
-        config = client.get_config(ref.repository, manifest)
-    return plan_pull(image_name(reference), manifest, config)
-
-
 def missing_layers(plan: PullPlan, repository: Path) -> list[str]:
     """Digests of the plan's layers that the mounted repository has no tree for."""
     layers = RemoteLayers(repository)
@@ -77,24 +88,31 @@ def missing_layers(plan: PullPlan, repository: Path) -> list[str]:
 
 
 def register(plan: PullPlan, client: Containerd, repository: Path,
-             snapshotter: str = SNAPSHOTTER) -> None:
-    """Send the plan to containerd (module docstring)."""
+             fetch_layer: LayerFetcher | None = None,
+             snapshotter: str = SNAPSHOTTER) -> list[str]:
+    """Send the plan to containerd (module docstring); the digests of the layers that had
+    to be downloaded."""
     missing = missing_layers(plan, repository)
-    if missing:
+    if missing and fetch_layer is None:
         raise LayerNotInRepositoryError(
             f"{plan.name}: layer {missing[0]} is not in {repository}/.layers "
             f"({len(missing)} of {len(plan.layers)} missing); ingest the image with "
             "layer trees first")
     step = "a lease"
     try:
-        with client.lease():
+        with client.lease(), tempfile.TemporaryDirectory(prefix="pycvmfs-pull-") as scratch:
             for blob in (plan.config, plan.manifest):
                 step = f"writing {blob.digest}"
                 client.write_content(f"pycvmfs-pull-{blob.digest}", blob.digest, blob.data,
                                      blob.labels)
             for layer in plan.layers:
                 step = f"preparing the snapshot of layer {layer.layer_digest}"
-                _prepare(client, snapshotter, layer)
+                if layer.layer_digest in missing:
+                    assert fetch_layer is not None
+                    _download_and_apply(client, snapshotter, layer, fetch_layer,
+                                        Path(scratch))
+                else:
+                    _prepare(client, snapshotter, layer)
             step = f"creating the image {plan.name}"
             client.put_image(plan.name, plan.manifest.descriptor)
     except ContainerdError:
@@ -103,6 +121,7 @@ def register(plan: PullPlan, client: Containerd, repository: Path,
         if client.code_of(error) is None:
             raise
         raise client.failure(step, error) from None
+    return missing
 
 
 def _prepare(client: Containerd, snapshotter: str, layer: LayerSnapshot) -> None:
@@ -119,10 +138,51 @@ def _prepare(client: Containerd, snapshotter: str, layer: LayerSnapshot) -> None
         "is `pycvmfs snapshotter serve` running on the same mount?")
 
 
+def _download_and_apply(client: Containerd, snapshotter: str, layer: LayerSnapshot,
+                        fetch_layer: LayerFetcher, scratch: Path) -> None:
+    """The ordinary unpack of one layer the repository lacks."""
+    try:
+        mounts = client.prepare(snapshotter, layer.key, layer.parent,
+                                {TARGET_LABEL: layer.chain_id})
+    except Exception as error:
+        if client.code_of(error) == "ALREADY_EXISTS":
+            return  # unpacked by an earlier pull
+        raise
+    try:
+        blob = scratch / layer.layer_digest.replace(":", "-")
+        fetch_layer(layer, blob)
+        with blob.open("rb") as stream:
+            client.write_stream(f"pycvmfs-pull-{layer.layer_digest}", layer.layer_digest,
+                                blob.stat().st_size, iter(lambda: stream.read(CHUNK_BYTES), b""),
+                                {}, timeout=APPLY_TIMEOUT_S)
+        blob.unlink()
+        applied = client.apply(layer.descriptor, mounts)
+        if applied != layer.diff_id:
+            raise LayerMismatchError(f"layer {layer.layer_digest} unpacks to {applied}, but "
+                                     f"the image config says {layer.diff_id}")
+        client.commit(snapshotter, layer.chain_id, layer.key)
+    except BaseException:
+        client.remove_snapshot(snapshotter, layer.key)
+        raise
+
+
+def registry_fetcher(client: RegistryClient, repository: str) -> LayerFetcher:
+    """Layer blobs from the registry, digest- and size-checked."""
+    def fetch(layer: LayerSnapshot, dest: Path) -> None:
+        client.get_blob(repository, layer.layer_digest, dest, size=layer.size)
+    return fetch
+
+
 def pull(reference: str, socket: Path, repository: Path, *, namespace: str = "default",
-         plain_http: bool = False) -> PullPlan:
-    """Register `reference` in the containerd at `socket`; the plan it sent."""
-    plan = fetch_plan(reference, plain_http=plain_http)
-    with ContainerdClient(socket, namespace) as client:
-        register(plan, client, repository)
-    return plan
+         plain_http: bool = False) -> tuple[PullPlan, list[str]]:
+    """Register `reference` in the containerd at `socket`: the plan it sent and the layers
+    it downloaded."""
+    ref = parse_reference(reference)
+    with RegistryClient.for_reference(ref, insecure=plain_http) as registry:
+        manifest = registry.get_manifest(ref)
+        config = registry.get_config(ref.repository, manifest)
+        plan = plan_pull(image_name(reference), manifest, config)
+        with ContainerdClient(socket, namespace) as client:
+            downloaded = register(plan, client, repository,
+                                  registry_fetcher(registry, ref.repository))
+    return plan, downloaded

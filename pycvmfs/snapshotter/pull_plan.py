@@ -68,6 +68,9 @@ class LayerSnapshot:
     layer_digest: str
     chain_id: str
     parent: str  # "" for the bottom layer
+    media_type: str
+    size: int
+    diff_id: str  # what applying the blob must produce
 
     @property
     def key(self) -> str:
@@ -77,6 +80,11 @@ class LayerSnapshot:
     @property
     def labels(self) -> dict[str, str]:
         return {TARGET_LABEL: self.chain_id, LAYER_DIGEST_LABEL: self.layer_digest}
+
+    @property
+    def descriptor(self) -> dict[str, object]:
+        """The layer blob as containerd.types.Descriptor fields (for Diff.Apply)."""
+        return {"media_type": self.media_type, "digest": self.layer_digest, "size": self.size}
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,8 @@ def plan_pull(name: str, manifest: Manifest, config: ImageConfig,
         raise PullPlanError(f"{name}: the config lists {len(config.diff_ids)} diff IDs for "
                             f"{len(manifest.layers)} layers; the image is malformed")
     chains = chain_ids(config.diff_ids)
-    layers = tuple(LayerSnapshot(index, layer.digest, chain, chains[index - 1] if index else "")
+    layers = tuple(LayerSnapshot(index, layer.digest, chain, chains[index - 1] if index else "",
+                                 layer.media_type, layer.size, config.diff_ids[index])
                    for index, (layer, chain) in enumerate(zip(manifest.layers, chains,
                                                               strict=True)))
     config_labels = ({SNAPSHOT_REF_LABEL_PREFIX + snapshotter: chains[-1]} if chains else {})

@@ -9,14 +9,27 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pycvmfs.images.layout import layerfs_dir
 from pycvmfs.images.manifest import Manifest, parse_config, parse_manifest
 from pycvmfs.snapshotter.containerd_client import ContainerdError
-from pycvmfs.snapshotter.pull import LayerNotInRepositoryError, image_name, register
-from pycvmfs.snapshotter.pull_plan import PullPlan, PullPlanError, chain_ids, plan_pull
+from pycvmfs.snapshotter.layers import LAYER_DIGEST_LABEL
+from pycvmfs.snapshotter.pull import (
+    LayerMismatchError,
+    LayerNotInRepositoryError,
+    image_name,
+    register,
+)
+from pycvmfs.snapshotter.pull_plan import (
+    LayerSnapshot,
+    PullPlan,
+    PullPlanError,
+    chain_ids,
+    plan_pull,
+)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -99,26 +112,43 @@ class FakeContainerd:
     """Records register's calls; Prepare answers `prepare_answer` (a status name, or None
     for an accepted Prepare)."""
 
-    def __init__(self, prepare_answer: str | None = "ALREADY_EXISTS") -> None:
+    def __init__(self, prepare_answer: str | None = "ALREADY_EXISTS",
+                 applied: str | None = None) -> None:
         self.calls: list[tuple[object, ...]] = []
         self.prepare_answer = prepare_answer
+        self.applied = applied  # the diff ID Apply answers; None: the right one
 
     @contextmanager
     def lease(self) -> Iterator[str]:
         self.calls.append(("lease",))
-        yield "l"
-        self.calls.append(("lease end",))
+        try:
+            yield "l"
+        finally:
+            self.calls.append(("lease end",))
 
     def write_content(self, ref: str, digest: str, data: bytes,
                       labels: dict[str, str]) -> bool:
         self.calls.append(("write", digest, dict(labels)))
         return True
 
+    def write_stream(self, ref: str, digest: str, total: int, chunks: Iterator[bytes],
+                     labels: dict[str, str], timeout: float = 0.0) -> bool:
+        self.calls.append(("write", digest, b"".join(chunks)))
+        return True
+
     def prepare(self, snapshotter: str, key: str, parent: str,
-                labels: dict[str, str]) -> None:
+                labels: dict[str, str]) -> list[Any]:
         self.calls.append(("prepare", snapshotter, key, parent))
-        if self.prepare_answer is not None:
+        if self.prepare_answer is not None and LAYER_DIGEST_LABEL in labels:
             raise _RefusedError(self.prepare_answer)
+        return ["mount"]
+
+    def commit(self, snapshotter: str, name: str, key: str) -> None:
+        self.calls.append(("commit", name, key))
+
+    def apply(self, layer: dict[str, object], mounts: list[Any]) -> str:
+        self.calls.append(("apply", layer["digest"], mounts))
+        return self.applied or DIFF_IDS[LAYERS.index(str(layer["digest"]))]
 
     def remove_snapshot(self, snapshotter: str, key: str) -> None:
         self.calls.append(("remove", key))
@@ -163,6 +193,31 @@ def test_a_layer_missing_from_the_repository_is_refused_before_any_call(
     with pytest.raises(LayerNotInRepositoryError, match=f"layer {LAYERS[1]} is not in"):
         register(_plan(), client, _repository_with(tmp_path, LAYERS[:1]))
     assert client.calls == []
+
+
+def _fetch(layer: LayerSnapshot, dest: Path) -> None:
+    dest.write_bytes(b"blob of " + layer.layer_digest.encode())
+
+
+def test_a_layer_missing_from_the_repository_is_downloaded_applied_and_committed(
+        tmp_path: Path) -> None:
+    plan, client = _plan(), FakeContainerd()
+    downloaded = register(plan, client, _repository_with(tmp_path, LAYERS[:1]), _fetch)
+    assert downloaded == [LAYERS[1]]
+    key = plan.layers[1].key
+    assert client.calls[4:9] == [
+        ("prepare", "pycvmfs", key, plan.layers[0].chain_id),
+        ("write", LAYERS[1], b"blob of " + LAYERS[1].encode()),
+        ("apply", LAYERS[1], ["mount"]), ("commit", plan.layers[1].chain_id, key),
+        ("image", "r/i:t", plan.manifest.digest)]
+
+
+def test_a_downloaded_layer_unpacking_to_another_diff_id_is_removed(tmp_path: Path) -> None:
+    client = FakeContainerd(applied=DIFF_IDS[0])
+    with pytest.raises(LayerMismatchError, match=f"says {DIFF_IDS[1]}"):
+        register(_plan(), client, _repository_with(tmp_path, LAYERS[:1]), _fetch)
+    assert client.calls[-2][0] == "remove"  # then the lease ends
+    assert not [call for call in client.calls if call[0] in ("commit", "image")]
 
 
 def test_a_layer_the_snapshotter_did_not_adopt_is_removed_and_named(tmp_path: Path) -> None:
