@@ -22,6 +22,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
+from pycvmfs.errors import ConfigError
+from pycvmfs.images.layout import LAYERS
 from pycvmfs.images.reference import HUB_REGISTRY, parse_reference
 from pycvmfs.images.registry import RegistryClient
 from pycvmfs.snapshotter.containerd_client import ContainerdClient, ContainerdError
@@ -177,6 +179,9 @@ def pull(reference: str, socket: Path, repository: Path, *, namespace: str = "de
          plain_http: bool = False) -> tuple[PullPlan, list[str]]:
     """Register `reference` in the containerd at `socket`: the plan it sent and the layers
     it downloaded."""
+    if not (repository / LAYERS).is_dir():
+        raise ConfigError(f"--repository {repository}: no {LAYERS}/ there; give the "
+                          "mountpoint of an image repository ingested with layer trees")
     ref = parse_reference(reference)
     with RegistryClient.for_reference(ref, insecure=plain_http) as registry:
         manifest = registry.get_manifest(ref)

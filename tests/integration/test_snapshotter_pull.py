@@ -98,8 +98,9 @@ def test_pull_downloads_only_the_layers_the_repository_lacks(
         assert not [line for line in requests if bottom in line], requests
 
 
-def test_pull_without_containerd_is_one_line(ingested_images: IngestedImages,
+def test_pull_without_containerd_or_repository_is_one_line(ingested_images: IngestedImages,
                                              tmp_path: Path) -> None:
+    (tmp_path / layout.LAYERS).mkdir()
     done = subprocess.run(
         [sys.executable, "-m", "pycvmfs", "snapshotter", "pull", ingested_images.base_ref,
          "--containerd", f"unix://{tmp_path}/none.sock", "--repository", str(tmp_path)],
@@ -107,3 +108,9 @@ def test_pull_without_containerd_is_one_line(ingested_images: IngestedImages,
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1, done.stderr
     assert f"containerd is not answering on {tmp_path}/none.sock" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "pycvmfs", "snapshotter", "pull", ingested_images.base_ref,
+         "--containerd", f"unix://{tmp_path}/none.sock", "--repository", str(tmp_path / "x")],
+        capture_output=True, text=True, timeout=PULL_TIMEOUT_S, check=False)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "ingested with layer trees" in done.stderr
