@@ -86,7 +86,8 @@ class ContainerdClient:
 
     @contextmanager
     def lease(self) -> Iterator[str]:
-        """A lease that protects everything written inside the block; deleted at its end."""
+        """A lease that protects everything written inside the block; deleted at its end,
+        with a garbage collection (what the image record does not refer to goes)."""
         api = self.apis[LEASES]
         lease_id = f"pycvmfs-pull-{uuid.uuid4().hex}"
         expire = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + LEASE_EXPIRE_S))
@@ -98,7 +99,9 @@ class ContainerdClient:
             yield lease_id
         finally:
             self._metadata = outer
-            self._call(LEASES, "Delete", api.message("DeleteRequest", id=lease_id))
+            # sync: containerd collects garbage before answering, so the image's GC labels
+            # are proven (or a missing one fails the next `ctr run`) when pull returns
+            self._call(LEASES, "Delete", api.message("DeleteRequest", id=lease_id, sync=True))
 
     def write_content(self, ref: str, digest: str, data: bytes,
                       labels: dict[str, str]) -> bool:

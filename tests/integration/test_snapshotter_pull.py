@@ -17,7 +17,10 @@ import pytest
 from pycvmfs.images import layout
 from tests.containerd import PLUGIN, PrivateContainerd, Snapshotter, missing_requirement
 from tests.ingested import IngestedImages
-from tests.integration.test_snapshotter_mount import mounted  # noqa: F401 - fixture
+from tests.integration.test_snapshotter_mount import (  # noqa: F401 - fixture
+    chain_ids,
+    mounted,
+)
 from tests.registry import DockerRegistry
 from tests.servers import NEEDS_FUSE_AND_NGINX
 
@@ -53,6 +56,11 @@ def test_pull_registers_the_image_without_layer_downloads(
         assert done.stdout.startswith(f"{reference}: sha256:")
         assert done.stdout.rstrip().endswith(f"2 of 2 layers from {mnt}, 0 downloaded")
         assert reference in containerd.ctr("images", "ls", "-q").split()
+        # the lease is gone and containerd collected garbage: the labels keep all of it
+        assert containerd.ctr("leases", "ls", "-q").split() == []
+        snapshots = containerd.ctr("snapshots", "--snapshotter", PLUGIN, "ls")
+        assert all(chain in snapshots for chain in chain_ids(
+            list(image.config["rootfs"]["diff_ids"])))  # type: ignore[index]
         output = containerd.ctr("run", "--snapshotter", PLUGIN, reference, "pull-1",
                                 "python3", "-c", "print('pulled', 6 * 7)", timeout=90)
         assert output.strip() == "pulled 42"
