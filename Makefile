@@ -7,7 +7,7 @@ DEMO_KEY  := testdata/keys/$(DEMO_FQRN).pub
 DEMO_OUT  ?= /tmp/pycvmfs-demo
 
 .PHONY: setup setup-demo system-packages demo lint test test-unit test-integration test-fast \
-	test-slow testdata man bench bench-client bench-images clean
+	test-slow testdata man grpc-stubs bench bench-client bench-images clean
 
 # pycvmfs and its dependencies, all wheels: no compiler and no FUSE headers. A mount loads
 # libfuse3.so through ctypes when it is there (package fuse3).
@@ -43,7 +43,8 @@ setup: $(VENV)/.installed
 # libfuse3-dev, pkg-config, gcc, Python headers: building pyfuse3; docker-registry, skopeo,
 # umoci: real container images (RHEL: no docker-registry command, those tests skip);
 # debootstrap: the test images; bubblewrap: running images unprivileged; apache2-utils:
-# htpasswd for registry auth; strace: start sets recorded at ingest.
+# htpasswd for registry auth; strace: start sets recorded at ingest; containerd and runc:
+# the snapshotter's tests (its API comes from Debian packages through `make grpc-stubs`).
 PY_INCLUDE := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_path('include'))" \
 	2>/dev/null)
 PY_VERSION := $(shell $(PYTHON) -c "import sys; print('%d.%d' % sys.version_info[:2])" 2>/dev/null)
@@ -62,7 +63,9 @@ SYSTEM_PACKAGES := \
 	debootstrap:debootstrap:debootstrap \
 	bwrap:bubblewrap:bubblewrap \
 	htpasswd:apache2-utils:httpd-tools \
-	strace:strace:strace
+	strace:strace:strace \
+	containerd:containerd:containerd \
+	runc:runc:runc
 
 # Installs the missing ones as root where apt-get is; elsewhere prints them, one apt and one
 # dnf line, and goes on (tests that need a missing tool are skipped; pyfuse3 cannot be built
@@ -123,7 +126,7 @@ UNSHARE_NET := $(shell unshare --net true >/dev/null 2>&1 && echo unshare --net 
 
 test: system-packages setup lint test-unit test-integration
 
-test-unit: setup
+test-unit: setup grpc-stubs
 	$(UNSHARE_NET) $(PY) -m pytest -q -n 2 tests/unit
 
 test-integration: setup
@@ -134,6 +137,14 @@ test-fast: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# containerd's snapshots API for `pycvmfs snapshotter` (pycvmfs/snapshotter/api.py): a
+# descriptor set compiled by grpcio-tools from containerd's own .proto files, taken from
+# Debian's golang-github-containerd-containerd-dev and golang-github-gogo-protobuf-dev
+# (installed, or fetched with apt-get download); never committed (.gitignore). Where that
+# fails, one line says why and the snapshotter's tests are skipped.
+grpc-stubs: setup
+	@$(PY) tools/grpc_stubs.py || true
 
 # Regenerate the manual pages (pycvmfs/man/*.1) from the CLI after a command changes;
 # tests/unit/cli/test_man_pages.py fails while they are stale.

@@ -41,7 +41,7 @@ _CONFIG = """\
 version: 0.1
 log:
   level: error
-  accesslog: {{ disabled: true }}
+  accesslog: {{ disabled: {no_access_log} }}
 storage:
   filesystem: {{ rootdirectory: {data} }}
   delete: {{ enabled: true }}
@@ -146,9 +146,11 @@ class DockerRegistry(ServerContext):
     """One `docker-registry serve` process on 127.0.0.1:`self.port`."""
 
     def __init__(self, users: Mapping[str, str] | None = None, *,
-                 notify_url: str | None = None, notify_token: str | None = None) -> None:
+                 notify_url: str | None = None, notify_token: str | None = None,
+                 access_log: bool = False) -> None:
         """`notify_url`: the registry POSTs its notification envelopes there (with
-        `Authorization: Bearer notify_token` when given)."""
+        `Authorization: Bearer notify_token` when given); `access_log`: requests are
+        logged to `log()`."""
         binary = shutil.which("docker-registry")
         if binary is None:
             raise RuntimeError("docker-registry is not installed")
@@ -156,6 +158,7 @@ class DockerRegistry(ServerContext):
         self.users = dict(users or {})
         self.notify_url = notify_url
         self.notify_token = notify_token
+        self.access_log = access_log
         self.base = Path(tempfile.mkdtemp(prefix="pycvmfs-registry-"))
         self.data = self.base / "data"
         self.data.mkdir()
@@ -190,7 +193,8 @@ class DockerRegistry(ServerContext):
             notifications = _NOTIFICATIONS.format(url=json.dumps(self.notify_url),
                                                   authorization=json.dumps(authorization))
         config.write_text(_CONFIG.format(data=self.data, port=self.port, auth=auth,
-                                         notifications=notifications))
+                                         notifications=notifications,
+                                         no_access_log=str(not self.access_log).lower()))
         return config
 
     def start(self) -> None:
