@@ -119,6 +119,13 @@ lint: setup
 	$(VENV)/bin/mypy tools
 	$(PY) tools/check_stale_words.py pycvmfs tests bench testdata
 
+# Compiled modules are cached under the venv even where the environment sets
+# PYTHONDONTWRITEBYTECODE: without them every pytest worker and every `python -m pycvmfs` a
+# test starts compiles the package and re-rewrites the test modules again (collection alone
+# went from 7 s to under 2).
+unexport PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX := $(abspath $(VENV))/pycache
+
 # The unit tier has a contract (tests/unit/conftest.py): no network, no subprocess. It runs
 # in a network namespace of its own where `unshare --net` works (root), plainly otherwise, on
 # two workers; then every other test, one at a time (they mount, serve and time things).
