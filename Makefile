@@ -44,7 +44,8 @@ setup: $(VENV)/.installed
 # umoci: real container images (RHEL: no docker-registry command, those tests skip);
 # debootstrap: the test images; bubblewrap: running images unprivileged; apache2-utils:
 # htpasswd for registry auth; strace: start sets recorded at ingest; containerd and runc:
-# the snapshotter's tests (its API comes from Debian packages through `make grpc-stubs`).
+# the snapshotter's tests (its API comes from Debian packages through `make grpc-stubs`);
+# podman: the additional image store's tests.
 PY_INCLUDE := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_path('include'))" \
 	2>/dev/null)
 PY_VERSION := $(shell $(PYTHON) -c "import sys; print('%d.%d' % sys.version_info[:2])" 2>/dev/null)
@@ -65,7 +66,8 @@ SYSTEM_PACKAGES := \
 	htpasswd:apache2-utils:httpd-tools \
 	strace:strace:strace \
 	containerd:containerd:containerd \
-	runc:runc:runc
+	runc:runc:runc \
+	podman:podman:podman
 
 # Installs the missing ones as root where apt-get is; elsewhere prints them, one apt and one
 # dnf line, and goes on (tests that need a missing tool are skipped; pyfuse3 cannot be built

@@ -27,6 +27,11 @@ What it measures
     and the storage's bytes (the repository on disk) against both images' distinct
     compressed layers (what a registry or an OCI layout holds for the two).
 
+    containerd (bench/images_containerd.py, unless `--no-containerd` or containerd is
+    missing): "containerd + pycvmfs snapshotter, cold" (mount with an empty cache, then
+    `pycvmfs snapshotter pull` + `ctr run --snapshotter pycvmfs`) against "ctr image pull +
+    ctr run" (containerd's own snapshotter), and the bytes each fetched.
+
 Fairness
     Both sides are served from memory: the registry's blobs and the repository's storage are
     read before every round so the page cache holds them (nginx serves the repository;
@@ -36,7 +41,8 @@ Fairness
 
 Targets
     cold start from the mount faster than pull + unpack + run; bytes fetched for the cold
-    start <= 10 % of the compressed image.
+    start <= 10 % of the compressed image; the same two for containerd with the snapshotter
+    against `ctr image pull` + `ctr run`.
 
 The registry data, keys and ingested repository are cached under `--workdir`
 (default /tmp/pycvmfs-bench-images; `ready.json` marks a finished setup; the image path
@@ -76,6 +82,7 @@ from bench.common import (  # noqa: E402
     tree_bytes,
     warm_files,
 )
+from bench.images_containerd import containerd_missing, containerd_round  # noqa: E402
 from pycvmfs.images.ingest import IngestOptions, IngestResult, ingest  # noqa: E402
 from pycvmfs.images.runner import BwrapRunner, RunRequest  # noqa: E402
 from pycvmfs.images.singularity import ImageConfig  # noqa: E402
@@ -101,7 +108,7 @@ class CachedRegistry(DockerRegistry):
     """A docker-registry whose storage lives in `data` (kept across runs)."""
 
     def __init__(self, data: Path) -> None:
-        super().__init__()
+        super().__init__(access_log=True)  # the containerd rows count what it sends
         shutil.rmtree(self.data, ignore_errors=True)
         data.mkdir(parents=True, exist_ok=True)
         self.data = data
@@ -292,12 +299,42 @@ def print_table(rows: list[Row]) -> None:
         print(f"{r.name:<44} {sec} {xp}  {r.value:<26} {r.target:<22} {result}".rstrip())
 
 
+def containerd_rows(runtimes: list[dict[str, float]], missing: str | None,
+                    layers_bytes: int) -> list[Row]:
+    """containerd with the pycvmfs snapshotter vs `ctr image pull` + `ctr run`."""
+    if missing is not None or not runtimes:
+        return [Row("containerd rows", None, value=f"skipped: {missing}")]
+    plain = median([r["ctr_seconds"] for r in runtimes])
+    lazy = median([r["snap_seconds"] for r in runtimes])
+    ctr_bytes = median([r["ctr_bytes"] for r in runtimes])
+    lazy_bytes = median([r["snap_registry_bytes"] + r["snap_repository_bytes"]
+                         for r in runtimes])
+    return [
+        Row("ctr image pull + ctr run (containerd)", plain,
+            samples=[r["ctr_seconds"] for r in runtimes]),
+        Row("containerd + pycvmfs snapshotter, cold", lazy,
+            value=f"{lazy / plain:.2f} x ctr pull+run" if plain > 0 else "",
+            target="< ctr pull+run", passed=lazy < plain,
+            samples=[r["snap_seconds"] for r in runtimes]),
+        Row("  of which the mount (empty cache)", median(
+            [r["snap_mount_seconds"] for r in runtimes])),
+        Row("  bytes fetched: ctr image pull", None,
+            value=f"{ctr_bytes / KIB:,.0f} KiB = {100 * ctr_bytes / layers_bytes:.0f} %"),
+        Row("  bytes fetched: snapshotter (registry+repo)", None,
+            value=f"{lazy_bytes / KIB:,.0f} KiB = {100 * lazy_bytes / layers_bytes:.1f} %",
+            target="<= 10 % of layers",
+            passed=lazy_bytes <= TARGET_BYTES_SHARE * layers_bytes),
+    ]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/pycvmfs-bench-images"))
     parser.add_argument("--rounds", type=int, default=3, help="repeats; median shown [3]")
     parser.add_argument("--quick", action="store_true", help="one round")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--no-containerd", dest="containerd", action="store_false",
+                        help="leave out the containerd rows")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds = 1
@@ -357,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     base: list[dict[str, float]] = []
     mounts: list[dict[str, float]] = []
     ingests: list[dict[str, float]] = []
+    runtimes: list[dict[str, float]] = []
+    no_containerd = containerd_missing() if args.containerd else "--no-containerd"
     with CachedRegistry(setup.registry_data) as registry, Nginx() as server, \
             scratch_dir(workdir / f"run-{os.getpid()}") as run_dir:
         server.publish(f"cvmfs/{FQRN}", setup.storage)
@@ -371,6 +410,11 @@ def main(argv: list[str] | None = None) -> int:
             warm_files(setup.registry_data)
             with scratch_dir(run_dir / f"ingest-{i}") as scratch:
                 ingests.append(ingest_rounds(registry, setup.keys_dir, scratch))
+            if no_containerd is None:
+                with scratch_dir(run_dir / f"containerd-{i}") as scratch:
+                    runtimes.append(containerd_round(
+                        FQRN, setup.public_key, f"{registry.host}/{TARGET_NAME}", registry,
+                        server, scratch))
             print(f"round {i + 1}/{args.rounds}: pull+unpack+run "
                   f"{base[-1]['total']:.2f} s, cold {mounts[-1]['cold']:.2f} s, warm "
                   f"{mounts[-1]['warm']:.2f} s, fetched {mounts[-1]['bytes'] / KIB:.0f} KiB, "
@@ -457,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(Row("  both images' compressed layers (distinct)", None,
                     value=f"{distinct_layers_bytes / KIB:,.0f} KiB"))
 
+    rows += containerd_rows(runtimes, no_containerd, layers_bytes)
     print(f"\nimage: {image.tag} (Debian bookworm minbase + python3), {len(image.layer_digests)} "
           f"layers; command: {' '.join(COMMAND)}; rounds: {args.rounds} (median); "
           "x pull = seconds / pull+unpack+run seconds; x pull+unpack = seconds / skopeo copy + "
@@ -473,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             "base_image_layers_bytes": base_layers_bytes,
             "base_image_rootfs_bytes": base_rootfs_bytes,
             "distinct_layers_bytes": distinct_layers_bytes, "ingest": ingests,
+            "containerd": runtimes,
             "rows": [{"name": r.name, "seconds": r.seconds, "x_pull": r.x_pull,
                       "value": r.value, "target": r.target, "passed": r.passed,
                       "samples": r.samples} for r in rows]}, indent=1))

@@ -26,6 +26,7 @@ from tests.servers import ServerContext, stop_process
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 CALL_TIMEOUT_S = 20.0
+PULL_TIMEOUT_S = 60.0
 PLUGIN = "pycvmfs"
 
 _CONFIG = """\
@@ -129,6 +130,15 @@ class PrivateContainerd(ServerContext):
         if done.returncode != 0:
             pytest.fail(f"ctr {' '.join(args)}: exit {done.returncode}: {done.stderr.strip()}")
         return done.stdout
+
+
+def snapshotter_pull(image: str, daemon: PrivateContainerd,
+                     repository: Path) -> subprocess.CompletedProcess[str]:
+    """`pycvmfs snapshotter pull IMAGE` into `daemon` from a plain-HTTP registry."""
+    return subprocess.run(
+        [sys.executable, "-m", "pycvmfs", "snapshotter", "pull", image, "--containerd",
+         f"unix://{daemon.socket}", "--repository", str(repository), "--plain-http"],
+        capture_output=True, text=True, timeout=PULL_TIMEOUT_S, check=False)
 
 
 class SnapshotsClient:

@@ -58,7 +58,8 @@ class IngestedImages:
 def ingested_images(keys: Keys) -> Iterator[IngestedImages]:
     """Skips where the test images cannot be built (needs root, debootstrap, umoci)."""
     images = require_images()
-    with shared_scratch("pycvmfs-ingested-") as base, DockerRegistry() as registry:
+    with shared_scratch("pycvmfs-ingested-") as base, \
+            DockerRegistry(access_log=True) as registry:
         base_ref = registry.push(images.base.layout, images.base.tag, "ns/debian:base")
         python_ref = registry.push(images.python.layout, images.python.tag, "ns/debian:python")
         events: list[dict[str, object]] = []

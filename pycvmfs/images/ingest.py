@@ -11,6 +11,7 @@ symlinks, metadata.
                start_set.py, file bundles recorded by running a command in it), renamed
                into `.flat/XX/<config>`
          -> `<registry>/<repository>:<tag>` symlink, `.metadata/.../{manifest,config,ingest}.json`
+         -> the Podman image store `podmanStore/` brought in line (podman_store.py)
          -> one publish of the working tree (unchanged files are not read again)
 
 The working tree (`work`) is the repository's contents on the publisher's disk; the
@@ -27,8 +28,6 @@ After a successful publish every image and layer tree in the working tree shrink
 `.pycvmfs-kept` stub (`keep_published_images`): later publishes graft their catalogs from
 the previous revision, so the working tree holds only what is new, as the reference's DUCC
 works on the mounted repository. The working tree therefore belongs to its storage.
-
-Caveat: `.chains/` (podman/containerd chain snapshots) are not written.
 """
 
 from __future__ import annotations
@@ -53,6 +52,7 @@ from pycvmfs.images.layer_report import LayerReport
 from pycvmfs.images.layer_stream import COPY_CHUNK_BYTES
 from pycvmfs.images.layers import apply_layers, unpack_layer_tree
 from pycvmfs.images.manifest import LINUX_AMD64, ImageSource, Platform
+from pycvmfs.images.podman_store import sync_podman_store
 from pycvmfs.images.preflight import check_can_publish
 from pycvmfs.images.reference import ImageReference, parse_reference
 from pycvmfs.images.registry import RegistryClient
@@ -174,7 +174,9 @@ def ingest(references: list[str], options: IngestOptions,
                             "seconds": round(time.monotonic() - started, 3)})
             done.append(image)
         result = None
-        if not all(image.skipped for image in done) or journal.read() is not None:
+        store_changed = sync_podman_store(work)
+        if (not all(image.skipped for image in done) or store_changed
+                or journal.read() is not None):
             options.notify({"action": "start_publish", "repository": options.publish.fqrn})
             result = publish(options.publish, options.progress)
             options.notify({"action": "end_publish", "repository": options.publish.fqrn,
@@ -227,13 +229,15 @@ def _ingest_one(reference: ImageReference, text: str, work: Path,
             _end_progress(options, text, skipped=True)
             return IngestedImage(text, name, config.digest, skipped=True)
         report = None
+        diff_sizes: dict[str, int] = {}  # layer digest -> uncompressed bytes, new trees
         if trees or not flat.is_dir():
-            report = _unpack(source, text, work, flat if not flat.is_dir() else None, trees,
-                             options)
+            report, diff_sizes = _unpack(source, text, work,
+                                         flat if not flat.is_dir() else None, trees, options)
         _end_progress(options, text, skipped=False)
     link_path, target = layout.public_link(name, config.digest)
     origins = [layout.layer_origin_file(d) for d in layers] if options.layer_trees else []
-    StagingJournal(work).stage_image(name, [link_path, *origins, *(
+    infos = [layout.layer_info_file(d) for d in diff_sizes]
+    StagingJournal(work).stage_image(name, [link_path, *origins, *infos, *(
         f"{layout.METADATA}/{name}/{file}"
         for file in (layout.MANIFEST_FILE, CONFIG_FILE, INGEST_FILE))])
     layer_trees = [layout.layerfs_dir(d) for d in layers] if options.layer_trees else []
@@ -243,6 +247,11 @@ def _ingest_one(reference: ImageReference, text: str, work: Path,
             (work / directory / CATALOG_MARKER).touch()
     for digest in layers if options.layer_trees else []:
         _add_origin(work / layout.layer_origin_file(digest), name)
+    diff_ids = dict(zip((layer.digest for layer in manifest.layers), config.diff_ids,
+                        strict=False))
+    for digest, size in diff_sizes.items():
+        _write_layer_info(work / layout.layer_info_file(digest), digest, diff_ids.get(digest),
+                          size)
     _replace_symlink(work / link_path, target)
     replace_file(metadata, manifest.raw)
     replace_file(metadata.with_name(CONFIG_FILE), config.raw)
@@ -254,10 +263,11 @@ def _ingest_one(reference: ImageReference, text: str, work: Path,
 
 
 def _unpack(source: ImageSource, text: str, work: Path, flat: Path | None,
-            trees: list[str], options: IngestOptions) -> LayerReport:
+            trees: list[str], options: IngestOptions) -> tuple[LayerReport, dict[str, int]]:
     """Download and verify the layers needed, write the missing layer trees and (when `flat`
     is given) the flat rootfs in a scratch directory, and rename them into place only when
-    all are complete: a failed image leaves the working tree as it was."""
+    all are complete: a failed image leaves the working tree as it was. Returns the report
+    and the uncompressed size of each new layer tree's layer."""
     scratch_root = work / SCRATCH
     scratch_root.mkdir(exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="image-", dir=scratch_root))
@@ -275,6 +285,7 @@ def _unpack(source: ImageSource, text: str, work: Path, flat: Path | None,
             _download(source, digest, blobs[digest], progress)
             options.notify({"action": "layer", "layer": digest, "size": layer.size})
         report = LayerReport()
+        sizes: dict[str, int] = {}
         ready: list[tuple[Path, Path]] = []  # (scratch directory, its place in `work`)
         for digest in trees:
             started = time.monotonic()
@@ -283,6 +294,7 @@ def _unpack(source: ImageSource, text: str, work: Path, flat: Path | None,
                                      on_entry=on_entry)
             report.layers += part.layers
             report.findings += part.findings
+            sizes[digest] = sum(stats.tar_bytes for stats in part.layers)
             ready.append((tree, work / layout.layerfs_dir(digest)))
             options.notify({"action": "layer_tree", "layer": digest,
                             "files": part.layers[0].members if part.layers else 0,
@@ -303,7 +315,7 @@ def _unpack(source: ImageSource, text: str, work: Path, flat: Path | None,
         for built, target in ready:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(built, target)
-        return report
+        return report, sizes
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -327,6 +339,14 @@ def _add_origin(path: Path, name: str) -> None:
     origin = read_origins(path)
     if name not in origin:
         write_origins(path, sorted({*origin, name}))
+
+
+def _write_layer_info(path: Path, digest: str, diff_id: str | None, size: int) -> None:
+    """DUCC's per-layer record (`.metadata/layers.json`), which the Podman store reads."""
+    info: dict[str, object] = {"compressed-diff-digest": digest, "diff-size": size}
+    if diff_id is not None and diff_id.startswith("sha256:"):
+        info = {"id": layout.digest_hex(diff_id), **info, "diff-digest": diff_id}
+    replace_file(path, json.dumps([info], indent=1).encode())
 
 
 def read_origins(path: Path) -> list[str]:

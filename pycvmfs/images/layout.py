@@ -4,12 +4,15 @@
     .flat/<d[:2]>/<config digest hex>/            the image's whole root filesystem
     .layers/<d[:2]>/<layer digest hex>/layerfs/   one unpacked layer (overlayfs whiteouts)
     .layers/<d[:2]>/<layer digest hex>/.metadata/origin.json   images using the layer
-    .chains/<c[:2]>/<chain id hex>/               layers 0..i applied
+    .layers/<d[:2]>/<layer digest hex>/.metadata/layers.json   its diff ID and size
+    podmanStore/                                  Podman's additional image store
     .metadata/<registry>/<repository>:<tag>/manifest.json
 
-Every image, layerfs and chain directory is the root of its own nested catalog, and so are
-`.flat`, `.layers`, `.chains` and their two-letter fan-out directories: publishing one more
-image rewrites only the catalogs on its own path.
+Every image and layerfs directory is the root of its own nested catalog, and so are `.flat`,
+`.layers` and their two-letter fan-out directories: publishing one more image rewrites only
+the catalogs on its own path. DUCC's `.chains/` (layers 0..i applied, for its thin images)
+is not written: neither containerd's snapshotter nor Podman's store needs it
+(podman_store.py).
 
 Digests are the registry's `sha256:<64 hex>` strings; anything else is refused here, so a
 digest from a manifest can never become `..` or an absolute path.
@@ -26,12 +29,12 @@ from pycvmfs.errors import ImageError
 
 FLAT = ".flat"
 LAYERS = ".layers"
-CHAINS = ".chains"
 METADATA = ".metadata"
 LAYERFS = "layerfs"
 MANIFEST_FILE = "manifest.json"
 ORIGIN_FILE = "origin.json"
-CATALOG_ROOTS = (FLAT, LAYERS, CHAINS)  # each, and each fan-out below it, is nested
+LAYER_INFO_FILE = "layers.json"
+CATALOG_ROOTS = (FLAT, LAYERS)  # each, and each fan-out below it, is nested
 
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 _NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?")
@@ -74,20 +77,21 @@ def layer_origin_file(layer_digest: str) -> str:
     return f"{layer_dir(layer_digest)}/{METADATA}/{ORIGIN_FILE}"
 
 
-def chain_dir(chain_id: str) -> str:
-    """`.chains/ab/abcdef...` for a chain id as `chain_ids` returns it (hex)."""
-    return _fanned(CHAINS, digest_hex(f"sha256:{chain_id}"))
+def oci_chain_ids(diff_ids: Sequence[str]) -> list[str]:
+    """OCI chain IDs (`sha256:<hex>`) of a stack of layer diff IDs: the first layer's diff
+    ID, then sha256("<previous chain ID> <diff ID>"). containerd names its layer snapshots
+    so, and containers/storage its layer directories (podman_store.py)."""
+    chains: list[str] = []
+    for diff_id in diff_ids:
+        chains.append(diff_id if not chains else "sha256:" + hashlib.sha256(
+            f"{chains[-1]} {diff_id}".encode("ascii")).hexdigest())
+    return chains
 
 
-def chain_ids(layer_digests: Sequence[str]) -> list[str]:
-    """DUCC's chain ids (hex): chain[0] = sha256("sha256:<layer 0>"), chain[i] =
-    sha256("sha256:<chain[i-1]> sha256:<layer i>")."""
-    ids: list[str] = []
-    for digest in layer_digests:
-        digest_hex(digest)
-        text = digest if not ids else f"sha256:{ids[-1]} {digest}"
-        ids.append(hashlib.sha256(text.encode("ascii")).hexdigest())
-    return ids
+def layer_info_file(layer_digest: str) -> str:
+    """`.layers/ab/abcdef.../.metadata/layers.json`: DUCC's record of the layer's diff ID
+    and uncompressed size (`[{"id", "compressed-diff-digest", "diff-digest", "diff-size"}]`)."""
+    return f"{layer_dir(layer_digest)}/{METADATA}/{LAYER_INFO_FILE}"
 
 
 def public_name(registry: str, repository: str, tag: str) -> str:
@@ -110,8 +114,8 @@ def metadata_file(name: str) -> str:
 
 
 def nested_catalog_dirs(paths: Sequence[str]) -> Iterator[str]:
-    """Every directory that is a nested catalog root on the way to these image, layerfs or
-    chain directories (the top directory, its fan-out and the directory itself), once. A
+    """Every directory that is a nested catalog root on the way to these image or layerfs
+    directories (the top directory, its fan-out and the directory itself), once. A
     layer's catalog starts at its `layerfs` (as DUCC's `ingest --catalog -b ...layerfs`), so
     its `.metadata` stays in the fan-out's catalog."""
     seen: set[str] = set()
@@ -120,7 +124,7 @@ def nested_catalog_dirs(paths: Sequence[str]) -> Iterator[str]:
         wanted = 4 if parts[0] == LAYERS else 3
         if (parts[0] not in CATALOG_ROOTS or len(parts) != wanted
                 or (wanted == 4 and parts[3] != LAYERFS)):
-            raise LayoutError(f"{path}: not an image, layerfs or chain directory")
+            raise LayoutError(f"{path}: not an image or layerfs directory")
         for depth in (1, 2, len(parts)):
             directory = "/".join(parts[:depth])
             if directory not in seen:

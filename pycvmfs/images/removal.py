@@ -6,6 +6,7 @@
       -> every `.layers/XX/<digest>` no remaining image's manifest lists goes; the
          `origin.json` of the others forgets the removed names
       -> empty parent directories of what went are removed
+      -> the Podman image store `podmanStore/` forgets them (podman_store.py)
       -> one publish (none when nothing changed)
 
 `names_for_digest` maps a manifest digest (a registry's delete event names only that) to the
@@ -39,6 +40,7 @@ from pycvmfs.images.ingest import (
     write_origins,
 )
 from pycvmfs.images.manifest import Manifest, parse_manifest
+from pycvmfs.images.podman_store import sync_podman_store
 from pycvmfs.images.reference import parse_reference
 from pycvmfs.images.staging import StagedPolicy, StagingJournal
 from pycvmfs.publisher.publish import PublishOptions, PublishResult, publish
@@ -92,7 +94,9 @@ def remove_images(names: list[str], options: IngestOptions | PublishOptions) -> 
         flats = _remove_unreferenced_flats(work) if removed else []
         if removed:
             flats += _remove_unreferenced_layers(work, removed)
-        if not removed and not flats and (staged is None or policy is not StagedPolicy.RESUME):
+        store_changed = sync_podman_store(work)
+        if (not removed and not flats and not store_changed
+                and (staged is None or policy is not StagedPolicy.RESUME)):
             return RemovalResult(removed, missing, flats, None)
         progress = options.progress if isinstance(options, IngestOptions) else None
         result = publish(publish_options, progress)

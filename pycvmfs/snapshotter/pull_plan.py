@@ -16,10 +16,9 @@ Facts from containerd 1.6 (identity.ChainIDs, the unpacker, the garbage collecto
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pycvmfs.images.layout import oci_chain_ids
 from pycvmfs.images.manifest import ImageConfig, Manifest
 from pycvmfs.snapshotter.errors import SnapshotterError
 from pycvmfs.snapshotter.layers import LAYER_DIGEST_LABEL, TARGET_LABEL
@@ -34,15 +33,6 @@ class PullPlanError(SnapshotterError):
     """An image containerd cannot use as described (diff IDs not matching the layers)."""
 
     code = "INVALID_ARGUMENT"
-
-
-def chain_ids(diff_ids: Sequence[str]) -> list[str]:
-    """containerd's chain IDs (`sha256:<hex>`) of a stack of layer diff IDs."""
-    chains: list[str] = []
-    for diff_id in diff_ids:
-        chains.append(diff_id if not chains else "sha256:" + hashlib.sha256(
-            f"{chains[-1]} {diff_id}".encode("ascii")).hexdigest())
-    return chains
 
 
 @dataclass(frozen=True)
@@ -108,7 +98,7 @@ def plan_pull(name: str, manifest: Manifest, config: ImageConfig,
     if len(config.diff_ids) != len(manifest.layers):
         raise PullPlanError(f"{name}: the config lists {len(config.diff_ids)} diff IDs for "
                             f"{len(manifest.layers)} layers; the image is malformed")
-    chains = chain_ids(config.diff_ids)
+    chains = oci_chain_ids(config.diff_ids)
     layers = tuple(LayerSnapshot(index, layer.digest, chain, chains[index - 1] if index else "",
                                  layer.media_type, layer.size, config.diff_ids[index])
                    for index, (layer, chain) in enumerate(zip(manifest.layers, chains,

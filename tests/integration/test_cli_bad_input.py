@@ -103,6 +103,11 @@ CASES = [
     # exec
     case("exec-bad-repository", "exec ../x -- true", "is not a repository name"),
     case("exec-no-command", "exec demo.pycvmfs.org true", "expected REPO"),
+    # snapshotter
+    case("snapshotter-serve-tcp", "snapshotter serve --address tcp://127.0.0.1:1 "
+         "--repository {empty}", "tcp://127.0.0.1:1"),
+    case("snapshotter-pull-no-layers", "snapshotter pull example.org/x:1 --containerd "
+         "unix://{s}/none.sock --repository {empty}", "ingested with layer trees"),
     # ls, cat, stat
     case("ls-repo-missing", "ls {nope} --keys {pub}", "does not exist"),
     case("ls-garbage-key", "ls {repo} --keys {garbage}", "not a PEM"),

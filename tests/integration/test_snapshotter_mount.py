@@ -7,7 +7,6 @@ sends (chain ID, layer digest), each answered "already exists" by the snapshotte
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tarfile
@@ -32,16 +31,6 @@ from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, shared_scratch
 pytestmark = [*NEEDS_FUSE_AND_NGINX,
               pytest.mark.skipif(missing_requirement() is not None,
                                  reason=missing_requirement() or "")]
-
-
-def chain_ids(diff_ids: list[str]) -> list[str]:
-    """containerd's chain IDs (identity.ChainIDs): the first diff ID, then
-    sha256("<previous chain ID> <diff ID>")."""
-    chains: list[str] = []
-    for diff_id in diff_ids:
-        chains.append(diff_id if not chains else "sha256:" + hashlib.sha256(
-            f"{chains[-1]} {diff_id}".encode()).hexdigest())
-    return chains
 
 
 def _archive_without_layers(image_layout: Path, manifest_digest: str, dest: Path) -> Path:
@@ -86,7 +75,7 @@ def test_containerd_runs_from_the_layer_trees(ingested_images: IngestedImages,
     manifest = json.loads((mnt / layout.metadata_file(ingested_images.name("python")))
                           .read_text())
     digests = [layer["digest"] for layer in manifest["layers"]]
-    chains = chain_ids(list(image.config["rootfs"]["diff_ids"]))  # type: ignore[index]
+    chains = layout.oci_chain_ids(list(image.config["rootfs"]["diff_ids"]))  # type: ignore[index]
     assert len(chains) == len(digests) == 2
     snapshotter = Snapshotter(base / "snapshotter.sock", mnt, base / "snapshotter")
     containerd = PrivateContainerd(base, base / "snapshotter.sock")

@@ -15,27 +15,22 @@ from pathlib import Path
 import pytest
 
 from pycvmfs.images import layout
-from tests.containerd import PLUGIN, PrivateContainerd, Snapshotter, missing_requirement
-from tests.ingested import IngestedImages
-from tests.integration.test_snapshotter_mount import (  # noqa: F401 - fixture
-    chain_ids,
-    mounted,
+from tests.containerd import (
+    PLUGIN,
+    PULL_TIMEOUT_S,
+    PrivateContainerd,
+    Snapshotter,
+    missing_requirement,
+    snapshotter_pull,
 )
+from tests.ingested import IngestedImages
+from tests.integration.test_snapshotter_mount import mounted  # noqa: F401 - fixture
 from tests.registry import DockerRegistry
 from tests.servers import NEEDS_FUSE_AND_NGINX
 
 pytestmark = [*NEEDS_FUSE_AND_NGINX,
               pytest.mark.skipif(missing_requirement() is not None,
                                  reason=missing_requirement() or "")]
-PULL_TIMEOUT_S = 60
-
-
-def _pull(image: str, containerd: PrivateContainerd,
-          mnt: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pycvmfs", "snapshotter", "pull", image, "--containerd",
-         f"unix://{containerd.socket}", "--repository", str(mnt), "--plain-http"],
-        capture_output=True, text=True, timeout=PULL_TIMEOUT_S, check=False)
 
 
 def test_pull_registers_the_image_without_layer_downloads(
@@ -51,7 +46,7 @@ def test_pull_registers_the_image_without_layer_downloads(
         registry.push(image.layout, image.tag, "ns/debian:python")
         reference = f"{registry.host}/ns/debian:python"
         pushed = len(registry.log())
-        done = _pull(reference, containerd, mnt)
+        done = snapshotter_pull(reference, containerd, mnt)
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith(f"{reference}: sha256:")
         assert done.stdout.rstrip().endswith(f"2 of 2 layers from {mnt}, 0 downloaded")
@@ -59,7 +54,7 @@ def test_pull_registers_the_image_without_layer_downloads(
         # the lease is gone and containerd collected garbage: the labels keep all of it
         assert containerd.ctr("leases", "ls", "-q").split() == []
         snapshots = containerd.ctr("snapshots", "--snapshotter", PLUGIN, "ls")
-        assert all(chain in snapshots for chain in chain_ids(
+        assert all(chain in snapshots for chain in layout.oci_chain_ids(
             list(image.config["rootfs"]["diff_ids"])))  # type: ignore[index]
         output = containerd.ctr("run", "--snapshotter", PLUGIN, reference, "pull-1",
                                 "python3", "-c", "print('pulled', 6 * 7)", timeout=90)
@@ -69,7 +64,7 @@ def test_pull_registers_the_image_without_layer_downloads(
         assert any("/manifests/python" in line for line in requests), requests
         assert not [line for line in requests
                     if any(digest in line for digest in layer_digests)], requests
-        assert _pull(reference, containerd, mnt).returncode == 0  # a pull again is fine
+        assert snapshotter_pull(reference, containerd, mnt).returncode == 0  # a pull again is fine
 
 
 def _partial_repository(mnt: Path, dest: Path, digest: str) -> Path:
@@ -94,7 +89,7 @@ def test_pull_downloads_only_the_layers_the_repository_lacks(
         registry.push(image.layout, image.tag, "ns/debian:python")
         reference = f"{registry.host}/ns/debian:python"
         pushed = len(registry.log())
-        done = _pull(reference, containerd, partial)
+        done = snapshotter_pull(reference, containerd, partial)
         assert done.returncode == 0, done.stderr
         assert done.stdout.rstrip().endswith(f"1 of 2 layers from {partial}, 1 downloaded")
         output = containerd.ctr("run", "--snapshotter", PLUGIN, reference, "pull-2",

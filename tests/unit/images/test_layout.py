@@ -9,8 +9,6 @@ import pytest
 
 from pycvmfs.images.layout import (
     LayoutError,
-    chain_dir,
-    chain_ids,
     digest_hex,
     flat_dir,
     layer_dir,
@@ -18,6 +16,7 @@ from pycvmfs.images.layout import (
     layerfs_dir,
     metadata_file,
     nested_catalog_dirs,
+    oci_chain_ids,
     public_link,
     public_name,
 )
@@ -45,11 +44,11 @@ def test_public_link_is_relative_and_lands_on_the_flat_image() -> None:
     assert port_target == f"../.flat/ab/{'ab' * 32}" and port_link == "127.0.0.1:5000/x:t"
 
 
-def test_chain_ids_follow_ducc() -> None:
-    first = hashlib.sha256(L0.encode()).hexdigest()
-    second = hashlib.sha256(f"sha256:{first} {L1}".encode()).hexdigest()
-    assert chain_ids([L0, L1]) == [first, second]
-    assert chain_dir(first) == f".chains/{first[:2]}/{first}"
+def test_oci_chain_ids() -> None:
+    """The OCI image spec's ChainID, as containerd and containers/storage compute it."""
+    second = "sha256:" + hashlib.sha256(f"{L0} {L1}".encode()).hexdigest()
+    assert oci_chain_ids([L0]) == [L0]
+    assert oci_chain_ids([L0, L1]) == [L0, second]
 
 
 @pytest.mark.parametrize("bad", ["sha256:" + "AB" * 32, "sha512:" + "ab" * 64, "../../etc",

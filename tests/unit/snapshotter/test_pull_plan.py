@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pycvmfs.images.layout import layerfs_dir
+from pycvmfs.images.layout import layerfs_dir, oci_chain_ids
 from pycvmfs.images.manifest import Manifest, parse_config, parse_manifest
 from pycvmfs.snapshotter.containerd_client import ContainerdError
 from pycvmfs.snapshotter.layers import LAYER_DIGEST_LABEL
@@ -27,7 +27,6 @@ from pycvmfs.snapshotter.pull_plan import (
     LayerSnapshot,
     PullPlan,
     PullPlanError,
-    chain_ids,
     plan_pull,
 )
 
@@ -58,14 +57,14 @@ def _image(diff_ids: list[str] = DIFF_IDS) -> tuple[Manifest, bytes, str]:
 
 def test_chain_ids_are_containerds() -> None:
     second = "sha256:" + hashlib.sha256(f"{DIFF_IDS[0]} {DIFF_IDS[1]}".encode()).hexdigest()
-    assert chain_ids(DIFF_IDS) == [DIFF_IDS[0], second]
-    assert chain_ids([]) == []
+    assert oci_chain_ids(DIFF_IDS) == [DIFF_IDS[0], second]
+    assert oci_chain_ids([]) == []
 
 
 def test_layers_are_prepared_bottom_up_with_the_labels_the_snapshotter_reads() -> None:
     manifest, config, config_digest = _image()
     plan = plan_pull("r/i:t", manifest, parse_config(config, config_digest))
-    chains = chain_ids(DIFF_IDS)
+    chains = oci_chain_ids(DIFF_IDS)
     assert [(layer.parent, layer.chain_id) for layer in plan.layers] == [
         ("", chains[0]), (chains[0], chains[1])]
     assert plan.layers[1].key == f"extract-1 {chains[1]}"
@@ -178,7 +177,7 @@ def test_register_sends_content_then_snapshots_then_the_image_under_a_lease(
         tmp_path: Path) -> None:
     plan, client = _plan(), FakeContainerd()
     register(plan, client, _repository_with(tmp_path, LAYERS))
-    chains = chain_ids(DIFF_IDS)
+    chains = oci_chain_ids(DIFF_IDS)
     assert client.calls == [
         ("lease",), ("write", plan.config.digest, plan.config.labels),
         ("write", plan.manifest.digest, plan.manifest.labels),
