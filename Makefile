@@ -130,7 +130,10 @@ export PYTHONPYCACHEPREFIX := $(abspath $(VENV))/pycache
 
 # The unit tier has a contract (tests/unit/conftest.py): no network, no subprocess. It runs
 # in a network namespace of its own where `unshare --net` works (root), plainly otherwise, on
-# two workers; then every other test, one at a time (they mount, serve and time things).
+# two workers; then every other test on two workers too (most of their time is spent waiting
+# on servers, mounts and containers), tests that must not overlap kept on one worker by
+# xdist groups, and the few that must run alone (marked serial) after them
+# (tests/integration/conftest.py).
 UNSHARE_NET := $(shell unshare --net true >/dev/null 2>&1 && echo unshare --net --)
 
 test: system-packages setup lint test-unit test-integration
@@ -138,8 +141,9 @@ test: system-packages setup lint test-unit test-integration
 test-unit: setup grpc-stubs
 	$(UNSHARE_NET) $(PY) -m pytest -q -n 2 tests/unit
 
-test-integration: setup
-	$(PY) -m pytest -q --durations=15 --ignore=tests/unit
+test-integration: setup grpc-stubs
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 --ignore=tests/unit -m "not serial"
+	$(PY) -m pytest -q --ignore=tests/unit -m serial
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -161,8 +161,14 @@ class Owned:
     values: list[object] = field(default_factory=list)  # what it gave the tests
 
 
+# pytest sets this one around every phase itself (a fixture's teardown that fails leaves it
+# naming that phase): never a test's change
+PYTEST_OWN = frozenset({"PYTEST_CURRENT_TEST"})
+
+
 def _env_changes(before: dict[str, str], after: dict[str, str]) -> set[str]:
-    return {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
+    return {key for key in before.keys() | after.keys()
+            if before.get(key) != after.get(key) and key not in PYTEST_OWN}
 
 
 class LeakChecker:

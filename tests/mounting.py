@@ -159,15 +159,46 @@ def cli_mount(fqrn: str, mountpoint: Path, *, env: Mapping[str, str],
         wait_for_exit(mount.pid)
 
 
+# Tests of several pytest workers open /dev/fuse at overlapping times: the first to open it
+# records its mode, the last to finish restores it. The record (in /run, so a reboot forgets
+# it) holds the original mode and the pid of each holder, under an flock; holders that died
+# without their finally (a killed run) are dropped, and the mode they recorded still wins.
+FUSE_OPENERS = Path("/run/pycvmfs-tests-fuse-openers")
+
+
+@contextmanager
+def _fuse_openers() -> Iterator[tuple[int, list[int]]]:
+    """Under the lock: (original mode, live holders), written back on exit."""
+    import fcntl
+
+    with open(f"{FUSE_OPENERS}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            mode_text, *pids = FUSE_OPENERS.read_text().split()
+            original = int(mode_text, 8)
+        except (OSError, ValueError):
+            original, pids = stat.S_IMODE(os.stat(FUSE_DEVICE).st_mode), []
+        holders = [int(pid) for pid in pids if Path(f"/proc/{pid}").exists()]
+        yield original, holders
+        if holders:
+            FUSE_OPENERS.write_text(" ".join([f"{original:o}", *map(str, holders)]))
+        else:
+            os.chmod(FUSE_DEVICE, original)
+            FUSE_OPENERS.unlink(missing_ok=True)
+
+
 @contextmanager
 def fuse_open_to_all_users() -> Iterator[None]:
-    """`chmod 666 /dev/fuse` as HPC nodes ship it; the original mode is always restored."""
-    original = stat.S_IMODE(os.stat(FUSE_DEVICE).st_mode)
-    try:
+    """`chmod 666 /dev/fuse` as HPC nodes ship it; the original mode is restored when the
+    last test of any worker that opened it ends."""
+    with _fuse_openers() as (_, holders):
+        holders.append(os.getpid())
         os.chmod(FUSE_DEVICE, 0o666)
+    try:
         yield
     finally:
-        os.chmod(FUSE_DEVICE, original)
+        with _fuse_openers() as (_, holders):
+            holders.remove(os.getpid())
 
 
 NEEDS_PYFUSE3 = pytest.mark.skipif(

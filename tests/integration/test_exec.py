@@ -131,18 +131,20 @@ def area(site: Site) -> Iterator[Path]:
 
 
 def _serving_processes(user: User, home: Path) -> list[str]:
-    """The user's processes still running `pycvmfs exec` or a mount under `home` (other
-    test runs on this machine may run pycvmfs as the same user)."""
+    """The user's pycvmfs processes of this site: naming `home`, or with it as HOME (other
+    tests, on another pytest worker or in another run, may run pycvmfs as the same user;
+    the environment is read as the process started, whatever namespace it entered)."""
     found = []
     for name in os.listdir("/proc"):
         try:
             if not name.isdigit() or os.stat(f"/proc/{name}").st_uid != user.uid:
                 continue
             cmdline = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ")
+            environ = Path(f"/proc/{name}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"pycvmfs exec" in cmdline or (b"pycvmfs" in cmdline
-                                          and os.fsencode(home) in cmdline):
+        if b"pycvmfs" in cmdline and (os.fsencode(home) in cmdline
+                                      or b"HOME=" + os.fsencode(home) in environ):
             found.append(cmdline.decode(errors="replace"))
     return found
 

@@ -6,6 +6,7 @@ storage before it fetches anything."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from pycvmfs.errors import PublishError
 from pycvmfs.images import ingest as ingest_module
 from pycvmfs.images.ingest import UNPUBLISHED, IngestError, IngestOptions, ingest
 from pycvmfs.images.layer_members import LayerLimits
+from pycvmfs.images.podman_store import STORE
 from pycvmfs.images.staging import StagedChangesError, StagedPolicy
 from pycvmfs.publisher.publish import PublishOptions
 from tests.oci_layouts import file_member, tar_bytes, write_oci_layout
@@ -121,7 +123,8 @@ def test_discarding_staged_changes_restores_the_published_working_tree(
     ingest([good], options, {good: GOOD})
     before = {p.relative_to(work).as_posix(): (p.readlink().as_posix() if p.is_symlink()
                                                else p.read_bytes() if p.is_file() else None)
-              for p in sorted(work.rglob("*")) if ".pycvmfs-ingest" not in p.parts}
+              for p in sorted(work.rglob("*")) if ".pycvmfs-ingest" not in p.parts
+              and STORE not in p.parts}  # derived from the images: third joins it below
     moved = _image(tmp_path / "moved", b"good, version 2\n")
     other = _image(tmp_path / "other", b"other\n")
     real_publish = ingest_module.publish
@@ -142,6 +145,9 @@ def test_discarding_staged_changes_restores_the_published_working_tree(
                                               else p.read_bytes() if p.is_file() else None)
              for p in sorted(work.rglob("*")) if ".pycvmfs-ingest" not in p.parts}
     assert {path: after[path] for path in before} == before  # GOOD as published
+    images = json.loads((work / STORE / "overlay-images" / "images.json").read_bytes())
+    assert sorted(name for image in images for name in image["names"]) == sorted(
+        [GOOD, "example.org/ns/third:1"])
     for top in (".flat", ".layers"):
         assert len([p for p in work.glob(f"{top}/??/*") if len(p.name) == 64]) == 2
     assert not (work / OTHER).exists() and not (work / ".metadata" / OTHER).exists()

@@ -83,9 +83,13 @@ def test_status_and_metrics(mounted: tuple[Path, dict[str, str]]) -> None:
     assert stats["downloads"] >= 12 and stats["download_bytes"] >= 1_000_000
     assert stats["pid"] == int(os.getxattr(mnt, "user.pid"))
     assert stats["fuse"]["ops"]["lookup"][-1] > 0  # nanoseconds spent in LOOKUP
-    people = _pycvmfs("status", env=env)  # all mounts: this one among them
-    assert people.returncode == 0, people.stderr
-    assert str(mnt) in people.stdout and "hit rate" in people.stdout
+    people = _pycvmfs("status", "--json", env=env)  # all mounts: this one among them
+    reports = json.loads(people.stdout)
+    [mine] = [r for r in reports if r["mountpoint"] == str(mnt)]
+    assert mine["answering"] and mine["stats"]["fqrn"] == FQRN
+    # exit 1 only for a mount not answering: another test's stopped mount, if any
+    assert people.returncode == (0 if all(r["answering"] for r in reports) else 1), \
+        people.stderr
 
     text = _pycvmfs("metrics", str(mnt), env=env)
     assert text.returncode == 0, text.stderr
