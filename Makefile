@@ -132,8 +132,8 @@ export PYTHONPYCACHEPREFIX := $(abspath $(VENV))/pycache
 # in a network namespace of its own where `unshare --net` works (root), plainly otherwise, on
 # two workers; then every other test on two workers too (most of their time is spent waiting
 # on servers, mounts and containers), tests that must not overlap kept on one worker by
-# xdist groups, and the few that must run alone (marked serial) after them
-# (tests/integration/conftest.py).
+# modules and shared groups (tests/xdist_groups.py), and the few that must run alone (marked
+# serial, tests/integration/conftest.py) after them.
 UNSHARE_NET := $(shell unshare --net true >/dev/null 2>&1 && echo unshare --net --)
 
 test: system-packages setup lint test-unit test-integration
@@ -142,7 +142,8 @@ test-unit: setup grpc-stubs
 	$(UNSHARE_NET) $(PY) -m pytest -q -n 2 tests/unit
 
 test-integration: setup grpc-stubs
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 --ignore=tests/unit -m "not serial"
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=15 \
+	    --ignore=tests/unit -m "not serial"
 	$(PY) -m pytest -q --ignore=tests/unit -m serial
 
 test-fast: setup

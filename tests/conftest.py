@@ -10,6 +10,7 @@ import signal
 import tempfile
 from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,15 @@ LIVE_CLIENT = "unless a CernVM-FS client running on this machine changed it mean
 
 _LEAKS = LeakChecker()
 _undo: list[Callable[[], None]] = []
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Modules and shared groups as units of work for `--dist loadscope` (tests/xdist_groups.py)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from tests.xdist_groups import ModuleGroupScheduling
+
+    return ModuleGroupScheduling(config, log)
 
 
 def pytest_configure(config: pytest.Config) -> None:

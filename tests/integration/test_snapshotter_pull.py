@@ -1,5 +1,5 @@
 """`pycvmfs snapshotter pull` registers an ingested image in a private containerd with no
-layer download: the test image (two layers) is served by a registry that logs its
+layer download: the test image (two layers) is served by the session's registry, which logs its
 requests, the repository holding its layer trees is mounted, the pull writes manifest and
 config and has the pycvmfs snapshotter adopt both layers; `ctr run` then runs python3 from
 it and the registry saw no request for a layer blob. With a repository holding only the
@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,6 @@ from tests.containerd import (
 )
 from tests.ingested import IngestedImages
 from tests.integration.test_snapshotter_mount import mounted  # noqa: F401 - fixture
-from tests.registry import DockerRegistry
 from tests.servers import NEEDS_FUSE_AND_NGINX
 
 pytestmark = [*NEEDS_FUSE_AND_NGINX,
@@ -40,11 +41,8 @@ def test_pull_registers_the_image_without_layer_downloads(
     manifest = json.loads((mnt / layout.metadata_file(ingested_images.name("python")))
                           .read_text())
     layer_digests = [layer["digest"] for layer in manifest["layers"]]
-    with DockerRegistry(access_log=True) as registry, \
-            Snapshotter(base / "snapshotter.sock", mnt, base / "snapshotter"), \
-            PrivateContainerd(base, base / "snapshotter.sock") as containerd:
-        registry.push(image.layout, image.tag, "ns/debian:python")
-        reference = f"{registry.host}/ns/debian:python"
+    registry, reference = ingested_images.registry, ingested_images.name("python")
+    with _containerd_over(mnt, base) as containerd:
         pushed = len(registry.log())
         done = snapshotter_pull(reference, containerd, mnt)
         assert done.returncode == 0, done.stderr
@@ -67,6 +65,14 @@ def test_pull_registers_the_image_without_layer_downloads(
         assert snapshotter_pull(reference, containerd, mnt).returncode == 0  # a pull again is fine
 
 
+@contextmanager
+def _containerd_over(repository: Path, base: Path) -> Iterator[PrivateContainerd]:
+    """A private containerd behind a pycvmfs snapshotter serving `repository`."""
+    with Snapshotter(base / "snapshotter.sock", repository, base / "snapshotter"), \
+            PrivateContainerd(base, base / "snapshotter.sock") as containerd:
+        yield containerd
+
+
 def _partial_repository(mnt: Path, dest: Path, digest: str) -> Path:
     """A directory like the repository's mount holding one layer tree (a symlink into it)."""
     tree = dest / layout.layerfs_dir(digest)
@@ -78,16 +84,12 @@ def _partial_repository(mnt: Path, dest: Path, digest: str) -> Path:
 def test_pull_downloads_only_the_layers_the_repository_lacks(
         ingested_images: IngestedImages, mounted: tuple[Path, Path]) -> None:  # noqa: F811
     mnt, base = mounted
-    image = ingested_images.images.python
     manifest = json.loads((mnt / layout.metadata_file(ingested_images.name("python")))
                           .read_text())
     bottom, top = [layer["digest"] for layer in manifest["layers"]]
     partial = _partial_repository(mnt, base / "partial", bottom)
-    with DockerRegistry(access_log=True) as registry, \
-            Snapshotter(base / "snapshotter.sock", partial, base / "snapshotter"), \
-            PrivateContainerd(base, base / "snapshotter.sock") as containerd:
-        registry.push(image.layout, image.tag, "ns/debian:python")
-        reference = f"{registry.host}/ns/debian:python"
+    registry, reference = ingested_images.registry, ingested_images.name("python")
+    with _containerd_over(partial, base) as containerd:
         pushed = len(registry.log())
         done = snapshotter_pull(reference, containerd, partial)
         assert done.returncode == 0, done.stderr
