@@ -98,6 +98,10 @@ class S3Storage:
             return
 
     def lock(self) -> S3PublishLock:
+        """The lock object (s3_lock). What this storage remembers as stored is forgotten:
+        a `gc` may have run since (a webhook service publishes with one storage for days)."""
+        with self._lock:
+            self._present.clear()
         return S3PublishLock(self, LOCK_NAME, self.location)
 
     def scratch_dir(self) -> Path:
@@ -128,7 +132,7 @@ class S3Storage:
         except BaseException:
             self._drain()
             with contextlib.suppress(Exception):
-                self.delete_objects(self._created)
+                self.delete_objects(list(self._created or ()))
             raise
         finally:
             pool, self._pool = self._pool, None

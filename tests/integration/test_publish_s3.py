@@ -22,6 +22,7 @@ from pycvmfs.publisher.pipeline import Settings
 from pycvmfs.publisher.publish import PublishOptions, publish
 from pycvmfs.publisher.storage_factory import S3Options, open_storage
 from pycvmfs.publisher.storage_s3 import S3Storage
+from tests.mounting import cli_mount
 from tests.oci_layouts import file_member, tar_bytes, write_oci_layout
 from tests.publish_helpers import SMALL_CHUNKS, Keys, pseudo_random
 from tests.seaweedfs import CREDENTIALS, SeaweedFS, weed_binary
@@ -132,6 +133,20 @@ def test_publish_read_back_and_a_second_revision_uploads_only_new_objects(
     after = seaweed.read("revisions", f"{keys.fqrn}/.cvmfswhitelist")
     assert after != before
     _listing(seaweed, "revisions", keys, capsys)  # the new whitelist verifies
+
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        return  # the mount below needs root and /dev/fuse
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "mnt").mkdir()
+    env = dict(os.environ, PYCVMFS_CONFIG_ROOT=str(tmp_path / "etc"),
+               HOME=str(tmp_path / "home"))
+    settings = {"CVMFS_SERVER_URL": seaweed.url("revisions") + "/@fqrn@",
+                "CVMFS_PUBLIC_KEY": str(keys.public_key_file), "CVMFS_HTTP_PROXY": "DIRECT",
+                "CVMFS_CACHE_BASE": str(tmp_path / "cache"), "CVMFS_MAX_RETRIES": "0",
+                "CVMFS_USYSLOG": str(tmp_path / "mount.log")}
+    with cli_mount(keys.fqrn, tmp_path / "mnt", env=env, options=settings):
+        assert (tmp_path / "mnt" / "changing.txt").read_text() == "version 2\n"
+        assert (tmp_path / "mnt" / "big.bin").read_bytes() == pseudo_random(2, 200_000)
 
 
 def test_a_second_publisher_is_refused_naming_the_holder(

@@ -237,3 +237,49 @@ def test_missing_bucket_is_one_line(tmp_path: Path) -> None:
     storage = S3Storage(S3Settings("nope", "", "http://s3.invalid"), FakeS3())
     with pytest.raises(PublishError, match="bucket 'nope' does not exist"):
         storage.prepare()
+
+
+def test_uploads_run_in_parallel_with_bounded_memory() -> None:
+    import threading
+    import time
+
+    from pycvmfs.publisher.storage_s3 import IN_FLIGHT_BYTES
+
+    fake = FakeS3()
+    storage = _storage(fake)
+    seen = {"running": 0, "most": 0, "bytes": 0}
+    guard = threading.Lock()
+    put = fake.put_object
+
+    def slow_put(**kwargs: object) -> dict[str, object]:
+        with guard:
+            seen["running"] += 1
+            seen["most"] = max(seen["most"], seen["running"])
+            seen["bytes"] = max(seen["bytes"], storage._budget._bytes)
+        time.sleep(0.01)
+        try:
+            return put(**kwargs)  # type: ignore[arg-type]
+        finally:
+            with guard:
+                seen["running"] -= 1
+
+    fake.put_object = slow_put  # type: ignore[method-assign]
+    blob = bytes(8 << 20)
+    with storage.transaction():
+        for index in range(24):
+            digest = ContentHash(Algorithm.SHA1, index.to_bytes(20, "big"))
+            assert storage.put_object(digest, blob)
+    assert len(fake.objects) == 24
+    assert 1 < seen["most"] <= storage.settings.parallel
+    assert seen["bytes"] <= IN_FLIGHT_BYTES
+
+
+def test_the_lock_forgets_what_was_stored(keys: Keys) -> None:
+    """Another process's gc may delete objects between two publishes of one storage."""
+    fake = FakeS3()
+    storage = _storage(fake)
+    digest = ContentHash(Algorithm.SHA1, bytes(20))
+    assert storage.put_object(digest, b"one")
+    fake.objects.clear()  # swept meanwhile
+    with storage.lock():
+        assert storage.put_object(digest, b"one")
