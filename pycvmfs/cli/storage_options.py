@@ -54,6 +54,10 @@ def storage_options(*, must_exist: bool = False,
             value = kwargs.pop("storage")
             s3 = S3Options(kwargs.pop("s3_endpoint"), kwargs.pop("s3_config"))
             if not is_s3(value):
+                if s3.given:
+                    raise click.BadParameter(
+                        f"{value!r} is a directory: --s3-endpoint and --s3-config are for an "
+                        "s3://BUCKET[/PREFIX] storage", param_hint="'--storage'")
                 _check_directory(value, must_exist)
             return function(storage=StorageArg(value, s3), **kwargs)
 
