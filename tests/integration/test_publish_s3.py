@@ -162,7 +162,13 @@ def test_a_second_publisher_is_refused_naming_the_holder(
         capsys: pytest.CaptureFixture[str]) -> None:
     source = _tree(tmp_path / "src", 1)
     storage = open_storage(f"s3://{BUCKET}/locked/{keys.fqrn}", S3Options(seaweed.endpoint))
+    assert isinstance(storage, S3Storage)
     try:
+        # this SeaweedFS honours If-None-Match: * (the lock does not depend on it)
+        assert storage.create_file("probe", b"first")
+        assert not storage.create_file("probe", b"second")
+        assert seaweed.read(BUCKET, f"locked/{keys.fqrn}/probe") == b"first"
+        storage.delete_file("probe")
         with storage.lock():
             capsys.readouterr()
             assert _publish_cli(seaweed, source, "locked", keys) == 1
