@@ -49,10 +49,11 @@ def _free(port: int) -> bool:
 
 
 def pick_ports(count: int) -> list[int]:
-    """`count` ports in 20000-45000 whose port + 10000 is free too."""
+    """`count` ports whose port + 10000 is free too, both below the ephemeral range
+    (32768-) that free_port() and outgoing connections draw from."""
     chosen: list[int] = []
     for _ in range(500):
-        port = random.randrange(20000, 45000)
+        port = random.randrange(20000, 22700)
         if port in chosen or port + 10000 in chosen or port - 10000 in chosen:
             continue
         if _free(port) and _free(port + 10000):
