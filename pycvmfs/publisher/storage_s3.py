@@ -223,7 +223,8 @@ class S3Storage:
         self._call(f"write {self.describe(relative)}", self._client.put_object,
                    Bucket=self.settings.bucket, Key=self._key(relative), Body=data,
                    ACL=self.settings.acl, CacheControl=cache)
-        self.puts += 1
+        with self._lock:
+            self.puts += 1
 
     def create_file(self, relative: str, data: bytes) -> bool:
         """Create unless present (If-None-Match: *); False when it exists."""
@@ -236,7 +237,8 @@ class S3Storage:
                 return False
             raise describe_failure(exc, f"write {self.describe(relative)}",
                                    self.settings) from None
-        self.puts += 1
+        with self._lock:
+            self.puts += 1
         return True
 
     def delete_file(self, relative: str) -> None:
