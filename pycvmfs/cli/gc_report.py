@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
 import click
 
+from pycvmfs.cli.storage_options import StorageArg, storage_options
 from pycvmfs.errors import ConfigError
 
 _STORAGE = click.option("--storage", required=True,
@@ -26,7 +28,7 @@ def _human(n: int) -> str:
 
 
 @click.command("gc")
-@_STORAGE
+@storage_options(must_exist=True)
 @_REPO
 @_KEYS
 @click.option("--keep-revisions", default=0, show_default=True, type=click.IntRange(min=0),
@@ -36,15 +38,18 @@ def _human(n: int) -> str:
                    "--no-tags only the trunk and --keep-revisions are kept.")
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 @click.option("-v", "--verbose", is_flag=True, help="List the objects deleted.")
-def gc_command(storage: Path, fqrn: str, keys_dir: Path, keep_revisions: int,
+def gc_command(storage: StorageArg, fqrn: str, keys_dir: Path, keep_revisions: int,
                keep_tags: bool, dry_run: bool, verbose: bool) -> None:
     """Delete objects of STORAGE no kept revision references (under the publish lock)."""
     from pycvmfs.publisher.gc import collect_garbage
     from pycvmfs.publisher.keys import load_keys
 
-    result = collect_garbage(storage, fqrn, load_keys(fqrn, keys_dir),
-                             keep_revisions=keep_revisions, keep_tags=keep_tags,
-                             dry_run=dry_run)
+    keys = load_keys(fqrn, keys_dir)
+    with contextlib.closing(storage.open()) as target:
+        if storage.is_s3:  # a directory is checked by the collection itself
+            target.prepare()
+        result = collect_garbage(target, fqrn, keys, keep_revisions=keep_revisions,
+                                 keep_tags=keep_tags, dry_run=dry_run)
     for root in result.kept:
         click.echo(f"kept {root.reason}: revision {root.revision} ({root.root_hash})")
     if result.skipped_tags:

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 import click
 
 from pycvmfs.cli.progress import IngestProgressDisplay
+from pycvmfs.cli.storage_options import StorageArg, storage_options
 from pycvmfs.errors import ConfigError, NotFoundError
 from pycvmfs.format.chunking import DEFAULT_CHUNK_PARAMS
 from pycvmfs.publisher.pipeline import Settings
@@ -62,7 +63,7 @@ class RepositoryArgs:
     """The options every image command shares, gathered by `_repository_options`."""
 
     fqrn: str | None
-    storage: Path
+    storage: StorageArg
     keys_dir: Path
     work: Path | None
     platform: str
@@ -80,15 +81,12 @@ def _repository_options(*, repo_required: bool) -> Callable[[F], F]:
             click.option("--repo", "fqrn", required=repo_required, default=None,
                          help="Repository name, e.g. images.example.org."
                          + ("" if repo_required else " [default: the wishlist's cvmfs_repo]")),
-            click.option("--storage", required=True,
-                         type=click.Path(file_okay=False, path_type=Path),
-                         help="Repository directory as a web server serves it."),
             click.option("--keys-dir", required=True,
                          type=click.Path(file_okay=False, path_type=Path)),
             click.option("--work", type=click.Path(file_okay=False, path_type=Path),
                          default=None,
                          help="Working tree of the repository's contents "
-                         "[default: STORAGE.work]."),
+                         "[default: STORAGE.work; needed with an s3:// --storage]."),
             click.option("--platform", default="linux/amd64", show_default=True,
                          help="Platform to pick from a multi-arch image."),
             click.option("--notify", "notify_file",
@@ -118,9 +116,20 @@ def _repository_options(*, repo_required: bool) -> Callable[[F], F]:
 
         for option in reversed(options):
             command = option(command)
-        return cast(F, command)
+        return cast(F, storage_options()(command))
 
     return decorate
+
+
+def _work_tree(args: RepositoryArgs) -> Path:
+    """--work, by default beside a directory storage (an S3 storage has no beside)."""
+    if args.work is not None:
+        return args.work
+    if args.storage.is_s3:
+        raise ConfigError(f"--storage {args.storage.value} needs --work DIR: the working tree "
+                          "of the repository's contents is kept on this machine")
+    storage = args.storage.path
+    return storage.with_name(storage.name + ".work")
 
 
 @contextmanager
@@ -136,11 +145,7 @@ def _ingest_options(args: RepositoryArgs, fqrn: str | None = None, *, echo: bool
     from pycvmfs.images.manifest import Platform
     from pycvmfs.images.staging import StagedPolicy
 
-    storage = args.storage
-    work = args.work or storage.with_name(storage.name + ".work")
-    publish = PublishOptions(fqrn=fqrn or args.fqrn or "", storage=storage, source=work,
-                             keys_dir=args.keys_dir,
-                             settings=Settings(chunking=DEFAULT_CHUNK_PARAMS))
+    work = _work_tree(args)
     if create_work:
         try:
             work.mkdir(parents=True, exist_ok=True)
@@ -177,7 +182,14 @@ def _ingest_options(args: RepositoryArgs, fqrn: str | None = None, *, echo: bool
 
     display = IngestProgressDisplay() if progress else None
     try:
-        with nullcontext() if display is None else display:
+        storage = args.storage.for_publish()
+        closing = ExitStack()
+        if not isinstance(storage, Path):
+            closing.callback(storage.close)
+        publish = PublishOptions(fqrn=fqrn or args.fqrn or "", storage=storage, source=work,
+                                 keys_dir=args.keys_dir,
+                                 settings=Settings(chunking=DEFAULT_CHUNK_PARAMS))
+        with closing, nullcontext() if display is None else display:
             yield IngestOptions(publish, platform=Platform.parse(args.platform),
                                 username=args.username, password=args.password,
                                 notify=notify, layer_trees=not args.skip_layers,
@@ -393,8 +405,8 @@ def webhook_serve_command(listen: str, token: str, queue_file: Path | None,
         raise click.BadParameter(str(exc), param_hint="--registry-url") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     address = parse_listen(listen)
-    storage = repo_args.storage
-    queue = queue_file or storage.with_name(storage.name + ".webhook-queue.sqlite")
+    beside = _work_tree(repo_args) if repo_args.storage.is_s3 else repo_args.storage.path
+    queue = queue_file or beside.with_name(beside.name + ".webhook-queue.sqlite")
     # no display: the server logs to stderr, which would tear it
     with _ingest_options(repo_args, echo=False, progress=False) as given:
         options = _settled_at_start(given)
@@ -440,9 +452,10 @@ def images_remove_command(names: tuple[str, ...], repo_args: RepositoryArgs) -> 
     uses), publish once. Storage objects stay until `pycvmfs gc`."""
     from pycvmfs.images.removal import remove_images
 
-    storage = repo_args.storage
-    work = repo_args.work or storage.with_name(storage.name + ".work")
-    if not storage.is_dir() and not work.is_dir():
+    storage = repo_args.storage.value
+    work = _work_tree(repo_args)
+    if not repo_args.storage.is_s3 and not repo_args.storage.path.is_dir() \
+            and not work.is_dir():
         raise ConfigError(f"no repository storage at {storage} and no working tree at "
                           f"{work}: check --storage (and --work)")
     with _ingest_options(repo_args, create_work=False) as options:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import click
 
 from pycvmfs.cli.progress import PublishProgressBar
+from pycvmfs.cli.storage_options import StorageArg, storage_options
 from pycvmfs.format.chunking import DEFAULT_CHUNK_PARAMS, ChunkParams
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import Algorithm
@@ -35,8 +37,7 @@ def _owner(value: str | None) -> tuple[int, int] | None:
 @click.command("publish")
 @click.argument("source_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--repo", "fqrn", required=True, help="Repository name, e.g. demo.example.org.")
-@click.option("--storage", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Repository directory as a web server serves it.")
+@storage_options()
 @click.option("--keys-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--tag", default=None, help="Name this revision in the history.")
 @click.option("--hash", "hash_name", default="sha1", show_default=True,
@@ -55,7 +56,7 @@ def _owner(value: str | None) -> tuple[int, int] | None:
 @click.option("--rehash", is_flag=True,
               help="Read every file; by default files whose size and mtime match the previous "
                    "revision (and whose objects are stored) are not read again.")
-def publish_command(source_dir: Path, fqrn: str, storage: Path, keys_dir: Path,
+def publish_command(source_dir: Path, fqrn: str, storage: StorageArg, keys_dir: Path,
                     tag: str | None, hash_name: str, compression_name: str,
                     ttl: int | None, chunk_sizes: str | None, no_chunking: bool,
                     always_compress: bool, owner: str | None, rehash: bool) -> None:
@@ -66,15 +67,19 @@ def publish_command(source_dir: Path, fqrn: str, storage: Path, keys_dir: Path,
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--chunk-sizes") from None
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    target = storage.for_publish()
     options = PublishOptions(
-        fqrn=fqrn, source=source_dir, storage=storage, keys_dir=keys_dir,
+        fqrn=fqrn, source=source_dir, storage=target, keys_dir=keys_dir,
         settings=Settings(Algorithm.from_name(hash_name),
                           Compression.from_name(compression_name), chunking,
                           store_incompressible_raw=not always_compress),
         tag=tag, ttl_seconds=ttl, owner=_owner(owner),
         timestamp=int(epoch) if epoch and epoch.isdigit() else None, rehash=rehash,
     )
-    with PublishProgressBar() as bar:
+    with contextlib.ExitStack() as stack:
+        if not isinstance(target, Path):
+            stack.callback(target.close)
+        bar = stack.enter_context(PublishProgressBar())
         result = publish(options, bar)
     m = result.manifest
     rate = result.bytes_in / 1e6 / result.seconds if result.seconds > 0 else 0.0

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from pycvmfs.errors import ConfigError, PublishError
 from pycvmfs.format.manifest import verify_manifest
-from pycvmfs.publisher.keys import load_keys
+from pycvmfs.publisher.keys import RepositoryKeys, load_keys
 from pycvmfs.publisher.publish import PublishOptions
 from pycvmfs.publisher.storage import LOCK_NAME, MANIFEST_NAME, WHITELIST_NAME
+from pycvmfs.publisher.storage_protocol import Storage
 
 # what a first publish that failed may leave in a storage directory
 FIRST_PUBLISH_LEFTOVERS = frozenset({"data", LOCK_NAME, WHITELIST_NAME})
@@ -24,7 +25,9 @@ def check_can_publish(options: PublishOptions) -> None:
     reason known now (see the module docstring)."""
     keys = load_keys(options.fqrn, options.keys_dir)
     storage = options.storage
-    if storage.is_dir():
+    if not isinstance(storage, Path):
+        _check_object_storage(storage, options, keys)
+    elif storage.is_dir():
         _check_writable(storage, "the storage", "--storage")
         manifest = storage / MANIFEST_NAME
         if manifest.is_file():
@@ -47,6 +50,21 @@ def check_can_publish(options: PublishOptions) -> None:
     work = options.source
     if work.is_dir():
         _check_writable(work, "the working tree", "--work")
+
+
+def _check_object_storage(storage: Storage, options: PublishOptions,
+                          keys: RepositoryKeys) -> None:
+    """An S3 storage: reachable, and empty or this repository's."""
+    storage.prepare()
+    raw = storage.read_file(MANIFEST_NAME)
+    if raw is None:
+        return
+    try:
+        verify_manifest(raw, keys.certificate, fqrn=options.fqrn)
+    except Exception as exc:
+        raise PublishError(f"{storage.location} is not the repository {options.fqrn} signed "
+                           f"with the keys in {options.keys_dir} ({exc}): check --storage, "
+                           "--repo and --keys-dir") from None
 
 
 def _existing_ancestor(path: Path) -> Path:

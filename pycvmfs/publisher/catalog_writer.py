@@ -39,7 +39,7 @@ from pycvmfs.format.compression import Compression, make_object
 from pycvmfs.format.hashes import ContentHash, Suffix
 from pycvmfs.publisher.pipeline import FileContent, Settings
 from pycvmfs.publisher.sqlite_image import sqlite_image
-from pycvmfs.publisher.storage import TXN_DIR, LocalStorage
+from pycvmfs.publisher.storage_protocol import Storage
 from pycvmfs.publisher.tree_walk import Node
 
 DIGEST_PROPERTY = "pycvmfs_digest"
@@ -101,7 +101,7 @@ class CatalogWriter:
 
     def __init__(
         self,
-        storage: LocalStorage,
+        storage: Storage,
         settings: Settings,
         contents: dict[tuple[int, int], FileContent],
         context: CatalogContext,
@@ -245,7 +245,7 @@ class CatalogWriter:
     def _sqlite_bytes(self, rows: _CatalogRows, properties: dict[str, str]) -> bytes:
         columns = ", ".join(ENTRY_COLUMNS)
         placeholders = ", ".join("?" * len(ENTRY_COLUMNS))
-        return sqlite_image(self.storage.path_of(TXN_DIR), DDL, [
+        return sqlite_image(self.storage.scratch_dir(), DDL, [
             ("INSERT INTO properties VALUES (?, ?)", properties.items()),
             (f"INSERT INTO catalog ({columns}) VALUES ({placeholders})", rows.entries),
             ("INSERT INTO chunks VALUES (?, ?, ?, ?, ?)", rows.chunks),

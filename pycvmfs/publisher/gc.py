@@ -1,4 +1,4 @@
-"""Garbage collection of a local storage: delete objects no kept revision references.
+"""Garbage collection of a storage (directory or S3): delete objects no kept revision references.
 
 Which revisions are kept (the "roots"):
   * always the trunk (the root catalog named by the current `.cvmfspublished`);
@@ -13,7 +13,8 @@ file (`hash` column) and every chunk (`chunks.hash`, suffix P) in them, plus the
 current manifest names (root catalog, certificate X, history H, meta-info M). Everything
 else directly in `data/00`..`data/ff` whose name parses as an object with suffix "", P, C,
 H, X or M is garbage: old catalogs, old history databases, contents and chunks only dropped
-revisions used. `data/txn` and files whose names are not objects are never touched.
+revisions used. `data/txn` and files whose names are not objects are never touched. A dry
+run decides the same and deletes nothing.
 
 Safety: the sweep holds the publisher's lock (no publish runs meanwhile); the manifest is
 verified with the repository certificate before anything is decided; every catalog of a
@@ -30,7 +31,6 @@ become unusable (reported in `GcResult.dropped_tags`); the manifest's G flag
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +45,9 @@ from pycvmfs.publisher.history_writer import read_tags
 from pycvmfs.publisher.keys import RepositoryKeys
 from pycvmfs.publisher.previous import MAX_METADATA_OBJECT_BYTES
 from pycvmfs.publisher.sqlite_image import read_sqlite_rows
-from pycvmfs.publisher.storage import MANIFEST_NAME, LocalStorage
+from pycvmfs.publisher.storage import MANIFEST_NAME
+from pycvmfs.publisher.storage_factory import as_storage
+from pycvmfs.publisher.storage_protocol import Storage
 
 COLLECTABLE_SUFFIXES = frozenset({"", "P", "C", "H", "X", "M"})
 ObjectKey = tuple[bytes, str]  # (raw digest, suffix character)
@@ -87,16 +89,16 @@ class GcResult:
     deleted: list[str] = field(default_factory=list)  # relative paths (for tests and -v)
 
 
-def collect_garbage(storage_dir: Path | str, fqrn: str, keys: RepositoryKeys, *,
+def collect_garbage(storage_dir: Path | str | Storage, fqrn: str, keys: RepositoryKeys, *,
                     keep_revisions: int = 0, keep_tags: bool = True,
                     dry_run: bool = False,
                     progress: Callable[[str], None] | None = None) -> GcResult:
     """Sweep `storage_dir` under the publisher's lock; see the module docstring."""
     if keep_revisions < 0:
         raise GcError("keep_revisions must not be negative")
-    storage = LocalStorage(storage_dir)
-    if not (storage.root / "data").is_dir():
-        raise GcError(f"{storage.root} is not a repository storage (no data/)")
+    storage = as_storage(storage_dir)
+    if not storage.has_layout():
+        raise GcError(f"{storage.location} is not a repository storage (no data/)")
     say = progress or (lambda text: None)
     with storage.lock():
         manifest = _verified_manifest(storage, fqrn, keys)
@@ -111,19 +113,19 @@ def collect_garbage(storage_dir: Path | str, fqrn: str, keys: RepositoryKeys, *,
         result.kept = roots
         result.catalogs_read = len(seen_catalogs)
         result.referenced_objects = len(referenced)
-        _sweep(storage.root, referenced, result, dry_run)
+        _sweep(storage, referenced, result, dry_run)
     return result
 
 
-def _verified_manifest(storage: LocalStorage, fqrn: str, keys: RepositoryKeys) -> Manifest:
+def _verified_manifest(storage: Storage, fqrn: str, keys: RepositoryKeys) -> Manifest:
     raw = storage.read_file(MANIFEST_NAME)
     if raw is None:
-        raise GcError(f"{storage.root} has no {MANIFEST_NAME}: nothing published, "
+        raise GcError(f"{storage.location} has no {MANIFEST_NAME}: nothing published, "
                       "nothing to collect")
     try:
         return verify_manifest(raw, keys.certificate, fqrn=fqrn)
     except Exception as exc:
-        raise GcError(f"{storage.root / MANIFEST_NAME} does not verify with the keys of "
+        raise GcError(f"{storage.describe(MANIFEST_NAME)} does not verify with the keys of "
                       f"{fqrn}: {exc}") from exc
 
 
@@ -134,7 +136,7 @@ def _manifest_objects(manifest: Manifest) -> set[ObjectKey]:
     return {(h.digest, s.value) for h, s in named if h is not None}
 
 
-def _kept_roots(storage: LocalStorage, manifest: Manifest, keep_revisions: int,
+def _kept_roots(storage: Storage, manifest: Manifest, keep_revisions: int,
                 keep_tags: bool, result: GcResult) -> list[KeptRoot]:
     roots = [KeptRoot(TRUNK, str(manifest.root_hash), manifest.revision)]
     tags = {}
@@ -170,7 +172,7 @@ def _kept_roots(storage: LocalStorage, manifest: Manifest, keep_revisions: int,
     return roots
 
 
-def _previous_revision(storage: LocalStorage, root: ContentHash) -> ContentHash | None:
+def _previous_revision(storage: Storage, root: ContentHash) -> ContentHash | None:
     image = _catalog(storage, root, "root catalog")
     rows = read_sqlite_rows(image, _PROPERTY_SQL)
     if not rows or not rows[0][0]:
@@ -181,7 +183,7 @@ def _previous_revision(storage: LocalStorage, root: ContentHash) -> ContentHash 
         return None
 
 
-def _catalog(storage: LocalStorage, content_hash: ContentHash, what: str) -> bytes:
+def _catalog(storage: Storage, content_hash: ContentHash, what: str) -> bytes:
     try:
         return _read_object(storage, content_hash, Suffix.CATALOG)
     except Exception as exc:
@@ -189,7 +191,7 @@ def _catalog(storage: LocalStorage, content_hash: ContentHash, what: str) -> byt
                       "refusing to collect garbage") from exc
 
 
-def _mark_tree(storage: LocalStorage, root: ContentHash, referenced: set[ObjectKey],
+def _mark_tree(storage: Storage, root: ContentHash, referenced: set[ObjectKey],
                seen: set[ObjectKey], *, what: str) -> None:
     """Add every object of the catalog tree below `root` to `referenced`."""
     pending = [root]
@@ -230,41 +232,30 @@ def parse_object_name(fanout: str, name: str) -> ObjectKey | None:
     return digest, found.group(3)
 
 
-def _sweep(root: Path, referenced: set[ObjectKey], result: GcResult, dry_run: bool) -> None:
-    data = root / "data"
-    for index in range(256):
-        fanout = f"{index:02x}"
-        directory = data / fanout
+def _sweep(storage: Storage, referenced: set[ObjectKey], result: GcResult,
+           dry_run: bool) -> None:
+    doomed: dict[str, int] = {}
+    for stored in storage.list_objects():
+        key = parse_object_name(stored.fanout, stored.name)
+        if key is None or key[1] not in COLLECTABLE_SUFFIXES or key in referenced:
+            result.objects_remaining += 1
+            result.bytes_remaining += stored.size
+        else:
+            doomed[stored.relative] = stored.size
+    if dry_run:
+        gone = list(doomed)
+    else:
         try:
-            names = sorted(os.listdir(directory))
-        except FileNotFoundError:
-            continue
-        for name in names:
-            key = parse_object_name(fanout, name)
-            path = directory / name
-            try:
-                st = path.lstat()
-            except FileNotFoundError:
-                continue
-            if not os.path.isfile(path) or os.path.islink(path):
-                continue
-            if key is None or key[1] not in COLLECTABLE_SUFFIXES or key in referenced:
-                result.objects_remaining += 1
-                result.bytes_remaining += st.st_size
-                continue
-            if not dry_run:
-                try:
-                    path.unlink()
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    raise GcError(f"cannot delete {path}: {exc.strerror or exc}") from exc
-            result.objects_deleted += 1
-            result.bytes_freed += st.st_size
-            result.deleted.append(f"data/{fanout}/{name}")
+            gone = storage.delete_objects(doomed)
+        except PublishError as exc:
+            raise GcError(str(exc)) from exc
+    for relative in gone:
+        result.objects_deleted += 1
+        result.bytes_freed += doomed[relative]
+        result.deleted.append(relative)
 
 
-def _read_object(storage: LocalStorage, content_hash: ContentHash, suffix: Suffix) -> bytes:
+def _read_object(storage: Storage, content_hash: ContentHash, suffix: Suffix) -> bytes:
     """A catalog or history database from storage, hash-verified and inflated."""
     stored = storage.read_object(content_hash, suffix)
     return open_object(stored, content_hash, Compression.ZLIB,

@@ -21,7 +21,8 @@ from pycvmfs.format.catalog import ChunkRow
 from pycvmfs.format.chunking import ChunkParams, StreamingChunker
 from pycvmfs.format.compression import Compression, make_object
 from pycvmfs.format.hashes import Algorithm, ContentHash, Suffix
-from pycvmfs.publisher.storage import LocalStorage, ObjectWriter
+from pycvmfs.publisher.storage import ObjectWriter
+from pycvmfs.publisher.storage_protocol import Storage
 from pycvmfs.publisher.tree_walk import Node
 
 READ_BLOCK_BYTES = 4 << 20  # block size for chunked files; bounds memory per worker
@@ -86,7 +87,7 @@ KnownContent = Callable[[Node], "FileContent | None"]
 class ContentPipeline:
     """Stores the content of regular files; one `FileContent` per distinct inode."""
 
-    def __init__(self, storage: LocalStorage, settings: Settings, workers: int | None = None,
+    def __init__(self, storage: Storage, settings: Settings, workers: int | None = None,
                  read_block_bytes: int = READ_BLOCK_BYTES,
                  known: KnownContent = lambda node: None):
         self.storage = storage

@@ -47,9 +47,10 @@ from pycvmfs.publisher.history_writer import read_tags
 from pycvmfs.publisher.keys import RepositoryKeys
 from pycvmfs.publisher.pipeline import FileContent
 from pycvmfs.publisher.sqlite_image import read_sqlite_rows
-from pycvmfs.publisher.storage import MANIFEST_NAME, LocalStorage
+from pycvmfs.publisher.storage import MANIFEST_NAME
+from pycvmfs.publisher.storage_protocol import Storage
 
-# catalog hash -> its statistics, beside the lock in the storage (not part of the format)
+# catalog hash -> its statistics, in the storage's memo_path (not part of the format)
 STATISTICS_MEMO = ".pycvmfs_catalog_statistics.sqlite"
 MAX_METADATA_OBJECT_BYTES = 1 << 30  # bound for inflating our own catalogs/history
 Md5Path = tuple[int, int]
@@ -86,7 +87,7 @@ class PreviousRevision:
     kept: dict[str, KeptCatalog] = field(default_factory=dict)  # of the requested paths
 
 
-def load_previous(storage: LocalStorage, fqrn: str, keys: RepositoryKeys,
+def load_previous(storage: Storage, fqrn: str, keys: RepositoryKeys,
                   kept: Collection[str] = ()) -> PreviousRevision | None:
     """The storage's current revision, verified with our own certificate.
 
@@ -98,7 +99,7 @@ def load_previous(storage: LocalStorage, fqrn: str, keys: RepositoryKeys,
     try:
         manifest = verify_manifest(raw, keys.certificate, fqrn=fqrn)
     except Exception as exc:
-        raise PublishError(f"existing {storage.root / MANIFEST_NAME} does not verify with "
+        raise PublishError(f"existing {storage.describe(MANIFEST_NAME)} does not verify with "
                            f"the keys of {fqrn}: {exc}") from exc
     catalogs: dict[str, PreviousCatalog] = {}
     files: dict[Md5Path, PreviousFile] = {}
@@ -148,16 +149,16 @@ def _kept_catalogs(memo: _StatisticsMemo, parent_image: bytes,
 
 class _StatisticsMemo:
     """Catalog statistics rows by catalog hash. A catalog never changes under its hash, so
-    they are remembered in the storage (STATISTICS_MEMO): a publish of many kept images
+    they are remembered beside the storage (STATISTICS_MEMO): a publish of many kept images
     then reads none of their catalogs again. Opened on first use, once per publish."""
 
-    def __init__(self, storage: LocalStorage) -> None:
+    def __init__(self, storage: Storage) -> None:
         self._storage = storage
         self._db: sqlite3.Connection | None = None
 
     def statistics(self, content_hash: ContentHash) -> list[tuple[str, int]]:
         if self._db is None:
-            self._db = sqlite3.connect(self._storage.root / STATISTICS_MEMO)
+            self._db = sqlite3.connect(self._storage.memo_path(STATISTICS_MEMO))
             self._db.execute("CREATE TABLE IF NOT EXISTS statistics "
                              "(hash TEXT PRIMARY KEY, counters TEXT)")
         key = str(content_hash)
@@ -200,7 +201,7 @@ def _files_of(image: bytes) -> dict[Md5Path, PreviousFile]:
     return files
 
 
-def _read_metadata(storage: LocalStorage, content_hash: ContentHash, suffix: Suffix) -> bytes:
+def _read_metadata(storage: Storage, content_hash: ContentHash, suffix: Suffix) -> bytes:
     stored = storage.read_object(content_hash, suffix)
     return open_object(stored, content_hash, Compression.ZLIB,
                        max_size=MAX_METADATA_OBJECT_BYTES, what=f"stored object {suffix.value}")

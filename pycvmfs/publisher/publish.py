@@ -1,15 +1,17 @@
 """One publish: a source tree becomes the next signed revision of a repository.
 
 Order (fact sheet 15.2): content objects, catalogs bottom-up, history, certificate,
-then `.cvmfspublished` last, written by atomic rename. Until that rename the
-previous revision stays the one served; a crash, Ctrl-C or full disk before it
-leaves only unreferenced objects, which the next publish simply reuses. A flock on
-the storage keeps a second publisher out. Kept directories (publisher.kept) must have been
-nested catalogs of the previous revision; the walk comes first to know which they are.
+then `.cvmfspublished` last (an atomic rename in a directory, the last upload to S3:
+storage_protocol). Until then the previous revision stays the one served; a crash,
+Ctrl-C or full disk before it leaves only unreferenced objects, which the next publish
+simply reuses. The storage's lock keeps a second publisher out. Kept directories
+(publisher.kept) must have been nested catalogs of the previous revision; the walk comes
+first to know which they are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +31,9 @@ from pycvmfs.publisher.history_writer import check_new_tag, history_image, next_
 from pycvmfs.publisher.keys import RepositoryKeys, load_keys
 from pycvmfs.publisher.pipeline import ContentPipeline, FileContent, KnownContent, Settings
 from pycvmfs.publisher.previous import PreviousRevision, load_previous
-from pycvmfs.publisher.storage import MANIFEST_NAME, TXN_DIR, WHITELIST_NAME, LocalStorage
+from pycvmfs.publisher.storage import MANIFEST_NAME, WHITELIST_NAME
+from pycvmfs.publisher.storage_factory import open_storage
+from pycvmfs.publisher.storage_protocol import Storage
 from pycvmfs.publisher.tree_walk import KEPT_MARKER, Node, TreeWalker
 from pycvmfs.publisher.whitelist_sign import DEFAULT_WHITELIST_DAYS, write_whitelist
 
@@ -38,7 +42,7 @@ from pycvmfs.publisher.whitelist_sign import DEFAULT_WHITELIST_DAYS, write_white
 class PublishOptions:
     fqrn: str
     source: Path
-    storage: Path
+    storage: Path | Storage  # a directory, or an opened storage (the caller closes it)
     keys_dir: Path
     settings: Settings = field(default_factory=Settings)
     tag: str | None = None
@@ -73,12 +77,16 @@ class PublishProgress(Protocol):
 
 
 def publish(options: PublishOptions, progress: PublishProgress | None = None) -> PublishResult:
+    if isinstance(options.storage, Path):
+        with contextlib.closing(open_storage(options.storage)) as storage:
+            return _publish(storage, options, progress)
+    return _publish(options.storage, options, progress)
+
+
+def _publish(storage: Storage, options: PublishOptions,
+             progress: PublishProgress | None) -> PublishResult:
     started = time.monotonic()
-    storage = LocalStorage(options.storage)
-    try:
-        storage.root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PublishError(f"cannot create storage {storage.root}: {exc.strerror}") from exc
+    storage.prepare()
     with storage.lock():
         storage.create_layout()
         storage.clean_temporaries()
@@ -89,7 +97,7 @@ def publish(options: PublishOptions, progress: PublishProgress | None = None) ->
         previous = load_previous(storage, options.fqrn, keys, kept)
         if options.tag is not None:
             check_new_tag(previous.tags if previous else {}, options.tag)
-        _check_kept(kept, previous, storage.root)
+        _check_kept(kept, previous, storage.location)
         pipeline = ContentPipeline(storage, options.settings,
                                    known=_known_contents(storage, options, previous))
         files = list(_regular_files(root))
@@ -120,7 +128,7 @@ def _kept_directories(root: Node) -> list[str]:
     return sorted(kept)
 
 
-def _check_kept(kept: list[str], previous: PreviousRevision | None, storage: Path) -> None:
+def _check_kept(kept: list[str], previous: PreviousRevision | None, storage: str) -> None:
     """Before any work: every kept directory names a catalog there is to keep."""
     if not kept:
         return
@@ -137,7 +145,7 @@ def _check_kept(kept: list[str], previous: PreviousRevision | None, storage: Pat
                            "(only a published nested catalog can be kept)")
 
 
-def _known_contents(storage: LocalStorage, options: PublishOptions,
+def _known_contents(storage: Storage, options: PublishOptions,
                     previous: PreviousRevision | None) -> KnownContent:
     """Contents of unchanged files from the previous revision (see publisher.previous)."""
     if (previous is None or options.rehash
@@ -157,7 +165,7 @@ def _known_contents(storage: LocalStorage, options: PublishOptions,
     return known
 
 
-def _write_revision(storage: LocalStorage, options: PublishOptions, keys: RepositoryKeys,
+def _write_revision(storage: Storage, options: PublishOptions, keys: RepositoryKeys,
                     previous: PreviousRevision | None, root: Node,
                     contents: dict[tuple[int, int], FileContent],
                     bundle_triggers: frozenset[str]) -> tuple[Manifest, CatalogWriter]:
@@ -173,7 +181,7 @@ def _write_revision(storage: LocalStorage, options: PublishOptions, keys: Reposi
     tags = next_tags(previous.tags if previous else {}, head, options.tag)
     image = history_image(tags, options.fqrn,
                           str(previous.manifest.history) if previous and previous.manifest.history
-                          else None, storage.path_of(TXN_DIR))
+                          else None, storage.scratch_dir())
     history_hash = _put_metadata(storage, options, image, Suffix.HISTORY)
     cert_hash = _put_metadata(storage, options, keys.certificate_pem, Suffix.CERTIFICATE)
     manifest = Manifest(
@@ -185,7 +193,7 @@ def _write_revision(storage: LocalStorage, options: PublishOptions, keys: Reposi
     return manifest, writer
 
 
-def _put_metadata(storage: LocalStorage, options: PublishOptions, data: bytes,
+def _put_metadata(storage: Storage, options: PublishOptions, data: bytes,
                   suffix: Suffix) -> ContentHash:
     """Certificates and histories are always zlib, whatever the file compression."""
     content_hash, stored = make_object(data, options.settings.algorithm, Compression.ZLIB)
@@ -193,7 +201,7 @@ def _put_metadata(storage: LocalStorage, options: PublishOptions, data: bytes,
     return content_hash
 
 
-def _ensure_whitelist(storage: LocalStorage, fqrn: str, keys: RepositoryKeys,
+def _ensure_whitelist(storage: Storage, fqrn: str, keys: RepositoryKeys,
                       timestamp: int | None) -> str:
     """Sign a whitelist on first publish; warn when the existing one runs out soon."""
     existing = storage.read_file(WHITELIST_NAME)

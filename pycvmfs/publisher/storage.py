@@ -1,4 +1,5 @@
-"""Repository storage on a local directory, laid out as a Stratum-1 serves it.
+"""Repository storage on a local directory, laid out as a Stratum-1 serves it
+(one implementation of publisher.storage_protocol.Storage).
 
 Every file becomes visible by an atomic rename from `data/txn/`, so a reader (or a
 web server) never sees a partial object, and an interrupted publish leaves only
@@ -17,13 +18,14 @@ import itertools
 import os
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
 from pycvmfs.errors import LockError, PublishError
 from pycvmfs.format.compression import ZLIB_LEVEL, Compression
 from pycvmfs.format.hashes import Algorithm, ContentHash, Hasher, Suffix
+from pycvmfs.publisher.storage_protocol import ObjectSink, Storage, StoredObject
 
 LOCK_NAME = ".cvmfs_publish.lock"
 MANIFEST_NAME = ".cvmfspublished"
@@ -61,6 +63,68 @@ class LocalStorage:
             raise
         finally:
             self._created = None
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def describe(self, relative: str) -> str:
+        return str(self.root / relative)
+
+    def prepare(self) -> None:
+        """Create the storage directory itself."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PublishError(f"cannot create storage {self.root}: {exc.strerror}") from exc
+
+    def has_layout(self) -> bool:
+        return (self.root / "data").is_dir()
+
+    def scratch_dir(self) -> Path:
+        return self.root / TXN_DIR
+
+    def memo_path(self, name: str) -> Path:
+        return self.root / name
+
+    def close(self) -> None:
+        """Nothing to release: every operation opens and closes its own files."""
+
+    def object_sink(self) -> ObjectSink:
+        return _LocalSink(self)
+
+    def list_objects(self) -> Iterator[StoredObject]:
+        """Regular files (not symlinks) directly in data/00..ff, by name."""
+        data = self.root / "data"
+        for index in range(256):
+            fanout = f"{index:02x}"
+            directory = data / fanout
+            try:
+                names = sorted(os.listdir(directory))
+            except FileNotFoundError:
+                continue
+            for name in names:
+                path = directory / name
+                try:
+                    st = path.lstat()
+                except FileNotFoundError:
+                    continue
+                if not os.path.isfile(path) or os.path.islink(path):
+                    continue
+                yield StoredObject(fanout, name, st.st_size)
+
+    def delete_objects(self, relatives: Iterable[str]) -> list[str]:
+        deleted = []
+        for relative in relatives:
+            path = self.root / relative
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise PublishError(f"cannot delete {path}: {exc.strerror or exc}") from exc
+            deleted.append(relative)
+        return deleted
 
     def create_layout(self) -> None:
         """Make `data/00`..`data/ff` and `data/txn` (idempotent)."""
@@ -256,15 +320,43 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
+class _LocalSink:
+    """An object streamed into a temporary file in data/txn, renamed at commit."""
+
+    def __init__(self, storage: LocalStorage) -> None:
+        self._storage = storage
+        self._fd, self._tmp = storage.open_temporary()
+
+    def write(self, stored: bytes | memoryview) -> None:
+        try:
+            _write_all(self._fd, stored)
+        except OSError as exc:
+            self.abort()
+            raise PublishError(_describe_write_error(Path(self._tmp), exc)) from exc
+
+    def commit(self, content_hash: ContentHash, suffix: Suffix) -> bool:
+        fd, self._fd = self._fd, -1  # commit_temporary closes it
+        return self._storage.commit_temporary(fd, self._tmp, content_hash, suffix)
+
+    def abort(self) -> None:
+        """Drop the temporary; idempotent. Closing twice would be a real bug: by then
+        another worker may have been given the same descriptor number."""
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        _unlink_quietly(self._tmp)
+
+
 class ObjectWriter:
     """Streams one object into storage: compress, hash the stored bytes and write them
     as they come, so a 16 MiB chunk is never held (or copied) whole; its name is known
     only at `commit`. Not thread-safe: one writer per worker."""
 
-    def __init__(self, storage: LocalStorage, algorithm: Algorithm,
+    def __init__(self, storage: Storage, algorithm: Algorithm,
                  compression: Compression) -> None:
-        self._storage = storage
-        self._fd, self._tmp = storage.open_temporary()
+        self._sink = storage.object_sink()
         self._deflate = zlib.compressobj(ZLIB_LEVEL) if compression is Compression.ZLIB \
             else None
         self._hasher = Hasher(algorithm)
@@ -279,29 +371,18 @@ class ObjectWriter:
         if stored:
             self._hasher.update(stored)
             self.stored += len(stored)
-            try:
-                _write_all(self._fd, stored)
-            except OSError as exc:
-                self.abort()
-                raise PublishError(_describe_write_error(Path(self._tmp), exc)) from exc
+            self._sink.write(stored)
 
     def commit(self, suffix: Suffix) -> tuple[ContentHash, bool]:
         """(content hash, whether a new object appeared)."""
         if self._deflate is not None:
             self._out(self._deflate.flush())
         content_hash = self._hasher.finish()
-        fd, self._fd = self._fd, -1  # commit_temporary closes it
-        return content_hash, self._storage.commit_temporary(fd, self._tmp, content_hash, suffix)
+        return content_hash, self._sink.commit(content_hash, suffix)
 
     def abort(self) -> None:
-        """Drop the temporary; idempotent. Closing twice would be a real bug: by then
-        another worker may have been given the same descriptor number."""
-        fd, self._fd = self._fd, -1
-        if fd < 0:
-            return
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        _unlink_quietly(self._tmp)
+        """Drop what was written; idempotent."""
+        self._sink.abort()
 
 
 def _unlink_quietly(path: str) -> None:

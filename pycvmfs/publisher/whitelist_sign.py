@@ -10,12 +10,13 @@ from pycvmfs.format.hashes import Algorithm
 from pycvmfs.format.manifest import parse_manifest
 from pycvmfs.format.whitelist import make_whitelist, sign_whitelist
 from pycvmfs.publisher.keys import RepositoryKeys
-from pycvmfs.publisher.storage import MANIFEST_NAME, WHITELIST_NAME, LocalStorage
+from pycvmfs.publisher.storage import MANIFEST_NAME, WHITELIST_NAME
+from pycvmfs.publisher.storage_protocol import Storage
 
 DEFAULT_WHITELIST_DAYS = 30  # the reference publisher's validity with a master key file
 
 
-def write_whitelist(storage: LocalStorage, fqrn: str, keys: RepositoryKeys, days: int,
+def write_whitelist(storage: Storage, fqrn: str, keys: RepositoryKeys, days: int,
                     now: datetime | None = None) -> datetime:
     """Sign a whitelist listing the signing certificate; returns its expiry (UTC)."""
     if keys.master_key is None:
@@ -33,7 +34,7 @@ def write_whitelist(storage: LocalStorage, fqrn: str, keys: RepositoryKeys, days
     return whitelist.expires
 
 
-def _repository_algorithm(storage: LocalStorage) -> Algorithm:
+def _repository_algorithm(storage: Storage) -> Algorithm:
     raw = storage.read_file(MANIFEST_NAME)
     if raw is None:
         return Algorithm.SHA1

@@ -233,6 +233,33 @@ CASES = [
     case("gc-keys-garbage", f"gc {STORAGE} --keys-dir {{garbkeys}}", "not a PEM"),
     case("gc-keep-negative", f"gc {STORAGE} --keys-dir {{keys}} --keep-revisions -1",
          "--keep-revisions"),
+    # S3 storage (publish, whitelist sign, ingest, gc share the options)
+    case("publish-s3-unreachable",
+         PUBLISH.replace("{s}/published-{case}", "s3:///x") + " --s3-config {s3_unreachable}",
+         "127.0.0.1:1"),
+    case("publish-s3-no-credentials",
+         PUBLISH.replace("{s}/published-{case}", "s3://bucket/x")
+         + " --s3-endpoint http://127.0.0.1:1", "AWS_ACCESS_KEY_ID"),
+    case("publish-s3-endpoint-not-a-url",
+         PUBLISH.replace("{s}/published-{case}", "s3://bucket/x") + " --s3-endpoint ftp://x",
+         "--s3-endpoint"),
+    case("publish-s3-options-for-a-directory", PUBLISH + " --s3-endpoint http://127.0.0.1:1",
+         "s3://"),
+    case("whitelist-s3-config-no-secret",
+         "whitelist sign --keys-dir {keys} --repo demo.pycvmfs.org --storage s3://bucket "
+         "--s3-config {s3_no_secret}", "CVMFS_S3_SECRET_KEY"),
+    case("whitelist-s3-no-bucket",
+         "whitelist sign --keys-dir {keys} --repo demo.pycvmfs.org --storage s3://",
+         "names no bucket"),
+    case("ingest-s3-needs-work",
+         f"ingest docker-archive:{{garbage}} {IMAGES.replace('{s}/images-{case}', 's3://b/x')}",
+         "--work"),
+    case("gc-s3-bad-bucket-name",
+         f"gc {STORAGE.replace('{storage}', 's3://Not_A_Bucket')} --keys-dir {{keys}}",
+         "bucket name"),
+    case("gc-s3-config-missing",
+         f"gc {STORAGE.replace('{storage}', 's3://bucket')} --keys-dir {{keys}} "
+         "--s3-config {nope}", "{nope}"),
     # report
     case("dedup-keys-missing", f"report dedup {STORAGE} --keys-dir {{empty}}",
          "no public key"),
@@ -279,6 +306,10 @@ def _make_scratch(base: Path, busy_port: int) -> Scratch:
         (garbage_keys / f"{DEMO_FQRN}.{suffix}").write_bytes(b"-----BEGIN nonsense\n")
     (base / "bad.yaml").write_text("images: [unclosed\n")
     (base / "no-repo.yaml").write_text("version: 1\n")
+    (base / "s3-unreachable.conf").write_text(  # no S3 server answers at 127.0.0.1:1
+        "CVMFS_S3_HOST=127.0.0.1\nCVMFS_S3_PORT=1\nCVMFS_S3_BUCKET=bucket\n"
+        "CVMFS_S3_ACCESS_KEY=a\nCVMFS_S3_SECRET_KEY=b\nCVMFS_S3_DNS_BUCKETS=false\n")
+    (base / "s3-no-secret.conf").write_text("CVMFS_S3_HOST=127.0.0.1\nCVMFS_S3_ACCESS_KEY=a\n")
     storage = base / "storage"  # gc takes the storage's lock: never testdata/repo itself
     shutil.copytree(DEMO_REPO, storage)
     (base / "etc-cvmfs").mkdir()
@@ -302,11 +333,16 @@ def _make_scratch(base: Path, busy_port: int) -> Scratch:
              "bad_yaml": str(base / "bad.yaml"), "no_repo_yaml": str(base / "no-repo.yaml"),
              "keys": str(DEMO_KEY.parent), "pub": str(DEMO_KEY), "repo": str(DEMO_REPO),
              "storage": str(storage), "conf": str(conf), "busy_port": str(busy_port),
+             "s3_unreachable": str(base / "s3-unreachable.conf"),
+             "s3_no_secret": str(base / "s3-no-secret.conf"),
              "unreadable_key": str(base / "unreadable.pub"),
              "unreadable_conf": str(base / "unreadable.conf"),
              "unreadable_yaml": str(base / "unreadable.yaml"), "user_mnt": str(base / "user-mnt")}
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYCVMFS_")}
-    env.update(PYCVMFS_CONFIG_ROOT=str(base / "etc-cvmfs"), HOME=str(home), LC_ALL="C.UTF-8")
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("PYCVMFS_", "AWS_"))}
+    env.update(PYCVMFS_CONFIG_ROOT=str(base / "etc-cvmfs"), HOME=str(home), LC_ALL="C.UTF-8",
+               AWS_EC2_METADATA_DISABLED="true")  # no S3 credentials, and none looked for
+    # at the cloud metadata address
     why = _user_cases_impossible()
     user_env = None
     if why is None:
