@@ -58,6 +58,25 @@ def pseudo_random(seed: int, size: int) -> bytes:
     return hashlib.shake_256(str(seed).encode()).digest(size)
 
 
+def versioned_tree(root: Path, version: int, *, big_bytes: int = 200_000,
+                   stamp: int | None = None) -> Path:
+    """A small tree whose revisions differ in two files: one unchanged file, one changing
+    text file, a chunked file (with SMALL_CHUNKS) and a nested catalog. `stamp`: every
+    entry's mtime, for byte-identical publishes."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "same.txt").write_text("same in every revision\n")
+    (root / "changing.txt").write_text(f"version {version}\n")
+    (root / "big.bin").write_bytes(pseudo_random(version, big_bytes))
+    nested = root / "nested"
+    nested.mkdir(exist_ok=True)
+    (nested / ".cvmfscatalog").touch()
+    (nested / "inner.txt").write_text(f"nested {version}\n")
+    if stamp is not None:
+        for path in root.rglob("*"):
+            os.utime(path, (stamp, stamp), follow_symlinks=False)
+    return root
+
+
 def make_full_tree(root: Path) -> Path:
     """A source tree with every kind of entry the publisher must carry."""
     root.mkdir(parents=True, exist_ok=True)

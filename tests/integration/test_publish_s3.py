@@ -25,7 +25,7 @@ from pycvmfs.publisher.storage_factory import S3Options, open_storage
 from pycvmfs.publisher.storage_s3 import S3Storage
 from tests.mounting import cli_mount
 from tests.oci_layouts import file_member, tar_bytes, write_oci_layout
-from tests.publish_helpers import SMALL_CHUNKS, Keys, pseudo_random
+from tests.publish_helpers import SMALL_CHUNKS, Keys, pseudo_random, versioned_tree
 from tests.seaweedfs import CREDENTIALS, SeaweedFS, weed_binary
 
 pytest.importorskip("boto3")
@@ -65,18 +65,6 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
-def _tree(root: Path, version: int) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "same.txt").write_text("same in every revision\n")
-    (root / "changing.txt").write_text(f"version {version}\n")
-    (root / "big.bin").write_bytes(pseudo_random(version, 200_000))  # chunked
-    nested = root / "nested"
-    nested.mkdir(exist_ok=True)
-    (nested / ".cvmfscatalog").touch()
-    (nested / "inner.txt").write_text(f"nested {version}\n")
-    return root
-
-
 def _sha1(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
@@ -110,7 +98,7 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 def test_publish_read_back_and_a_second_revision_uploads_only_new_objects(
         seaweed: SeaweedFS, tmp_path: Path, keys: Keys,
         capsys: pytest.CaptureFixture[str]) -> None:
-    source = _tree(tmp_path / "src", 1)
+    source = versioned_tree(tmp_path / "src", 1)
     assert _publish_cli(seaweed, source, "revisions", keys) == 0
     first = _keys(seaweed, "revisions")
     assert {f"revisions/{keys.fqrn}/.cvmfspublished",
@@ -121,8 +109,8 @@ def test_publish_read_back_and_a_second_revision_uploads_only_new_objects(
     storage = open_storage(f"s3://{BUCKET}/revisions/{keys.fqrn}", S3Options(seaweed.endpoint))
     assert isinstance(storage, S3Storage)
     try:
-        result = publish(PublishOptions(keys.fqrn, _tree(source, 2), storage, keys.keys_dir,
-                                        Settings(chunking=SMALL_CHUNKS)))
+        result = publish(PublishOptions(keys.fqrn, versioned_tree(source, 2), storage,
+                                        keys.keys_dir, Settings(chunking=SMALL_CHUNKS)))
     finally:
         storage.close()
     second = _keys(seaweed, "revisions")
@@ -160,7 +148,7 @@ def test_publish_read_back_and_a_second_revision_uploads_only_new_objects(
 def test_a_second_publisher_is_refused_naming_the_holder(
         seaweed: SeaweedFS, tmp_path: Path, keys: Keys,
         capsys: pytest.CaptureFixture[str]) -> None:
-    source = _tree(tmp_path / "src", 1)
+    source = versioned_tree(tmp_path / "src", 1)
     storage = open_storage(f"s3://{BUCKET}/locked/{keys.fqrn}", S3Options(seaweed.endpoint))
     assert isinstance(storage, S3Storage)
     try:
@@ -184,9 +172,9 @@ def test_a_second_publisher_is_refused_naming_the_holder(
 def test_a_killed_publish_leaves_the_old_revision_and_the_next_one_takes_over(
         seaweed: SeaweedFS, tmp_path: Path, keys: Keys,
         capsys: pytest.CaptureFixture[str]) -> None:
-    source = _tree(tmp_path / "src", 1)
+    source = versioned_tree(tmp_path / "src", 1)
     assert _publish_cli(seaweed, source, "killed", keys) == 0
-    _tree(source, 2)
+    versioned_tree(source, 2)
     env = {**os.environ, **CREDENTIALS, "PYTHONPATH": str(ROOT)}
     killed = subprocess.run(
         [sys.executable, "-c", KILL_BEFORE_MANIFEST, "publish", str(source), "--repo",
@@ -208,9 +196,9 @@ def test_a_killed_publish_leaves_the_old_revision_and_the_next_one_takes_over(
 def test_gc_dry_run_lists_and_gc_deletes_only_unreferenced_objects(
         seaweed: SeaweedFS, tmp_path: Path, keys: Keys,
         capsys: pytest.CaptureFixture[str]) -> None:
-    source = _tree(tmp_path / "src", 1)
+    source = versioned_tree(tmp_path / "src", 1)
     assert _publish_cli(seaweed, source, "collect", keys) == 0
-    assert _publish_cli(seaweed, _tree(source, 2), "collect", keys) == 0
+    assert _publish_cli(seaweed, versioned_tree(source, 2), "collect", keys) == 0
     before = _keys(seaweed, "collect")
     gc = ["gc", "--storage", f"s3://{BUCKET}/collect/{keys.fqrn}",
           "--s3-endpoint", seaweed.endpoint,
@@ -251,7 +239,7 @@ def test_ingest_an_oci_image_to_s3(seaweed: SeaweedFS, tmp_path: Path, keys: Key
 
 def test_bad_s3_input_is_one_line(seaweed: SeaweedFS, tmp_path: Path, keys: Keys,
                                   capsys: pytest.CaptureFixture[str]) -> None:
-    source = _tree(tmp_path / "src", 1)
+    source = versioned_tree(tmp_path / "src", 1)
     capsys.readouterr()
     assert _publish_cli(seaweed, source, "x", keys, bucket="no-such-bucket") == 1
     assert "bucket 'no-such-bucket' does not exist" in _one_error_line(capsys)

@@ -22,7 +22,7 @@ from pycvmfs.publisher.s3_settings import S3Settings, s3_settings  # noqa: E402
 from pycvmfs.publisher.storage import LocalStorage  # noqa: E402
 from pycvmfs.publisher.storage_s3 import S3Storage  # noqa: E402
 from tests.fake_s3 import FakeS3  # noqa: E402
-from tests.publish_helpers import SMALL_CHUNKS, Keys, pseudo_random  # noqa: E402
+from tests.publish_helpers import SMALL_CHUNKS, Keys, versioned_tree  # noqa: E402
 
 STAMP = 1_700_000_000
 
@@ -32,17 +32,7 @@ def _storage(fake: FakeS3, prefix: str = "repo") -> S3Storage:
 
 
 def _tree(root: Path, version: int) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "same.txt").write_text("same in every revision\n")
-    (root / "changing.txt").write_text(f"version {version}\n")
-    (root / "big.bin").write_bytes(pseudo_random(version, 150_000))  # chunked
-    nested = root / "nested"
-    nested.mkdir(exist_ok=True)
-    (nested / ".cvmfscatalog").touch()
-    (nested / "inner.txt").write_text(f"nested {version}\n")
-    for path in root.rglob("*"):
-        os.utime(path, (STAMP, STAMP), follow_symlinks=False)
-    return root
+    return versioned_tree(root, version, big_bytes=150_000, stamp=STAMP)
 
 
 def _publish(source: Path, storage: object, keys: Keys):  # type: ignore[no-untyped-def]
