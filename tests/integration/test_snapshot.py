@@ -200,12 +200,14 @@ def test_a_snapshot_into_s3_reads_back_over_the_bucket_endpoint(
         site: Site, keys: Keys, capsys: pytest.CaptureFixture[str],
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("boto3")
-    for name, value in CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
     src, source = site.base / "t5-src", site.base / "t5-source"
     run_publish(_tree(src), source, keys, tag="v1")
     source_url = site.serve("t5-s0", source)
     with SeaweedFS(tmp_path / "seaweedfs") as seaweed:
+        # credentials only now: weed takes AWS_* in its environment as an identity, and
+        # then refuses the anonymous reads a Stratum-1 serves
+        for name, value in CREDENTIALS.items():
+            monkeypatch.setenv(name, value)
         seaweed.create_bucket("replica")
         storage = f"s3://replica/stratum1/{keys.fqrn}"
         code, output = _snapshot(source_url, storage, keys, capsys,
