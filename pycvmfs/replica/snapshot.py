@@ -21,7 +21,8 @@ states) before it is stored (`copy.StoringSink`).
 
 Not done, as in a default `cvmfs_server snapshot` of a current repository: path filters
 (`-d`), the reflog, the `.cvmfs_master_replica` sentinel (pycvmfs publishers do not write
-it) and the previous-revision chain of untagged revisions published between two snapshots.
+it). A replica that exists also gets the untagged revisions published since its last
+snapshot (the trunk's `previous_revision` chain, as `pull -p`); a first snapshot does not.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from pycvmfs.repository.trust import CERTIFICATE_MAX_BYTES, TrustedManifest, est
 
 DEFAULT_WORKERS = 8  # parallel object copies (the reference's default -n is 1..n)
 METAINFO_MAX_BYTES = 1 << 20
+MAX_PREVIOUS_REVISIONS = 10_000  # a bound on the chain walk (a loop would be a hostile one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,7 @@ def snapshot(source: ObjectSource, storage: Storage, fqrn: str,
         run = _Run(source, storage, fqrn, counts, workers,
                    (lambda: progress(counts)) if progress is not None else lambda: None)
         try:
-            skipped = run.replicate(trusted)
+            skipped = run.replicate(trusted, follow_previous=current is not None)
         finally:
             run.close()
         _publish_files(storage, trusted, now())
@@ -135,12 +137,16 @@ class _Run:
     def _scratch_file(self, kind: str) -> Path:
         return self.scratch / f"snapshot.{os.getpid()}.{next(self._names)}.{kind}"
 
-    def replicate(self, trusted: TrustedManifest) -> list[str]:
-        """History, trunk, tags, certificate, meta-info; the tags skipped."""
+    def replicate(self, trusted: TrustedManifest, *, follow_previous: bool) -> list[str]:
+        """History, (previous revisions,) trunk, tags, certificate, meta-info; the tags
+        skipped."""
         manifest = trusted.manifest
         tags = []
         if manifest.history is not None:
             tags = self._history(manifest.history)
+        if follow_previous:
+            for previous in reversed(self._missing_previous(manifest.root_hash)):
+                self.pull(previous, "", what=f"previous revision {previous}")
         self.pull(manifest.root_hash, "")
         skipped = []
         for name, root in tag_roots(tags, manifest.root_hash):
@@ -169,6 +175,40 @@ class _Run:
             return history_tags(path)
         finally:
             remove_quietly(path)
+
+    def _missing_previous(self, root: ContentHash) -> list[ContentHash]:
+        """The root catalogs of the revisions published since the replica's, newest first
+        (the reference's `pull -p` on a replica that exists): the `previous_revision` chain
+        of the trunk up to the first root the replica holds, or one the source no longer
+        has. Oldest first they are pulled before the trunk, so a killed run finds the
+        same chain again."""
+        chain: list[ContentHash] = []
+        current = root
+        while len(chain) < MAX_PREVIOUS_REVISIONS:
+            ref = ObjectRef(current, Suffix.CATALOG, Compression.ZLIB)
+            if self.storage.has_object(current, Suffix.CATALOG):
+                break  # stored after its own chain: the rest is there
+            path = self._scratch_file("previous")
+            try:
+                try:
+                    with FileDestination(path) as out, \
+                            self.copier.stage(ref, out, max_size=MAX_CATALOG_BYTES,
+                                              what=f"root catalog {current}"):
+                        pass  # verified; only its previous_revision property is wanted
+                except (FetchError, NotFoundError):
+                    if current == root:
+                        raise
+                    break  # collected on the source: the chain ends here
+                with Catalog(path, content_hash=current) as catalog:
+                    previous = catalog.previous_revision
+            finally:
+                remove_quietly(path)
+            if current != root:
+                chain.append(current)
+            if previous is None:
+                break
+            current = previous
+        return chain
 
     def pull(self, content_hash: ContentHash, mountpoint: str, *, what: str = "",
              missing_ok: bool = False) -> bool:

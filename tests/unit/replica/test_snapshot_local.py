@@ -145,3 +145,26 @@ def test_a_key_that_did_not_sign_the_whitelist_is_refused(published: Path, tmp_p
     with pytest.raises(SignatureError):
         snapshot(LocalSource(published), LocalStorage(replica), keys.fqrn, [other])
     assert not replica.exists()
+
+
+def test_untagged_revisions_since_the_last_snapshot_are_replicated(
+        published: Path, tmp_path: Path, keys: Keys) -> None:
+    from pycvmfs.format.manifest import parse_manifest
+
+    replica = tmp_path / "replica"
+    _snapshot(published, replica, keys)
+    roots = []
+    for n in (2, 3, 4):  # at revision 4, only 3 is tagged (trunk-previous)
+        (tmp_path / "src" / "counter.txt").write_text(f"{n}\n")
+        roots.append(run_publish(tmp_path / "src", published, keys).manifest.root_hash)
+    result = _snapshot(published, replica, keys)
+    assert result.revision == 4
+    assert all((replica / root.object_path("C")).exists() for root in roots)
+    # everything but the histories of revisions 2 and 3 (the reference copies the current)
+    assert _objects(replica) == {p for p in _objects(published) if not p.endswith("H")} | {
+        p for p in _objects(replica) if p.endswith("H")}
+    # a first snapshot takes the current revision and the tags only
+    fresh = tmp_path / "fresh"
+    _snapshot(published, fresh, keys)
+    assert not (fresh / roots[0].object_path("C")).exists()
+    assert parse_manifest((fresh / ".cvmfspublished").read_bytes())[0].revision == 4
