@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pycvmfs.replica.plan import ObjectRef
 
 QUEUED_PER_WORKER = 4
-REMEMBERED_OBJECTS = 1 << 20
+REMEMBERED_OBJECTS = 1 << 18  # about 40 MB of keys
 ObjectKey = tuple[bytes, str]
 
 
