@@ -152,6 +152,11 @@ class ConfigError(PycvmfsError):
     pass
 
 
+class ReplicationError(PycvmfsError):
+    """A snapshot (Stratum-1 replication) refused to run or could not finish; the
+    replica still serves the revision it served before."""
+
+
 class CacheSecurityError(ConfigError):
     """A directory or file under the cache base is a symlink, belongs to another user or
     is writable by others (`cache.safe_dir`): refused, never followed, no fallback."""

@@ -89,7 +89,10 @@ class SeaweedFS(ServerContext):
                 [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                  "-master.telemetry=false", "-s3", f"-s3.port={self.s3_port}",
                  f"-master.port={master}", f"-volume.port={volume}",
-                 f"-filer.port={filer}", "-volume.max=20"],
+                 f"-filer.port={filer}", "-volume.max=20",
+                 # the Iceberg and Lance listeners have fixed ports (8181, 9101): a second
+                 # server (another test worker, a benchmark) would die on them
+                 "-s3.port.iceberg=0", "-s3.port.lance=0"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if not wait_for_port(self.s3_port, START_TIMEOUT_S, self.process):
             self.stop()

@@ -30,7 +30,8 @@ COMMAND_MODULES = {"keys": "keys", "publish": "publish", "whitelist": "whitelist
                    "run": "run", "wishlist": "images_admin", "webhook": "images_admin",
                    "images": "images_admin", "gc": "gc_report", "report": "gc_report",
                    "bundle": "bundle", "status": "status", "metrics": "metrics",
-                   "config": "config", "exec": "exec_command", "snapshotter": "snapshotter"}
+                   "config": "config", "exec": "exec_command", "snapshotter": "snapshotter",
+                   "snapshot": "snapshot"}
 
 
 class _LazyGroup(click.Group):

@@ -65,6 +65,7 @@ class TrustedManifest:
     fqrn: str
     source: str  # ObjectSource.describe() of where it was fetched
     raw_manifest: bytes
+    raw_whitelist: bytes = b""  # the bytes verified, as a replica copies them
 
     @property
     def root_hash(self) -> ContentHash:
@@ -132,7 +133,8 @@ def establish_trust(
             blacklist.check_revision(fqrn, manifest.revision)
         check_certificate_listed(whitelist, certificate)
     return TrustedManifest(manifest=manifest, certificate=certificate, whitelist=whitelist,
-                           fqrn=fqrn, source=source.describe(), raw_manifest=raw)
+                           fqrn=fqrn, source=source.describe(), raw_manifest=raw,
+                           raw_whitelist=raw_whitelist)
 
 
 def fetch_certificate(source: ObjectSource, manifest: Manifest) -> x509.Certificate:

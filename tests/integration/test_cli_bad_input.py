@@ -108,6 +108,15 @@ CASES = [
          "--repository {empty}", "tcp://127.0.0.1:1"),
     case("snapshotter-pull-no-layers", "snapshotter pull example.org/x:1 --containerd "
          "unix://{s}/none.sock --repository {empty}", "ingested with layer trees"),
+    # snapshot
+    case("snapshot-source-unreachable", "snapshot http://127.0.0.1:1/cvmfs/demo.pycvmfs.org "
+         "--storage {s}/replica-{case} --keys {pub}", "127.0.0.1:1"),
+    case("snapshot-wrong-key", "snapshot {repo} --fqrn demo.pycvmfs.org --storage "
+         "{s}/replica-{case} --keys {garbkeys}", "not a PEM"),
+    case("snapshot-storage-is-file", "snapshot {repo} --storage {garbage} --keys {pub}",
+         "is a file"),
+    case("snapshot-s3-unreachable", "snapshot {repo} --fqrn demo.pycvmfs.org --storage s3:///x "
+         "--s3-config {s3_unreachable} --keys {pub}", "127.0.0.1:1"),
     # ls, cat, stat
     case("ls-repo-missing", "ls {nope} --keys {pub}", "does not exist"),
     case("ls-garbage-key", "ls {repo} --keys {garbage}", "not a PEM"),

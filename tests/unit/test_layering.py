@@ -21,6 +21,8 @@ FORBIDDEN = {
     "pycvmfs.fs": {"pycvmfs.publisher", "pycvmfs.cli"},
     "pycvmfs.network": {"pycvmfs.cache", "pycvmfs.repository", "pycvmfs.fs", "pycvmfs.cli",
                         "pycvmfs.publisher"},
+    # replication joins the reader's trust and downloads to the publisher's storages
+    "pycvmfs.replica": {"pycvmfs.fs", "pycvmfs.cli", "pycvmfs.cache", "pycvmfs.images"},
     # container images feed the publisher; they never reach into a mount or the CLI
     "pycvmfs.images": {"pycvmfs.fs", "pycvmfs.cli", "pycvmfs.cache", "pycvmfs.network"},
     # names and paths of images: pure, like format/

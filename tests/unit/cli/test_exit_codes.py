@@ -101,6 +101,7 @@ FAILURES = {  # command -> arguments that fail ({t}: a scratch directory, {pub},
     "gc": "gc --storage {t}/empty --repo x.org --keys-dir {t}/empty",
     "report dedup": "report dedup --storage {t}/empty --repo x.org --keys {pub}",
     "bundle record": "bundle record --repo-path /x --mount {t}/empty -- true",
+    "snapshot": "snapshot {t}/empty --storage {t}/r --keys {pub}",
     "snapshotter serve": "snapshotter serve --address tcp://127.0.0.1:1 --repository {t}/empty",
 }
 
