@@ -1,5 +1,5 @@
-"""Publishing to object storage, side by side: `pycvmfs publish` of one tree into SeaweedFS
-(S3) against into a local directory, in one run.
+"""Publishing to object storage and replicating, side by side: `pycvmfs publish` of one tree
+into SeaweedFS (S3) against into a local directory, and `pycvmfs snapshot` of it, in one run.
 
 What it measures
     For the same generated tree (bench/publish.py's generator, cached under --workdir): the
@@ -8,6 +8,9 @@ What it measures
     into a SeaweedFS bucket (`weed server -s3` on 127.0.0.1, started and stopped here), in
     that order per step. The ratio column is S3 seconds / directory seconds of the same
     step in the same round; the table keeps the median of --rounds.
+    Replication: the directory repository, served by nginx on 127.0.0.1, is snapshotted
+    into a fresh directory after its first publish, and again after the changed republish
+    (incremental): seconds, objects copied per second and MB/s of what was copied.
 
 Fairness
     Same tree, same page cache (read before every step), same machine and CPU load; the
@@ -22,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +50,7 @@ from bench.publish import (  # noqa: E402
     warm_page_cache,
 )
 from tests.seaweedfs import CREDENTIALS, SeaweedFS, weed_binary  # noqa: E402
+from tests.servers import Nginx  # noqa: E402
 
 BUCKET = "bench"
 
@@ -55,20 +61,46 @@ def publish_argv(source: Path, storage: str, keys_dir: Path, endpoint: str | Non
             "--storage", storage, "--keys-dir", str(keys_dir), *s3]
 
 
+@dataclass(frozen=True, slots=True)
+class Copied:
+    """One snapshot: seconds, objects copied and their bytes (from its summary line)."""
+
+    name: str
+    seconds: float
+    objects: int
+    bytes: int
+
+
+def snapshot(name: str, url: str, replica: Path, keys_dir: Path) -> Copied:
+    step = run_timed(name, [sys.executable, "-m", "pycvmfs", "snapshot", url, "--storage",
+                            str(replica), "--keys", str(keys_dir / f"{FQRN}.pub")], 0, 0)
+    found = re.search(r"(\d+) objects copied \((\d+) bytes", step.output)
+    if found is None:
+        raise RuntimeError(f"no summary line from pycvmfs snapshot: {step.output}")
+    return Copied(name, step.seconds, int(found.group(1)), int(found.group(2)))
+
+
 def run_round(index: int, source: Path, workdir: Path, spec: TreeSpec, keys_dir: Path,
-              weed: SeaweedFS, modify_percent: float, total: int,
-              files: int) -> list[tuple[Step, Step]]:
+              weed: SeaweedFS, server: Nginx, modify_percent: float, total: int,
+              files: int) -> tuple[list[tuple[Step, Step]], list[Copied]]:
     """(directory step, S3 step) for the first publish, the unchanged republish and the
-    republish after changes."""
+    republish after changes; the snapshots after the first and the changed one."""
     directory = workdir / "run" / f"storage-{index}"
-    shutil.rmtree(directory, ignore_errors=True)
+    replica = workdir / "run" / f"replica-{index}"
+    for path in (directory, replica):
+        shutil.rmtree(path, ignore_errors=True)
+    directory.mkdir()
+    url = server.publish(f"cvmfs-{index}/{FQRN}", directory)
     to_dir = publish_argv(source, str(directory), keys_dir, None)
     to_s3 = publish_argv(source, f"s3://{BUCKET}/round-{index}", keys_dir, weed.endpoint)
     pairs = []
+    copies = []
     for name in ("publish (first)", "republish, nothing changed"):
         warm_page_cache(source)
         pairs.append((run_timed(f"{name}, directory", to_dir, total, files),
                       run_timed(f"{name}, S3", to_s3, total, files)))
+        if not copies:
+            copies.append(snapshot("snapshot, first", url, replica, keys_dir))
     if modify_percent > 0:
         try:
             added = modify_files(workdir, spec, source, modify_percent / 100)
@@ -76,10 +108,25 @@ def run_round(index: int, source: Path, workdir: Path, spec: TreeSpec, keys_dir:
             name = f"republish, {modify_percent:g}% files changed"
             pairs.append((run_timed(f"{name}, directory", to_dir, total + added, files),
                           run_timed(f"{name}, S3", to_s3, total + added, files)))
+            copies.append(snapshot("snapshot, incremental", url, replica, keys_dir))
         finally:
             restore_modified(workdir, spec)
-    shutil.rmtree(directory, ignore_errors=True)
-    return pairs
+    for path in (directory, replica):
+        shutil.rmtree(path, ignore_errors=True)
+    return pairs, copies
+
+
+def print_copies(rounds: list[list[Copied]]) -> None:
+    print(f"\n{'replication (median)':<40} {'seconds':>10} {'objects':>9} {'objects/s':>10} "
+          f"{'MB/s':>8}")
+    print("-" * 82)
+    for position in range(len(rounds[0])):
+        runs = [r[position] for r in rounds]
+        seconds = statistics.median(c.seconds for c in runs)
+        objects = statistics.median(c.objects for c in runs)
+        nbytes = statistics.median(c.bytes for c in runs)
+        print(f"{runs[0].name:<40} {seconds:10.2f} {objects:9.0f} {objects / seconds:10.0f} "
+              f"{nbytes / MB / seconds:8.1f}")
 
 
 def print_table(rounds: list[list[tuple[Step, Step]]]) -> None:
@@ -121,7 +168,6 @@ def main(argv: list[str] | None = None) -> int:
     (workdir / "run").mkdir(parents=True, exist_ok=True)
     spec = TreeSpec(args.files, args.total_mb, args.seed)
     source, summary = ensure_tree(workdir, spec)
-    os.environ.update(CREDENTIALS)  # SeaweedFS without identities takes any
     keys_dir = workdir / "run" / "keys"
     shutil.rmtree(keys_dir, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "pycvmfs", "keys", "create", FQRN, "--keys-dir",
@@ -131,12 +177,16 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {os.getloadavg()[0]:.2f} at the start")
     weed_dir = workdir / "run" / "weed"
     shutil.rmtree(weed_dir, ignore_errors=True)
-    with SeaweedFS(weed_dir) as weed:
+    with SeaweedFS(weed_dir) as weed, Nginx() as server:
+        # for the publishers only: `weed` takes AWS_* in its own environment as an identity
+        os.environ.update(CREDENTIALS)
         weed.create_bucket(BUCKET)
-        rounds = [run_round(i, source, workdir, spec, keys_dir, weed, args.modify_percent,
-                            summary.bytes, summary.files) for i in range(args.rounds)]
+        rounds = [run_round(i, source, workdir, spec, keys_dir, weed, server,
+                            args.modify_percent, summary.bytes, summary.files)
+                  for i in range(args.rounds)]
     shutil.rmtree(weed_dir, ignore_errors=True)
-    print_table(rounds)
+    print_table([pairs for pairs, _ in rounds])
+    print_copies([copies for _, copies in rounds])
     return 0
 
 
