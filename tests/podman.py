@@ -16,6 +16,8 @@ from types import TracebackType
 
 import pytest
 
+from tests.mounting import force_unmount, mountinfo
+
 RUN_TIMEOUT_S = 120.0
 RUN_FLAGS = ("--rm", "--network", "none", "--pull", "never",
              "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=1000:1000")
@@ -73,12 +75,10 @@ class PrivatePodman:
         return self.podman("run", *RUN_FLAGS, image, *command, check=check, timeout=timeout)
 
     def close(self) -> None:
-        for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
-            mountpoint = line.split()[4].replace("\\040", " ")
-            if mountpoint.startswith((f"{self.root}/", f"{self.runroot}/")) or \
-                    mountpoint in (str(self.root), str(self.runroot)):
-                subprocess.run(["umount", "-l", mountpoint], check=False,
-                               capture_output=True)
+        ours = [point for point in mountinfo() for top in (self.root, self.runroot)
+                if point == str(top) or point.startswith(f"{top}/")]
+        for point in sorted(ours, key=len, reverse=True):  # deepest first
+            force_unmount(point)
         self._kill_leftovers()
         shutil.rmtree(self.root, ignore_errors=True)
         shutil.rmtree(self.runroot, ignore_errors=True)

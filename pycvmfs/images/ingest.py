@@ -52,7 +52,7 @@ from pycvmfs.images.layer_report import LayerReport
 from pycvmfs.images.layer_stream import COPY_CHUNK_BYTES
 from pycvmfs.images.layers import apply_layers, unpack_layer_tree
 from pycvmfs.images.manifest import LINUX_AMD64, ImageSource, Platform
-from pycvmfs.images.podman_store import sync_podman_store
+from pycvmfs.images.podman_store import layer_info, sync_podman_store
 from pycvmfs.images.preflight import check_can_publish
 from pycvmfs.images.reference import ImageReference, parse_reference
 from pycvmfs.images.registry import RegistryClient
@@ -250,8 +250,8 @@ def _ingest_one(reference: ImageReference, text: str, work: Path,
     diff_ids = dict(zip((layer.digest for layer in manifest.layers), config.diff_ids,
                         strict=False))
     for digest, size in diff_sizes.items():
-        _write_layer_info(work / layout.layer_info_file(digest), digest, diff_ids.get(digest),
-                          size)
+        replace_file(work / layout.layer_info_file(digest),
+                     layer_info(digest, diff_ids.get(digest), size))
     _replace_symlink(work / link_path, target)
     replace_file(metadata, manifest.raw)
     replace_file(metadata.with_name(CONFIG_FILE), config.raw)
@@ -339,14 +339,6 @@ def _add_origin(path: Path, name: str) -> None:
     origin = read_origins(path)
     if name not in origin:
         write_origins(path, sorted({*origin, name}))
-
-
-def _write_layer_info(path: Path, digest: str, diff_id: str | None, size: int) -> None:
-    """DUCC's per-layer record (`.metadata/layers.json`), which the Podman store reads."""
-    info: dict[str, object] = {"compressed-diff-digest": digest, "diff-size": size}
-    if diff_id is not None and diff_id.startswith("sha256:"):
-        info = {"id": layout.digest_hex(diff_id), **info, "diff-digest": diff_id}
-    replace_file(path, json.dumps([info], indent=1).encode())
 
 
 def read_origins(path: Path) -> list[str]:

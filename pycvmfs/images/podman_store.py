@@ -111,7 +111,7 @@ def plan_store(images: Iterable[StoreImage]) -> dict[str, StoreEntry]:
         lower: list[str] = []  # the links of the layers below, bottom first
         for index, (layer, diff_id, chain) in enumerate(zip(wanted, image.diff_ids, chains,
                                                             strict=True)):
-            chain_hex = layout.digest_hex(chain)
+            chain_hex, link = layout.digest_hex(chain), link_name(chain)
             if chain_hex not in layers:
                 layers[chain_hex] = {
                     "id": chain_hex,
@@ -123,13 +123,12 @@ def plan_store(images: Iterable[StoreImage]) -> dict[str, StoreEntry]:
                        else {})}
                 entries[f"{OVERLAY}/{chain_hex}/diff"] = StoreEntry(target=posixpath.relpath(
                     layout.layerfs_dir(layer.digest), f"{STORE}/{OVERLAY}/{chain_hex}"))
-                entries[f"{OVERLAY}/{chain_hex}/link"] = StoreEntry(link_name(chain).encode())
+                entries[f"{OVERLAY}/{chain_hex}/link"] = StoreEntry(link.encode())
                 if lower:
                     entries[f"{OVERLAY}/{chain_hex}/lower"] = StoreEntry(
                         ":".join(reversed(lower)).encode())
-                entries[f"{LINKS}/{link_name(chain)}"] = StoreEntry(
-                    target=f"../{chain_hex}/diff")
-            lower.append(f"l/{link_name(chain)}")
+                entries[f"{LINKS}/{link}"] = StoreEntry(target=f"../{chain_hex}/diff")
+            lower.append(f"l/{link}")
         config_hex = layout.digest_hex(config_digest)
         manifest_digest = image.manifest.digest
         big_data = {"manifest": image.manifest.raw, config_digest: image.config_raw}
@@ -193,15 +192,25 @@ def _stored_image(work: Path, name: str, manifest_path: Path) -> StoreImage | No
         return None
     config_raw = (manifest_path.parent / CONFIG_FILE).read_bytes()
     config = parse_config(config_raw, manifest.config.digest)
-    layout.digest_hex(manifest.config.digest)
     wanted = [(layer, diff_id) for layer, diff_id in zip(manifest.layers, config.diff_ids,
                                                          strict=False) if not layer.foreign]
+    for digest in (manifest.config.digest, *(diff_id for _, diff_id in wanted)):
+        layout.digest_hex(digest)  # LayoutError (skipped by the caller) unless sha256
     if (not wanted or len(config.diff_ids) != len(manifest.layers)
-            or not all(layout.digest_hex(diff_id) and (
-                work / layout.layerfs_dir(layer.digest)).is_dir() for layer, diff_id in wanted)):
+            or not all((work / layout.layerfs_dir(layer.digest)).is_dir()
+                       for layer, _ in wanted)):
         return None
     return StoreImage((name,), manifest, config_raw, tuple(diff_id for _, diff_id in wanted),
                       tuple(_diff_size(work, layer.digest) for layer, _ in wanted))
+
+
+def layer_info(layer_digest: str, diff_id: str | None, size: int) -> bytes:
+    """DUCC's per-layer record (`.layers/XX/<digest>/.metadata/layers.json`), which ingest
+    writes for each new layer tree and `_diff_size` reads back."""
+    info: dict[str, object] = {"compressed-diff-digest": layer_digest, "diff-size": size}
+    if diff_id is not None and diff_id.startswith("sha256:"):
+        info = {"id": layout.digest_hex(diff_id), **info, "diff-digest": diff_id}
+    return json.dumps([info], indent=1).encode()
 
 
 def _diff_size(work: Path, layer_digest: str) -> int | None:
@@ -258,9 +267,7 @@ def _apply(root: Path, plan: Mapping[str, StoreEntry]) -> bool:
             temporary.symlink_to(entry.target)
         else:
             temporary.write_bytes(entry.data or b"")
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(temporary, path)
+        os.replace(temporary, path)  # a directory in the way went in the walk above
         changed = True
     return changed
 
