@@ -9,8 +9,13 @@ What it measures
     that order per step. The ratio column is S3 seconds / directory seconds of the same
     step in the same round; the table keeps the median of --rounds.
     Replication: the directory repository, served by nginx on 127.0.0.1, is snapshotted
-    into a fresh directory after its first publish, and again after the changed republish
-    (incremental): seconds, objects copied per second and MB/s of what was copied.
+    after its first publish, and again after the changed republish (incremental), three
+    ways in that order: `pycvmfs snapshot` into a fresh directory, `pycvmfs snapshot` into
+    a fresh prefix of the bucket, and, with --reference-swissknife (or
+    $PYCVMFS_REFERENCE_SWISSKNIFE), the reference's `cvmfs_swissknife pull` into a fresh
+    directory with the arguments `cvmfs_server snapshot` gives it (`-i` first, `-p` then);
+    every one with SNAPSHOT_WORKERS parallel transfers. Seconds, objects copied per second
+    and MB/s of what was copied (for the reference: the objects that appeared in its data/).
 
 Fairness
     Same tree, same page cache (read before every step), same machine and CPU load; the
@@ -53,6 +58,7 @@ from tests.seaweedfs import CREDENTIALS, SeaweedFS, weed_binary  # noqa: E402
 from tests.servers import Nginx  # noqa: E402
 
 BUCKET = "bench"
+SNAPSHOT_WORKERS = 16  # `cvmfs_server snapshot`'s default; pycvmfs's maximum
 
 
 def publish_argv(source: Path, storage: str, keys_dir: Path, endpoint: str | None) -> list[str]:
@@ -71,36 +77,92 @@ class Copied:
     bytes: int
 
 
-def snapshot(name: str, url: str, replica: Path, keys_dir: Path) -> Copied:
+def snapshot(name: str, url: str, storage: str, keys_dir: Path,
+             endpoint: str | None = None) -> Copied:
+    s3 = ["--s3-endpoint", endpoint] if endpoint else []
     step = run_timed(name, [sys.executable, "-m", "pycvmfs", "snapshot", url, "--storage",
-                            str(replica), "--keys", str(keys_dir / f"{FQRN}.pub")], 0, 0)
+                            storage, "--keys", str(keys_dir / f"{FQRN}.pub"),
+                            "--workers", str(SNAPSHOT_WORKERS), *s3], 0, 0)
     found = re.search(r"(\d+) objects copied \((\d+) bytes", step.output)
     if found is None:
         raise RuntimeError(f"no summary line from pycvmfs snapshot: {step.output}")
     return Copied(name, step.seconds, int(found.group(1)), int(found.group(2)))
 
 
+@dataclass(frozen=True, slots=True)
+class ReferencePull:
+    """`cvmfs_swissknife pull` into `replica`, which nginx serves at `replica_url` (the
+    reference reads its own replica's reflog there); `spool` keeps reflog.chksum."""
+
+    swissknife: Path
+    replica: Path
+    replica_url: str
+    spool: Path
+
+    def objects(self) -> dict[str, int]:
+        return {str(p.relative_to(self.replica)): p.stat().st_size
+                for p in (self.replica / "data").glob("??/*")}
+
+    def run(self, name: str, url: str, keys_dir: Path, first: bool) -> Copied:
+        before = self.objects()
+        argv = [str(self.swissknife), "pull", "-m", FQRN, "-u", url, "-w", self.replica_url,
+                "-r", f"local,{self.replica}/data/txn,{self.replica}",
+                "-x", f"{self.replica}/data/txn", "-k", str(keys_dir / f"{FQRN}.pub"),
+                "-n", str(SNAPSHOT_WORKERS), "-t", "10", "-a", "3",
+                "-R", str(self.spool / "reflog.chksum"), "-i" if first else "-p"]
+        step = run_timed(name, argv, 0, 0)
+        new = {k: v for k, v in self.objects().items() if k not in before}
+        return Copied(name, step.seconds, len(new), sum(new.values()))
+
+
+def reference_pull(swissknife: Path, run: Path, index: int, server: Nginx) -> ReferencePull:
+    """A fresh replica directory with cvmfs_server's skeleton (data/00..ff, data/txn),
+    served by nginx."""
+    replica, spool = run / f"pulled-{index}", run / f"spool-{index}"
+    for path in (replica, spool):
+        shutil.rmtree(path, ignore_errors=True)
+    for fanout in range(256):
+        (replica / "data" / f"{fanout:02x}").mkdir(parents=True)
+    (replica / "data" / "txn").mkdir()
+    spool.mkdir()
+    return ReferencePull(swissknife, replica, server.publish(f"pulled-{index}/{FQRN}", replica),
+                         spool)
+
+
 def run_round(index: int, source: Path, workdir: Path, spec: TreeSpec, keys_dir: Path,
               weed: SeaweedFS, server: Nginx, modify_percent: float, total: int,
-              files: int) -> tuple[list[tuple[Step, Step]], list[Copied]]:
+              files: int, swissknife: Path | None
+              ) -> tuple[list[tuple[Step, Step]], list[Copied]]:
     """(directory step, S3 step) for the first publish, the unchanged republish and the
     republish after changes; the snapshots after the first and the changed one."""
-    directory = workdir / "run" / f"storage-{index}"
-    replica = workdir / "run" / f"replica-{index}"
+    run = workdir / "run"
+    directory, replica = run / f"storage-{index}", run / f"replica-{index}"
     for path in (directory, replica):
         shutil.rmtree(path, ignore_errors=True)
     directory.mkdir()
     url = server.publish(f"cvmfs-{index}/{FQRN}", directory)
+    pulled = reference_pull(swissknife, run, index, server) if swissknife else None
+    scratch = [directory, replica, *((pulled.replica, pulled.spool) if pulled else ())]
     to_dir = publish_argv(source, str(directory), keys_dir, None)
     to_s3 = publish_argv(source, f"s3://{BUCKET}/round-{index}", keys_dir, weed.endpoint)
+    s3_replica = f"s3://{BUCKET}/replica-{index}/{FQRN}"
+
+    def replicate(kind: str, first: bool) -> list[Copied]:
+        copies = [snapshot(f"snapshot, {kind}, directory", url, str(replica), keys_dir),
+                  snapshot(f"snapshot, {kind}, S3", url, s3_replica, keys_dir, weed.endpoint)]
+        if pulled is not None:
+            copies.append(pulled.run(f"swissknife pull, {kind}, directory", url, keys_dir,
+                                     first))
+        return copies
+
     pairs = []
-    copies = []
+    copies: list[Copied] = []
     for name in ("publish (first)", "republish, nothing changed"):
         warm_page_cache(source)
         pairs.append((run_timed(f"{name}, directory", to_dir, total, files),
                       run_timed(f"{name}, S3", to_s3, total, files)))
         if not copies:
-            copies.append(snapshot("snapshot, first", url, replica, keys_dir))
+            copies += replicate("first", True)
     if modify_percent > 0:
         try:
             added = modify_files(workdir, spec, source, modify_percent / 100)
@@ -108,10 +170,10 @@ def run_round(index: int, source: Path, workdir: Path, spec: TreeSpec, keys_dir:
             name = f"republish, {modify_percent:g}% files changed"
             pairs.append((run_timed(f"{name}, directory", to_dir, total + added, files),
                           run_timed(f"{name}, S3", to_s3, total + added, files)))
-            copies.append(snapshot("snapshot, incremental", url, replica, keys_dir))
+            copies += replicate("incremental", False)
         finally:
             restore_modified(workdir, spec)
-    for path in (directory, replica):
+    for path in scratch:
         shutil.rmtree(path, ignore_errors=True)
     return pairs, copies
 
@@ -152,9 +214,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--modify-percent", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=3)
+    reference = os.environ.get("PYCVMFS_REFERENCE_SWISSKNIFE")
+    parser.add_argument("--reference-swissknife", type=Path,
+                        default=Path(reference) if reference else None,
+                        help="a reference cvmfs_swissknife for the `pull` rows (default: "
+                             "$PYCVMFS_REFERENCE_SWISSKNIFE if set, else none)")
     args = parser.parse_args(argv)
     if args.files < 1 or args.total_mb < 1 or args.rounds < 1:
         parser.error("--files, --total-mb and --rounds must be positive")
+    if args.reference_swissknife and not os.access(args.reference_swissknife, os.X_OK):
+        parser.error(f"--reference-swissknife {args.reference_swissknife} is not executable")
     return args
 
 
@@ -182,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(CREDENTIALS)
         weed.create_bucket(BUCKET)
         rounds = [run_round(i, source, workdir, spec, keys_dir, weed, server,
-                            args.modify_percent, summary.bytes, summary.files)
+                            args.modify_percent, summary.bytes, summary.files,
+                            args.reference_swissknife)
                   for i in range(args.rounds)]
     shutil.rmtree(weed_dir, ignore_errors=True)
     print_table([pairs for pairs, _ in rounds])

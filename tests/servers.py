@@ -55,7 +55,7 @@ http {{
     listen 127.0.0.1:{port};
     root {docroot};
     location /cvmfs/ {{ expires 3d; }}
-    location ~ /\\.cvmfs(published|whitelist)$ {{ expires 61s; }}
+    location ~ /\\.cvmfs(published|whitelist)$ {{ expires {manifest_expires}; }}
   }}
 }}
 """
@@ -169,7 +169,9 @@ class ThreadedHTTPServer(ServerContext, http.server.ThreadingHTTPServer):
 class Nginx(ServerContext):
     """One nginx master process serving `self.docroot` on 127.0.0.1:`self.port`."""
 
-    def __init__(self) -> None:
+    def __init__(self, manifest_expires: str = "61s") -> None:
+        """`manifest_expires`: how long proxies may keep .cvmfspublished and
+        .cvmfswhitelist (a Stratum-1's 61 s, or a test site's second)."""
         binary = nginx_binary()
         if binary is None:
             raise RuntimeError("nginx is not installed")
@@ -181,6 +183,7 @@ class Nginx(ServerContext):
         for directory in (self.run / "tmp", self.docroot):
             directory.mkdir(parents=True)
             directory.chmod(0o755)
+        self.manifest_expires = manifest_expires
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -207,7 +210,8 @@ class Nginx(ServerContext):
         mime = f"include {MIME_TYPES};" if MIME_TYPES.is_file() else ""
         config = self.run / "nginx.conf"
         config.write_text(_CONFIG.format(run=self.run, mime=mime, port=self.port,
-                                         docroot=self.docroot))
+                                         docroot=self.docroot,
+                                         manifest_expires=self.manifest_expires))
         return config
 
     def _launch(self) -> bool:

@@ -144,21 +144,27 @@ class ContentPipeline:
         return content
 
     def _store_file(self, node: Node) -> FileContent:
+        if node.content is not None:
+            return self._store_bytes(node.content)
         fd = os.open(node.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             _check_unchanged(node, os.fstat(fd))
             params = self.settings.chunking
             if params is None or node.st.st_size <= params.min_size:
-                data = _read_all(fd, node.st.st_size + 1, self.read_block_bytes)
-                compression = self.settings.compression_for(data)
-                content = FileContent(len(data), self._put(data, Suffix.NONE, compression),
-                                      compression=compression)
+                content = self._store_bytes(_read_all(fd, node.st.st_size + 1,
+                                                      self.read_block_bytes))
             else:
                 content = self._store_chunked(fd, params)
             _check_unchanged(node, os.fstat(fd), read_size=content.size)
             return content
         finally:
             os.close(fd)
+
+    def _store_bytes(self, data: bytes) -> FileContent:
+        """A file stored whole as one object."""
+        compression = self.settings.compression_for(data)
+        return FileContent(len(data), self._put(data, Suffix.NONE, compression),
+                           compression=compression)
 
     def _store_chunked(self, fd: int, params: ChunkParams) -> FileContent:
         """Stream a big file through the chunker into one ObjectWriter per chunk: the

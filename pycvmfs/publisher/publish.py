@@ -31,7 +31,7 @@ from pycvmfs.publisher.history_writer import check_new_tag, history_image, next_
 from pycvmfs.publisher.keys import RepositoryKeys, load_keys
 from pycvmfs.publisher.pipeline import ContentPipeline, FileContent, KnownContent, Settings
 from pycvmfs.publisher.previous import PreviousRevision, load_previous
-from pycvmfs.publisher.storage import MANIFEST_NAME, WHITELIST_NAME
+from pycvmfs.publisher.storage import MANIFEST_NAME, MASTER_REPLICA_NAME, WHITELIST_NAME
 from pycvmfs.publisher.storage_factory import open_storage
 from pycvmfs.publisher.storage_protocol import Storage
 from pycvmfs.publisher.tree_walk import KEPT_MARKER, Node, TreeWalker
@@ -108,6 +108,8 @@ def _publish(storage: Storage, options: PublishOptions,
             manifest, writer = _write_revision(storage, options, keys, previous, root,
                                                contents, bundles.triggers)
             whitelist_note = _ensure_whitelist(storage, options.fqrn, keys, options.timestamp)
+            if storage.read_file(MASTER_REPLICA_NAME) is None:
+                storage.put_file(MASTER_REPLICA_NAME, b"", sync=False)
             storage.put_file(MANIFEST_NAME, sign_manifest(manifest, keys.signing_key))
     stats = pipeline.stats
     return PublishResult(manifest, stats.files, stats.bytes_in, stats.objects_written,

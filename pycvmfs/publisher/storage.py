@@ -30,6 +30,9 @@ from pycvmfs.publisher.storage_protocol import ObjectSink, Storage, StoredObject
 LOCK_NAME = ".cvmfs_publish.lock"
 MANIFEST_NAME = ".cvmfspublished"
 WHITELIST_NAME = ".cvmfswhitelist"
+# An empty sentinel that marks a Stratum-0 as replicable: `cvmfs_server mkfs` writes it by
+# default, and `cvmfs_swissknife pull` (`cvmfs_server snapshot`) refuses a source without it.
+MASTER_REPLICA_NAME = ".cvmfs_master_replica"
 TXN_DIR = "data/txn"
 
 

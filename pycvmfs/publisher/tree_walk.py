@@ -48,6 +48,7 @@ class Node:
     children: list[Node] = field(default_factory=list)
     nested_root: bool = False
     kept: bool = False  # graft the previous revision's nested catalog here (KEPT_MARKER)
+    content: bytes | None = None  # made by the walk, not read from `source` (_made_marker)
 
     @property
     def is_dir(self) -> bool:
@@ -110,6 +111,7 @@ class TreeWalker:
         self.source_dir = os.fspath(Path(source_dir).absolute())
         self.problems: list[str] = []
         self._rules: list[DirtabRule] = []
+        self._made = 0  # markers made so far (their inode numbers)
 
     def walk(self) -> Node:
         try:
@@ -155,12 +157,27 @@ class TreeWalker:
                 self._keep(node)
                 continue
             stack.extend(c for c in node.children if c.is_dir)
+            if node.path:
+                marker = next((c for c in node.children if c.name == CATALOG_MARKER), None)
+                selected = dirtab_selects(self._rules, node.path)
+                if marker is None and selected:
+                    node.children.append(self._made_marker(node))
+                node.nested_root = selected or (marker is not None and marker.is_regular)
             node.children.sort(key=lambda n: n.name.encode("utf-8", "surrogateescape"))
-            if node.path and (
-                any(c.name == CATALOG_MARKER and c.is_regular for c in node.children)
-                or dirtab_selects(self._rules, node.path)
-            ):
-                node.nested_root = True
+
+    def _made_marker(self, directory: Node) -> Node:
+        """The empty `.cvmfscatalog` the reference's `cvmfs_server` creates in a directory
+        `.cvmfsdirtab` selects (`CommandApplyDirtab::CreateCatalogMarkers`): every nested
+        catalog lists its marker, and `cvmfs_swissknife check` reports one without it. Mode
+        0644, the directory's owner and mtime (a republish makes the same bytes); device -1
+        keeps its inode key apart from every real file's."""
+        self._made += 1
+        when, when_ns = directory.st.st_mtime, directory.st.st_mtime_ns
+        st = os.stat_result((stat.S_IFREG | 0o644, self._made, -1, 1, directory.st.st_uid,
+                             directory.st.st_gid, 0, int(when), int(when), int(when),
+                             when, when, when, when_ns, when_ns, when_ns))
+        return Node(f"{directory.path}/{CATALOG_MARKER}", CATALOG_MARKER, "", st,
+                    content=b"")
 
     def _keep(self, node: Node) -> None:
         """A kept stub: its rows come from the previous revision, nothing below is read."""

@@ -20,9 +20,11 @@ Every object is verified against its hash (and the size and compression its cata
 states) before it is stored (`copy.StoringSink`).
 
 Not done, as in a default `cvmfs_server snapshot` of a current repository: path filters
-(`-d`), the reflog, the `.cvmfs_master_replica` sentinel (pycvmfs publishers do not write
-it). A replica that exists also gets the untagged revisions published since its last
-snapshot (the trunk's `previous_revision` chain, as `pull -p`); a first snapshot does not.
+(`-d`) and the reflog. The source's `.cvmfs_master_replica` sentinel is not required (the
+reference's pull refuses a source without it; `pycvmfs publish` writes it, but a repository
+an older pycvmfs published lacks it until its next publish). A replica that exists also
+gets the untagged revisions published since its last snapshot (the trunk's
+`previous_revision` chain, as `pull -p`); a first snapshot does not.
 """
 
 from __future__ import annotations

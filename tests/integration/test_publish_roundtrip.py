@@ -13,6 +13,7 @@ import pytest
 from pycvmfs.cli.main import main
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import Algorithm
+from pycvmfs.publisher.tree_walk import CATALOG_MARKER, DIRTAB_NAME, dirtab_selects, parse_dirtab
 from tests.publish_helpers import (
     Keys,
     make_full_tree,
@@ -28,8 +29,20 @@ def _kind(mode: int) -> str:
 
 
 def source_view(root: Path) -> dict[str, tuple[object, ...]]:
+    """What the repository must list: the source, plus the empty `.cvmfscatalog` the
+    reference creates in each directory `.cvmfsdirtab` selects (0644, the directory's
+    owner and mtime)."""
     view: dict[str, tuple[object, ...]] = {}
+    dirtab = root / DIRTAB_NAME
+    rules = parse_dirtab(dirtab.read_text()) if dirtab.exists() else []
     for dirpath, dirnames, filenames in os.walk(root):
+        directory = "/" + os.path.relpath(dirpath, root)
+        if (dirpath != str(root) and CATALOG_MARKER not in filenames
+                and dirtab_selects(rules, directory)):
+            st = os.lstat(dirpath)
+            view[f"{directory}/{CATALOG_MARKER}"] = (
+                "f", 0o644, 0, st.st_mtime_ns, st.st_uid, st.st_gid,
+                hashlib.sha1(b"").hexdigest(), {}, 0)
         for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
             path = "/" + os.path.relpath(full, root)
