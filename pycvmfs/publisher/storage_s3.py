@@ -4,7 +4,8 @@ Objects are written with a canned ACL (public-read by default), so the bucket's 
 endpoint, http://HOST:PORT/BUCKET/PREFIX, is a Stratum-0/1 URL clients read directly.
 
 Writing: an object is never rewritten. `put_object` looks first (objects known present are
-remembered; else a HEAD) and then uploads with `If-None-Match: *` (a 412 means another
+remembered; else the listing of its data/XX/ directory answers, s3_presence; else a HEAD)
+and then uploads with `If-None-Match: *` (a 412 means another
 writer stored it first). Inside a transaction uploads run in a pool of
 CVMFS_S3_MAX_NUMBER_OF_PARALLEL_CONNECTIONS threads, with the bytes waiting for a
 connection bounded (IN_FLIGHT_BYTES; streamed objects wait in unlinked spool files, not in
@@ -30,6 +31,7 @@ from typing import IO, TYPE_CHECKING, Any
 from pycvmfs.errors import PublishError
 from pycvmfs.format.hashes import ContentHash, Suffix
 from pycvmfs.publisher.s3_lock import S3PublishLock
+from pycvmfs.publisher.s3_presence import ObjectPresence
 from pycvmfs.publisher.s3_settings import S3Settings
 from pycvmfs.publisher.storage import LOCK_NAME, MANIFEST_NAME, WHITELIST_NAME
 from pycvmfs.publisher.storage_protocol import ObjectSink, StoredObject
@@ -52,6 +54,7 @@ class S3Storage:
         self._client = client if client is not None else make_client(settings)
         self._lock = threading.Lock()
         self._present: set[str] = set()  # keys known stored
+        self.presence = ObjectPresence(self._list_page)
         self._pending: set[str] = set()  # keys being uploaded
         self._futures: list[Future[None]] = []
         self._pool: ThreadPoolExecutor | None = None
@@ -98,10 +101,12 @@ class S3Storage:
             return
 
     def lock(self) -> S3PublishLock:
-        """The lock object (s3_lock). What this storage remembers as stored is forgotten:
-        a `gc` may have run since (a webhook service publishes with one storage for days)."""
+        """The lock object (s3_lock). What this storage remembers as stored, and the
+        listings, are forgotten: a `gc` may have run since (a webhook service publishes
+        with one storage for days)."""
         with self._lock:
             self._present.clear()
+        self.presence.reset()
         return S3PublishLock(self, LOCK_NAME, self.location)
 
     def scratch_dir(self) -> Path:
@@ -163,20 +168,32 @@ class S3Storage:
         return data
 
     def list_objects(self) -> Iterator[StoredObject]:
-        prefix = self._key("data/")
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"Bucket": self.settings.bucket, "Prefix": prefix}
-            if token:
-                kwargs["ContinuationToken"] = token
-            page = self._call("list the objects", self._client.list_objects_v2, **kwargs)
+            page = self._list("data/", token)
             for item in page.get("Contents", []):
-                parts = item["Key"][len(prefix):].split("/")
+                parts = item["Key"][len(self._key("data/")):].split("/")
                 if len(parts) == 2 and len(parts[0]) == 2 and parts[1]:
                     yield StoredObject(parts[0], parts[1], int(item.get("Size", 0)))
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if not token:
                 return
+
+    def _list(self, relative_prefix: str, token: str | None) -> dict[str, Any]:
+        """One ListObjectsV2 page of the keys below PREFIX/relative_prefix."""
+        kwargs: dict[str, Any] = {"Bucket": self.settings.bucket,
+                                  "Prefix": self._key(relative_prefix)}
+        if token:
+            kwargs["ContinuationToken"] = token
+        return dict(self._call("list the objects", self._client.list_objects_v2, **kwargs))
+
+    def _list_page(self, relative_prefix: str, token: str | None
+                   ) -> tuple[list[str], str | None]:
+        """For s3_presence: the page's keys relative to the storage, and the next token."""
+        page = self._list(relative_prefix, token)
+        strip = len(self._key(""))
+        keys = [item["Key"][strip:] for item in page.get("Contents", [])]
+        return keys, (page.get("NextContinuationToken") if page.get("IsTruncated") else None)
 
     def delete_objects(self, relatives: Iterable[str]) -> list[str]:
         wanted = list(relatives)
@@ -196,6 +213,7 @@ class S3Storage:
                 relative = batch.get(item.get("Key", ""))
                 if relative is not None:
                     deleted.append(relative)
+                    self.presence.forget(relative)
                     with self._lock:
                         self._present.discard(relative)
         return deleted
@@ -273,6 +291,12 @@ class S3Storage:
         with self._lock:
             if relative in self._present:
                 return True
+        listed = self.presence.known(relative)
+        if listed is not None:
+            if listed:
+                with self._lock:
+                    self._present.add(relative)
+            return listed
         try:
             self._client.head_object(Bucket=self.settings.bucket, Key=self._key(relative))
         except Exception as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -273,3 +274,35 @@ def test_the_lock_forgets_what_was_stored(keys: Keys) -> None:
     fake.objects.clear()  # swept meanwhile
     with storage.lock():
         assert storage.put_object(digest, b"one")
+
+
+class CountingS3(FakeS3):
+    """FakeS3 that counts the HEAD and list requests."""
+
+    def __init__(self) -> None:
+        super().__init__(page_size=1000)
+        self.heads = self.listings = 0
+
+    def head_object(self, **kwargs: Any) -> dict[str, Any]:
+        self.heads += 1
+        return super().head_object(**kwargs)
+
+    def list_objects_v2(self, **kwargs: Any) -> dict[str, Any]:
+        self.listings += 1
+        return super().list_objects_v2(**kwargs)
+
+
+def test_an_unchanged_republish_learns_what_is_stored_from_listings(tmp_path: Path,
+                                                                     keys: Keys) -> None:
+    fake = CountingS3()
+    source = _tree(tmp_path / "src", 1)
+    for _ in range(2):  # a fresh storage each time, as a new `pycvmfs publish` has
+        storage = _storage(fake)
+        try:
+            fake.heads = fake.listings = 0
+            result = _publish(source, storage, keys)
+        finally:
+            storage.close()
+    fanouts = {key.split("/")[2] for key in fake.objects if "/data/" in key}
+    assert result.files_unchanged == 5
+    assert fake.heads == 0 and 0 < fake.listings <= len(fanouts) + 1
