@@ -56,6 +56,7 @@ from bench.publish import (  # noqa: E402
 )
 from tests.seaweedfs import CREDENTIALS, SeaweedFS, weed_binary  # noqa: E402
 from tests.servers import Nginx  # noqa: E402
+from tests.swissknife_pull import prepare_replica, pull_arguments  # noqa: E402
 
 BUCKET = "bench"
 SNAPSHOT_WORKERS = 16  # `cvmfs_server snapshot`'s default; pycvmfs's maximum
@@ -105,25 +106,22 @@ class ReferencePull:
 
     def run(self, name: str, url: str, keys_dir: Path, first: bool) -> Copied:
         before = self.objects()
-        argv = [str(self.swissknife), "pull", "-m", FQRN, "-u", url, "-w", self.replica_url,
-                "-r", f"local,{self.replica}/data/txn,{self.replica}",
-                "-x", f"{self.replica}/data/txn", "-k", str(keys_dir / f"{FQRN}.pub"),
-                "-n", str(SNAPSHOT_WORKERS), "-t", "10", "-a", "3",
-                "-R", str(self.spool / "reflog.chksum"), "-i" if first else "-p"]
+        argv = [str(self.swissknife),
+                *pull_arguments(FQRN, url, self.replica, self.replica_url,
+                                keys_dir / f"{FQRN}.pub", self.spool / "reflog.chksum",
+                                SNAPSHOT_WORKERS),
+                "-i" if first else "-p"]
         step = run_timed(name, argv, 0, 0)
         new = {k: v for k, v in self.objects().items() if k not in before}
         return Copied(name, step.seconds, len(new), sum(new.values()))
 
 
 def reference_pull(swissknife: Path, run: Path, index: int, server: Nginx) -> ReferencePull:
-    """A fresh replica directory with cvmfs_server's skeleton (data/00..ff, data/txn),
-    served by nginx."""
+    """A fresh replica directory with cvmfs_server's skeleton, served by nginx."""
     replica, spool = run / f"pulled-{index}", run / f"spool-{index}"
     for path in (replica, spool):
         shutil.rmtree(path, ignore_errors=True)
-    for fanout in range(256):
-        (replica / "data" / f"{fanout:02x}").mkdir(parents=True)
-    (replica / "data" / "txn").mkdir()
+    prepare_replica(replica)
     spool.mkdir()
     return ReferencePull(swissknife, replica, server.publish(f"pulled-{index}/{FQRN}", replica),
                          spool)

@@ -168,11 +168,12 @@ class S3Storage:
         return data
 
     def list_objects(self) -> Iterator[StoredObject]:
+        strip = len(self._key("data/"))
         token: str | None = None
         while True:
             page = self._list("data/", token)
             for item in page.get("Contents", []):
-                parts = item["Key"][len(self._key("data/")):].split("/")
+                parts = item["Key"][strip:].split("/")
                 if len(parts) == 2 and len(parts[0]) == 2 and parts[1]:
                     yield StoredObject(parts[0], parts[1], int(item.get("Size", 0)))
             token = page.get("NextContinuationToken") if page.get("IsTruncated") else None

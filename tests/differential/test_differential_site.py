@@ -30,6 +30,7 @@ from tests.differential.test_reference_client import (
 from tests.publish_helpers import Keys, make_full_tree
 from tests.seaweedfs import CREDENTIALS, SeaweedFS, weed_binary
 from tests.servers import Nginx, shared_scratch
+from tests.swissknife_pull import prepare_replica, pull_arguments
 
 pytest.importorskip("boto3")
 pytestmark = [*reference_marks,
@@ -113,15 +114,11 @@ def test_reference_pull_replicates_the_s3_repository(stratum0: str, keys: Keys,
     and the replica it makes reads as ours does."""
     with shared_scratch("pycvmfs-s3pull-") as base, Nginx() as nginx:
         replica = base / "replica" / keys.fqrn
-        for fanout in range(256):  # cvmfs_server's repository skeleton
-            (replica / "data" / f"{fanout:02x}").mkdir(parents=True)
-        (replica / "data" / "txn").mkdir()
+        prepare_replica(replica)
         replica_url = nginx.publish(f"cvmfs/{keys.fqrn}", replica)
         reflog_checksum = tmp_path / "reflog.chksum"
-        pull = ["pull", "-m", keys.fqrn, "-u", stratum0, "-w", replica_url,
-                "-r", f"local,{replica}/data/txn,{replica}", "-x", f"{replica}/data/txn",
-                "-k", str(keys.public_key_file), "-n", "4", "-t", "10", "-a", "3",
-                "-R", str(reflog_checksum), "-p"]
+        pull = [*pull_arguments(keys.fqrn, stratum0, replica, replica_url,
+                                keys.public_key_file, reflog_checksum, workers=4), "-p"]
         first = _swissknife(*pull, "-i")
         assert first.returncode == 0, first.stdout[-2000:] + first.stderr
         again = _swissknife(*pull)
