@@ -58,6 +58,7 @@ def test_objects_match_local_layout_and_order(tmp_path: Path, keys: Keys) -> Non
         storage.close()
     stored = {key.removeprefix("repo/"): data for key, data in fake.objects.items()}
     assert stored == _local_files(tmp_path / "local")
+    assert stored[".cvmfs_master_replica"] == b""  # replicable, as cvmfs_server mkfs makes it
     assert set(fake.acls.values()) == {"public-read"}
     order = fake.puts
     assert order[-1] == "repo/.cvmfspublished"
