@@ -13,7 +13,8 @@ from pycvmfs.cache.breadcrumb import Breadcrumb, read_breadcrumb, write_breadcru
 from pycvmfs.cache.errors import CacheFullError
 from pycvmfs.cache.eviction import EvictionEntry, plan_eviction
 from pycvmfs.cache.host import CacheConfig, CacheHost
-from pycvmfs.cache.quota import NoopQuota, ObjectKind, Quota, SqliteLruQuota
+from pycvmfs.cache.quota import SqliteLruQuota
+from pycvmfs.cache.quota_protocol import NoopQuota, ObjectKind, Quota
 from pycvmfs.cache.store import ObjectStore, Txn
 
 __all__ = [

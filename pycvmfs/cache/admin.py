@@ -15,8 +15,9 @@ it, or a component below its base, is a symlink, another user's or writable by o
 `clean` never deletes through a planted link.
 
 Process-safety: all three may run while mounts use the cache. `verify` holds the index
-lock while it compares, so it sees no half-done cleanup; an object renamed into place by
-a live process a moment before it is indexed can show up as a transient orphan.
+lock while it compares, so it sees no half-done cleanup; an object a live process stored
+but has not indexed yet (it indexes small objects in batches of 32 commands, or 5 s at
+its next command: `quota.py`) shows up as a transient orphan.
 `clean` goes through `SqliteLruQuota.cleanup`, so live processes' pins are honoured.
 """
 

@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from typing import BinaryIO, Protocol
 
 from pycvmfs.cache.host import CacheHost
-from pycvmfs.cache.quota import ObjectKind
+from pycvmfs.cache.quota_protocol import ObjectKind
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, Suffix
 from pycvmfs.network.sink import VerifyingSink

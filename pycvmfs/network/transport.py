@@ -66,6 +66,8 @@ _T = TypeVar("_T")
 USER_AGENT = f"cvmfs Fuse pycvmfs/{__version__}"
 BLOCK_BYTES = 1 << 20  # one socket read at most: fewer Python round trips per verified MiB
 POOL_MAXSIZE = 16  # kept-alive connections per proxy (or direct host); reader threads + prefetch
+# what urllib3 builds from `retries=False, redirect=False` on every request, built once
+NO_RETRIES = urllib3.Retry(total=False, redirect=False)
 ERROR_BODY_BYTES = 64 * 1024  # an error body longer than this closes the connection
 BASE_HEADERS: Mapping[str, str] = {
     "Connection": "Keep-Alive",
@@ -308,7 +310,7 @@ class Urllib3Transport:
             with _header_deadline(timeout):
                 response = self._pool(proxy).request(
                     "GET", url, headers=dict(headers), preload_content=False,
-                    decode_content=False, retries=False, redirect=False,
+                    decode_content=False, retries=NO_RETRIES, redirect=False,
                     timeout=urllib3.Timeout(connect=timeout, read=timeout))
         except HTTPError as exc:
             local = local_exhaustion(exc)

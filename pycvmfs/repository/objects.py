@@ -35,7 +35,7 @@ from typing import BinaryIO
 
 from pycvmfs.cache.fetcher import Fetcher
 from pycvmfs.cache.host import CacheConfig, CacheHost
-from pycvmfs.cache.quota import UNLIMITED, ObjectKind
+from pycvmfs.cache.quota_protocol import UNLIMITED, ObjectKind
 from pycvmfs.config import MAX_CATALOG_MB_DEFAULT
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, Suffix

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from pycvmfs.cache.cachedb import CACHEDB_NAME
-from pycvmfs.cache.quota import Quota, SqliteLruQuota
+from pycvmfs.cache.quota import SqliteLruQuota
+from pycvmfs.cache.quota_protocol import Quota
 from pycvmfs.cache.shared import owner_token
 from pycvmfs.cache.store import ObjectStore
 from pycvmfs.format.hashes import Algorithm, ContentHash

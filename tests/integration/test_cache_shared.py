@@ -170,6 +170,7 @@ def test_reader_keeps_bytes_when_another_process_evicts(tmp_path: Path) -> None:
         txn = host.begin(ContentHash.parse(key))
         txn.write(data)
         host.commit(txn)
+        host.quota.flush()  # small objects are indexed in batches; this one must be now
         fh = host.open(ContentHash.parse(key))
         assert fh is not None
         with fh:

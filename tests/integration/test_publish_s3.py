@@ -175,7 +175,8 @@ def test_a_killed_publish_leaves_the_old_revision_and_the_next_one_takes_over(
     source = versioned_tree(tmp_path / "src", 1)
     assert _publish_cli(seaweed, source, "killed", keys) == 0
     versioned_tree(source, 2)
-    env = {**os.environ, **CREDENTIALS, "PYTHONPATH": str(ROOT)}
+    # TMPDIR: the killed publisher cannot remove its spool directory; keep it in tmp_path
+    env = {**os.environ, **CREDENTIALS, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}
     killed = subprocess.run(
         [sys.executable, "-c", KILL_BEFORE_MANIFEST, "publish", str(source), "--repo",
          keys.fqrn, "--storage", f"s3://{BUCKET}/killed/{keys.fqrn}", "--s3-endpoint",

@@ -10,7 +10,7 @@ import pytest
 from pycvmfs.cache import CacheConfig, CacheFullError, CacheHost, ObjectKind
 from pycvmfs.cache.admin import ProblemKind, cache_status, clean, verify
 from pycvmfs.cache.breadcrumb import Breadcrumb, write_breadcrumb
-from pycvmfs.cache.quota import MEGABYTE, NoopQuota
+from pycvmfs.cache.quota_protocol import MEGABYTE, NoopQuota
 from pycvmfs.cache.store import SENTINEL_NAME
 from pycvmfs.errors import ConfigError, NotFoundError
 from pycvmfs.format.hashes import Algorithm, ContentHash
@@ -62,6 +62,7 @@ def test_verify_reports_structure_problems(tmp_path: Path) -> None:
     with CacheHost(CacheConfig(tmp_path, quota_limit_mb=1)) as host:
         gone = add(host, 1, b"one")
         resized = add(host, 2, b"two")
+        host.quota.flush()  # a live mount indexes small objects in batches
         host.store.remove(gone)
         host.store.path_of(resized).write_bytes(b"three")
         orphan = h(3)

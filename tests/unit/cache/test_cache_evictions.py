@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pycvmfs.cache.quota import NoopQuota, SqliteLruQuota
+from pycvmfs.cache.quota import SqliteLruQuota
+from pycvmfs.cache.quota_protocol import NoopQuota
 from pycvmfs.cache.store import ObjectStore
 from pycvmfs.format.hashes import Algorithm, ContentHash
 

@@ -13,7 +13,7 @@ import pytest
 
 from pycvmfs.cache.fetcher import Fetcher
 from pycvmfs.cache.host import CacheConfig, CacheHost
-from pycvmfs.cache.quota import ObjectKind
+from pycvmfs.cache.quota_protocol import ObjectKind
 from pycvmfs.errors import FetchError
 from pycvmfs.format.compression import Compression, make_object, stored_size_bound
 from pycvmfs.format.hashes import Algorithm, ContentHash, Suffix

@@ -10,14 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pycvmfs.cache.cachedb import CACHEDB_NAME, VOLATILE_BIT
+from pycvmfs.cache.cachedb import CACHEDB_NAME, TOTAL_KEY, VOLATILE_BIT
 from pycvmfs.cache.errors import CacheFullError
-from pycvmfs.cache.quota import (
-    NoopQuota,
-    ObjectKind,
-    Quota,
-    SqliteLruQuota,
-)
+from pycvmfs.cache.quota import BUFFERED_INSERT_BYTES, SqliteLruQuota
+from pycvmfs.cache.quota_protocol import MEGABYTE, NoopQuota, ObjectKind, Quota
 from pycvmfs.cache.store import ObjectStore
 from pycvmfs.format.hashes import Algorithm, ContentHash
 
@@ -147,6 +143,7 @@ def test_touches_are_batched(store: ObjectStore, tmp_path: Path) -> None:
     with SqliteLruQuota(tmp_path, LIMIT, clock=clock, touch_batch_size=4,
                         touch_flush_seconds=10) as quota:
         keys = [put(store, quota, i, 10) for i in range(6)]
+        quota.flush()  # the inserts are buffered too (test_small_inserts_are_batched)
         writes = quota.write_transactions
         for key in keys[:3]:
             quota.touch(key)
@@ -161,6 +158,40 @@ def test_touches_are_batched(store: ObjectStore, tmp_path: Path) -> None:
         quota.touch(keys[5])
         assert quota.write_transactions == writes + 2
         assert _acseq_order(tmp_path) == keys[:6]
+
+
+def test_small_inserts_are_batched(store: ObjectStore, tmp_path: Path,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Small regular objects are indexed 4 (the batch) at a time; a catalog, an object over
+    BUFFERED_INSERT_BYTES and one that would not fit by this process's count at once; a
+    buffered one that no longer fits when written (a neighbour filled the cache) goes."""
+    with SqliteLruQuota(tmp_path, 10 * MEGABYTE, clock=Clock(), touch_batch_size=4,
+                        touch_flush_seconds=10) as quota:
+        writes = quota.write_transactions
+        keys = [put(store, quota, i, 10) for i in range(3)]
+        assert quota.write_transactions == writes and _acseq_order(tmp_path) == []
+        quota.remove(keys.pop())  # a buffered key is forgotten (and its file removed)
+        assert quota.write_transactions == writes + 1 and _acseq_order(tmp_path) == []
+        keys.append(put(store, quota, 3, 10))
+        assert quota.write_transactions == writes + 1
+        keys.append(put(store, quota, 4, 10))  # 4 commands: one transaction
+        assert quota.write_transactions == writes + 2
+        assert _acseq_order(tmp_path) == keys
+        catalog = put(store, quota, 6, 10, kind=ObjectKind.CATALOG)
+        big = put(store, quota, 7, BUFFERED_INSERT_BYTES + 1)
+        assert quota.write_transactions == writes + 4
+        assert _acseq_order(tmp_path) == [*keys, catalog, big]
+        assert quota.size() == 50 + BUFFERED_INSERT_BYTES + 1
+
+        buffered = put(store, quota, 8, 1000)
+        with sqlite3.connect(tmp_path / CACHEDB_NAME) as neighbour:  # fills the cache
+            neighbour.execute("UPDATE properties SET value = ? WHERE key = ?",
+                              (str(10 * MEGABYTE), TOTAL_KEY))
+        for key in on_disk(store):
+            quota.pin(key, 1)  # nothing may go: the buffered object cannot be indexed
+        quota.flush()
+        assert buffered not in on_disk(store) and len(on_disk(store)) == 6
+        assert f"cache object {buffered} (1000 bytes) evicted at once" in caplog.text
 
 
 def _acseq_order(directory: Path) -> list[str]:

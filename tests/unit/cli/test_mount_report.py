@@ -5,10 +5,12 @@ deadline."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import pytest
 
+import pycvmfs.client  # noqa: F401 - imported at collection: urllib3 probes IPv6 with a socket
 from pycvmfs.cli import mount
 
 
@@ -64,3 +66,22 @@ def test_a_degraded_state_is_one_line_on_stderr_when_detached(
     err = capfd.readouterr().err
     assert err.encode().count(mount.NOTICE_MARK) == 1
     assert mount.notices_in(err.encode()) == ["offline: from the cache"]
+
+
+def test_the_serving_code_is_imported_before_the_fork(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client and the FUSE backend are imported by the forking command (their pages
+    stay out of the serving process's RSS); a backend that cannot load is left to the
+    serving process, which names the reason as before."""
+    from pycvmfs.errors import ConfigError
+    from pycvmfs.fs import mount as fs_mount
+
+    monkeypatch.delitem(sys.modules, "pycvmfs.client")
+    asked: list[str | None] = []
+
+    def unloadable(preference: str | None = None) -> None:
+        asked.append(preference)
+        raise ConfigError("no FUSE binding")
+
+    monkeypatch.setattr(fs_mount, "load_backend", unloadable)
+    mount._preload_serving_code("lowlevel")
+    assert asked == ["lowlevel"] and "pycvmfs.client" in sys.modules
