@@ -20,11 +20,13 @@ when `TOUCH_FLUSH_SECONDS` have passed at the next command, and before every cle
 unbuffered insert, `flush` and `close`. A cache hit therefore costs no SQLite write
 (measured: an SQLite write per get caps at 7-8k gets/s, design.md), and a miss a 32nd of
 one (measured: 20 system calls and ~0.1 ms of the GIL per object otherwise). Catalogs
-are indexed at once. Buffered inserts are bounded (`BUFFERED_INSERT_BYTES` each, the
-limit by this process's count); one that no longer fits when written (a neighbour filled
-the cache) is evicted at once, with a warning: its readers keep their open descriptors.
-A crash loses only buffered rows of objects already on disk, which the crash reconcile
-(4. below) indexes.
+are indexed at once. Buffered inserts are bounded (`BUFFERED_INSERT_BYTES` each, a 16th
+of the limit together, the limit with what this process last saw indexed), so the files
+of a shared cache exceed the limit by at most what its processes hold buffered; one that
+no longer fits when written (a neighbour filled the cache) is evicted at once, with a
+warning: its readers keep their open descriptors. A crash loses only buffered rows of
+objects already on disk, which the crash reconcile (4. below) indexes, cleaning up to
+the threshold if they overflow the limit.
 
 Shared-cache protocol (several mount processes, one directory, `CVMFS_SHARED_CACHE=yes`)
 — replaces the reference's cache-manager process and FIFO:
@@ -87,6 +89,7 @@ TOUCH_BATCH_SIZE = 32  # reference kCommandBufferSize: one write per 32 hits
 TOUCH_FLUSH_SECONDS = 5.0  # bounds how stale the on-disk LRU order can get
 BUFFERED_INSERT_BYTES = 1 << 20  # bigger objects are indexed at once (as are all, at need)
 MAX_BUFFERED_INSERTS_FACTOR = 4  # batches buffered at most while the index is busy
+BUFFERED_LIMIT_DIVISOR = 16  # buffered bytes stay within a 16th of the limit
 PIN_PRESSURE_FRACTION = 0.75  # reference kHighPinWatermark: ask clients to release pins
 
 log = logging.getLogger(__name__)
@@ -190,6 +193,8 @@ class SqliteLruQuota:
             self._drop_pins_locked(dead)
             for owner in dead:
                 self._conn.execute("DELETE FROM sessions WHERE owner = ?", (owner,))
+            if self._total_locked() > self.limit:  # a crash left up to a batch unindexed
+                self._cleanup_locked(self.threshold)
         return bool(dead)
 
     def _drop_pins_locked(self, owners: list[str]) -> None:
@@ -299,6 +304,7 @@ class SqliteLruQuota:
             # over the limit by this count, or flushes keep being skipped (a busy index):
             # the caller's transaction writes the buffer and this insert at once
             if (self._known_total + pending + size > self.limit
+                    or pending + size > self.limit // BUFFERED_LIMIT_DIVISOR
                     or len(self._inserts) >= MAX_BUFFERED_INSERTS_FACTOR * self._batch):
                 self._insert_bytes = pending
                 return False

@@ -256,6 +256,25 @@ def test_crashed_session_triggers_reconcile(store: ObjectStore, tmp_path: Path) 
         assert not quota.rebuilt  # clean shutdown last time
 
 
+def test_crash_reconcile_keeps_the_limit(store: ObjectStore, tmp_path: Path) -> None:
+    """A crashed process's buffered inserts are objects on disk the index never saw; the
+    reconcile that indexes them cleans up to the threshold when they overflow the limit."""
+    with SqliteLruQuota(tmp_path, LIMIT) as quota:
+        for n in range(5):
+            put(store, quota, n, 150)
+        quota.flush()
+        with sqlite3.connect(tmp_path / CACHEDB_NAME) as conn:
+            conn.execute("INSERT INTO sessions VALUES ('999999999:1')")
+        conn.close()
+    for n in range(5, 8):  # renamed into place, still in the dead process's buffer
+        with store.begin(ContentHash.parse(h(n))) as txn:
+            txn.write(b"y" * 150)
+            txn.commit()
+    with SqliteLruQuota(tmp_path, LIMIT) as quota:
+        assert quota.rebuilt and quota.size() <= LIMIT // 2
+        assert sum(on_disk(store).values()) == quota.size()
+
+
 def test_reinsert_same_object_counts_once(store: ObjectStore, quota: SqliteLruQuota) -> None:
     put(store, quota, 1, 100)
     put(store, quota, 1, 100)
