@@ -1,3 +1,3 @@
-from pycvmfs.cli.main import main
+from pycvmfs.cli.main import run
 
-raise SystemExit(main())
+run()

@@ -10,11 +10,13 @@ it happens.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
 import traceback
 from collections.abc import Callable
+from typing import NoReturn
 
 import click
 
@@ -87,6 +89,17 @@ def main(argv: list[str] | None = None) -> int:
                                          standalone_mode=False))
 
 
+def run() -> NoReturn:
+    """The `pycvmfs` program: `main`, then exit. Everything still reachable is frozen
+    out of the garbage collector first: the interpreter's last collection at exit would
+    walk every object of every module the command imported (the client's alone cost a
+    background mount 0.1-0.2 s of exit time), for memory the exit frees anyway. Not for
+    in-process callers of `main` (tests): frozen objects are never collected."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 def exit_code_of(command: Callable[[], object]) -> int:
     """Run `command`; its result (an int) or 0, or the error as one line on stderr and
     its exit code (see the module docstring). Also the frame of a forked serving process
@@ -125,4 +138,4 @@ def _traceback_if_debugging() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -117,3 +117,20 @@ def test_a_failure_exits_1_with_one_line(name: str, tmp_path: Path, keys: Keys,
     err = capsys.readouterr().err
     if name != "cache verify":  # it lists the problems it found, then exits 1
         assert err.startswith("pycvmfs: error: ") and err.count("\n") == 1, err
+
+
+def test_the_program_exits_with_mains_code_and_its_objects_frozen(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run` (the `pycvmfs` program) exits with `main`'s code, after freezing what is
+    reachable out of the exit-time garbage collection."""
+    import gc
+
+    from pycvmfs.cli import main as cli_main
+
+    monkeypatch.setattr(cli_main, "main", lambda: 3)
+    try:
+        with pytest.raises(SystemExit) as ended:
+            cli_main.run()
+        assert ended.value.code == 3 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
