@@ -132,9 +132,8 @@ class SqliteLruQuota:
         self._remove_object = remove_object or _unlink_object(self.root)
         self._mutex = threading.RLock()
         self._touches: OrderedDict[str, None] = OrderedDict()
-        # key -> (size, kind, volatile) of buffered inserts, and their bytes
+        # key -> (size, kind, volatile) of buffered inserts (at most a few batches)
         self._inserts: dict[str, tuple[int, ObjectKind, bool]] = {}
-        self._insert_bytes = 0
         self._known_total = 0  # the index's byte total after this process's last write
         self._touch_lock = threading.Lock()  # guards only the buffers (hit path)
         self._last_flush = clock()
@@ -245,7 +244,7 @@ class SqliteLruQuota:
         with self._touch_lock:
             keys = list(self._touches)
             self._touches.clear()
-            inserts, self._inserts, self._insert_bytes = self._inserts, {}, 0
+            inserts, self._inserts = self._inserts, {}
             self._last_flush = self._clock()
         for key, (size, kind, volatile) in inserts.items():
             if not self._insert_locked(key, size, kind, volatile):
@@ -299,17 +298,15 @@ class SqliteLruQuota:
         if size > BUFFERED_INSERT_BYTES or kind is not ObjectKind.REGULAR or self._batch <= 1:
             return False
         with self._touch_lock:
-            old = self._inserts.pop(key, None)
-            pending = self._insert_bytes - (old[0] if old else 0)
+            self._inserts.pop(key, None)
+            pending = sum(buffered[0] for buffered in self._inserts.values())
             # over the limit by this count, or flushes keep being skipped (a busy index):
             # the caller's transaction writes the buffer and this insert at once
             if (self._known_total + pending + size > self.limit
                     or pending + size > self.limit // BUFFERED_LIMIT_DIVISOR
                     or len(self._inserts) >= MAX_BUFFERED_INSERTS_FACTOR * self._batch):
-                self._insert_bytes = pending
                 return False
             self._inserts[key] = (size, kind, volatile)
-            self._insert_bytes = pending + size
             due = self._due_locked()
         if due:
             self._try_flush()
@@ -422,9 +419,7 @@ class SqliteLruQuota:
         with self._transaction():
             with self._touch_lock:
                 self._touches.pop(key, None)
-                buffered = self._inserts.pop(key, None)
-                if buffered is not None:
-                    self._insert_bytes -= buffered[0]
+                self._inserts.pop(key, None)
             row = self._conn.execute(
                 "SELECT size FROM cache_catalog WHERE sha1 = ?", (key,)
             ).fetchone()
