@@ -318,6 +318,8 @@ class ClientConfig:
     max_catalog_mb: int = MAX_CATALOG_MB_DEFAULT  # inflated size cap of catalogs, histories
     prefetch_filebundles: bool = True  # CVMFS_PREFETCH_FILEBUNDLES (reference default: off)
     bundle_pool_size: int = 8  # CVMFS_BUNDLE_POOL_SIZE: file bundle prefetch threads
+    no_open: bool = True  # PYCVMFS_NO_OPEN: the kernel opens files without asking (no key
+    # in the reference, which always answers OPEN)
     notes: tuple[str, ...] = ()  # reference keys pycvmfs ignores (`mount --verbose`)
 
     def origin(self, key: str) -> str:
@@ -395,6 +397,7 @@ def resolve(merged: MergedSettings, *, trust: FileTrust | None = None) -> Client
         max_catalog_mb=typed.integer("PYCVMFS_MAX_CATALOG_MB"),
         prefetch_filebundles=typed.boolean("CVMFS_PREFETCH_FILEBUNDLES"),
         bundle_pool_size=typed.integer("CVMFS_BUNDLE_POOL_SIZE"),
+        no_open=typed.boolean("PYCVMFS_NO_OPEN"),
         notes=merged.notes,
     )
 

@@ -109,6 +109,7 @@ BOOLEAN_KEYS: Final = MappingProxyType({
     "CVMFS_USE_CDN": False,
     "CVMFS_USE_OPENHTC": False,  # the older name of CVMFS_USE_CDN
     "CVMFS_PREFETCH_FILEBUNDLES": True,  # the reference's default is off (2.14)
+    "PYCVMFS_NO_OPEN": True,  # FUSE no-open (the lowlevel backend); no reference key
 })
 
 

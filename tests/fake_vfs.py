@@ -46,6 +46,7 @@ class FakeVFS:
         self.open_dirs: dict[int, str] = {}
         self.direct: set[str] = set()
         self.page_cached = True  # read_nowait answers
+        self.unopened = False  # `read_unopened`: handle 0 reads by inode
         self._inline = threading.local()
         self._next_handle = 100
         self.stats = ClientStats()  # the adapters time requests into `stats.operations`
@@ -53,6 +54,17 @@ class FakeVFS:
     # --- what the adapters call ------------------------------------------------------
     def track_lookups(self) -> None:
         self.tracking = True
+
+    def read_unopened(self) -> None:
+        self.unopened = True
+
+    def _read_path(self, handle: int, ino: int) -> str:
+        """What a read names: its handle's path, or with handle 0 its inode's."""
+        if handle == 0 and self.unopened:
+            path = self._path(ino)
+            self._check(path, ino)
+            return path
+        return self.open_handles[handle]
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         self.listeners.append(listener)
@@ -147,18 +159,18 @@ class FakeVFS:
     def direct_io(self, handle: int) -> bool:
         return self.open_handles[handle] in self.direct
 
-    def read_nowait(self, handle: int, offset: int, size: int) -> bytes | None:
+    def read_nowait(self, handle: int, offset: int, size: int, ino: int = 0) -> bytes | None:
         if not self.page_cached:
             return None
-        return self.files[self.open_handles[handle]][offset:offset + size]
+        return self.files[self._read_path(handle, ino)][offset:offset + size]
 
     def send_cached(self, handle: int, offset: int, size: int,
-                    send: Callable[[int, int, int], None]) -> bool | None:
+                    send: Callable[[int, int, int], None], ino: int = 0) -> bool | None:
         """Like the VFS: the bytes from a descriptor (a memfd here) while it is open;
         None (must be downloaded) when they are not cached."""
         if not self.page_cached:
             return None
-        data = self.files[self.open_handles[handle]]
+        data = self.files[self._read_path(handle, ino)]
         fd = os.memfd_create("fake-cache-file")
         try:
             os.write(fd, data)
@@ -167,8 +179,8 @@ class FakeVFS:
             os.close(fd)
         return True
 
-    def read(self, handle: int, offset: int, size: int) -> bytes:
-        path = self.open_handles[handle]
+    def read(self, handle: int, offset: int, size: int, ino: int = 0) -> bytes:
+        path = self._read_path(handle, ino)
         self._check(path, self.inodes[path])
         return self.files[path][offset:offset + size]
 

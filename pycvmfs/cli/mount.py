@@ -145,7 +145,8 @@ def serve_mount(config: ClientConfig, mountpoint: str, backend: str | None, *,
     client.watcher.start()
     try:
         serve(client.vfs, str(mountpoint), backend=backend,
-              kcache_timeout_s=float(config.kcache_timeout_s), ready=ready)
+              kcache_timeout_s=float(config.kcache_timeout_s), ready=ready,
+              no_open=config.no_open)
     finally:
         client.close()
 

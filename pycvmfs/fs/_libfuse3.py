@@ -52,6 +52,7 @@ FUSE_CAP_READDIRPLUS = 1 << 13
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
 FUSE_CAP_CACHE_SYMLINKS = 1 << 23
 FUSE_CAP_SPLICE_WRITE = 1 << 7  # read replies spliced from a file descriptor
+FUSE_CAP_NO_OPEN_SUPPORT = 1 << 17  # OPEN may answer ENOSYS: no OPEN/RELEASE from then on
 
 # struct fuse_buf flags: the data is in `fd` at `pos`
 FUSE_BUF_IS_FD = 1 << 1

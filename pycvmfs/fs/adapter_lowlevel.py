@@ -19,6 +19,12 @@ What it adds over the pyfuse3 adapter (pyfuse3 3.5 exposes neither):
     listing cache — except in the drain window after a revision change, when handles
     get no cache flag: they neither read nor fill the kernel's cache.
   * FUSE_CAP_CACHE_SYMLINKS: the kernel keeps symlink targets (no READLINK round trips).
+  * FUSE no-open (FUSE_CAP_NO_OPEN_SUPPORT, `no_open`, PYCVMFS_NO_OPEN): the first OPEN
+    answers ENOSYS, which the kernel takes as success and as "open alone from now on",
+    keeping the page cache (FOPEN_KEEP_CACHE) and sending no RELEASE: a file costs a
+    LOOKUP and its READs. READs then carry handle 0 and the inode, which the VFS reads
+    through the inode's own file (`vfs.read_unopened`). The catalog's direct-I/O flag
+    cannot be passed on any more (the kernel asks nothing per file).
   * FORGET/BATCH_FORGET go to `vfs.forget`, so the inode tables shrink as the kernel
     evicts inodes (the VFS counts every LOOKUP and READDIRPLUS entry it hands out, before
     the reply is sent, and takes back what did not fit: `kernel_cache.HandOut`). A plain
@@ -104,7 +110,7 @@ class LowlevelOperations:
     replies exactly once, through `lib` (the real library or a fake)."""
 
     def __init__(self, lib: Libfuse3, vfs: RepositoryVFS, entry_timeout: float,
-                 notifier: Notifier) -> None:
+                 notifier: Notifier, *, no_open: bool = True) -> None:
         self.lib = lib
         self._fuse = lib.cdll
         self._cache_readdir = lib.cache_readdir_bit
@@ -112,6 +118,8 @@ class LowlevelOperations:
         vfs.track_lookups()  # FORGET is answered: the VFS may drop what the kernel lets go
         self.entry_timeout = entry_timeout
         self.splice = False  # READ replies spliced from cache files (FUSE_CAP_SPLICE_WRITE)
+        self._no_open_wanted = no_open
+        self.no_open = False  # files opened by the kernel alone (FUSE_CAP_NO_OPEN_SUPPORT)
         self.kernel = KernelCache(vfs, notifier.inval_inode, notifier.inval_entry,
                                   entry_timeout, redrain_s=REDRAIN_S)
         self._pool: ThreadPoolExecutor | None = None
@@ -181,8 +189,11 @@ class LowlevelOperations:
         try:
             cached = self.lib.want(conn, _libfuse3.FUSE_CAP_CACHE_SYMLINKS)
             self.splice = self.lib.want(conn, _libfuse3.FUSE_CAP_SPLICE_WRITE)
-            log.debug("FUSE init: symlinks cached by the kernel: %s; reads spliced: %s",
-                      cached, self.splice)
+            if self._no_open_wanted and self.lib.want(conn, _libfuse3.FUSE_CAP_NO_OPEN_SUPPORT):
+                self.vfs.read_unopened()  # before any request: READs of handle 0 name inodes
+                self.no_open = True
+            log.debug("FUSE init: symlinks cached by the kernel: %s; reads spliced: %s; "
+                      "files opened without OPEN: %s", cached, self.splice, self.no_open)
         except BaseException:
             log.exception("unexpected error in init")
 
@@ -214,6 +225,9 @@ class LowlevelOperations:
         self._fuse.fuse_reply_readlink(req, self.vfs.readlink(ino))
 
     def _op_open(self, req: int, ino: int, fi: Any) -> None:
+        if self.no_open:  # ENOSYS: this open succeeds, and the kernel opens alone from now
+            self._fuse.fuse_reply_err(req, errno.ENOSYS)
+            return
         info = fi.contents
         handle = self.vfs.open(ino, info.flags)
         try:
@@ -228,18 +242,19 @@ class LowlevelOperations:
                 self.vfs.release(handle)
 
     def _op_read(self, req: int, ino: int, size: int, off: int, fi: Any) -> None:
-        handle = fi.contents.fh
+        handle = fi.contents.fh  # 0: opened without OPEN (no-open), read by inode
         cached: bool | None = False  # False: not tried; None: must be downloaded first
         if self.splice:
             cached = self.vfs.send_cached(handle, off, size,
                                           lambda fd, position, length:
-                                          self._reply_spliced(req, fd, position, length))
+                                          self._reply_spliced(req, fd, position, length),
+                                          ino)
             if cached:
                 return
-        data = None if cached is None else self.vfs.read_nowait(handle, off, size)
+        data = None if cached is None else self.vfs.read_nowait(handle, off, size, ino)
         if data is None:  # may wait for the network: reply later, from a pool thread
             self._blocking().submit(self._unrestricted, "read", self._read_blocking, req,
-                                    (handle, off, size))
+                                    (handle, off, size, ino))
             return
         self._fuse.fuse_reply_buf(req, data, len(data))
 
@@ -249,8 +264,8 @@ class LowlevelOperations:
         self._fuse.fuse_reply_data(req, ctypes.byref(_libfuse3.fd_buffer(fd, position, length)),
                                    0)
 
-    def _read_blocking(self, req: int, handle: int, off: int, size: int) -> None:
-        data = self.vfs.read(handle, off, size)
+    def _read_blocking(self, req: int, handle: int, off: int, size: int, ino: int) -> None:
+        data = self.vfs.read(handle, off, size, ino)
         self._fuse.fuse_reply_buf(req, data, len(data))
 
     def _op_release(self, req: int, ino: int, fi: Any) -> None:
@@ -370,12 +385,14 @@ class LowlevelOperations:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def serve(vfs: RepositoryVFS, mountpoint: str, *, fsname: str, entry_timeout: float) -> None:
+def serve(vfs: RepositoryVFS, mountpoint: str, *, fsname: str, entry_timeout: float,
+          no_open: bool = True) -> None:
     """Mount and serve with libfuse's worker threads until unmounted or signalled
-    (blocks); always unmounts and destroys the session."""
+    (blocks); always unmounts and destroys the session. `no_open`: let the kernel open
+    files without asking where it can (PYCVMFS_NO_OPEN; see the module docstring)."""
     lib = _libfuse3.load()
     notifier = Notifier(lib)
-    operations = LowlevelOperations(lib, vfs, entry_timeout, notifier)
+    operations = LowlevelOperations(lib, vfs, entry_timeout, notifier, no_open=no_open)
     listener = operations.kernel.invalidate_all
 
     def stop() -> None:

@@ -216,14 +216,18 @@ def tune_read_ahead(mountpoint: str, before: str | None, wait_s: float = MOUNT_W
 
 def serve(vfs: RepositoryVFS, mountpoint: str, *, backend: str | None = None,
           kcache_timeout_s: float = DEFAULT_KCACHE_TIMEOUT_S,
-          ready: Callable[[], None] | None = None) -> None:
+          ready: Callable[[], None] | None = None, no_open: bool = True) -> None:
     """Mount `vfs` at `mountpoint` and serve requests until unmounted (blocks); `ready`
-    is called (from another thread) once the mount is in place."""
+    is called (from another thread) once the mount is in place. `no_open`
+    (PYCVMFS_NO_OPEN): the lowlevel backend lets the kernel open files without asking."""
     name, adapter = load_backend(backend)
     threading.Thread(target=tune_read_ahead, args=(mountpoint, mounted_device(mountpoint)),
                      kwargs={"ready": ready}, daemon=True, name="read-ahead-tuning").start()
     fsname = f"cvmfs2#{vfs.repository.fqrn}"
-    if name in ("pyfuse3", "lowlevel"):
+    if name == "lowlevel":
+        adapter.serve(vfs, mountpoint, fsname=fsname, entry_timeout=kcache_timeout_s,
+                      no_open=no_open)
+    elif name == "pyfuse3":
         adapter.serve(vfs, mountpoint, fsname=fsname, entry_timeout=kcache_timeout_s)
     else:
         adapter.serve(vfs, mountpoint, fsname=fsname,

@@ -11,8 +11,9 @@ Revisions: a mount's `RevisionWatcher` calls `set_repository` with a newer revis
 is stays the same (type, content hash, size, symlink target), so the page cache of
 unchanged files survives; anything changed gets a fresh inode, so no stale page is ever
 served for new content. Open files keep the chunk list they opened with, directory
-handles their revision. After a swap, entries go out with timeout 0 for `DRAIN_S`, and
-the adapters (`subscribe`) drop the kernel's names and listings.
+handles their revision; so do inodes read without a handle (`read_unopened`, FUSE
+no-open), whatever the kernel still holds. After a swap, entries go out with timeout 0
+for `DRAIN_S`, and the adapters (`subscribe`) drop the kernel's names and listings.
 
 Errors: every failure leaves as an `FsError` with the errno `fs.errors.fs_error` decides
 from `pycvmfs.errors.errno_for` (ENOENT; EIO for anything untrusted; ENOSPC for a full
@@ -24,6 +25,7 @@ locks of the rooms.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -43,7 +45,7 @@ from pycvmfs.fs.open_files import OpenFiles
 from pycvmfs.fs.recent import RecentEntries
 from pycvmfs.repository.catalog_tree import Resolved, no_loading
 from pycvmfs.repository.catalog_tree import WouldLoadError as WouldBlock
-from pycvmfs.repository.reader import WouldBlockError
+from pycvmfs.repository.reader import OpenFile, WouldBlockError
 from pycvmfs.repository.repository import Repository
 from pycvmfs.repository.revisions import RevisionWatcher
 
@@ -82,6 +84,8 @@ class RepositoryVFS:
         self._drain_until = 0.0
         self._listeners: list[Callable[[], None]] = []  # adapters drop kernel caches
         self._revoked: str | None = None  # why the served revision is refused (`revoke`)
+        self._inode_reads = False  # reads may name an inode without a handle (`read_unopened`)
+        self._previous: Repository | None = None  # the revision being replaced, during a swap
         self._bundle_trigger = bundle_trigger  # a file bundle trigger was opened (never waits)
         if revisions is not None:  # follow a mount's revisions (otherwise fixed)
             self._expires = revisions.expires
@@ -99,12 +103,13 @@ class RepositoryVFS:
         """Serve a newer revision from now on (see the module docstring). The drain lasts
         while the kernel's caches are dropped and `DRAIN_S` after."""
         self._drain_until = float("inf")
-        self.repository = repository
+        self._previous, self.repository = self.repository, repository
         self._recent.clear()  # stale already (another revision); only frees the memory
         self._revoked = None
         try:
-            self._drop_caches()
+            self._drop_caches()  # replaced inode files are retained meanwhile (`_replaced`)
         finally:
+            self._previous = None
             self._drain_until = time.monotonic() + DRAIN_S
         # only now say so (`user.revision`): whoever polls it then sees no stale kernel entry
         self._announced = repository
@@ -145,7 +150,9 @@ class RepositoryVFS:
         """What a revision change must make the kernel drop: (parent inode, name) of the
         names handed out that answer differently now (another inode, or gone), and the kept
         inodes whose other attributes changed (only those go: their pages stay). Unchanged
-        names are left alone, and with them the page cache of their files."""
+        names are left alone, and with them the page cache of their files. With
+        `read_unopened`, each replaced file keeps its old content for the kernel's
+        inode (`_replaced`): any process may hold it open."""
         names, inodes = [], []
         for parent, name in self.inodes.known_entries():
             path = self.inodes.path_of(parent)
@@ -156,10 +163,12 @@ class RepositoryVFS:
             try:
                 current, entry = self._current(child)
             except FsError:
-                names.append((parent, name))
-                continue
+                current = None
             if held is None or current != held:
                 names.append((parent, name))
+                if held is not None and self._inode_reads and self._previous is not None:
+                    with contextlib.suppress(FsError):  # not a regular file
+                        self._replaced(held, child)
             elif self.inodes.refresh_attributes(child, entry):
                 inodes.append(held)
         return names, inodes
@@ -177,6 +186,12 @@ class RepositoryVFS:
         return True
 
     # --- lookup counts ---------------------------------------------------------------
+    def read_unopened(self) -> None:
+        """Reads may come without an OPEN (FUSE no-open: handle 0 and the inode): each
+        inode then gets a file of its own (`open_files`), and a revision change keeps the
+        content of the inodes it replaces. Adapters call it once, before serving."""
+        self._inode_reads = True
+
     def track_lookups(self) -> None:
         """Count what the kernel holds and drop what it forgets. Inode-based adapters call
         it once, before serving."""
@@ -187,6 +202,7 @@ class RepositoryVFS:
         forgotten = self.inodes.forget(items)
         if forgotten:
             self._recent.forget(forgotten)
+            self._files.forget(forgotten)
         return forgotten
 
     def lookup_count(self, ino: int) -> int:
@@ -351,34 +367,97 @@ class RepositoryVFS:
         return self._open(ino, path, entry, resolved)
 
     def _open(self, ino: int, path: str, entry: DirEntry, resolved: Resolved | None) -> int:
+        return self._files.add(ino, self._open_file(path, entry, resolved))
+
+    def _open_file(self, path: str, entry: DirEntry, resolved: Resolved | None, *,
+                   by_inode: bool = False) -> OpenFile:
+        """`path` opened for reading (counted; a bundle trigger starts its prefetch). A
+        file `by_inode` is never released nor seen opened again (`reader`'s `lasting`)."""
         self._check_revoked()
+        prefetcher = self._files.prefetcher
         try:
             if resolved is None:  # from `recent`: a file of one object needs no catalog
-                opened = self.repository.open_entry(path, entry, self._files.prefetcher)
+                opened = self.repository.open_entry(path, entry, prefetcher, lasting=by_inode)
             else:
-                opened = self.repository.open_file(path, self._files.prefetcher,
-                                                   resolved=resolved)
+                opened = self.repository.open_file(path, prefetcher, resolved=resolved,
+                                                   lasting=by_inode)
         except EXPECTED as exc:
             raise fs_error(exc) from exc
-        handle = self._files.add(ino, opened)
         with self.stats.lock:
             self.stats.nopen += 1
         if entry.is_bundle_trigger and self._bundle_trigger is not None:
             self._bundle_trigger(path)
-        return handle
+        return opened
+
+    def _inode_file(self, ino: int) -> OpenFile:
+        """The file a read without a handle reads (`read_unopened`): the inode's own,
+        opened at its first read."""
+        opened = self._files.of_inode(ino)
+        if opened is not None:
+            return opened
+        self._check_revoked()
+        recent = self._recent.get(ino, self.repository)
+        resolved: Resolved | None = None
+        if recent is not None and not recent[1].is_chunked:  # chunks: a catalog query
+            path, entry = recent
+        else:
+            path = self.path_of(ino)
+            try:
+                resolved = self._resolve(path)
+            except FsError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                return self._replaced(ino, path)  # gone in the revision served now
+            entry = resolved.entry
+            if self.inodes.number(path, entry, resolved.catalog) != ino:
+                return self._replaced(ino, path)
+        self._check_open(os.O_RDONLY, entry)
+        return self._files.adopt(ino, self._open_file(path, entry, resolved, by_inode=True))
+
+    def _replaced(self, ino: int, path: str) -> OpenFile:
+        """The file of inode `ino`, whose `path` has other content (or none) now: the
+        content it was handed out with, kept until the kernel forgets it. Only known
+        during a revision change (from the revision being replaced); ESTALE after. Not an
+        open: nothing counted, no bundle prefetched."""
+        held = self._files.holding(ino)
+        previous = self._previous
+        if held is None and previous is not None:
+            try:
+                resolved = self._resolve(path, previous)
+                entry, catalog = resolved
+                if stat.S_ISREG(entry.mode) and self.inodes.number(path, entry, catalog) == ino:
+                    held = previous.open_file(path, self._files.prefetcher, resolved=resolved,
+                                              lasting=True)
+            except FsError:
+                held = None
+            except EXPECTED as exc:
+                raise fs_error(exc) from exc
+        if held is None:
+            raise FsError(errno.ESTALE, f"{path}: replaced in a newer revision")
+        self._files.retain(ino, held)
+        return held
 
     def direct_io(self, handle: int) -> bool:
         """Whether the catalog asks for this file to bypass the page cache."""
         return bool(self._files.get(handle).entry.flags & DIRECT_IO_FLAG)
 
-    def read_nowait(self, handle: int, offset: int, size: int) -> bytes | None:
+    def _reading(self, handle: int, ino: int) -> OpenFile | None:
+        """The file a read names: its handle's, or with handle 0 its inode's (FUSE
+        no-open, `read_unopened`; opened now if need be, errors raised)."""
+        if handle or not self._inode_reads:
+            return self._files.find(handle)
+        return self._inode_file(ino)
+
+    def read_nowait(self, handle: int, offset: int, size: int, ino: int = 0) -> bytes | None:
         """`read` if it can be answered without waiting for the network (every object it
         needs is in the cache), else None. Adapters call it on the thread the request
         arrived on, to skip the hop to a thread that may wait, which costs more than
-        reading a cached file."""
-        opened = self._files.find(handle)
-        if opened is None or self._revoked is not None:
+        reading a cached file. Handle 0 reads inode `ino` (`read_unopened`)."""
+        if self._revoked is not None:
             return None  # `read` answers
+        opened = self._reading(handle, ino)
+        if opened is None:
+            return None
         try:
             return opened.read_nowait(offset, size)
         except WouldBlockError:
@@ -387,22 +466,26 @@ class RepositoryVFS:
             return None  # `read` tries again and answers the error
 
     def send_cached(self, handle: int, offset: int, size: int,
-                    send: Callable[[int, int, int], None]) -> bool | None:
+                    send: Callable[[int, int, int], None], ino: int = 0) -> bool | None:
         """Hand the bytes of a read to `send(descriptor, position, length)` straight from
         their cache file, if they lie in one object already in the cache (the adapter
         splices them into its reply): True. False: `read_nowait` or `read` answers. None:
         the object must be downloaded, so only `read` can (no second look at the cache)."""
-        opened = self._files.find(handle)
-        if opened is None or self._revoked is not None:
+        if self._revoked is not None:
+            return False
+        opened = self._reading(handle, ino)
+        if opened is None:
             return False
         try:
             return opened.send_local(offset, size, send)
         except WouldBlockError:
             return None
 
-    def read(self, handle: int, offset: int, size: int) -> bytes:
+    def read(self, handle: int, offset: int, size: int, ino: int = 0) -> bytes:
         self._check_revoked()
-        opened = self._files.get(handle)
+        opened = self._reading(handle, ino)
+        if opened is None:
+            raise FsError(errno.EBADF, f"file handle {handle} is not open")
         try:
             return opened.read(offset, size)
         except EXPECTED as exc:  # hash mismatch, fetch failure: never wrong bytes

@@ -14,6 +14,13 @@ IntegrityError. A piece whose fetch failed answers the same error for `FAILURE_M
 to the file that met it (the kernel asks again at once, read-ahead then read: one hostile
 or dead server costs one timeout, not two); a new open tries again.
 
+A `lasting` file is one whose closing nobody reports, and whose reopening nobody sees
+either (FUSE no-open: the kernel opens files alone, and the mount keeps a file per inode).
+It closes a piece's cache file once a read reached the piece's end, since the cache never
+evicts an object held open, and remembers a failure for `LASTING_FAILURE_MEMORY_S` only:
+enough for the kernel's second ask, short enough that a retry by hand finds the server
+back.
+
 Read-ahead: `read_ahead` (pure) picks the next pieces of a chunked file after the one just
 read; a `Prefetcher` fetches them in the background, errors left for the real read.
 
@@ -46,6 +53,7 @@ OPEN_PIECES_PER_HANDLE = 4  # cache files one open file keeps open (current + re
 READ_AHEAD_PIECES = 2  # chunks fetched in the background ahead of a sequential reader
 PREFETCH_THREADS = 2  # read-ahead downloads at once; more only fight over the GIL
 FAILURE_MEMORY_S = 5.0  # a piece that failed is not fetched again by the same file sooner
+LASTING_FAILURE_MEMORY_S = 1.0  # the same for a `lasting` file (module docstring)
 
 
 class Piece(NamedTuple):
@@ -163,12 +171,14 @@ class OpenFile:
     open as cache files (see the module docstring)."""
 
     def __init__(self, path: str, entry: DirEntry, pieces: list[Piece], loader: ObjectLoader,
-                 prefetcher: Prefetcher | None = None) -> None:
+                 prefetcher: Prefetcher | None = None, *, lasting: bool = False) -> None:
         self.path, self.entry, self.pieces = path, entry, pieces
+        self._lasting = lasting  # see the module docstring
         self._loader = loader
         self._prefetcher = prefetcher
         self._lock = threading.Lock()
         self._slots: dict[int, _Slot] = {}  # insertion order = age
+        self._closed = False  # a read still running after `close` keeps no slot
         self._failed: dict[int, tuple[float, PycvmfsError]] = {}  # piece: when, why
         self._prefetched: set[int] = set()
         self._starts = [piece.offset for piece in pieces]
@@ -209,6 +219,7 @@ class OpenFile:
             send(slot.file.fileno(), offset - piece.offset, end - offset)
         finally:
             self._release(slot)
+        self._finished(index, slot, end - piece.offset)
         if self._prefetcher is not None:
             self._read_ahead(index, self._prefetcher)
         return True
@@ -251,6 +262,7 @@ class OpenFile:
             finally:
                 self._release(slot)
             if len(data) == stop - start:
+                self._finished(index, slot, stop)
                 return data
             log.warning("%s: cached object %s read short (%d of %d bytes); fetching it again",
                         self.path, self.pieces[index].hash, len(data), stop - start)
@@ -287,7 +299,8 @@ class OpenFile:
                 slot.uses += 1
                 return slot
             failed = self._failed.get(index)
-        if failed is not None and time.monotonic() - failed[0] < FAILURE_MEMORY_S:
+        memory = LASTING_FAILURE_MEMORY_S if self._lasting else FAILURE_MEMORY_S
+        if failed is not None and time.monotonic() - failed[0] < memory:
             raise failed[1]  # the kernel asks again at once (read-ahead, then the read)
         # open (and maybe download) outside the lock: other pieces stay readable meanwhile
         try:
@@ -297,6 +310,9 @@ class OpenFile:
                 self._failed[index] = (time.monotonic(), exc)
             raise
         with self._lock:
+            if self._closed:  # closed meanwhile: this read's alone, closed at its release
+                fresh.uses, fresh.retired = 1, True
+                return fresh
             slot = self._slots.setdefault(index, fresh)
             slot.uses += 1
             if slot is fresh:
@@ -322,6 +338,12 @@ class OpenFile:
             if slot.retired and slot.uses == 0:
                 slot.file.close()
 
+    def _finished(self, index: int, slot: _Slot, stop: int) -> None:
+        """A read of piece `index` ended at `stop` (within the piece): in a `lasting`
+        file, the piece's end closes its cache file."""
+        if self._lasting and stop == self.pieces[index].size:
+            self._forget_slot(index, slot)
+
     def _forget_slot(self, index: int, slot: _Slot) -> None:
         with self._lock:
             if self._slots.get(index) is slot:
@@ -329,7 +351,10 @@ class OpenFile:
                 self._retire_locked(slot)
 
     def close(self) -> None:
+        """Close the cache files held. Reads still running finish; a cache file one of them
+        opens after this is closed when it is done."""
         with self._lock:
+            self._closed = True
             for slot in self._slots.values():
                 self._retire_locked(slot)
             self._slots.clear()

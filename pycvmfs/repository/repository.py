@@ -150,20 +150,23 @@ class Repository:
         return entry, file_pieces(canonical, entry, catalog)
 
     def open_file(self, path: str, prefetcher: Prefetcher | None = None, *,
-                  resolved: Resolved | None = None) -> OpenFile:
+                  resolved: Resolved | None = None, lasting: bool = False) -> OpenFile:
         """Regular file `path` opened for reading (the caller closes it); with a
         `prefetcher`, the next chunks are fetched in the background as it is read.
-        `resolved` saves the lookup when the caller just made it."""
+        `resolved` saves the lookup when the caller just made it; `lasting`: see
+        `reader`."""
         canonical = normalize_path(path)
         entry, catalog = resolved or self.tree.lookup(canonical)
         pieces = file_pieces(canonical, entry, catalog)
-        return OpenFile(canonical, entry, pieces, self.loader, prefetcher)
+        return OpenFile(canonical, entry, pieces, self.loader, prefetcher,
+                        lasting=lasting)
 
-    def open_entry(self, path: str, entry: DirEntry,
-                   prefetcher: Prefetcher | None = None) -> OpenFile:
+    def open_entry(self, path: str, entry: DirEntry, prefetcher: Prefetcher | None = None, *,
+                   lasting: bool = False) -> OpenFile:
         """Like `open_file` for an `entry` of this revision the caller resolved before and
         kept (a file of one object: no catalog query; chunked files need `open_file`)."""
-        return OpenFile(path, entry, file_pieces(path, entry, None), self.loader, prefetcher)
+        return OpenFile(path, entry, file_pieces(path, entry, None), self.loader, prefetcher,
+                        lasting=lasting)
 
     def iter_read(self, path: str,
                   block: int = DEFAULT_READ_BLOCK_BYTES) -> Iterator[bytes]:

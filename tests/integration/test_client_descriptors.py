@@ -1,8 +1,9 @@
 """Descriptors through a real mount: the serving process raises its soft open-files limit to
-CVMFS_NFILES (2,500 files open at once read fine where the soft limit is 1,024), and where
-the hard limit caps it (at 2,048), a caller that runs the mount out of descriptors gets
-EMFILE, never EIO, and nothing is marked broken: every file reads again once the others
-are closed."""
+CVMFS_NFILES (2,500 files open at once read fine where the soft limit is 1,024). Where the
+hard limit caps it (at 2,048): with FUSE no-open (the default) the mount holds no
+descriptor per open file, so the 2,500 still read; answering every OPEN
+(PYCVMFS_NO_OPEN=no), a caller that runs the mount out of descriptors gets EMFILE, never
+EIO, and nothing is marked broken: every file reads again once the others are closed."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from tests.servers import NEEDS_FUSE_AND_NGINX, Nginx, shared_scratch
 pytestmark = [*NEEDS_FUSE_AND_NGINX]
 
 OPENS = 2500  # distinct files (the page cache would answer a second open of the same one);
-# each holds a cache file open in the serving process once read
+# each holds a cache file open in the serving process once read, unless no-open
 T0 = int(time.time()) - 3600
 # the serving process: soft limit 1,024, and (second test) a hard limit it cannot raise
 NO_RAISE = ["setpriv", "--inh-caps=-sys_resource", "--bounding-set=-sys_resource"]
@@ -63,28 +64,38 @@ def _open_and_read_all(mnt: Path) -> tuple[list[int], dict[int, int]]:
     return handles, failures
 
 
-def _mount(site: Site, prefix: list[str]) -> object:
+def _mount(site: Site, prefix: list[str], **options: str) -> object:
     mnt, cache = site.base / "mnt", site.base / "cache"
     mnt.mkdir(exist_ok=True)
-    return cli_mount(site.keys.fqrn, mnt, env=site.env(cache), options=site.options(cache),
-                     prefix=prefix)
+    return cli_mount(site.keys.fqrn, mnt, env=site.env(cache),
+                     options=site.options(cache, **options), prefix=prefix)
+
+
+def _all_read(mnt: Path) -> None:
+    handles, failures = _open_and_read_all(mnt)
+    try:
+        assert failures == {}
+    finally:
+        for fd in handles:
+            os.close(fd)
 
 
 def test_the_soft_limit_is_raised_to_cvmfs_nfiles(site: Site) -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     hard_text = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
-    with _mount(site, ["prlimit", f"--nofile=1024:{hard_text}"]):  # type: ignore[attr-defined]
-        mnt = site.base / "mnt"
-        handles, failures = _open_and_read_all(mnt)
-        try:
-            assert failures == {}
-        finally:
-            for fd in handles:
-                os.close(fd)
+    with _mount(site, ["prlimit", f"--nofile=1024:{hard_text}"],  # type: ignore[attr-defined]
+                PYCVMFS_NO_OPEN="no"):  # a descriptor per open file
+        _all_read(site.base / "mnt")
+
+
+def test_without_open_requests_no_descriptor_is_held_per_open_file(site: Site) -> None:
+    with _mount(site, ["prlimit", "--nofile=1024:2048", *NO_RAISE]):  # type: ignore[attr-defined]
+        _all_read(site.base / "mnt")
 
 
 def test_running_out_of_descriptors_is_emfile_and_heals(site: Site) -> None:
-    with _mount(site, ["prlimit", "--nofile=1024:2048", *NO_RAISE]):  # type: ignore[attr-defined]
+    with _mount(site, ["prlimit", "--nofile=1024:2048", *NO_RAISE],  # type: ignore[attr-defined]
+                PYCVMFS_NO_OPEN="no"):
         mnt = site.base / "mnt"
         log = (site.base / "cache" / f"{site.keys.fqrn}.log").read_text()
         assert "hard limit of open files (2048)" in log

@@ -84,6 +84,29 @@ def test_new_revision_shows_while_open_files_keep_old_bytes(site: Site, backend:
         assert expires.isdigit()
 
 
+@pytest.mark.parametrize("no_open", ["yes", "no"])
+def test_a_file_opened_unread_reads_its_old_bytes_after_a_swap(site: Site,
+                                                               no_open: str) -> None:
+    """Opened, not one byte read, then replaced by a new revision: the old bytes, with an
+    OPEN answered (a handle) and without one (FUSE no-open: the content the kernel's inode
+    was handed out with, kept through the swap); a chunk list too."""
+    old_big = "".join(f"{i:08}\n" for i in range(30_000))  # chunked (SMALL_CHUNKS)
+    site.publish({"a.txt": "one, the first", "big.txt": old_big}, T1)
+    mnt, cache = site.base / "mnt", site.base / "cache"
+    mnt.mkdir()
+    with cli_mount(site.keys.fqrn, mnt, env=site.env(cache),
+                   options=site.options(cache, PYCVMFS_NO_OPEN=no_open,
+                                        CVMFS_KCACHE_TIMEOUT="600")):
+        with open(mnt / "a.txt", "rb") as small, open(mnt / "big.txt", "rb") as big:
+            assert int(os.getxattr(mnt / "big.txt", "user.chunks")) > 1
+            second = site.publish({"a.txt": "two, the second one", "big.txt": "new"}, T2)
+            assert wait_for(lambda: revision(mnt) == second), "revision 2 never mounted"
+            assert (mnt / "a.txt").read_text() == "two, the second one"
+            assert small.read() == b"one, the first"
+            assert big.read() == old_big.encode()
+        assert (mnt / "big.txt").read_text() == "new"
+
+
 def test_fixed_revisions_never_move(site: Site) -> None:
     site.publish({"a.txt": "one"}, T1)
     site.publish({"a.txt": "two"}, T2)

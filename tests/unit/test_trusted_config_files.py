@@ -360,13 +360,13 @@ NINE_MB = 9 * 1024 * 1024
 def test_an_unclosed_quote_in_9_mb_parses_in_well_under_a_second(name: str, text: str) -> None:
     warnings = parse_config_text(text, source="f", settings=Settings())
     assert len(warnings) == 1 and warnings[0].startswith("f:1: unterminated")
-    assert _best_time(text) < 1.0, name  # typically 0.1 s; the best of three on a busy host
+    assert _best_time(text) < 1.0, name  # typically 0.1 s; the best of five on a busy host
 
 
 def _best_time(text: str) -> float:
     """CPU seconds of this thread: another process on the cores does not count."""
     best = float("inf")
-    for _ in range(3):
+    for _ in range(5):
         start = time.thread_time()
         parse_config_text(text, source="f", settings=Settings())
         best = min(best, time.thread_time() - start)

@@ -24,6 +24,8 @@ from pycvmfs.fs._libfuse3 import (
     FI_DIRECT_IO,
     FI_KEEP_CACHE,
     FUSE_CAP_CACHE_SYMLINKS,
+    FUSE_CAP_NO_OPEN_SUPPORT,
+    FUSE_CAP_SPLICE_WRITE,
     ConnInfo,
     ConnInfo317,
     FileInfo,
@@ -416,6 +418,43 @@ def test_init_asks_for_cached_symlinks(fuse: FakeFuse, vfs: FakeVFS, version: in
     plain = layout(capable=1, want=1)
     ops.ops.init(None, ctypes.addressof(plain))
     assert plain.want == 1
+
+
+def test_without_open_support_every_open_is_answered(fuse: FakeFuse, vfs: FakeVFS) -> None:
+    ops = make_ops(fuse, vfs)
+    conn = ConnInfo317(capable=FUSE_CAP_NO_OPEN_SUPPORT, want=0)
+    conn.capable_ext = conn.capable
+    ops.ops.init(None, ctypes.addressof(conn))
+    assert ops.no_open and vfs.unopened and conn.want_ext == FUSE_CAP_NO_OPEN_SUPPORT
+    older = make_ops(fuse, FakeVFS(TREE, {}))  # a kernel that cannot: OPEN answered
+    plain = ConnInfo317(capable=1, want=0)
+    older.ops.init(None, ctypes.addressof(plain))
+    assert not older.no_open and plain.want == 0
+
+
+def test_no_open_reads_by_inode(fuse: FakeFuse, vfs: FakeVFS) -> None:
+    """With no-open, the first OPEN answers ENOSYS (the kernel's success: it opens alone
+    from then on) and READs of handle 0 name their inode; RELEASE never comes."""
+    ops = make_ops(fuse, vfs)
+    conn = ConnInfo317(capable=FUSE_CAP_NO_OPEN_SUPPORT | FUSE_CAP_SPLICE_WRITE, want=0)
+    conn.capable_ext = conn.capable
+    ops.ops.init(None, ctypes.addressof(conn))
+    try:
+        fi = file_info(flags=os.O_RDONLY)
+        call(ops, "open", vfs.inodes["a/x.txt"], fi)
+        assert fuse.replies() == [("err", (errno.ENOSYS,))] and vfs.open_handles == {}
+        unopened = file_info(flags=os.O_RDONLY)  # fh 0, as the kernel sends it
+        call(ops, "read", vfs.inodes["a/x.txt"], 4, 3, unopened)  # spliced, by inode
+        vfs.page_cached = False
+        call(ops, "read", vfs.inodes["b.txt"], 100, 1, unopened)  # from the pool
+        wait_for_reply(fuse, 3)
+        assert fuse.replies()[1:] == [("data", (b"xxxx",)), ("buf", (b"ee",))]
+        vfs.failures[vfs.inodes["a/y.txt"]] = FsError(errno.ESTALE)
+        call(ops, "read", vfs.inodes["a/y.txt"], 4, 0, unopened)
+        wait_for_reply(fuse, 4)
+        assert fuse.replies()[3] == ("err", (errno.ESTALE,))
+    finally:
+        ops.stop()
 
 
 @pytest.mark.parametrize("version", [316, 317])

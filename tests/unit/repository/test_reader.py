@@ -173,6 +173,31 @@ def test_at_most_a_few_objects_stay_open(opened: tuple[OpenFile, FileLoader]) ->
     assert file._slots == {}
 
 
+def test_a_lasting_file_closes_what_a_read_finished(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file whose closing nobody reports (FUSE no-open) keeps a cache file open only
+    while a read has not reached the piece's end, and forgets a failure sooner."""
+    monkeypatch.setattr(reader, "LASTING_FAILURE_MEMORY_S", 0.3)  # 1 s in real life
+    entry, pieces, objects = chunked(DATA)
+    loader = FileLoader(tmp_path, objects)
+    file = OpenFile("/f", entry, pieces, loader, lasting=True)  # type: ignore[arg-type]
+    sent: list[bytes] = []
+    assert file.read(0, 100) == DATA[:100]
+    assert list(file._slots) == [0]  # mid-piece: kept for the next read
+    assert file.read(100, CHUNK - 100) == DATA[100:CHUNK]
+    assert file._slots == {}  # read to its end: closed, the cache may evict it
+    assert file.send_local(CHUNK, CHUNK, lambda fd, pos, n: sent.append(os.pread(fd, n, pos)))
+    assert sent == [DATA[CHUNK:2 * CHUNK]] and file._slots == {}
+    loader.faults = ["fail"]
+    with pytest.raises(FetchError):
+        file.read(2 * CHUNK, 10)
+    with pytest.raises(FetchError):  # the kernel's second ask: remembered
+        file.read(2 * CHUNK, 10)
+    time.sleep(reader.LASTING_FAILURE_MEMORY_S)
+    assert file.read(2 * CHUNK, 10) == DATA[2 * CHUNK:2 * CHUNK + 10]
+    file.close()
+
+
 def test_read_ahead_fetches_the_next_chunks_once(tmp_path: Path) -> None:
     entry, pieces, objects = chunked(DATA)
     loader = FileLoader(tmp_path, objects)
