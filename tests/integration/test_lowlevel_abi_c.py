@@ -58,7 +58,8 @@ STRUCTS_317: dict[str, tuple[str, Any, tuple[str, ...]]] = {
                 ("major", "minor", "hotfix", "padding")),
 }
 BITS = {"direct_io": ll.FI_DIRECT_IO, "keep_cache": ll.FI_KEEP_CACHE}
-CAPS = ("FUSE_CAP_READDIRPLUS", "FUSE_CAP_READDIRPLUS_AUTO", "FUSE_CAP_CACHE_SYMLINKS")
+CAPS = ("FUSE_CAP_READDIRPLUS", "FUSE_CAP_READDIRPLUS_AUTO", "FUSE_CAP_CACHE_SYMLINKS",
+        "FUSE_CAP_SPLICE_WRITE", "FUSE_CAP_NO_OPEN_SUPPORT")
 
 
 def structs(version: int) -> dict[str, tuple[str, Any, tuple[str, ...]]]:
