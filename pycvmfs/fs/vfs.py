@@ -339,12 +339,21 @@ class RepositoryVFS:
 
     # --- contents --------------------------------------------------------------------
     def open(self, ino: int, flags: int) -> int:
+        self._check_flags(flags)
+        path, entry, resolved = self._to_open(ino)
+        self._check_open(flags, entry)
+        return self._open(ino, path, entry, resolved)
+
+    def _to_open(self, ino: int) -> tuple[str, DirEntry, Resolved | None]:
+        """Path and current entry of inode `ino`, to open it: the answer the LOOKUP just
+        gave (a file of one object needs no catalog: no `Resolved`), else resolved now
+        (a chunked file's chunk list is read from its catalog)."""
         recent = self._recent.get(ino, self.repository)
-        if recent is not None and not recent[1].is_chunked:  # chunks: a catalog query
-            path, entry = recent
-            self._check_open(flags, entry)
-            return self._open(ino, path, entry, None)
-        return self.open_path(self.path_of(ino), flags, ino)
+        if recent is not None and not recent[1].is_chunked:
+            return recent[0], recent[1], None
+        path = self.path_of(ino)
+        resolved = self._resolve(path)
+        return path, resolved.entry, resolved
 
     @staticmethod
     def _check_flags(flags: int) -> None:
@@ -395,22 +404,14 @@ class RepositoryVFS:
         opened = self._files.of_inode(ino)
         if opened is not None:
             return opened
-        self._check_revoked()
-        recent = self._recent.get(ino, self.repository)
-        resolved: Resolved | None = None
-        if recent is not None and not recent[1].is_chunked:  # chunks: a catalog query
-            path, entry = recent
-        else:
-            path = self.path_of(ino)
-            try:
-                resolved = self._resolve(path)
-            except FsError as exc:
-                if exc.errno != errno.ENOENT:
-                    raise
-                return self._replaced(ino, path)  # gone in the revision served now
-            entry = resolved.entry
-            if self.inodes.number(path, entry, resolved.catalog) != ino:
-                return self._replaced(ino, path)
+        try:
+            path, entry, resolved = self._to_open(ino)
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            return self._replaced(ino, self.path_of(ino))  # gone in the revision served now
+        if resolved is not None and self.inodes.number(path, entry, resolved.catalog) != ino:
+            return self._replaced(ino, path)
         self._check_open(os.O_RDONLY, entry)
         return self._files.adopt(ino, self._open_file(path, entry, resolved, by_inode=True))
 
