@@ -67,8 +67,8 @@ origin and what is allowed, also when this configuration does not use the key.
 `inspect_config` gives every value with its origin and every problem without raising (for
 `pycvmfs config show` and `pycvmfs doctor`); `load_config` raises the first error.
 
-I/O: `config_files` reads files; key resolution globs key directories. Everything else is
-pure. Thread-safety: no shared state; ClientConfig is immutable.
+I/O: `config_files` reads files; key resolution (`config_public_keys`) globs key
+directories. Everything else is pure. Thread-safety: no shared state; ClientConfig is immutable.
 """
 
 from __future__ import annotations
@@ -89,11 +89,11 @@ from pycvmfs.config_defaults import (
     ROOT_CACHE_BASE,
     default_cache_base,
     domain_layer,
-    no_keys_message,
-    user_keys_dir,
+    split_fqrn,
 )
-from pycvmfs.config_files import MAX_KEY_BYTES, ConfigFiles, FileTrust, read_trusted_bytes
+from pycvmfs.config_files import ConfigFiles, FileTrust
 from pycvmfs.config_keys import BUILTIN_DEFAULTS, OVERRIDE, key_names, misspelled
+from pycvmfs.config_public_keys import resolve_public_keys
 from pycvmfs.config_shell import Assignment, Settings
 from pycvmfs.config_shell import parse_config_text as parse_config_text  # tests, callers
 from pycvmfs.config_values import (
@@ -160,11 +160,9 @@ class MergedSettings:
     notes: tuple[str, ...] = ()  # reference keys pycvmfs ignores
     unreadable: tuple[Path, ...] = ()  # files that exist but could not be read
 
-
-def split_fqrn(fqrn: str) -> tuple[str, str]:
-    """(org, domain): `atlas.cern.ch` -> (`atlas`, `cern.ch`); no dot -> (fqrn, "")."""
-    org, _, domain = fqrn.partition(".")
-    return org, domain
+    def typed(self) -> Typed:
+        """Every typed key read through `config_values`' table."""
+        return Typed(self.values, self.origins, self.environ)
 
 
 def load_settings(
@@ -352,7 +350,7 @@ def resolve(merged: MergedSettings, *, trust: FileTrust | None = None) -> Client
     naming key, value and origin). I/O: key directories are listed and key files checked
     with `read_trusted_bytes`. The defaults in `INTEGER_KEYS`/`BOOLEAN_KEYS` are the
     reference's built-in values, used only when a file sets a key to the empty string."""
-    typed = _typed(merged)
+    typed = merged.typed()
     typed.check_all()
     proxy = _proxy(typed)
     fallback = typed.proxies("CVMFS_FALLBACK_PROXY")
@@ -439,7 +437,7 @@ def inspect_config(
         return ConfigReport(fqrn, _EMPTY, _EMPTY, (ConfigProblem(Severity.ERROR, _said(exc)),),
                             (), None)
     errors = list(merged.errors)
-    typed = _typed(merged)
+    typed = merged.typed()
     errors += [str(exc) for exc in typed.problems()]
     config = None
     if not errors:
@@ -459,10 +457,6 @@ def _said(exc: ConfigError | OSError) -> str:
     if isinstance(exc, OSError):
         return f"{exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc)
     return str(exc)
-
-
-def _typed(merged: MergedSettings) -> Typed:
-    return Typed(merged.values, merged.origins, merged.environ)
 
 
 def _proxy(typed: Typed) -> str:
@@ -509,7 +503,7 @@ _CacheFields = tuple[Path, Path, bool, int, "Path | None"]
 def cache_fields(merged: MergedSettings) -> _CacheFields:
     """(base, dir, shared, quota, alien) with the reference's checks (fact sheet 9.1, 9.6);
     needs no server URL or key (`pycvmfs cache` finds a cache with it)."""
-    typed, fqrn = _typed(merged), merged.fqrn
+    typed, fqrn = merged.typed(), merged.fqrn
     base = typed.path("CVMFS_CACHE_BASE") or Path(ROOT_CACHE_BASE)
     shared = typed.boolean("CVMFS_SHARED_CACHE")
     quota = typed.integer("CVMFS_QUOTA_LIMIT")
@@ -532,66 +526,6 @@ def _visibility(typed: Typed) -> MagicXattrsVisibility:
         hide = typed.boolean("CVMFS_HIDE_MAGIC_XATTRS")
         return MagicXattrsVisibility.NEVER if hide else MagicXattrsVisibility.ALWAYS
     return MagicXattrsVisibility.ROOTONLY
-
-
-# --- public keys (fact sheet 12.2) ----------------------------------------------------------
-
-
-def key_search_dirs(merged: MergedSettings) -> list[Path]:
-    """Where `*.pub` files are looked for when CVMFS_PUBLIC_KEY is unset, in order."""
-    typed = _typed(merged)
-    _, domain = split_fqrn(merged.fqrn)
-    user = user_keys_dir(merged.environ)
-    dirs = [typed.path("CVMFS_KEYS_DIR") or merged.config_root / "keys"]
-    if domain:
-        dirs += [merged.config_root / "keys" / domain, user / domain]
-    dirs.append(user)
-    return list(dict.fromkeys(dirs))
-
-
-def resolve_public_keys(merged: MergedSettings, *,
-                        trust: FileTrust | None = None) -> tuple[Path, ...]:
-    """The key files: CVMFS_PUBLIC_KEY wins, else the first search dir holding `*.pub`.
-    Each is checked as `read_trusted_bytes` reads it (owner, mode, type, size): a key file
-    someone else can write is refused here, before anything is fetched."""
-    typed = _typed(merged)
-    explicit = typed.optional("CVMFS_PUBLIC_KEY")
-    if explicit is not None:
-        files = _explicit_keys(explicit, typed.origin("CVMFS_PUBLIC_KEY"), typed)
-    else:
-        dirs = key_search_dirs(merged)
-        files = next((found for found in (_pub_files(d) for d in dirs) if found), ())
-        if not files:
-            hint = misspelled(merged.origins, "CVMFS_PUBLIC_KEY").strip().strip("()")
-            raise ConfigError((f"{hint}; " if hint else "") + no_keys_message(
-                merged.fqrn, split_fqrn(merged.fqrn)[1], dirs, user_keys_dir(merged.environ)))
-    for path in files:
-        if read_trusted_bytes(path, what="public key", max_bytes=MAX_KEY_BYTES,
-                              trust=trust) is None:
-            raise ConfigError(f"public key {path}: no such file (a dangling symlink?)")
-    return files
-
-
-def _pub_files(directory: Path) -> tuple[Path, ...]:
-    return tuple(sorted(directory.glob("*.pub"))) if directory.is_dir() else ()
-
-
-def _explicit_keys(value: str, origin: str, typed: Typed) -> tuple[Path, ...]:
-    files: list[Path] = []
-    for part in (p.strip() for p in value.split(":")):
-        if not part:
-            continue
-        path = typed.expand_home(part)
-        if path.is_dir():
-            files += _pub_files(path)
-        elif path.exists():
-            files.append(path)
-        else:
-            raise ConfigError(f"CVMFS_PUBLIC_KEY (set in {origin}) names {path}: "
-                              "no such file or directory")
-    if not files:
-        raise ConfigError(f"CVMFS_PUBLIC_KEY={value!r} (set in {origin}): no key files")
-    return tuple(files)
 
 
 def symlink_environment(config: ClientConfig,

@@ -117,6 +117,12 @@ DOMAINS: Final = MappingProxyType({
 })
 
 
+def split_fqrn(fqrn: str) -> tuple[str, str]:
+    """(org, domain): `atlas.cern.ch` -> (`atlas`, `cern.ch`); no dot -> (fqrn, "")."""
+    org, _, domain = fqrn.partition(".")
+    return org, domain
+
+
 def domain_layer(domain: str, *, use_cdn: bool, keys_root: str) -> dict[str, str]:
     """The settings the shipped `domain.d/<domain>.conf` makes ({} for unknown domains)."""
     defaults = DOMAINS.get(domain)

@@ -17,9 +17,8 @@ from pycvmfs.config import (
     Severity,
     inspect_config,
     load_settings,
-    resolve_public_keys,
 )
-from pycvmfs.config_values import Typed
+from pycvmfs.config_public_keys import resolve_public_keys
 from pycvmfs.doctor.cache import CacheFacts
 from pycvmfs.doctor.repository import ConfigFacts
 from pycvmfs.errors import ConfigError
@@ -123,7 +122,7 @@ def cache_settings(loaded: LoadedConfig) -> CacheSettings | str:
                              cache.quota_limit_mb, cache.alien,
                              loaded.config.origin("CVMFS_CACHE_BASE"))
     merged = loaded.merged
-    typed = Typed(merged.values, merged.origins, merged.environ)
+    typed = merged.typed()
     try:
         base = typed.path("CVMFS_CACHE_BASE") or Path("/var/lib/cvmfs")
         alien = typed.path("CVMFS_ALIEN_CACHE")

@@ -30,7 +30,8 @@ FORBIDDEN = {
     "pycvmfs.images.layout": {"socket", "urllib3", "subprocess", "os", "pathlib"},
 }
 CONFIG_MODULES = ("pycvmfs.config", "pycvmfs.config_defaults", "pycvmfs.config_shell",
-                  "pycvmfs.config_files", "pycvmfs.config_values", "pycvmfs.config_keys")
+                  "pycvmfs.config_files", "pycvmfs.config_values", "pycvmfs.config_keys",
+                  "pycvmfs.config_public_keys")
 
 
 def imports_of(path: Path) -> set[str]:
