@@ -48,7 +48,6 @@ import grp
 import logging
 import os
 import pwd
-import secrets
 import stat
 import weakref
 from dataclasses import dataclass, field, replace
@@ -312,7 +311,7 @@ class SafeDir:
     def create_temp(self, prefix: str, mode: int = FILE_MODE) -> tuple[int, str]:
         """A new file `prefix` + random characters, created exclusively: (fd, name)."""
         for _ in range(TEMP_ATTEMPTS):
-            name = prefix + secrets.token_hex(TEMP_NAME_BYTES)  # one getrandom call
+            name = prefix + os.urandom(TEMP_NAME_BYTES).hex()  # one getrandom call
             try:
                 fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                              | os.O_CLOEXEC, mode, dir_fd=self.fd)

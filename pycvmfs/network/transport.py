@@ -266,6 +266,10 @@ def _watched_tls_context() -> ssl.SSLContext:
     return context
 
 
+def _is_https(url: str) -> bool:
+    return url[:6].lower() == "https:"
+
+
 def _watched(pool: urllib3.PoolManager) -> urllib3.PoolManager:
     pool.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
     return pool
@@ -288,19 +292,21 @@ class Urllib3Transport:
         self._pools: dict[ProxyChoice, urllib3.PoolManager] = {}
         self._tls: ssl.SSLContext | None = None
 
-    def _pool(self, proxy: ProxyChoice) -> urllib3.PoolManager:
+    def _pool(self, proxy: ProxyChoice, tls: bool) -> urllib3.PoolManager:
+        """The manager of `proxy`; with `tls`, one that verifies TLS with the system CAs,
+        which take 40 ms to load: a mount of plain-HTTP Stratum-1s never pays for them."""
         with self._lock:
             pool = self._pools.get(proxy)
             if pool is None:
+                if isinstance(proxy, Proxy):
+                    pool = urllib3.ProxyManager(proxy.url, maxsize=POOL_MAXSIZE, block=False)
+                else:
+                    pool = urllib3.PoolManager(maxsize=POOL_MAXSIZE, block=False)
+                self._pools[proxy] = _watched(pool)
+            if tls and "ssl_context" not in pool.connection_pool_kw:  # read at pool creation
                 if self._tls is None:
                     self._tls = _watched_tls_context()
-                if isinstance(proxy, Proxy):
-                    pool = urllib3.ProxyManager(proxy.url, maxsize=POOL_MAXSIZE, block=False,
-                                                ssl_context=self._tls)
-                else:
-                    pool = urllib3.PoolManager(maxsize=POOL_MAXSIZE, block=False,
-                                               ssl_context=self._tls)
-                self._pools[proxy] = _watched(pool)
+                pool.connection_pool_kw["ssl_context"] = self._tls
             return pool
 
     def get(self, url: str, *, proxy: ProxyChoice, headers: Mapping[str, str], sink: Sink,
@@ -308,7 +314,8 @@ class Urllib3Transport:
         via_proxy = not isinstance(proxy, Direct)
         try:
             with _header_deadline(timeout):
-                response = self._pool(proxy).request(
+                tls = _is_https(url) or (isinstance(proxy, Proxy) and _is_https(proxy.url))
+                response = self._pool(proxy, tls).request(
                     "GET", url, headers=dict(headers), preload_content=False,
                     decode_content=False, retries=NO_RETRIES, redirect=False,
                     timeout=urllib3.Timeout(connect=timeout, read=timeout))

@@ -194,3 +194,34 @@ def test_local_exhaustion_is_found_behind_urllib3_wrappers() -> None:
         assert local_exhaustion(wrapped) is cause
     assert local_exhaustion(NewConnectionError(None, "refused")) is None  # type: ignore[arg-type]
     assert local_exhaustion(OSError(errno.ECONNREFUSED, "refused")) is None
+
+
+def _refused(*args: object, **kwargs: object) -> socket.socket:
+    raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+
+
+def test_only_a_tls_request_loads_the_system_certificates(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """Loading the system CAs takes 40 ms of every mount: plain-HTTP routes never do it,
+    and the first HTTPS request does it once for the transport."""
+    from pycvmfs.network import transport as module
+    from pycvmfs.network.proxies import DIRECT
+    from pycvmfs.network.sink import MemorySink
+
+    built: list[int] = []
+    real = module._watched_tls_context
+    monkeypatch.setattr(module, "_watched_tls_context", lambda: built.append(1) or real())
+    monkeypatch.setattr(socket, "socket", _refused)
+    transport = module.Urllib3Transport()
+
+    def get(url: str) -> ErrorKind | None:
+        return transport.get(url, proxy=DIRECT, headers=request_headers(),
+                             sink=MemorySink(10), timeout=1.0, low_speed_limit=1).error
+
+    try:
+        assert {get("http://127.0.0.1:9/a"), get("http://127.0.0.1:9/b")} == {ErrorKind.CONNECT}
+        assert built == []
+        assert {get("https://127.0.0.1:9/a"), get("HTTPS://127.0.0.1:9/b")} == {ErrorKind.CONNECT}
+        assert built == [1]
+    finally:
+        transport.close()
