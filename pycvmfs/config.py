@@ -318,6 +318,8 @@ class ClientConfig:
     bundle_pool_size: int = 8  # CVMFS_BUNDLE_POOL_SIZE: file bundle prefetch threads
     no_open: bool = True  # PYCVMFS_NO_OPEN: the kernel opens files without asking (no key
     # in the reference, which always answers OPEN)
+    cpu_affinity: frozenset[int] | None = None  # CVMFS_CPU_AFFINITY: the serving CPUs
+    single_cpu: bool = True  # PYCVMFS_SINGLE_CPU: without CVMFS_CPU_AFFINITY, one CPU
     notes: tuple[str, ...] = ()  # reference keys pycvmfs ignores (`mount --verbose`)
 
     def origin(self, key: str) -> str:
@@ -396,6 +398,8 @@ def resolve(merged: MergedSettings, *, trust: FileTrust | None = None) -> Client
         prefetch_filebundles=typed.boolean("CVMFS_PREFETCH_FILEBUNDLES"),
         bundle_pool_size=typed.integer("CVMFS_BUNDLE_POOL_SIZE"),
         no_open=typed.boolean("PYCVMFS_NO_OPEN"),
+        cpu_affinity=typed.cpu_list("CVMFS_CPU_AFFINITY"),
+        single_cpu=typed.boolean("PYCVMFS_SINGLE_CPU"),
         notes=merged.notes,
     )
 

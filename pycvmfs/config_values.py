@@ -110,6 +110,7 @@ BOOLEAN_KEYS: Final = MappingProxyType({
     "CVMFS_USE_OPENHTC": False,  # the older name of CVMFS_USE_CDN
     "CVMFS_PREFETCH_FILEBUNDLES": True,  # the reference's default is off (2.14)
     "PYCVMFS_NO_OPEN": True,  # FUSE no-open (the lowlevel backend); no reference key
+    "PYCVMFS_SINGLE_CPU": True,  # without CVMFS_CPU_AFFINITY: one CPU; no reference key
 })
 
 
@@ -335,6 +336,18 @@ class Typed:
                 raise self.error(key, "expected YYYY-MM-DDTHH:MM:SSZ (UTC)") from None
         return value
 
+    def cpu_list(self, key: str) -> frozenset[int] | None:
+        """CPU numbers separated by commas, as the reference reads CVMFS_CPU_AFFINITY
+        (no ranges: the reference would read `0-3` as CPU 0); None when unset."""
+        value = self.optional(key)
+        if value is None:
+            return None
+        words = [word.strip() for word in value.split(",")]
+        if not all(word.isascii() and word.isdigit() and len(word) <= 6 for word in words):
+            raise self.error(key, "expected CPU numbers separated by commas, such as 0,1 "
+                             "(list a range CPU by CPU)")
+        return frozenset(int(word) for word in words)
+
     def path(self, key: str) -> Path | None:
         value = self.optional(key)
         return None if value is None else self.expand_home(value)
@@ -353,6 +366,7 @@ CHECKS: Final[Mapping[str, Callable[[Typed, str], object]]] = MappingProxyType({
     "CVMFS_FALLBACK_PROXY": Typed.proxies,
     "CVMFS_REPOSITORY_DATE": Typed.date,
     "CVMFS_ROOT_HASH": Typed.root_hash,
+    "CVMFS_CPU_AFFINITY": Typed.cpu_list,
     "CVMFS_MAGIC_XATTRS_VISIBILITY":
         lambda typed, key: typed.choice(key, MAGIC_XATTRS_VISIBILITY),
 })

@@ -122,7 +122,11 @@ def serve_mount(config: ClientConfig, mountpoint: str, backend: str | None, *,
     """Open the repository and serve it at `mountpoint` until unmounted (blocks); `ready`
     is called once the mount answers."""
     from pycvmfs.client import open_client
-    from pycvmfs.fs.limits import limit_malloc_arenas, raise_open_files_limit
+    from pycvmfs.fs.limits import (
+        confine_to_cpus,
+        limit_malloc_arenas,
+        raise_open_files_limit,
+    )
     from pycvmfs.fs.mount import serve
 
     try:
@@ -134,6 +138,9 @@ def serve_mount(config: ClientConfig, mountpoint: str, backend: str | None, *,
     for warning in config.warnings:  # to the logs, and to stderr unless detached
         logging.getLogger(__name__).warning("configuration: %s", warning)
     limit_malloc_arenas()
+    unconfined = confine_to_cpus(config.cpu_affinity, single=config.single_cpu)
+    if unconfined:
+        logging.getLogger(__name__).warning("%s", unconfined)
     _, capped = raise_open_files_limit(config.nfiles)
     if capped and config.origin("CVMFS_NFILES").startswith("<"):
         logging.getLogger(__name__).warning("%s", capped)  # the default: no one asked

@@ -138,3 +138,18 @@ def test_network_parsers_refuse_what_config_refuses(url: str) -> None:
         parse_server_urls(url)
     with pytest.raises(ConfigError):
         parse_proxies(url)
+
+
+@pytest.mark.parametrize(("value", "cpus"), [("0,1", {0, 1}), (" 3 ", {3}), ("2, 0,2", {0, 2})])
+def test_cpu_affinity_is_a_list_as_the_reference_reads_it(tmp_path: Path, value: str,
+                                                          cpus: set[int]) -> None:
+    config = load_with(tmp_path, "CVMFS_CPU_AFFINITY", value)
+    assert config.cpu_affinity == cpus and config.single_cpu
+
+
+@pytest.mark.parametrize("value", ["0-3", "a", "1,,2", "-1", "1;2", "\uff11", "9" * 7])
+def test_cpu_affinity_that_the_reference_would_misread_is_refused(tmp_path: Path,
+                                                                  value: str) -> None:
+    """The reference reads `0-3` as CPU 0 and a word as CPU 0: refused, with the fix."""
+    assert_refused(tmp_path, "CVMFS_CPU_AFFINITY", value, "CPU numbers separated by commas",
+                   "CPU by CPU")
