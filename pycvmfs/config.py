@@ -99,6 +99,7 @@ from pycvmfs.config_shell import parse_config_text as parse_config_text  # tests
 from pycvmfs.config_values import (
     AUTO_MEANING,
     AUTO_PROXY,
+    CPU_POLICIES,
     MAGIC_XATTRS_VISIBILITY,
     Typed,
     parse_bool,
@@ -319,7 +320,8 @@ class ClientConfig:
     no_open: bool = True  # PYCVMFS_NO_OPEN: the kernel opens files without asking (no key
     # in the reference, which always answers OPEN)
     cpu_affinity: frozenset[int] | None = None  # CVMFS_CPU_AFFINITY: the serving CPUs
-    single_cpu: bool = True  # PYCVMFS_SINGLE_CPU: without CVMFS_CPU_AFFINITY, one CPU
+    cpu_policy: str = "adaptive"  # PYCVMFS_CPU_POLICY: without CVMFS_CPU_AFFINITY (no
+    # reference key): `adaptive`, `one` or `all` (fs/limits.py, fs/cpu_policy.py)
     notes: tuple[str, ...] = ()  # reference keys pycvmfs ignores (`mount --verbose`)
 
     def origin(self, key: str) -> str:
@@ -399,7 +401,7 @@ def resolve(merged: MergedSettings, *, trust: FileTrust | None = None) -> Client
         bundle_pool_size=typed.integer("CVMFS_BUNDLE_POOL_SIZE"),
         no_open=typed.boolean("PYCVMFS_NO_OPEN"),
         cpu_affinity=typed.cpu_list("CVMFS_CPU_AFFINITY"),
-        single_cpu=typed.boolean("PYCVMFS_SINGLE_CPU"),
+        cpu_policy=typed.choice("PYCVMFS_CPU_POLICY", CPU_POLICIES) or CPU_POLICIES[0],
         notes=merged.notes,
     )
 

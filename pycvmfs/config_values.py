@@ -110,7 +110,6 @@ BOOLEAN_KEYS: Final = MappingProxyType({
     "CVMFS_USE_OPENHTC": False,  # the older name of CVMFS_USE_CDN
     "CVMFS_PREFETCH_FILEBUNDLES": True,  # the reference's default is off (2.14)
     "PYCVMFS_NO_OPEN": True,  # FUSE no-open (the lowlevel backend); no reference key
-    "PYCVMFS_SINGLE_CPU": True,  # without CVMFS_CPU_AFFINITY: one CPU; no reference key
 })
 
 
@@ -358,6 +357,7 @@ class Typed:
 
 ROOT_HASH: Final = re.compile(r"[0-9a-f]{32}|[0-9a-f]{40}(?:-rmd160|-shake128)?")
 MAGIC_XATTRS_VISIBILITY: Final = ("always", "rootonly", "never")
+CPU_POLICIES: Final = ("adaptive", "one", "all")  # PYCVMFS_CPU_POLICY, the first the default
 
 # Keys checked by `Typed.problems` besides the number and boolean tables: key -> check.
 CHECKS: Final[Mapping[str, Callable[[Typed, str], object]]] = MappingProxyType({
@@ -369,4 +369,5 @@ CHECKS: Final[Mapping[str, Callable[[Typed, str], object]]] = MappingProxyType({
     "CVMFS_CPU_AFFINITY": Typed.cpu_list,
     "CVMFS_MAGIC_XATTRS_VISIBILITY":
         lambda typed, key: typed.choice(key, MAGIC_XATTRS_VISIBILITY),
+    "PYCVMFS_CPU_POLICY": lambda typed, key: typed.choice(key, CPU_POLICIES),
 })

@@ -122,7 +122,9 @@ def serve_mount(config: ClientConfig, mountpoint: str, backend: str | None, *,
     """Open the repository and serve it at `mountpoint` until unmounted (blocks); `ready`
     is called once the mount answers."""
     from pycvmfs.client import open_client
+    from pycvmfs.fs.cpu_policy import AdaptiveCpus
     from pycvmfs.fs.limits import (
+        allowed_cpus,
         confine_to_cpus,
         limit_malloc_arenas,
         raise_open_files_limit,
@@ -138,9 +140,10 @@ def serve_mount(config: ClientConfig, mountpoint: str, backend: str | None, *,
     for warning in config.warnings:  # to the logs, and to stderr unless detached
         logging.getLogger(__name__).warning("configuration: %s", warning)
     limit_malloc_arenas()
-    unconfined = confine_to_cpus(config.cpu_affinity, single=config.single_cpu)
+    unconfined = confine_to_cpus(config.cpu_affinity, single=config.cpu_policy == "one")
     if unconfined:
         logging.getLogger(__name__).warning("%s", unconfined)
+    adaptive = config.cpu_affinity is None and config.cpu_policy == "adaptive"
     _, capped = raise_open_files_limit(config.nfiles)
     if capped and config.origin("CVMFS_NFILES").startswith("<"):
         logging.getLogger(__name__).warning("%s", capped)  # the default: no one asked
@@ -152,7 +155,7 @@ def serve_mount(config: ClientConfig, mountpoint: str, backend: str | None, *,
     try:
         serve(client.vfs, str(mountpoint), backend=backend,
               kcache_timeout_s=float(config.kcache_timeout_s), ready=ready,
-              no_open=config.no_open)
+              no_open=config.no_open, cpus=AdaptiveCpus(allowed_cpus()) if adaptive else None)
     finally:
         client.close()
 

@@ -30,6 +30,11 @@ What it adds over the pyfuse3 adapter (pyfuse3 3.5 exposes neither):
     the reply is sent, and takes back what did not fit: `kernel_cache.HandOut`). A plain
     READDIR hands nothing out: its d_ino is the number a LOOKUP would answer.
 
+CPUs (`cpu_policy.AdaptiveCpus`, PYCVMFS_CPU_POLICY=adaptive): every request's Python
+code, on a libfuse worker or in the pool, is counted (`enter`/`leave`); from that, the
+threads are kept on one CPU while requests come in parallel and on all of them while
+they come one at a time.
+
 Kernel caches (`kernel_cache.KernelCache`, shared with the pyfuse3 adapter): entries,
 attributes and negative lookups are cached for the `entry_timeout` the VFS hands out, the
 page cache across opens unless the catalog asks for direct I/O; a revision change drops
@@ -60,6 +65,7 @@ from pycvmfs.fs._libfuse3 import (
     pack_entry,
     pack_stat,
 )
+from pycvmfs.fs.cpu_policy import AdaptiveCpus
 from pycvmfs.fs.errors import errno_of
 from pycvmfs.fs.kernel_cache import HandOut, KernelCache
 from pycvmfs.fs.lowlevel_session import Notifier, run_session
@@ -78,6 +84,15 @@ def probe() -> None:
     """Raise ImportError (`UnsupportedLibfuseError`) if this host's libfuse3 cannot be
     served with (`mount.load_backend` then tries the next backend)."""
     _libfuse3.load()
+
+
+class _Unmeasured:
+    """Where no `AdaptiveCpus` decides: requests are not counted."""
+
+    def enter(self) -> None:
+        pass
+
+    leave = start = stop = enter
 
 
 _worker = threading.local()  # per libfuse worker: `kept` once its thread state is kept
@@ -110,8 +125,10 @@ class LowlevelOperations:
     replies exactly once, through `lib` (the real library or a fake)."""
 
     def __init__(self, lib: Libfuse3, vfs: RepositoryVFS, entry_timeout: float,
-                 notifier: Notifier, *, no_open: bool = True) -> None:
+                 notifier: Notifier, *, no_open: bool = True,
+                 cpus: AdaptiveCpus | None = None) -> None:
         self.lib = lib
+        self.cpus = cpus if cpus is not None else _Unmeasured()
         self._fuse = lib.cdll
         self._cache_readdir = lib.cache_readdir_bit
         self.vfs = vfs
@@ -144,8 +161,10 @@ class LowlevelOperations:
         libfuse workers. Reply with an errno when the handler raised. A handler's reply
         is its last statement and replies never raise, so no request is answered twice."""
         inline, copy_file_info = self.vfs.inline, self.lib.copy_file_info
+        enter, leave = self.cpus.enter, self.cpus.leave
 
         def guarded(req: int, *args: Any) -> None:
+            enter()
             try:
                 with inline():
                     handler(req, *args)
@@ -155,6 +174,8 @@ class LowlevelOperations:
             except BaseException as exc:
                 self._reply_error(name, req, exc)
                 return
+            finally:
+                leave()
             # libfuse's fuse_file_info lives on the worker's stack: keep a copy
             kept = tuple(copy_file_info(arg) if isinstance(arg, FileInfoPointer) and arg
                          else arg for arg in args)
@@ -164,10 +185,13 @@ class LowlevelOperations:
 
     def _unrestricted(self, name: str, handler: Callable[..., None], req: int,
                       args: tuple[Any, ...]) -> None:
+        self.cpus.enter()
         try:
             handler(req, *args)
         except BaseException as exc:
             self._reply_error(name, req, exc)
+        finally:
+            self.cpus.leave()
 
     def _reply_error(self, name: str, req: int, exc: BaseException) -> None:
         if not isinstance(exc, EXPECTED):
@@ -194,6 +218,7 @@ class LowlevelOperations:
                 self.no_open = True
             log.debug("FUSE init: symlinks cached by the kernel: %s; reads spliced: %s; "
                       "files opened without OPEN: %s", cached, self.splice, self.no_open)
+            self.cpus.start()  # stopped by `stop`, which the session always calls
         except BaseException:
             log.exception("unexpected error in init")
 
@@ -378,6 +403,7 @@ class LowlevelOperations:
 
     def stop(self) -> None:
         """After the session loop: no timer, no pool thread left behind."""
+        self.cpus.stop()
         self.kernel.stop()
         with self._pool_lock:
             pool, self._pool = self._pool, None
@@ -386,13 +412,15 @@ class LowlevelOperations:
 
 
 def serve(vfs: RepositoryVFS, mountpoint: str, *, fsname: str, entry_timeout: float,
-          no_open: bool = True) -> None:
+          no_open: bool = True, cpus: AdaptiveCpus | None = None) -> None:
     """Mount and serve with libfuse's worker threads until unmounted or signalled
     (blocks); always unmounts and destroys the session. `no_open`: let the kernel open
-    files without asking where it can (PYCVMFS_NO_OPEN; see the module docstring)."""
+    files without asking where it can (PYCVMFS_NO_OPEN; see the module docstring);
+    `cpus`: told of every request, it moves the threads between CPUs (`cpu_policy`)."""
     lib = _libfuse3.load()
     notifier = Notifier(lib)
-    operations = LowlevelOperations(lib, vfs, entry_timeout, notifier, no_open=no_open)
+    operations = LowlevelOperations(lib, vfs, entry_timeout, notifier, no_open=no_open,
+                                    cpus=cpus)
     listener = operations.kernel.invalidate_all
 
     def stop() -> None:

@@ -15,14 +15,10 @@ arena keeps its freed memory, so reads of large buffers from many threads grow t
 use malloc arenas; contention between threads is bounded by the GIL anyway).
 
 CPUs: `CVMFS_CPU_AFFINITY` confines every thread to the CPUs it lists, as the reference
-does. Without it, every thread runs on the one CPU the serving process started on
-(`PYCVMFS_SINGLE_CPU`, default yes): Python runs one thread at a time, and each time a
-thread that waited for a system call wants the interpreter lock back from a thread on
-another CPU, a cross-CPU wake-up (an inter-processor interrupt, a VM exit in a virtual
-machine) hands it over. With 8 readers of an empty cache that was a third of the serving
-process's CPU time; on one CPU it used half the CPU time and took two thirds of the time
-(measured on 2 cores; the kernel work of a read, copies and decompression, runs on that
-CPU too, and a 1 GiB read was no slower).
+does. Without it, `PYCVMFS_CPU_POLICY` decides: `one` keeps every thread on the CPU the
+serving process started on, `all` leaves them to the scheduler, and `adaptive` (the
+default) moves them between the two as the requests come in parallel or one at a time
+(`cpu_policy`, which says why; the lowlevel backend only, the others serve as with `all`).
 """
 
 from __future__ import annotations
@@ -76,21 +72,32 @@ def confine_to_cpus(listed: frozenset[int] | None, *, single: bool) -> str | Non
     with `single` and no list, on the CPU it runs on now (see the module docstring); a
     warning when that cannot be done, and the mount goes on as it was, as the
     reference's does."""
-    try:
-        allowed = os.sched_getaffinity(0)
-    except (AttributeError, OSError):  # not Linux: nothing to confine
+    allowed = allowed_cpus()
+    if not allowed:
         return None
     if listed is not None:
-        cpus = listed & allowed
-        if not cpus:
+        if not listed & allowed:
             return (f"CVMFS_CPU_AFFINITY={_cpu_list(listed)}: none of these CPUs is "
                     f"available to this process (it may use {_cpu_list(allowed)}); its "
                     "threads run on any of those")
-    elif single and len(allowed) > 1:
-        cpus = frozenset({_current_cpu(allowed)})
-    else:
-        return None
-    for task in os.listdir("/proc/self/task"):  # threads started before this call too
+        return move_threads(listed & allowed)
+    if single and len(allowed) > 1:
+        return move_threads(frozenset({current_cpu(allowed)}))
+    return None
+
+
+def allowed_cpus() -> frozenset[int]:
+    """The CPUs this process may use; empty where that cannot be known (not Linux)."""
+    try:
+        return frozenset(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return frozenset()
+
+
+def move_threads(cpus: frozenset[int]) -> str | None:
+    """Every thread of this process to `cpus` (threads started later inherit it from
+    the thread that starts them); what went wrong, if anything."""
+    for task in os.listdir("/proc/self/task"):
         try:
             os.sched_setaffinity(int(task), cpus)
         except ProcessLookupError:  # the thread ended meanwhile
@@ -100,10 +107,10 @@ def confine_to_cpus(listed: frozenset[int] | None, *, single: bool) -> str | Non
     return None
 
 
-def _current_cpu(allowed: set[int]) -> int:
-    """The CPU this thread runs on (`processor` in /proc/self/stat), if it is allowed."""
+def current_cpu(allowed: frozenset[int]) -> int:
+    """The CPU this thread runs on (`processor` in /proc/thread-self/stat), if allowed."""
     try:
-        with open("/proc/self/stat", "rb") as stat:
+        with open("/proc/thread-self/stat", "rb") as stat:
             cpu = int(stat.read().rsplit(b")", 1)[1].split()[36])
     except (OSError, IndexError, ValueError):
         cpu = -1

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from pycvmfs.errors import ConfigError
 
 if TYPE_CHECKING:  # `pycvmfs umount` needs none of the filesystem core
+    from pycvmfs.fs.cpu_policy import AdaptiveCpus
     from pycvmfs.fs.vfs import RepositoryVFS
 
 log = logging.getLogger(__name__)
@@ -216,17 +217,20 @@ def tune_read_ahead(mountpoint: str, before: str | None, wait_s: float = MOUNT_W
 
 def serve(vfs: RepositoryVFS, mountpoint: str, *, backend: str | None = None,
           kcache_timeout_s: float = DEFAULT_KCACHE_TIMEOUT_S,
-          ready: Callable[[], None] | None = None, no_open: bool = True) -> None:
+          ready: Callable[[], None] | None = None, no_open: bool = True,
+          cpus: AdaptiveCpus | None = None) -> None:
     """Mount `vfs` at `mountpoint` and serve requests until unmounted (blocks); `ready`
     is called (from another thread) once the mount is in place. `no_open`
-    (PYCVMFS_NO_OPEN): the lowlevel backend lets the kernel open files without asking."""
+    (PYCVMFS_NO_OPEN): the lowlevel backend lets the kernel open files without asking;
+    `cpus` (PYCVMFS_CPU_POLICY=adaptive): it moves its threads between CPUs as that
+    decides (the other backends leave them to the scheduler)."""
     name, adapter = load_backend(backend)
     threading.Thread(target=tune_read_ahead, args=(mountpoint, mounted_device(mountpoint)),
                      kwargs={"ready": ready}, daemon=True, name="read-ahead-tuning").start()
     fsname = f"cvmfs2#{vfs.repository.fqrn}"
     if name == "lowlevel":
         adapter.serve(vfs, mountpoint, fsname=fsname, entry_timeout=kcache_timeout_s,
-                      no_open=no_open)
+                      no_open=no_open, cpus=cpus)
     elif name == "pyfuse3":
         adapter.serve(vfs, mountpoint, fsname=fsname, entry_timeout=kcache_timeout_s)
     else:

@@ -103,6 +103,7 @@ def test_bad_booleans_are_refused(tmp_path: Path, key: str, value: str) -> None:
     ("CVMFS_SERVER_URL", "/srv/cvmfs/@fqrn@", "not an http(s) URL"),
     ("CVMFS_SERVER_URL", "http://s1/cvmfs/@fqrn@\nX=1", "space or control character"),
     ("CVMFS_MAGIC_XATTRS_VISIBILITY", "sometimes", "use always, rootonly or never"),
+    ("PYCVMFS_CPU_POLICY", "two", "use adaptive, one or all"),
     ("CVMFS_REPOSITORY_DATE", "2024-13-01T00:00:00Z", "expected YYYY-MM-DDTHH:MM:SSZ"),
     ("CVMFS_ROOT_HASH", "ABCDEF0123456789abcdef0123456789abcdef01", "not a CernVM-FS hash"),
     ("CVMFS_ROOT_HASH", "0123456789abcdef0123456789abcdef01234567-md4", "not a CernVM-FS hash"),
@@ -144,7 +145,12 @@ def test_network_parsers_refuse_what_config_refuses(url: str) -> None:
 def test_cpu_affinity_is_a_list_as_the_reference_reads_it(tmp_path: Path, value: str,
                                                           cpus: set[int]) -> None:
     config = load_with(tmp_path, "CVMFS_CPU_AFFINITY", value)
-    assert config.cpu_affinity == cpus and config.single_cpu
+    assert config.cpu_affinity == cpus and config.cpu_policy == "adaptive"
+
+
+@pytest.mark.parametrize(("value", "policy"), [("", "adaptive"), ("One", "one"), ("all", "all")])
+def test_cpu_policy(tmp_path: Path, value: str, policy: str) -> None:
+    assert load_with(tmp_path, "PYCVMFS_CPU_POLICY", value).cpu_policy == policy
 
 
 @pytest.mark.parametrize("value", ["0-3", "a", "1,,2", "-1", "1;2", "\uff11", "9" * 7])

@@ -1,14 +1,17 @@
-"""`limits.confine_to_cpus`: which CPUs every thread of the serving process gets, with the
-scheduler faked (a unit test must not move its own process)."""
+"""`limits.confine_to_cpus` and `cpu_policy.AdaptiveCpus`: which CPUs every thread of the
+serving process gets, with the scheduler faked (a unit test must not move its own
+process)."""
 
 from __future__ import annotations
 
 import errno
 import os
+import time
 
 import pytest
 
-from pycvmfs.fs import limits
+from pycvmfs.fs import cpu_policy, limits
+from pycvmfs.fs.cpu_policy import AdaptiveCpus
 
 
 class FakeScheduler:
@@ -21,7 +24,7 @@ class FakeScheduler:
         real_listdir = os.listdir
         monkeypatch.setattr(os, "listdir", lambda path: list(tasks) if path == "/proc/self/task"
                             else real_listdir(path))
-        monkeypatch.setattr(limits, "_current_cpu", lambda allowed: current)
+        monkeypatch.setattr(limits, "current_cpu", lambda allowed: current)
 
     def setaffinity(self, pid: int, cpus: set[int]) -> None:
         if pid == 99:
@@ -70,6 +73,92 @@ def test_a_refused_affinity_is_a_warning(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_the_current_cpu_is_read_from_proc_and_must_be_allowed() -> None:
-    here = limits._current_cpu(os.sched_getaffinity(0))
-    assert here in os.sched_getaffinity(0)
-    assert limits._current_cpu({10_000}) == 10_000  # not allowed: the lowest allowed one
+    allowed = frozenset(os.sched_getaffinity(0))
+    assert limits.allowed_cpus() == allowed
+    assert limits.current_cpu(allowed) in allowed
+    assert limits.current_cpu(frozenset({10_000})) == 10_000  # not allowed: the lowest one
+
+
+class Moves:
+    def __init__(self, problem: str | None = None) -> None:
+        self.calls: list[frozenset[int]] = []
+        self.problem = problem
+
+    def __call__(self, cpus: frozenset[int]) -> str | None:
+        self.calls.append(cpus)
+        return self.problem
+
+
+def _requests(policy: AdaptiveCpus, count: int, *, parallel: bool) -> None:
+    """`count` requests, each arriving while another runs or one at a time."""
+    for _ in range(count):
+        if parallel:
+            policy.enter()
+            policy.enter()
+            policy.leave()
+            policy.leave()
+        else:
+            policy.enter()
+            policy.leave()
+
+
+def test_parallel_requests_bring_every_thread_to_one_cpu_and_single_ones_back() -> None:
+    moves = Moves()
+    policy = AdaptiveCpus(frozenset({0, 1, 2}), move=moves, here=lambda allowed: 2)
+    _requests(policy, 100, parallel=False)
+    policy.review()
+    assert moves.calls == [] and not policy.pinned
+    _requests(policy, 100, parallel=True)  # half of the arrivals find another running
+    policy.review()
+    assert moves.calls == [frozenset({2})] and policy.pinned
+    _requests(policy, 100, parallel=True)
+    policy.review()  # pinned already: nothing to do
+    _requests(policy, 10, parallel=False)
+    policy.review()  # too few requests to say anything
+    assert len(moves.calls) == 1 and policy.pinned
+    _requests(policy, 100, parallel=False)
+    policy.review()
+    assert moves.calls[-1] == frozenset({0, 1, 2}) and not policy.pinned
+
+
+def test_a_mixed_interval_keeps_the_threads_where_they_are() -> None:
+    moves = Moves()
+    policy = AdaptiveCpus(frozenset({0, 1}), move=moves, here=lambda allowed: 0)
+    _requests(policy, 90, parallel=False)
+    _requests(policy, 10, parallel=True)  # 10 of 110 arrivals crowded: neither threshold
+    policy.review()
+    assert moves.calls == [] and not policy.pinned
+
+
+def test_a_refused_move_is_logged_once_and_ends_the_reviews(caplog: pytest.LogCaptureFixture
+                                                            ) -> None:
+    policy = AdaptiveCpus(frozenset({0, 1}), move=Moves("cannot keep: no"),
+                          here=lambda allowed: 0)
+    _requests(policy, 100, parallel=True)
+    policy.review()
+    assert not policy.pinned and "cannot keep: no; the serving threads stay" in caplog.text
+    assert policy._stop.is_set()
+
+
+def test_one_cpu_allowed_or_a_lost_update_changes_nothing() -> None:
+    moves = Moves()
+    policy = AdaptiveCpus(frozenset({3}), move=moves, here=lambda allowed: 3)
+    _requests(policy, 100, parallel=True)
+    policy.leave()  # a lost increment: active below zero
+    policy.review()
+    assert moves.calls == [] and policy.active == 0
+
+
+def test_the_review_thread_starts_and_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_policy, "REVIEW_S", 0.01)
+    moves = Moves()
+    policy = AdaptiveCpus(frozenset({0, 1}), move=moves, here=lambda allowed: 1)
+    policy.start()
+    try:
+        _requests(policy, 100, parallel=True)
+        deadline = time.monotonic() + 5
+        while not policy.pinned and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert policy.pinned and moves.calls == [frozenset({1})]
+    finally:
+        policy.stop()
