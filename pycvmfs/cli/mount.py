@@ -143,7 +143,8 @@ def serve_mount(config: ClientConfig, mountpoint: str, backend: str | None, *,
     unconfined = confine_to_cpus(config.cpu_affinity, single=config.cpu_policy == "one")
     if unconfined:
         logging.getLogger(__name__).warning("%s", unconfined)
-    adaptive = config.cpu_affinity is None and config.cpu_policy == "adaptive"
+    cpus = allowed_cpus()
+    adaptive = config.cpu_affinity is None and config.cpu_policy == "adaptive" and len(cpus) > 1
     _, capped = raise_open_files_limit(config.nfiles)
     if capped and config.origin("CVMFS_NFILES").startswith("<"):
         logging.getLogger(__name__).warning("%s", capped)  # the default: no one asked
@@ -155,7 +156,7 @@ def serve_mount(config: ClientConfig, mountpoint: str, backend: str | None, *,
     try:
         serve(client.vfs, str(mountpoint), backend=backend,
               kcache_timeout_s=float(config.kcache_timeout_s), ready=ready,
-              no_open=config.no_open, cpus=AdaptiveCpus(allowed_cpus()) if adaptive else None)
+              no_open=config.no_open, cpus=AdaptiveCpus(cpus) if adaptive else None)
     finally:
         client.close()
 

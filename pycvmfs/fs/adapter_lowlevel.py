@@ -31,9 +31,10 @@ What it adds over the pyfuse3 adapter (pyfuse3 3.5 exposes neither):
     READDIR hands nothing out: its d_ino is the number a LOOKUP would answer.
 
 CPUs (`cpu_policy.AdaptiveCpus`, PYCVMFS_CPU_POLICY=adaptive): every request's Python
-code, on a libfuse worker or in the pool, is counted (`enter`/`leave`); from that, the
-threads are kept on one CPU while requests come in parallel and on all of them while
-they come one at a time.
+code, on a libfuse worker or in the pool, is counted (`enter`/`leave`), except READs
+past a file's start answered on the worker, which are mostly the kernel's copy and gain
+from more CPUs; from that, the threads are kept on one CPU while requests come in
+parallel and on all of them while they come one at a time.
 
 Kernel caches (`kernel_cache.KernelCache`, shared with the pyfuse3 adapter): entries,
 attributes and negative lookups are cached for the `entry_timeout` the VFS hands out, the
@@ -162,9 +163,15 @@ class LowlevelOperations:
         is its last statement and replies never raise, so no request is answered twice."""
         inline, copy_file_info = self.vfs.inline, self.lib.copy_file_info
         enter, leave = self.cpus.enter, self.cpus.leave
+        reads = name == "read"
 
         def guarded(req: int, *args: Any) -> None:
-            enter()
+            # a READ past a file's start is mostly the kernel's copy, which gains from more
+            # CPUs: not counted (the first READ of a small file is most of its cost; one
+            # that must download is counted in the pool, `_unrestricted`)
+            counted = not reads or args[2] == 0  # (ino, size, offset, fi)
+            if counted:
+                enter()
             try:
                 with inline():
                     handler(req, *args)
@@ -175,7 +182,8 @@ class LowlevelOperations:
                 self._reply_error(name, req, exc)
                 return
             finally:
-                leave()
+                if counted:
+                    leave()
             # libfuse's fuse_file_info lives on the worker's stack: keep a copy
             kept = tuple(copy_file_info(arg) if isinstance(arg, FileInfoPointer) and arg
                          else arg for arg in args)
