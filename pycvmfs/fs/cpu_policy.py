@@ -13,7 +13,8 @@ wake a caller on another CPU for every request, where the scheduler would otherw
 them together (`ls -lR` of the image took 3.1 s instead of 2.3 s).
 
 So `AdaptiveCpus` counts the requests that arrive while another one is being served
-(`enter`/`leave` around each request's Python code, the blocking pool's included), and
+(`enter`/`leave` around each request's Python code; `resume`/`leave` where the blocking
+pool goes on with it), and
 every REVIEW_S: more than PIN_SHARE of them crowded, every thread goes to the CPU the
 reviewing thread runs on; fewer than UNPIN_SHARE, back to all the CPUs the process may
 use. An interval with fewer than MIN_ARRIVALS requests changes nothing. The counters are
@@ -60,6 +61,10 @@ class AdaptiveCpus:
         self.arrivals += 1
         if self.active:
             self.crowded += 1
+        self.active += 1
+
+    def resume(self) -> None:
+        """A request counted by `enter` goes on in another thread (the blocking pool)."""
         self.active += 1
 
     def leave(self) -> None:

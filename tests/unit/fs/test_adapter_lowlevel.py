@@ -510,3 +510,56 @@ def test_a_worker_keeps_its_thread_state_after_the_first_request(
 
 def test_only_a_loop_that_keeps_its_workers_gets_kept_thread_states(fuse: FakeFuse) -> None:
     assert not Libfuse3(fuse, 317).workers_persist  # the fake has no 3.12 loop config
+
+
+class CountingCpus:
+    """An `AdaptiveCpus` stand-in: what was counted, and when it was started/stopped."""
+
+    def __init__(self) -> None:
+        self.entered = self.resumed = self.left = 0
+        self.events: list[str] = []
+
+    def enter(self) -> None:
+        self.entered += 1
+
+    def resume(self) -> None:
+        self.resumed += 1
+
+    def leave(self) -> None:
+        self.left += 1
+
+    def start(self) -> None:
+        self.events.append("start")
+
+    def stop(self) -> None:
+        self.events.append("stop")
+
+
+def test_the_cpu_policy_counts_requests_but_not_reads_past_a_file_s_start(
+        fuse: FakeFuse, vfs: FakeVFS) -> None:
+    cpus = CountingCpus()
+    lib = Libfuse3(fuse, 317)
+    ops = LowlevelOperations(lib, vfs, TIMEOUT, Notifier(lib), cpus=cpus)  # type: ignore[arg-type]
+    conn = ConnInfo317(capable=FUSE_CAP_NO_OPEN_SUPPORT | FUSE_CAP_SPLICE_WRITE, want=0)
+    conn.capable_ext = conn.capable
+    ops.ops.init(None, ctypes.addressof(conn))
+    try:
+        assert cpus.events == ["start"]
+        call(ops, "lookup", 1, b"b.txt")
+        unopened = file_info(flags=os.O_RDONLY)
+        call(ops, "read", vfs.inodes["a/x.txt"], 4, 3, unopened)  # past the start: not counted
+        assert (cpus.entered, cpus.left) == (1, 1)
+        call(ops, "read", vfs.inodes["a/x.txt"], 4, 0, unopened)  # a file's first READ
+        assert (cpus.entered, cpus.left) == (2, 2)
+        vfs.page_cached = False
+        call(ops, "read", vfs.inodes["b.txt"], 100, 0, unopened)  # downloads: in the pool
+        call(ops, "read", vfs.inodes["b.txt"], 100, 1, unopened)  # ... past the start
+        wait_for_reply(fuse, 5)
+        deadline = time.monotonic() + 2.0
+        while cpus.left < 4 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        # the first arrives on the worker and goes on in the pool: one arrival
+        assert (cpus.entered, cpus.resumed, cpus.left) == (3, 1, 4)
+    finally:
+        ops.stop()
+    assert cpus.events == ["start", "stop"]

@@ -140,6 +140,15 @@ def test_a_refused_move_is_logged_once_and_ends_the_reviews(caplog: pytest.LogCa
     assert policy._stop.is_set()
 
 
+def test_a_request_going_on_in_the_pool_is_running_not_arriving() -> None:
+    policy = AdaptiveCpus(frozenset({0, 1}), move=Moves(), here=lambda allowed: 0)
+    policy.enter()
+    policy.resume()  # handed to the pool before the worker's part ended
+    policy.leave()
+    policy.leave()
+    assert (policy.arrivals, policy.crowded, policy.active) == (1, 0, 0)
+
+
 def test_one_cpu_allowed_or_a_lost_update_changes_nothing() -> None:
     moves = Moves()
     policy = AdaptiveCpus(frozenset({3}), move=moves, here=lambda allowed: 3)
