@@ -122,13 +122,8 @@ def serve_mount(config: ClientConfig, mountpoint: str, backend: str | None, *,
     """Open the repository and serve it at `mountpoint` until unmounted (blocks); `ready`
     is called once the mount answers."""
     from pycvmfs.client import open_client
-    from pycvmfs.fs.cpu_policy import AdaptiveCpus
-    from pycvmfs.fs.limits import (
-        allowed_cpus,
-        confine_to_cpus,
-        limit_malloc_arenas,
-        raise_open_files_limit,
-    )
+    from pycvmfs.fs.cpu_policy import serving_cpus
+    from pycvmfs.fs.limits import limit_malloc_arenas, raise_open_files_limit
     from pycvmfs.fs.mount import serve
 
     try:
@@ -140,11 +135,9 @@ def serve_mount(config: ClientConfig, mountpoint: str, backend: str | None, *,
     for warning in config.warnings:  # to the logs, and to stderr unless detached
         logging.getLogger(__name__).warning("configuration: %s", warning)
     limit_malloc_arenas()
-    unconfined = confine_to_cpus(config.cpu_affinity, single=config.cpu_policy == "one")
+    cpus, unconfined = serving_cpus(config.cpu_affinity, config.cpu_policy)
     if unconfined:
         logging.getLogger(__name__).warning("%s", unconfined)
-    cpus = allowed_cpus()
-    adaptive = config.cpu_affinity is None and config.cpu_policy == "adaptive" and len(cpus) > 1
     _, capped = raise_open_files_limit(config.nfiles)
     if capped and config.origin("CVMFS_NFILES").startswith("<"):
         logging.getLogger(__name__).warning("%s", capped)  # the default: no one asked
@@ -156,7 +149,7 @@ def serve_mount(config: ClientConfig, mountpoint: str, backend: str | None, *,
     try:
         serve(client.vfs, str(mountpoint), backend=backend,
               kcache_timeout_s=float(config.kcache_timeout_s), ready=ready,
-              no_open=config.no_open, cpus=AdaptiveCpus(cpus) if adaptive else None)
+              no_open=config.no_open, cpus=cpus)
     finally:
         client.close()
 

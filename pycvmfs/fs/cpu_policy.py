@@ -29,7 +29,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from pycvmfs.fs.limits import current_cpu, move_threads
+from pycvmfs.fs.limits import allowed_cpus, confine_to_cpus, current_cpu, move_threads
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +106,15 @@ class AdaptiveCpus:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+def serving_cpus(listed: frozenset[int] | None, policy: str
+                 ) -> tuple[AdaptiveCpus | None, str | None]:
+    """Place this process's threads as CVMFS_CPU_AFFINITY (`listed`) and
+    PYCVMFS_CPU_POLICY (`policy`) say, before it serves: the `AdaptiveCpus` that moves
+    them from then on (no list, `adaptive`, more than one CPU allowed), and a warning
+    when the list cannot be applied (`limits.confine_to_cpus`)."""
+    problem = confine_to_cpus(listed, single=policy == "one")
+    allowed = allowed_cpus()
+    adaptive = listed is None and policy == "adaptive" and len(allowed) > 1
+    return (AdaptiveCpus(allowed) if adaptive else None), problem

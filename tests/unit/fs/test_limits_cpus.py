@@ -11,7 +11,7 @@ import time
 import pytest
 
 from pycvmfs.fs import cpu_policy, limits
-from pycvmfs.fs.cpu_policy import AdaptiveCpus
+from pycvmfs.fs.cpu_policy import AdaptiveCpus, serving_cpus
 
 
 class FakeScheduler:
@@ -171,3 +171,18 @@ def test_the_review_thread_starts_and_stops(monkeypatch: pytest.MonkeyPatch) -> 
         assert policy.pinned and moves.calls == [frozenset({1})]
     finally:
         policy.stop()
+
+
+def test_serving_cpus_places_the_threads_and_hands_out_the_policy_that_moves_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeScheduler(monkeypatch, {0, 1}, ["10"], current=1)
+    policy, problem = serving_cpus(None, "adaptive")
+    assert isinstance(policy, AdaptiveCpus) and problem is None and fake.set == {}
+    assert serving_cpus(None, "all") == (None, None) and fake.set == {}
+    assert serving_cpus(frozenset({0}), "adaptive") == (None, None)  # a list holds them
+    assert fake.set == {10: {0}}
+    assert serving_cpus(None, "one") == (None, None) and fake.set == {10: {1}}
+    policy, problem = serving_cpus(frozenset({7}), "adaptive")
+    assert policy is None and problem is not None and "CVMFS_CPU_AFFINITY=7" in problem
+    FakeScheduler(monkeypatch, {3}, ["10"])
+    assert serving_cpus(None, "adaptive") == (None, None)  # one CPU: nothing to decide
