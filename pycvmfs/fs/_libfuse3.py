@@ -229,6 +229,14 @@ def fd_buffer(fd: int, position: int, size: int) -> FuseBufvec:
     return vector
 
 
+class FuseCtx(ctypes.Structure):
+    """`struct fuse_ctx`, what `fuse_req_ctx` points at: who sent a request (`pid` is
+    the calling thread's id, as the kernel's fuse_in_header has it)."""
+
+    _fields_ = [("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32), ("pid", ctypes.c_int32),
+                ("umask", ctypes.c_uint32)]
+
+
 class FuseArgs(ctypes.Structure):
     _fields_ = [("argc", ctypes.c_int), ("argv", ctypes.POINTER(ctypes.c_char_p)),
                 ("allocated", ctypes.c_int)]
@@ -292,6 +300,7 @@ class LowlevelOps(ctypes.Structure):
 
 # --- the library ---------------------------------------------------------------------
 _VP, _INT, _SIZE = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
+_CTX_PID = FuseCtx.pid.offset
 SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "fuse_reply_err": (_INT, [_VP, _INT]),
     "fuse_reply_none": (None, [_VP]),
@@ -303,6 +312,7 @@ SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "fuse_reply_data": (_INT, [_VP, ctypes.POINTER(FuseBufvec), _INT]),
     "fuse_reply_xattr": (_INT, [_VP, _SIZE]),
     "fuse_reply_statfs": (_INT, [_VP, _VP]),
+    "fuse_req_ctx": (_VP, [_VP]),
     "fuse_add_direntry": (_SIZE, [_VP, _VP, _SIZE, ctypes.c_char_p, _VP, ctypes.c_int64]),
     "fuse_add_direntry_plus": (_SIZE, [_VP, _VP, _SIZE, ctypes.c_char_p, _VP,
                                        ctypes.c_int64]),
@@ -352,6 +362,10 @@ class Libfuse3:
         copy = FileInfo()
         ctypes.memmove(ctypes.byref(copy), fi, file_info_size(self.version))
         return ctypes.pointer(copy)
+
+    def caller(self, req: int) -> int:
+        """The id of the thread that sent request `req` (before its reply frees it)."""
+        return int(ctypes.c_int32.from_address(self.cdll.fuse_req_ctx(req) + _CTX_PID).value)
 
     def want(self, conn: int, capability: int) -> bool:
         """In `init`: ask for `capability` (a bit below 32) if the kernel offers it."""

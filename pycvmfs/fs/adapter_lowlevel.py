@@ -31,7 +31,8 @@ What it adds over the pyfuse3 adapter (pyfuse3 3.5 exposes neither):
     READDIR hands nothing out: its d_ino is the number a LOOKUP would answer.
 
 CPUs (`cpu_policy.AdaptiveCpus`, PYCVMFS_CPU_POLICY=adaptive): every request's Python
-code, on a libfuse worker or in the pool, is counted (`enter`/`leave`), except READs
+code, on a libfuse worker or in the pool, is counted (`enter`/`leave`, with the thread
+that sent it: `Libfuse3.caller`), except READs
 past a file's start (`_counts`: their work is mostly outside Python and gains from more
 CPUs); from that, the threads are kept on one CPU while requests come in
 parallel and on all of them while they come one at a time.
@@ -87,10 +88,14 @@ def probe() -> None:
     _libfuse3.load()
 
 
+def _anyone(req: int) -> int:
+    return 0
+
+
 class _Unmeasured:
     """Where no `AdaptiveCpus` decides: requests are not counted."""
 
-    def enter(self) -> None:
+    def enter(self, caller: int = 0) -> None:
         pass
 
     resume = leave = start = stop = enter
@@ -130,6 +135,7 @@ class LowlevelOperations:
                  cpus: AdaptiveCpus | None = None) -> None:
         self.lib = lib
         self.cpus = cpus if cpus is not None else _Unmeasured()
+        self._caller = lib.caller if cpus is not None else _anyone  # what `cpus` is told
         self._fuse = lib.cdll
         self._cache_readdir = lib.cache_readdir_bit
         self.vfs = vfs
@@ -163,12 +169,13 @@ class LowlevelOperations:
         is its last statement and replies never raise, so no request is answered twice."""
         inline, copy_file_info = self.vfs.inline, self.lib.copy_file_info
         enter, leave, counts = self.cpus.enter, self.cpus.leave, self._counts
+        caller = self._caller
         reads = name == "read"
 
         def guarded(req: int, *args: Any) -> None:
             counted = not reads or counts(args[2])  # (ino, size, offset, fi)
             if counted:
-                enter()
+                enter(caller(req))
             try:
                 with inline():
                     handler(req, *args)

@@ -16,11 +16,17 @@ file's start (a 1 GiB read of an empty cache took 8.5 s on one CPU, 4.0 s on two
 
 So `AdaptiveCpus` counts the requests that arrive while another one is being served
 (`enter`/`leave` around each request's Python code; `resume`/`leave` where the blocking
-pool goes on with it), and every REVIEW_S: more than PIN_SHARE of them crowded, every
-thread goes to the CPU the reviewing thread runs on; fewer than UNPIN_SHARE, back to all
-the CPUs the process may use. An interval with fewer than MIN_ARRIVALS requests changes
-nothing. The counters are plain attributes updated under the GIL without a lock: a lost
-update skews one interval's statistic, and `active` is clamped at every review.
+pool goes on with it) from another caller than the last one (FUSE names the thread that
+sent each request). One caller's next request can arrive before the callback that
+answered its last one has returned, when that thread lost the CPU after its reply (on a
+loaded machine, all the time); that is not parallel. Every REVIEW_S: more than PIN_SHARE
+of the arrivals crowded, every thread goes to the CPU the reviewing thread runs on;
+fewer than UNPIN_SHARE, or fewer than MIN_ARRIVALS requests in all, back to all the CPUs
+the process may use (few requests gain nothing from one CPU, and a big read, whose READs
+past the start are not counted, gains from all); fewer than MIN_ARRIVALS while not
+pinned changes nothing. The counters are plain attributes updated under the GIL without
+a lock: a lost update skews one interval's statistic, and `active` is clamped at every
+review.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from pycvmfs.fs.limits import allowed_cpus, confine_to_cpus, current_cpu, move_t
 log = logging.getLogger(__name__)
 
 REVIEW_S = 0.5
-MIN_ARRIVALS = 50  # requests in an interval before it says anything
+MIN_ARRIVALS = 50  # requests in an interval before it may bring the threads to one CPU
 PIN_SHARE = 0.25  # of the arrivals found another request being served: one CPU
 UNPIN_SHARE = 0.05  # at most this share: all the CPUs again
 
@@ -44,7 +50,7 @@ class AdaptiveCpus:
     `stop`; `review` is also callable directly (tests)."""
 
     __slots__ = ("active", "arrivals", "crowded", "pinned", "_allowed", "_move", "_here",
-                 "_stop", "_thread")
+                 "_last_caller", "_stop", "_thread")
 
     def __init__(self, allowed: frozenset[int], *,
                  move: Callable[[frozenset[int]], str | None] = move_threads,
@@ -55,13 +61,15 @@ class AdaptiveCpus:
         self.pinned = False
         self._allowed = allowed
         self._move, self._here = move, here
+        self._last_caller = 0  # the thread that sent the last request counted
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def enter(self) -> None:
+    def enter(self, caller: int) -> None:
         self.arrivals += 1
-        if self.active:
+        if self.active and caller != self._last_caller:
             self.crowded += 1
+        self._last_caller = caller
         self.active += 1
 
     def resume(self) -> None:
@@ -75,9 +83,9 @@ class AdaptiveCpus:
         arrivals, crowded = self.arrivals, self.crowded
         self.arrivals = self.crowded = 0
         self.active = max(0, self.active)
-        if arrivals < MIN_ARRIVALS or len(self._allowed) < 2:
+        if len(self._allowed) < 2:
             return
-        share = crowded / arrivals
+        share = crowded / arrivals if arrivals >= MIN_ARRIVALS else 0.0
         if not self.pinned and share > PIN_SHARE:
             cpus = frozenset({self._here(self._allowed)})
         elif self.pinned and share < UNPIN_SHARE:

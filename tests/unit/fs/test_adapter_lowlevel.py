@@ -51,6 +51,10 @@ class FakeFuse:
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.failing: set[str] = set()
+        self.context = _libfuse3.FuseCtx(uid=0, gid=0, pid=4242, umask=0o22)
+
+    def fuse_req_ctx(self, req: int) -> int:
+        return ctypes.addressof(self.context)
 
     def _record(self, name: str, *args: Any) -> int:
         self.calls.append((name, args))
@@ -517,10 +521,12 @@ class CountingCpus:
 
     def __init__(self) -> None:
         self.entered = self.resumed = self.left = 0
+        self.callers: set[int] = set()
         self.events: list[str] = []
 
-    def enter(self) -> None:
+    def enter(self, caller: int) -> None:
         self.entered += 1
+        self.callers.add(caller)
 
     def resume(self) -> None:
         self.resumed += 1
@@ -562,4 +568,4 @@ def test_the_cpu_policy_counts_requests_but_not_reads_past_a_file_s_start(
         assert (cpus.entered, cpus.resumed, cpus.left) == (3, 1, 4)
     finally:
         ops.stop()
-    assert cpus.events == ["start", "stop"]
+    assert cpus.events == ["start", "stop"] and cpus.callers == {4242}  # the thread that asked

@@ -90,15 +90,15 @@ class Moves:
 
 
 def _requests(policy: AdaptiveCpus, count: int, *, parallel: bool) -> None:
-    """`count` requests, each arriving while another runs or one at a time."""
+    """`count` requests, each arriving while another caller's runs or one at a time."""
     for _ in range(count):
         if parallel:
-            policy.enter()
-            policy.enter()
+            policy.enter(101)
+            policy.enter(102)
             policy.leave()
             policy.leave()
         else:
-            policy.enter()
+            policy.enter(101)
             policy.leave()
 
 
@@ -113,12 +113,30 @@ def test_parallel_requests_bring_every_thread_to_one_cpu_and_single_ones_back() 
     assert moves.calls == [frozenset({2})] and policy.pinned
     _requests(policy, 100, parallel=True)
     policy.review()  # pinned already: nothing to do
-    _requests(policy, 10, parallel=False)
-    policy.review()  # too few requests to say anything
-    assert len(moves.calls) == 1 and policy.pinned
     _requests(policy, 100, parallel=False)
     policy.review()
     assert moves.calls[-1] == frozenset({0, 1, 2}) and not policy.pinned
+    _requests(policy, 20, parallel=True)
+    policy.review()  # too few requests to bring them to one CPU
+    assert len(moves.calls) == 2 and not policy.pinned
+    _requests(policy, 100, parallel=True)
+    policy.review()
+    _requests(policy, 20, parallel=True)
+    policy.review()  # too few to gain from one CPU (a big read counts few): back to all
+    assert len(moves.calls) == 4 and not policy.pinned
+
+
+def test_one_caller_s_next_request_before_the_last_callback_returned_is_not_crowded(
+        ) -> None:
+    """A serving thread that loses the CPU after its reply is still in its callback when
+    the same caller's next request arrives (a loaded machine): one caller, not parallel."""
+    policy = AdaptiveCpus(frozenset({0, 1}), move=Moves(), here=lambda allowed: 0)
+    policy.enter(101)
+    for _ in range(100):
+        policy.enter(101)  # replied to, but the callback has not returned yet
+        policy.leave()
+    policy.leave()
+    assert (policy.arrivals, policy.crowded, policy.active) == (101, 0, 0)
 
 
 def test_a_mixed_interval_keeps_the_threads_where_they_are() -> None:
@@ -142,7 +160,7 @@ def test_a_refused_move_is_logged_once_and_ends_the_reviews(caplog: pytest.LogCa
 
 def test_a_request_going_on_in_the_pool_is_running_not_arriving() -> None:
     policy = AdaptiveCpus(frozenset({0, 1}), move=Moves(), here=lambda allowed: 0)
-    policy.enter()
+    policy.enter(101)
     policy.resume()  # handed to the pool before the worker's part ended
     policy.leave()
     policy.leave()
