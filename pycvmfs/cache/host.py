@@ -13,9 +13,10 @@ one descriptor, `CacheHost.root`.
 
 Object life cycle: `begin(hash)` -> writes (by the verifying sink) -> `commit(txn)`:
 size checks, atomic rename, quota insert (may evict LRU objects; if the quota cannot
-make room the object is removed again and `CacheFullError` raised). `open(hash)` serves
-a hit and records the access (batched). Catalogs: `pin` before loading, `unpin` after
-detaching. Open files: `open_ref`/`close_ref` keep this process from evicting them.
+make room it removes the object again, under its lock, and raises `CacheFullError`).
+`open(hash)` serves a hit and records the access (batched). Catalogs: `pin` before
+loading, `unpin` after detaching. Open files: `open_ref`/`close_ref` keep this process
+from evicting them.
 
 Thread-safety: all methods may be called from any thread (store and quota are). Process
 safety: as `store.py` and `quota.py` describe; several hosts may share a directory.
@@ -138,11 +139,9 @@ class CacheHost:
             txn.abort()
             raise CacheFullError(f"object {txn.hash} ({txn.size} bytes) exceeds {limit}")
         path = self.store.commit(txn, expected_size)
-        try:
-            self.quota.insert(txn.hash, txn.size, kind=kind, volatile=volatile)
-        except CacheFullError:
-            self.store.remove(txn.hash)
-            raise
+        # On CacheFullError the quota has removed the file itself, under the cache lock:
+        # an unlink here could delete the copy a neighbour published and indexed since.
+        self.quota.insert(txn.hash, txn.size, kind=kind, volatile=volatile)
         return path
 
     def pin(self, key: Key, size: int) -> None:

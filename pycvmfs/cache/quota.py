@@ -34,7 +34,11 @@ Shared-cache protocol (several mount processes, one directory, `CVMFS_SHARED_CAC
    as `BEGIN IMMEDIATE ... COMMIT` while holding the `flock` on `<cache>/lock_cachedb`
    (`shared.CacheLock`). Writers are serialised; an eviction decision and its unlinks are
    atomic with respect to other processes' inserts and pins. Reads (size, pinned size)
-   use WAL snapshots and take no lock.
+   use WAL snapshots and take no lock. Every unlink of an object runs under the lock with
+   the deletion of its row (a failed insert's too: the host does not unlink). Renames into
+   place do not; two processes that fetched one object share its key, so the other's row
+   lets a cleanup unlink the file this one renamed before this one indexes it. An insert
+   therefore indexes an object only if its file is there when it holds the lock.
 2. Sequence numbers are global: a flush assigns `max(acseq) + 1, + 2, ...` read inside
    the locked transaction, so processes never collide on the unique `acseq` index. The
    byte total is a `properties` row updated in the same transactions (`cachedb.py`).
@@ -70,6 +74,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -251,7 +256,7 @@ class SqliteLruQuota:
                 log.warning("cache object %s (%d bytes) evicted at once: no room left "
                             "(%d bytes pinned of %d)", key, size, self.pinned_size(),
                             self.limit)
-                self._remove_object(key)
+                self._forget_locked(key)
         if not keys:
             return
         seq = self._next_seq_locked()
@@ -274,10 +279,13 @@ class SqliteLruQuota:
         volatile: bool = False,
     ) -> None:
         """Index a committed object, evicting down to the threshold first if it would not
-        fit. Raises `CacheFullError` if it is too big or pinned objects leave no room (the
-        caller then removes the file)."""
+        fit. Raises `CacheFullError` if it is too big or pinned objects leave no room; the
+        file (and any row of it) is then already removed, under the lock: an unlink by the
+        caller could delete the same object a neighbour has published and indexed since."""
         key = str(key)
         if size > self.max_object_size():
+            with self._transaction():
+                self._forget_locked(key)
             raise CacheFullError(
                 f"object {key} ({size} bytes) exceeds the maximum {self.max_object_size()}"
             )
@@ -286,6 +294,8 @@ class SqliteLruQuota:
         with self._transaction():
             self._flush_buffers_locked()
             fits = self._insert_locked(key, size, kind, volatile)
+            if not fits:
+                self._forget_locked(key)
         if not fits:
             raise CacheFullError(
                 f"cannot make room for {key} ({size} bytes): "
@@ -314,7 +324,17 @@ class SqliteLruQuota:
 
     def _insert_locked(self, key: str, size: int, kind: ObjectKind, volatile: bool) -> bool:
         """Index one object, evicting down to the threshold first if it would not fit;
-        False if even that leaves no room (pinned objects)."""
+        False if even that leaves no room (pinned objects).
+
+        The object was renamed into place before the lock was taken, and the same key may
+        have been indexed by a neighbour that fetched it too; that neighbour's row lets any
+        cleanup unlink the file we renamed. So the file is looked up here, under the lock
+        (every unlink of an object runs under it): if it is gone there is nothing to index
+        (and a stale row of it goes too) — like an object evicted right after its insert."""
+        if not self._object_on_disk(key):
+            log.debug("cache object %s was evicted before it was indexed", key)
+            self._drop_row_locked(key)
+            return True
         seq = self._next_seq_locked()
         acseq = seq - VOLATILE_BIT if volatile else seq
         old = self._conn.execute(
@@ -332,6 +352,30 @@ class SqliteLruQuota:
             )
             cachedb.add_total(self._conn, size - old_size)
         return fits
+
+    def _object_on_disk(self, key: str) -> bool:
+        """Whether the object's file is there (a regular file, not followed if a link)."""
+        try:
+            st = os.stat(object_relpath(key), dir_fd=self.root.fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return stat.S_ISREG(st.st_mode)
+
+    def _forget_locked(self, key: str) -> None:
+        """Drop the object's row and buffered commands and delete its file, in the
+        caller's transaction: row and file go together."""
+        with self._touch_lock:
+            self._touches.pop(key, None)
+            self._inserts.pop(key, None)
+        self._drop_row_locked(key)
+        self._remove_object(key)
+
+    def _drop_row_locked(self, key: str) -> None:
+        row = self._conn.execute("SELECT size FROM cache_catalog WHERE sha1 = ?",
+                                 (key,)).fetchone()
+        if row is not None:
+            self._conn.execute("DELETE FROM cache_catalog WHERE sha1 = ?", (key,))
+            cachedb.add_total(self._conn, -int(row[0]))
 
     def _due_locked(self) -> bool:
         """Whether the buffers should be written (caller holds the buffer lock)."""
@@ -417,16 +461,7 @@ class SqliteLruQuota:
         """Forget `key` and delete its file (e.g. found corrupt)."""
         key = str(key)
         with self._transaction():
-            with self._touch_lock:
-                self._touches.pop(key, None)
-                self._inserts.pop(key, None)
-            row = self._conn.execute(
-                "SELECT size FROM cache_catalog WHERE sha1 = ?", (key,)
-            ).fetchone()
-            if row is not None:
-                self._conn.execute("DELETE FROM cache_catalog WHERE sha1 = ?", (key,))
-                cachedb.add_total(self._conn, -int(row[0]))
-            self._remove_object(key)
+            self._forget_locked(key)
 
     def cleanup(self, target: int) -> int:
         """Evict unpinned objects, LRU first, until at most `target` bytes remain;

@@ -22,7 +22,9 @@ class ObjectKind(enum.IntEnum):
 
 
 class Quota(Protocol):
-    """What the cache host asks of a quota manager; keys are textual hashes."""
+    """What the cache host asks of a quota manager; keys are textual hashes. `insert` is
+    called after the object's file is in place; if it raises `CacheFullError` it has
+    removed that file (atomically with the index, so no neighbour's row loses its file)."""
 
     def insert(
         self, key: Key, size: int, *, kind: ObjectKind = ..., volatile: bool = ...

@@ -133,7 +133,7 @@ def test_insert_fails_when_nothing_can_go(store: ObjectStore, quota: SqliteLruQu
     for key in held:
         quota.open_ref(key)
     with pytest.raises(CacheFullError):
-        quota.insert(h(4), 200)  # 900 held + 200 > 1000
+        put(store, quota, 4, 200)  # 900 held + 200 > 1000: its file is removed again
     assert set(held) == set(on_disk(store))
     assert quota.size() == 900
 
