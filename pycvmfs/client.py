@@ -28,7 +28,7 @@ from pycvmfs.network.download import Downloader, DownloadSettings
 from pycvmfs.network.failover import RouteState
 from pycvmfs.network.geo import order_hosts, proxy_label
 from pycvmfs.network.proxies import parse_proxies, parse_server_urls
-from pycvmfs.network.transport import Transport, Urllib3Transport
+from pycvmfs.network.transport import Transport, default_transport
 from pycvmfs.repository.bundles import BundlePrefetcher
 from pycvmfs.repository.network_source import NetworkSource
 from pycvmfs.repository.objects import cache_loader
@@ -75,7 +75,7 @@ def _downloader(config: ClientConfig, transport: Transport | None
                 ) -> tuple[Downloader, RouteState, list[str]]:
     """`downloader_for`, and what was degraded (the Geo API did not answer)."""
     notices = []
-    transport = transport or Urllib3Transport()
+    transport = transport or default_transport()
     proxies = parse_proxies(config.http_proxy, config.fallback_proxy)
     hosts = parse_server_urls(";".join(config.server_urls))
 

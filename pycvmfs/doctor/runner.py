@@ -16,7 +16,7 @@ from pycvmfs.doctor.cache import cache_results
 from pycvmfs.doctor.node import NodeFacts, node_results
 from pycvmfs.doctor.repository import config_results, network_results
 from pycvmfs.doctor.result import CheckResult, warn
-from pycvmfs.network.transport import Transport, Urllib3Transport
+from pycvmfs.network.transport import Transport, default_transport
 
 
 def repository_network(loaded: gather_config.LoadedConfig, transport: Transport,
@@ -39,7 +39,7 @@ def repository_network(loaded: gather_config.LoadedConfig, transport: Transport,
 
 def run_doctor(fqrn: str | None, *, extra_files: Sequence[Path] = (),
                node: Callable[[], NodeFacts] = gather_node.gather,
-               transport_factory: Callable[[], Transport] = Urllib3Transport,
+               transport_factory: Callable[[], Transport] = default_transport,
                now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
                ) -> list[CheckResult]:
     results = node_results(node())

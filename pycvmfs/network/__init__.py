@@ -1,5 +1,7 @@
-"""The network layer: the only code that opens sockets (transport.py), with pure policy beside it.
+"""The network layer: the only code that opens sockets (curl_transport.py, urllib3_transport.py),
+with pure policy beside it.
 
 proxies (config parsing) -> failover (plan + shared route state) -> failure (classify) ->
-transport (urllib3) -> sink (verify while streaming) -> download (the loop). geo orders hosts.
+transport (libcurl, or urllib3) -> sink (verify while streaming) -> download (the loop).
+geo orders hosts.
 """

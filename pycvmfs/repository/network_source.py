@@ -9,7 +9,7 @@ from pycvmfs.network.download import Downloader
 from pycvmfs.network.failover import RouteState
 from pycvmfs.network.proxies import parse_proxies, parse_server_urls
 from pycvmfs.network.sink import MemorySink, VerifyingSink
-from pycvmfs.network.transport import Urllib3Transport
+from pycvmfs.network.transport import default_transport
 from pycvmfs.repository.source import DEFAULT_FETCH_BYTES, check_relative
 
 
@@ -25,7 +25,7 @@ class NetworkSource:
         """A source over `;`-separated Stratum-1 URLs and `CVMFS_HTTP_PROXY`-style proxies,
         with the client's default timeouts and retries (the no-FUSE reader's source)."""
         route = RouteState(parse_server_urls(urls), parse_proxies(proxy, ""))
-        return cls(Downloader(Urllib3Transport(), route), urls)
+        return cls(Downloader(default_transport(), route), urls)
 
     def fetch(self, path: str, *, max_bytes: int = DEFAULT_FETCH_BYTES) -> bytes:
         sink = MemorySink(max_bytes)

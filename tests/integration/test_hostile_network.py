@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
+import os
+import resource
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,12 +35,14 @@ from pycvmfs.errors import CacheFullError, FetchError, LetterError
 from pycvmfs.format.certificates import load_public_key
 from pycvmfs.format.compression import Compression, stored_size_bound
 from pycvmfs.format.hashes import Suffix
+from pycvmfs.network.curl_transport import CurlTransport
 from pycvmfs.network.download import Downloader, DownloadSettings
 from pycvmfs.network.failover import RouteState
 from pycvmfs.network.failure import ErrorKind, Outcome
 from pycvmfs.network.proxies import DIRECT, ProxyChoice, parse_proxies
 from pycvmfs.network.sink import MemorySink, Sink
-from pycvmfs.network.transport import ERROR_BODY_BYTES, Urllib3Transport, request_headers
+from pycvmfs.network.transport import ERROR_BODY_BYTES, Transport, request_headers
+from pycvmfs.network.urllib3_transport import Urllib3Transport
 from pycvmfs.repository.network_source import NetworkSource
 from pycvmfs.repository.open import RevisionSelector, open_repository
 from pycvmfs.repository.source import LocalSource
@@ -115,11 +120,19 @@ def hostile(published: Published) -> Iterator[HostileServer]:
         yield server
 
 
+@pytest.fixture(scope="module", params=[CurlTransport, Urllib3Transport],
+                ids=["curl", "urllib3"])
+def make_transport(request: pytest.FixtureRequest) -> Callable[[], Transport]:
+    """Both transports face every attack: libcurl's (the default) and urllib3's (where
+    pycurl is missing)."""
+    return request.param  # type: ignore[no-any-return]
+
+
 @dataclass
 class CountingTransport:
-    """Urllib3Transport that remembers how many body bytes the client read per URL."""
+    """A transport that remembers how many body bytes the client read per URL."""
 
-    inner: Urllib3Transport = field(default_factory=Urllib3Transport)
+    inner: Transport
     received: dict[str, list[int]] = field(default_factory=dict)
 
     def get(self, url: str, *, proxy: ProxyChoice, headers: Mapping[str, str], sink: Sink,
@@ -150,12 +163,13 @@ def read_through(published: Published, hosts: list[str], kind: str,
         source.close()
 
 
-def expect_failure(published: Published, hostile: HostileServer, attack: str, kind: str, *,
+def expect_failure(published: Published, hostile: HostileServer, attack: str, kind: str,
+                   make: Callable[[], Transport], *,
                    letter_ok: bool = False) -> tuple[str, CountingTransport]:
     """The hostile host alone: a FetchError within FAIL_FAST_S naming object and host (or,
     with `letter_ok`, the LetterError of a manifest that arrived but is not one)."""
     host = hostile.url(attack, kind)
-    transport = CountingTransport()
+    transport = CountingTransport(make())
     start = time.monotonic()
     with pytest.raises((FetchError, LetterError) if letter_ok else FetchError) as info:
         read_through(published, [host], kind, transport)
@@ -168,11 +182,11 @@ def expect_failure(published: Published, hostile: HostileServer, attack: str, ki
 
 
 def expect_failover(published: Published, hostile: HostileServer, attack: str,
-                    kind: str) -> None:
+                    kind: str, make: Callable[[], Transport]) -> None:
     """Hostile host first, good host second: the right bytes within FAIL_FAST_S."""
     hosts = [hostile.url(attack, kind), hostile.url("ok")]
     start = time.monotonic()
-    data = read_through(published, hosts, kind, CountingTransport())
+    data = read_through(published, hosts, kind, CountingTransport(make()))
     elapsed = time.monotonic() - start
     assert data == (CHUNKED if kind == "chunk" else SMALL)
     assert elapsed < FAIL_FAST_S, f"{attack} on the {kind} took {elapsed:.1f} s to fail over"
@@ -191,8 +205,9 @@ BYTE_ATTACKS = ("endless", "endless-chunked", "length-huge", "bomb", "bomb-nolen
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("attack", BYTE_ATTACKS)
 def test_byte_attacks_stay_within_the_budget(published: Published, hostile: HostileServer,
+                                             make_transport: Callable[[], Transport],
                                              attack: str, kind: str) -> None:
-    message, transport = expect_failure(published, hostile, attack, kind)
+    message, transport = expect_failure(published, hostile, attack, kind, make_transport)
     budget, path = published.budgets[kind], published.paths[kind]
     read = [n for url, counts in transport.received.items() if url.endswith(path)
             for n in counts]
@@ -208,9 +223,10 @@ def test_byte_attacks_stay_within_the_budget(published: Published, hostile: Host
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_byte_attacks_fail_over_to_a_good_host(published: Published, hostile: HostileServer,
+                                               make_transport: Callable[[], Transport],
                                                kind: str) -> None:
     for attack in ("endless", "length-huge", "bomb"):
-        expect_failover(published, hostile, attack, kind)
+        expect_failover(published, hostile, attack, kind, make_transport)
 
 
 # --- time: the watchdog covers status line, headers, interim responses and body -------------
@@ -222,16 +238,18 @@ TIME_ATTACKS = ("trickle-status", "trickle-headers", "continue-flood", "stall", 
 @pytest.mark.parametrize("attack", TIME_ATTACKS)
 def test_slow_responses_end_within_a_few_timeouts(published: Published,
                                                   hostile: HostileServer,
+                                                  make_transport: Callable[[], Transport],
                                                   attack: str) -> None:
-    message, _ = expect_failure(published, hostile, attack, "manifest")
+    message, _ = expect_failure(published, hostile, attack, "manifest", make_transport)
     if attack in ("trickle-status", "trickle-headers", "continue-flood", "stall"):
         assert f"no complete status line and headers within {TIMEOUT:g} s" in message
 
 
 @pytest.mark.parametrize("attack", ["trickle-status", "continue-flood", "trickle-body"])
 def test_slow_data_fails_over_to_a_good_host(published: Published, hostile: HostileServer,
+                                             make_transport: Callable[[], Transport],
                                              attack: str) -> None:
-    expect_failover(published, hostile, attack, "chunk")
+    expect_failover(published, hostile, attack, "chunk", make_transport)
 
 
 # --- protocol: statuses, lying lengths, redirects, error bodies ------------------------------
@@ -244,9 +262,11 @@ PROTOCOL_ATTACKS = ("bad-status", "header-flood", "empty", "length-short", "leng
 @pytest.mark.parametrize("kind", ["manifest", "catalog", "file"])
 @pytest.mark.parametrize("attack", PROTOCOL_ATTACKS)
 def test_protocol_attacks_end_in_a_named_error(published: Published, hostile: HostileServer,
+                                               make_transport: Callable[[], Transport],
                                                attack: str, kind: str) -> None:
     before = len(hostile.served_for("/ok."))
-    expect_failure(published, hostile, attack, kind, letter_ok=kind == "manifest")
+    expect_failure(published, hostile, attack, kind, make_transport,
+                   letter_ok=kind == "manifest")
     assert len(hostile.served_for("/ok.")) == before  # redirects are never followed
     if attack.startswith("error-"):  # an endless error body is not drained
         sent = attacked_responses(hostile, attack, kind, published.paths[kind])
@@ -257,8 +277,9 @@ def test_protocol_attacks_end_in_a_named_error(published: Published, hostile: Ho
                                     "error-endless", "status-500"])
 def test_protocol_attacks_fail_over_to_a_good_host(published: Published,
                                                    hostile: HostileServer,
+                                                   make_transport: Callable[[], Transport],
                                                    attack: str) -> None:
-    expect_failover(published, hostile, attack, "file")
+    expect_failover(published, hostile, attack, "file", make_transport)
 
 
 # --- TLS: the same watchdog on https connections ----------------------------------------------
@@ -318,9 +339,10 @@ def tls_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         listener.close()
 
 
-def test_header_watchdog_covers_tls(tls_server: tuple[int, dict[str, str]]) -> None:
+def test_header_watchdog_covers_tls(tls_server: tuple[int, dict[str, str]],
+                                    make_transport: Callable[[], Transport]) -> None:
     port, mode = tls_server
-    transport = Urllib3Transport()
+    transport = make_transport()
     try:
         body = MemorySink(100)
         outcome = transport.get(f"https://localhost:{port}/a", proxy=DIRECT,
@@ -338,7 +360,8 @@ def test_header_watchdog_covers_tls(tls_server: tuple[int, dict[str, str]]) -> N
         transport.close()
 
 
-def test_a_local_sink_failure_is_raised_by_the_real_transport(hostile: HostileServer) -> None:
+def test_a_local_sink_failure_is_raised_by_the_real_transport(
+        hostile: HostileServer, make_transport: Callable[[], Transport]) -> None:
     """A full local disk while streaming is not the host's fault: it is raised, not turned
     into a transport error that would fail over."""
 
@@ -346,11 +369,35 @@ def test_a_local_sink_failure_is_raised_by_the_real_transport(hostile: HostileSe
         def write(self, data: bytes) -> None:
             raise CacheFullError("no space for the cache")
 
-    transport = Urllib3Transport()
+    transport = make_transport()
     try:
         with pytest.raises(CacheFullError):
             transport.get(hostile.url("ok") + "/.cvmfspublished", proxy=DIRECT,
                           headers=request_headers(), sink=FullDisk(100_000), timeout=TIMEOUT,
                           low_speed_limit=1)
     finally:
+        transport.close()
+
+
+def test_running_out_of_descriptors_is_raised_by_the_real_transport(
+        hostile: HostileServer, make_transport: Callable[[], Transport]) -> None:
+    """No descriptor left for a socket is this machine's limit, not the host's fault: the
+    OSError is raised (named EMFILE), never turned into a failover."""
+    transport = make_transport()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    opened: list[int] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+        with contextlib.suppress(OSError):
+            while len(opened) < 64:
+                opened.append(os.open("/dev/null", os.O_RDONLY))
+        with pytest.raises(OSError) as info:
+            transport.get(hostile.url("ok") + "/.cvmfspublished", proxy=DIRECT,
+                          headers=request_headers(), sink=MemorySink(100_000), timeout=TIMEOUT,
+                          low_speed_limit=1)
+        assert info.value.errno == errno.EMFILE, info.value
+    finally:
+        for fd in opened:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         transport.close()

@@ -23,14 +23,13 @@ from urllib3.exceptions import (
 )
 
 from pycvmfs.network.failure import ErrorKind
-from pycvmfs.network.transport import (
+from pycvmfs.network.transport import refused_length, request_headers
+from pycvmfs.network.urllib3_transport import (
     _DeadlineSocket,
     _error_kind,
     _header_deadline,
     _SpeedMeter,
     receive_timeout,
-    refused_length,
-    request_headers,
 )
 
 
@@ -168,7 +167,7 @@ def test_running_out_of_descriptors_is_raised_not_blamed_on_the_host(
     from pycvmfs.network.failover import RouteState
     from pycvmfs.network.proxies import DIRECT, ProxyConfig
     from pycvmfs.network.sink import MemorySink
-    from pycvmfs.network.transport import Urllib3Transport
+    from pycvmfs.network.urllib3_transport import Urllib3Transport
 
     monkeypatch.setattr(socket, "socket", _no_descriptors)
     route = RouteState(["http://127.0.0.1:9/a", "http://127.0.0.1:9/b"],
@@ -182,7 +181,7 @@ def test_running_out_of_descriptors_is_raised_not_blamed_on_the_host(
 
 
 def test_local_exhaustion_is_found_behind_urllib3_wrappers() -> None:
-    from pycvmfs.network.transport import local_exhaustion
+    from pycvmfs.network.urllib3_transport import local_exhaustion
 
     cause = OSError(errno.ENFILE, "Too many open files in system")
     try:
@@ -204,7 +203,7 @@ def test_only_a_tls_request_loads_the_system_certificates(monkeypatch: pytest.Mo
                                                            ) -> None:
     """Loading the system CAs takes 40 ms of every mount: plain-HTTP routes never do it,
     and the first HTTPS request does it once for the transport."""
-    from pycvmfs.network import transport as module
+    from pycvmfs.network import urllib3_transport as module
     from pycvmfs.network.proxies import DIRECT
     from pycvmfs.network.sink import MemorySink
 
