@@ -32,10 +32,10 @@ What it adds over the pyfuse3 adapter (pyfuse3 3.5 exposes neither):
 
 CPUs (`cpu_policy.AdaptiveCpus`, PYCVMFS_CPU_POLICY=adaptive): every request's Python
 code, on a libfuse worker or in the pool, is counted (`enter`/`leave`, with the thread
-that sent it: `Libfuse3.caller`), except READs
-past a file's start (`_counts`: their work is mostly outside Python and gains from more
-CPUs); from that, the threads are kept on one CPU while requests come in
-parallel and on all of them while they come one at a time.
+that sent it: `Libfuse3.caller`), except READs past a file's start (`_counts`: their
+work is mostly outside Python and gains from more CPUs); from that, the threads are kept
+on one CPU while requests come in parallel and on all of them while they come one at a
+time.
 
 Kernel caches (`kernel_cache.KernelCache`, shared with the pyfuse3 adapter): entries,
 attributes and negative lookups are cached for the `entry_timeout` the VFS hands out, the

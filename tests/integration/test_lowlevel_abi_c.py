@@ -44,6 +44,7 @@ STRUCTS: dict[str, tuple[str, Any, tuple[str, ...]]] = {
     "conn": ("struct fuse_conn_info", ll.ConnInfo, (*CONN_FIELDS, "reserved")),
     "args": ("struct fuse_args", ll.FuseArgs, ("argc", "argv", "allocated")),
     "forget": ("struct fuse_forget_data", ll.ForgetData, ("ino", "nlookup")),
+    "ctx": ("struct fuse_ctx", ll.FuseCtx, ("uid", "gid", "pid", "umask")),
     "loopv1": ("LOOP_V1", ll.LoopConfigV1, ("clone_fd", "max_idle_threads")),
     "ops": ("struct fuse_lowlevel_ops", ll.LowlevelOps, ll.OPS_ORDER),
 }
