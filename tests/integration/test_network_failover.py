@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +79,7 @@ class Rig:
     squids: tuple[Squid, Squid]
     fault: FaultServer
     objects: list[Obj]
+    make_transport: Callable[[], Transport]
     used: set[str] = field(default_factory=set)
 
     def host(self, server: Nginx) -> str:
@@ -97,8 +98,11 @@ class Rig:
         return "|".join(s.url for s in self.squids)
 
 
-@pytest.fixture(scope="module")
-def rig() -> Iterator[Rig]:
+@pytest.fixture(scope="module", params=[CurlTransport, Urllib3Transport], ids=["curl", "urllib3"])
+def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
+    """Servers, proxies and objects for one transport (libcurl's, the default, and
+    urllib3's, where pycurl is missing): each has its own, so `fresh` objects are fresh
+    to its proxies."""
     reason = Squid.available()
     if reason is not None:
         pytest.skip(reason)
@@ -109,15 +113,15 @@ def rig() -> Iterator[Rig]:
     make_world_readable(repo)
     try:
         with loopback_sites({FQRN: repo}) as sites:
-            yield Rig(repo, sites.s1, sites.s2, sites.squids, sites.fault, _objects(repo))
+            yield Rig(repo, sites.s1, sites.s2, sites.squids, sites.fault, _objects(repo),
+                      request.param)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture(params=[CurlTransport, Urllib3Transport], ids=["curl", "urllib3"])
-def transport(request: pytest.FixtureRequest) -> Iterator[Transport]:
-    """Both transports: libcurl's (the default) and urllib3's (where pycurl is missing)."""
-    t: Transport = request.param()
+@pytest.fixture
+def transport(rig: Rig) -> Iterator[Transport]:
+    t = rig.make_transport()
     yield t
     t.close()
 
