@@ -14,10 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from cryptography import x509
-
 from pycvmfs.errors import BlacklistedError
 from pycvmfs.format.certificates import (
+    Certificate,
     certificate_fingerprint,
     fingerprint_text,
     parse_fingerprint,
@@ -30,7 +29,7 @@ class Blacklist:
     fingerprints: frozenset[ContentHash] = frozenset()
     min_revisions: Mapping[str, int] = field(default_factory=dict)  # fqrn -> first allowed
 
-    def check_certificate(self, certificate: x509.Certificate, fqrn: str) -> None:
+    def check_certificate(self, certificate: Certificate, fqrn: str) -> None:
         """BlacklistedError when the certificate's fingerprint (in the algorithm of any
         listed one) is on the blacklist."""
         for listed in self.fingerprints:

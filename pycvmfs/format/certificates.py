@@ -3,17 +3,26 @@
 Pure functions over PEM bytes: callers read and write the files. A repository certificate
 is only a carrier for the signing public key (dates and issuer are not checked by clients);
 its identity is the fingerprint, the hash of its DER encoding, listed on the whitelist.
+
+So clients read a certificate into `Certificate` (the DER bytes and the RSA key) by taking
+the key's SubjectPublicKeyInfo out of the DER themselves (`_public_key_info`, a bounded walk
+of the outer fields) and loading it with cryptography: importing the `cryptography.x509`
+package costs every mount 6 MB resident (its parser imports it too), and nothing is trusted
+from the parse alone, since the whitelist's fingerprint covers every DER byte. The
+publisher builds certificates with the package (`create_certificate`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from pycvmfs.errors import CertificateError, ConfigError
 from pycvmfs.format.compression import Compression, open_object
@@ -27,26 +36,121 @@ CN_SUFFIX = " CernVM-FS Release Managers"
 FINGERPRINT_ALGORITHMS = (Algorithm.SHA1, Algorithm.RIPEMD160, Algorithm.SHAKE128)
 _BY_LENGTH = {a.text_length: a for a in FINGERPRINT_ALGORITHMS}
 _MAX_CERTIFICATE_BYTES = 1 << 20
+_PEM_BEGIN, _PEM_END = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
+_SEQUENCE, _BIT_STRING, _VERSION = 0x30, 0x03, 0xA0  # DER tags of a certificate's fields
+_SPKI_FIELD = 5  # tbsCertificate: [version], serial, signature, issuer, validity, subject, SPKI
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 
 # --- certificates -------------------------------------------------------------------------
 
 
-def load_certificate(pem: bytes, *, what: str = "certificate") -> x509.Certificate:
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """A repository certificate as clients use it: its DER encoding (what whitelists and
+    blacklists fingerprint) and the RSA key it carries. `public_key` and `public_bytes`
+    answer as `cryptography.x509.Certificate`'s do."""
+
+    der: bytes
+    key: rsa.RSAPublicKey
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        return self.key
+
+    def public_bytes(self, encoding: serialization.Encoding) -> bytes:
+        if encoding == serialization.Encoding.DER:
+            return self.der
+        if encoding == serialization.Encoding.PEM:
+            body = base64.encodebytes(self.der).replace(b"\n", b"")
+            lines = [body[i:i + 64] for i in range(0, len(body), 64)]
+            return b"\n".join([_PEM_BEGIN, *lines, _PEM_END]) + b"\n"
+        raise ValueError(f"a certificate is DER or PEM, not {encoding}")
+
+
+def load_certificate(pem: bytes, *, what: str = "certificate") -> Certificate:
     """Parse a PEM X.509 certificate carrying an RSA key; CertificateError otherwise."""
     try:
-        cert = x509.load_pem_x509_certificate(pem)
-        key = cert.public_key()
+        der = _pem_body(pem)
+        key = serialization.load_der_public_key(_public_key_info(der))
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise CertificateError(f"{what}: not a PEM X.509 certificate ({exc})") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise CertificateError(f"{what}: certificate key is not RSA")
-    return cert
+    return Certificate(der, key)
+
+
+def _pem_body(pem: bytes) -> bytes:
+    """The DER bytes of the first CERTIFICATE block (text around it is ignored, as
+    OpenSSL does)."""
+    start = pem.find(_PEM_BEGIN)
+    end = pem.find(_PEM_END, start + len(_PEM_BEGIN)) if start >= 0 else -1
+    if end < 0:
+        raise ValueError("no CERTIFICATE block")
+    try:
+        return base64.b64decode(b"".join(pem[start + len(_PEM_BEGIN):end].split()),
+                                validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"bad base64: {exc}") from None
+
+
+def _der_element(der: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """(tag, content start, content end) of the DER element at `pos`, which must lie
+    within `end`; ValueError for anything DER does not allow here."""
+    if pos + 2 > end:
+        raise ValueError("truncated DER")
+    tag, first, start = der[pos], der[pos + 1], pos + 2
+    if tag & 0x1F == 0x1F:
+        raise ValueError("unexpected high tag number")
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if not 1 <= count <= 4 or start + count > end:
+            raise ValueError("bad DER length")
+        length = int.from_bytes(der[start:start + count], "big")
+        start += count
+        if length < 0x80 or der[pos + 2] == 0:
+            raise ValueError("non-minimal DER length")
+    if start + length > end:
+        raise ValueError("truncated DER")
+    return tag, start, start + length
+
+
+def _elements(der: bytes, start: int, end: int, limit: int) -> list[tuple[int, int, int]]:
+    """(tag, element start, element end) of at most `limit` elements in [start, end)."""
+    found: list[tuple[int, int, int]] = []
+    while start < end and len(found) < limit:
+        tag, _, element_end = _der_element(der, start, end)
+        found.append((tag, start, element_end))
+        start = element_end
+    return found
+
+
+def _public_key_info(der: bytes) -> bytes:
+    """The SubjectPublicKeyInfo of certificate `der`: SEQUENCE {tbsCertificate SEQUENCE,
+    signatureAlgorithm SEQUENCE, signatureValue BIT STRING} spanning every byte, and the
+    key the seventh field of tbsCertificate (the sixth without the optional version)."""
+    tag, start, end = _der_element(der, 0, len(der))
+    if tag != _SEQUENCE or end != len(der):
+        raise ValueError("not a DER certificate")
+    outer = _elements(der, start, end, 4)
+    if [t for t, _, _ in outer] != [_SEQUENCE, _SEQUENCE, _BIT_STRING] or outer[-1][2] != end:
+        raise ValueError("not a DER certificate")
+    _, tbs_start, tbs_end = _der_element(der, outer[0][1], outer[0][2])
+    fields = _elements(der, tbs_start, tbs_end, _SPKI_FIELD + 2)
+    if fields and fields[0][0] == _VERSION:
+        fields = fields[1:]
+    if len(fields) <= _SPKI_FIELD or fields[_SPKI_FIELD][0] != _SEQUENCE:
+        raise ValueError("no subject public key in the certificate")
+    _, key_start, key_end = fields[_SPKI_FIELD]
+    return der[key_start:key_end]
 
 
 def certificate_from_object(
     stored: bytes, expected: ContentHash, *, what: str = "certificate"
-) -> x509.Certificate:
+) -> Certificate:
     """Certificate from its repository object (`data/XX/...X`: zlib PEM, hash over stored)."""
     pem = open_object(
         stored, expected, Compression.ZLIB, max_size=_MAX_CERTIFICATE_BYTES, what=what
@@ -54,12 +158,12 @@ def certificate_from_object(
     return load_certificate(pem, what=f"{what} {expected}")
 
 
-def certificate_pem(cert: x509.Certificate) -> bytes:
+def certificate_pem(cert: Certificate | x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def certificate_fingerprint(
-    cert: x509.Certificate, algorithm: Algorithm = Algorithm.SHA1
+    cert: Certificate | x509.Certificate, algorithm: Algorithm = Algorithm.SHA1
 ) -> ContentHash:
     """Hash of the certificate's DER encoding, what whitelists list (fact sheet 3.2)."""
     hasher = Hasher(algorithm)
@@ -109,6 +213,9 @@ def create_certificate(
     serial_number: int | None = None,
 ) -> x509.Certificate:
     """Self-signed repository certificate; deterministic given the date and serial."""
+    from cryptography import x509  # the publisher's: mounts do without the package
+    from cryptography.x509.oid import NameOID
+
     start = not_valid_before or dt.datetime.now(dt.UTC).replace(microsecond=0)
     if start.tzinfo is None:
         raise ValueError("not_valid_before must be timezone-aware")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -24,6 +23,7 @@ from pycvmfs.errors import (
     RootMismatchError,
     SignatureError,
 )
+from pycvmfs.format.certificates import Certificate
 from pycvmfs.format.hashes import Algorithm, ContentHash, md5_hex
 from pycvmfs.format.letters import Letter, body_lines, build_letter, check_letter_hash, split_letter
 
@@ -222,7 +222,7 @@ def check_manifest(manifest: Manifest, *, fqrn: str, min_timestamp: int | None =
 
 
 def verify_manifest_letter(
-    letter: Letter, certificate: x509.Certificate, *, what: str = "manifest"
+    letter: Letter, certificate: Certificate, *, what: str = "manifest"
 ) -> None:
     """Step 8: body hash, then RSA PKCS#1 v1.5 SHA-1 over the printed hash."""
     check_letter_hash(letter, what=what)
@@ -239,7 +239,7 @@ def verify_manifest_letter(
 
 def verify_manifest(
     raw: bytes,
-    certificate: x509.Certificate,
+    certificate: Certificate,
     *,
     fqrn: str,
     min_timestamp: int | None = None,

@@ -11,7 +11,6 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo
 
@@ -25,6 +24,7 @@ from pycvmfs.errors import (
     WhitelistExpiredError,
 )
 from pycvmfs.format.certificates import (
+    Certificate,
     certificate_fingerprint,
     fingerprint_text,
     parse_fingerprint,
@@ -229,7 +229,7 @@ def _rsa_recovers(key: rsa.RSAPublicKey, signature: bytes, message: bytes) -> bo
     return block[end + 1 :] == message
 
 
-def check_certificate_listed(whitelist: Whitelist, certificate: x509.Certificate) -> None:
+def check_certificate_listed(whitelist: Whitelist, certificate: Certificate) -> None:
     """The certificate's fingerprint, in each listed fingerprint's algorithm, must be listed."""
     what = f"whitelist of {whitelist.fqrn}"
     for listed in whitelist.fingerprints:

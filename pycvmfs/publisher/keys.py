@@ -13,11 +13,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pycvmfs.errors import CertificateError, ConfigError
 from pycvmfs.format.certificates import (
+    Certificate,
     certificate_pem,
     create_certificate,
     generate_private_key,
@@ -66,7 +66,7 @@ class RepositoryKeys:
     master_key: rsa.RSAPrivateKey | None
     public_key: rsa.RSAPublicKey
     signing_key: rsa.RSAPrivateKey
-    certificate: x509.Certificate
+    certificate: Certificate
     certificate_pem: bytes
     paths: KeyPaths
 
@@ -141,7 +141,7 @@ def load_keys(fqrn: str, keys_dir: Path | str) -> RepositoryKeys:
     master = None
     if master_pem is not None:
         master = load_private_key(master_pem, what=str(paths.master_key))
-    if not same_public_key(cert.public_key(), signing.public_key()):  # type: ignore[arg-type]
+    if not same_public_key(cert.public_key(), signing.public_key()):
         raise ConfigError(f"{paths.certificate} does not belong to {paths.signing_key}")
     if master is not None and not same_public_key(public, master.public_key()):
         raise ConfigError(f"{paths.public_key} does not belong to {paths.master_key}")

@@ -31,13 +31,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pycvmfs.config_files import MAX_KEY_BYTES, read_trusted_bytes, read_trusted_text
 from pycvmfs.errors import ConfigError, IntegrityError, MissingFieldError, PycvmfsError
 from pycvmfs.format.blacklist import Blacklist, parse_blacklist
-from pycvmfs.format.certificates import load_certificate, load_public_key
+from pycvmfs.format.certificates import Certificate, load_certificate, load_public_key
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, Suffix
 from pycvmfs.format.manifest import Manifest, check_manifest, parse_manifest, verify_manifest
@@ -60,7 +59,7 @@ class TrustedManifest:
     """A manifest that passed the whole chain, with the evidence that made it trusted."""
 
     manifest: Manifest
-    certificate: x509.Certificate
+    certificate: Certificate
     whitelist: Whitelist
     fqrn: str
     source: str  # ObjectSource.describe() of where it was fetched
@@ -137,7 +136,7 @@ def establish_trust(
                            raw_whitelist=raw_whitelist)
 
 
-def fetch_certificate(source: ObjectSource, manifest: Manifest) -> x509.Certificate:
+def fetch_certificate(source: ObjectSource, manifest: Manifest) -> Certificate:
     """Object X from `data/` (or `.cvmfsalt-` when A=yes), hash-verified and parsed."""
     expected = manifest.certificate
     if expected is None:
