@@ -21,7 +21,6 @@ Pure data and functions of their arguments.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Mapping
 from typing import Final
@@ -106,6 +105,8 @@ def is_ignored(key: str) -> bool:
 
 def close_matches(key: str, candidates: Iterable[str] = KNOWN_KEYS) -> list[str]:
     """Up to three known names close to `key`, the closest first."""
+    import difflib  # an error path's: not imported by every mount
+
     return difflib.get_close_matches(key, sorted(candidates), n=3, cutoff=0.8)
 
 

@@ -18,9 +18,7 @@ import logging
 import os
 import select
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -284,6 +282,9 @@ def _exec_serving(fqrn: str, canonical: str, options: tuple[str, ...],
         command += ["--config", str(path)]
     if backend:
         command += ["--backend", backend]
+    import subprocess  # the launcher's: the serving process it starts does without them
+    import tempfile
+
     with tempfile.TemporaryFile() as errors:
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                  stderr=errors, start_new_session=True)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -68,6 +67,8 @@ class Workdir:
             if self._path is None:
                 if self._parent is not None:
                     Path(self._parent).mkdir(parents=True, exist_ok=True)
+                import tempfile  # not imported by every mount (0.65 MB resident)
+
                 self._path = Path(tempfile.mkdtemp(prefix="pycvmfs-", dir=self._parent))
             return self._path
 
