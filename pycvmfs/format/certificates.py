@@ -4,27 +4,26 @@ Pure functions over PEM bytes: callers read and write the files. A repository ce
 is only a carrier for the signing public key (dates and issuer are not checked by clients);
 its identity is the fingerprint, the hash of its DER encoding, listed on the whitelist.
 
-So clients read a certificate into `Certificate` (the DER bytes and the RSA key) by taking
-the key's SubjectPublicKeyInfo out of the DER themselves (`_public_key_info`, a bounded walk
-of the outer fields) and loading it with cryptography: importing the `cryptography.x509`
-package costs every mount 6 MB resident (its parser imports it too), and nothing is trusted
-from the parse alone, since the whitelist's fingerprint covers every DER byte. The
-publisher builds certificates with the package (`create_certificate`).
+So clients read a certificate into `Certificate` (the DER bytes and the RSA key), and a
+master key, through `der` (a bounded walk of the few DER structures involved) and
+`rsa.RSAPublicNumbers`: cryptography's `x509` and `serialization` packages, which would
+read them, cost every mount 6 MB and 2.8 MB resident to import. The publisher, which
+writes keys and certificates, imports them where it does (`create_certificate`,
+`load_private_key`, `private_key_pem`, `public_key_pem`).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pycvmfs.errors import CertificateError, ConfigError
+from pycvmfs.format import der
 from pycvmfs.format.compression import Compression, open_object
 from pycvmfs.format.hashes import Algorithm, ContentHash, Hasher
 
@@ -36,12 +35,10 @@ CN_SUFFIX = " CernVM-FS Release Managers"
 FINGERPRINT_ALGORITHMS = (Algorithm.SHA1, Algorithm.RIPEMD160, Algorithm.SHAKE128)
 _BY_LENGTH = {a.text_length: a for a in FINGERPRINT_ALGORITHMS}
 _MAX_CERTIFICATE_BYTES = 1 << 20
-_PEM_BEGIN, _PEM_END = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
-_SEQUENCE, _BIT_STRING, _VERSION = 0x30, 0x03, 0xA0  # DER tags of a certificate's fields
-_SPKI_FIELD = 5  # tbsCertificate: [version], serial, signature, issuer, validity, subject, SPKI
 
 if TYPE_CHECKING:
     from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
 
 
 # --- certificates -------------------------------------------------------------------------
@@ -60,92 +57,30 @@ class Certificate:
         return self.key
 
     def public_bytes(self, encoding: serialization.Encoding) -> bytes:
-        if encoding == serialization.Encoding.DER:
+        kind = str(encoding).rpartition(".")[2]  # `Encoding.PEM`: no serialization import
+        if kind == "DER":
             return self.der
-        if encoding == serialization.Encoding.PEM:
-            body = base64.encodebytes(self.der).replace(b"\n", b"")
-            lines = [body[i:i + 64] for i in range(0, len(body), 64)]
-            return b"\n".join([_PEM_BEGIN, *lines, _PEM_END]) + b"\n"
+        if kind == "PEM":
+            return der.pem_block(self.der, b"CERTIFICATE")
         raise ValueError(f"a certificate is DER or PEM, not {encoding}")
 
 
 def load_certificate(pem: bytes, *, what: str = "certificate") -> Certificate:
     """Parse a PEM X.509 certificate carrying an RSA key; CertificateError otherwise."""
     try:
-        der = _pem_body(pem)
-        key = serialization.load_der_public_key(_public_key_info(der))
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        body = der.pem_body(pem, b"CERTIFICATE")
+        key = _rsa_key(der.certificate_key_info(body))
+    except der.NotRsaError:
+        raise CertificateError(f"{what}: certificate key is not RSA") from None
+    except ValueError as exc:
         raise CertificateError(f"{what}: not a PEM X.509 certificate ({exc})") from None
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise CertificateError(f"{what}: certificate key is not RSA")
-    return Certificate(der, key)
+    return Certificate(body, key)
 
 
-def _pem_body(pem: bytes) -> bytes:
-    """The DER bytes of the first CERTIFICATE block (text around it is ignored, as
-    OpenSSL does)."""
-    start = pem.find(_PEM_BEGIN)
-    end = pem.find(_PEM_END, start + len(_PEM_BEGIN)) if start >= 0 else -1
-    if end < 0:
-        raise ValueError("no CERTIFICATE block")
-    try:
-        return base64.b64decode(b"".join(pem[start + len(_PEM_BEGIN):end].split()),
-                                validate=True)
-    except binascii.Error as exc:
-        raise ValueError(f"bad base64: {exc}") from None
-
-
-def _der_element(der: bytes, pos: int, end: int) -> tuple[int, int, int]:
-    """(tag, content start, content end) of the DER element at `pos`, which must lie
-    within `end`; ValueError for anything DER does not allow here."""
-    if pos + 2 > end:
-        raise ValueError("truncated DER")
-    tag, first, start = der[pos], der[pos + 1], pos + 2
-    if tag & 0x1F == 0x1F:
-        raise ValueError("unexpected high tag number")
-    if first < 0x80:
-        length = first
-    else:
-        count = first & 0x7F
-        if not 1 <= count <= 4 or start + count > end:
-            raise ValueError("bad DER length")
-        length = int.from_bytes(der[start:start + count], "big")
-        start += count
-        if length < 0x80 or der[pos + 2] == 0:
-            raise ValueError("non-minimal DER length")
-    if start + length > end:
-        raise ValueError("truncated DER")
-    return tag, start, start + length
-
-
-def _elements(der: bytes, start: int, end: int, limit: int) -> list[tuple[int, int, int]]:
-    """(tag, element start, element end) of at most `limit` elements in [start, end)."""
-    found: list[tuple[int, int, int]] = []
-    while start < end and len(found) < limit:
-        tag, _, element_end = _der_element(der, start, end)
-        found.append((tag, start, element_end))
-        start = element_end
-    return found
-
-
-def _public_key_info(der: bytes) -> bytes:
-    """The SubjectPublicKeyInfo of certificate `der`: SEQUENCE {tbsCertificate SEQUENCE,
-    signatureAlgorithm SEQUENCE, signatureValue BIT STRING} spanning every byte, and the
-    key the seventh field of tbsCertificate (the sixth without the optional version)."""
-    tag, start, end = _der_element(der, 0, len(der))
-    if tag != _SEQUENCE or end != len(der):
-        raise ValueError("not a DER certificate")
-    outer = _elements(der, start, end, 4)
-    if [t for t, _, _ in outer] != [_SEQUENCE, _SEQUENCE, _BIT_STRING] or outer[-1][2] != end:
-        raise ValueError("not a DER certificate")
-    _, tbs_start, tbs_end = _der_element(der, outer[0][1], outer[0][2])
-    fields = _elements(der, tbs_start, tbs_end, _SPKI_FIELD + 2)
-    if fields and fields[0][0] == _VERSION:
-        fields = fields[1:]
-    if len(fields) <= _SPKI_FIELD or fields[_SPKI_FIELD][0] != _SEQUENCE:
-        raise ValueError("no subject public key in the certificate")
-    _, key_start, key_end = fields[_SPKI_FIELD]
-    return der[key_start:key_end]
+def _rsa_key(key_info: bytes) -> rsa.RSAPublicKey:
+    """The RSA key of a SubjectPublicKeyInfo; ValueError (NotRsaError) otherwise."""
+    modulus, exponent = der.rsa_numbers(key_info)
+    return rsa.RSAPublicNumbers(exponent, modulus).public_key()
 
 
 def certificate_from_object(
@@ -159,6 +94,10 @@ def certificate_from_object(
 
 
 def certificate_pem(cert: Certificate | x509.Certificate) -> bytes:
+    if isinstance(cert, Certificate):
+        return der.pem_block(cert.der, b"CERTIFICATE")
+    from cryptography.hazmat.primitives import serialization  # the publisher's certificates
+
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -167,7 +106,12 @@ def certificate_fingerprint(
 ) -> ContentHash:
     """Hash of the certificate's DER encoding, what whitelists list (fact sheet 3.2)."""
     hasher = Hasher(algorithm)
-    hasher.update(cert.public_bytes(serialization.Encoding.DER))
+    if isinstance(cert, Certificate):
+        hasher.update(cert.der)
+    else:  # the publisher's, built by cryptography
+        from cryptography.hazmat.primitives import serialization
+
+        hasher.update(cert.public_bytes(serialization.Encoding.DER))
     return hasher.finish()
 
 
@@ -248,16 +192,17 @@ def load_public_key(pem: bytes, *, what: str = "public key") -> rsa.RSAPublicKey
             "`openssl rsa -RSAPublicKey_in -pubout`"
         )
     try:
-        key = serialization.load_pem_public_key(pem)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        return _rsa_key(der.pem_body(pem, b"PUBLIC KEY"))
+    except der.NotRsaError:
+        raise ConfigError(f"{what}: not an RSA public key") from None
+    except ValueError as exc:
         raise ConfigError(f"{what}: not a PEM public key ({exc})") from None
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise ConfigError(f"{what}: not an RSA public key")
-    return key
 
 
 def load_private_key(pem: bytes, *, what: str = "private key") -> rsa.RSAPrivateKey:
     """Unencrypted RSA private key, PKCS#1 (`RSA PRIVATE KEY`) or PKCS#8 (`PRIVATE KEY`)."""
+    from cryptography.hazmat.primitives import serialization  # the publisher's
+
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except TypeError:
@@ -271,6 +216,8 @@ def load_private_key(pem: bytes, *, what: str = "private key") -> rsa.RSAPrivate
 
 def private_key_pem(key: rsa.RSAPrivateKey) -> bytes:
     """PKCS#1 `BEGIN RSA PRIVATE KEY`, the form the reference key files use."""
+    from cryptography.hazmat.primitives import serialization  # the publisher's
+
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.TraditionalOpenSSL,
@@ -280,6 +227,8 @@ def private_key_pem(key: rsa.RSAPrivateKey) -> bytes:
 
 def public_key_pem(key: rsa.RSAPublicKey) -> bytes:
     """SubjectPublicKeyInfo `BEGIN PUBLIC KEY`, the only form clients load."""
+    from cryptography.hazmat.primitives import serialization  # the publisher's
+
     return key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
