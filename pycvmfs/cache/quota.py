@@ -356,10 +356,10 @@ class SqliteLruQuota:
     def _object_on_disk(self, key: str) -> bool:
         """Whether the object's file is there (a regular file, not followed if a link)."""
         try:
-            st = os.stat(object_relpath(key), dir_fd=self.root.fd, follow_symlinks=False)
-        except (FileNotFoundError, NotADirectoryError):
+            st = self.root.lstat(object_relpath(key))
+        except NotADirectoryError:  # XX is not a directory: nothing of it is there
             return False
-        return stat.S_ISREG(st.st_mode)
+        return st is not None and stat.S_ISREG(st.st_mode)
 
     def _forget_locked(self, key: str) -> None:
         """Drop the object's row and buffered commands and delete its file, in the

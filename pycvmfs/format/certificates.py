@@ -93,12 +93,18 @@ def certificate_from_object(
     return load_certificate(pem, what=f"{what} {expected}")
 
 
-def certificate_pem(cert: Certificate | x509.Certificate) -> bytes:
+def _der_of(cert: Certificate | x509.Certificate) -> bytes:
+    """The DER encoding of a client's `Certificate` or of one the publisher built."""
     if isinstance(cert, Certificate):
-        return der.pem_block(cert.der, b"CERTIFICATE")
+        return cert.der
     from cryptography.hazmat.primitives import serialization  # the publisher's certificates
 
-    return cert.public_bytes(serialization.Encoding.PEM)
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def certificate_pem(cert: Certificate | x509.Certificate) -> bytes:
+    """PEM as OpenSSL writes it (the same bytes as cryptography's)."""
+    return der.pem_block(_der_of(cert), b"CERTIFICATE")
 
 
 def certificate_fingerprint(
@@ -106,12 +112,7 @@ def certificate_fingerprint(
 ) -> ContentHash:
     """Hash of the certificate's DER encoding, what whitelists list (fact sheet 3.2)."""
     hasher = Hasher(algorithm)
-    if isinstance(cert, Certificate):
-        hasher.update(cert.der)
-    else:  # the publisher's, built by cryptography
-        from cryptography.hazmat.primitives import serialization
-
-        hasher.update(cert.public_bytes(serialization.Encoding.DER))
+    hasher.update(_der_of(cert))
     return hasher.finish()
 
 

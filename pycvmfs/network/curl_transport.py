@@ -42,7 +42,12 @@ from pycvmfs.errors import LOCAL_RESOURCE_ERRNOS, IntegrityError
 from pycvmfs.network.failure import ErrorKind, Outcome
 from pycvmfs.network.proxies import Direct, Proxy, ProxyChoice
 from pycvmfs.network.sink import Sink
-from pycvmfs.network.transport import BLOCK_BYTES, ERROR_BODY_BYTES, refused_length
+from pycvmfs.network.transport import (
+    BLOCK_BYTES,
+    ERROR_BODY_BYTES,
+    refused_length,
+    uses_tls,
+)
 
 # libcurl's receive buffer, one per thread's handle and kept with it (touched: resident):
 # a 1 GiB read of an empty cache ran at the same speed with 64 KiB, 128 KiB and 512 KiB
@@ -68,8 +73,10 @@ OLDEST_LIBCURL = 0x075000  # 7.80: PREREQFUNCTION, and every option and code use
 def unusable() -> str | None:
     """Why this pycurl's libcurl cannot serve (too old for an option used), or None."""
     version = pycurl.version_info()
-    if version[2] < OLDEST_LIBCURL or not hasattr(pycurl, "PREREQFUNCTION"):
+    if version[2] < OLDEST_LIBCURL:
         return f"libcurl {version[1]} is older than 7.80"
+    if not hasattr(pycurl, "PREREQFUNCTION"):
+        return f"pycurl {pycurl.version.split()[0]} lacks PREREQFUNCTION (7.45 or newer has it)"
     return None
 
 
@@ -77,8 +84,8 @@ class _Exchange:
     """One request's state, fed by libcurl's callbacks on the calling thread."""
 
     __slots__ = ("sink", "budget", "window", "clock", "deadline", "status", "headers",
-                 "length", "headers_done", "received", "error_body", "stop_kind", "detail",
-                 "bad_data", "raised")
+                 "headers_done", "received", "error_body", "stop_kind", "detail", "bad_data",
+                 "raised")
 
     def __init__(self, sink: Sink, window: float, clock: Callable[[], float]) -> None:
         self.sink, self.budget = sink, sink.budget
@@ -86,7 +93,6 @@ class _Exchange:
         self.deadline: float | None = None  # for status and headers, once connected
         self.status: int | None = None
         self.headers: dict[str, str] = {}
-        self.length: int | None = None
         self.headers_done = False
         self.received = 0
         self.error_body = 0  # bytes of a non-2xx body seen
@@ -99,7 +105,7 @@ class _Exchange:
         if line.startswith(b"HTTP/"):  # a (new, after an interim 1xx) response begins
             parts = line.split(None, 2)
             self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
-            self.headers, self.length, self.headers_done = {}, None, False
+            self.headers, self.headers_done = {}, False
             return None
         name, colon, value = line.partition(b":")
         if colon:
@@ -110,10 +116,10 @@ class _Exchange:
         if line.strip() or self.status is None or 100 <= self.status < 200:
             return None
         self.headers_done = True  # the blank line after a final response's headers
-        length = self.headers.get("content-length")
-        self.length = int(length) if length is not None and length.isdigit() else None
         if 200 <= self.status < 300:
-            refused = refused_length(self.length, self.budget)
+            length = self.headers.get("content-length")
+            refused = refused_length(int(length) if length and length.isdigit() else None,
+                                     self.budget)
             if refused is not None:
                 self.bad_data, self.detail = True, refused
                 return _STOP
@@ -230,9 +236,7 @@ class CurlTransport:
             timeout: float, low_speed_limit: int) -> Outcome:
         via_proxy = not isinstance(proxy, Direct)
         handle = self._handle()
-        tls = url[:6].lower() == "https:" or (isinstance(proxy, Proxy)
-                                              and proxy.url[:6].lower() == "https:")
-        if tls:
+        if uses_tls(url, proxy):
             self._trust_system_cas(handle)
         exchange = _Exchange(sink, timeout, self._clock)
         handle.setopt(pycurl.URL, url)

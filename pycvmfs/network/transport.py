@@ -22,7 +22,7 @@ from typing import Protocol
 from pycvmfs import __version__
 from pycvmfs.errors import IntegrityError
 from pycvmfs.network.failure import ErrorKind, Outcome
-from pycvmfs.network.proxies import Direct, ProxyChoice
+from pycvmfs.network.proxies import Direct, Proxy, ProxyChoice
 from pycvmfs.network.sink import Sink, over_budget
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,13 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def uses_tls(url: str, proxy: ProxyChoice) -> bool:
+    """Whether a request for `url` through `proxy` speaks TLS (to the host or the proxy):
+    only then are the system CAs loaded."""
+    return url[:6].lower() == "https:" or (isinstance(proxy, Proxy)
+                                           and proxy.url[:6].lower() == "https:")
 
 
 def refused_length(content_length: int | None, budget: int) -> str | None:

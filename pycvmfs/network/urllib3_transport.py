@@ -53,7 +53,12 @@ from pycvmfs.errors import LOCAL_RESOURCE_ERRNOS, IntegrityError
 from pycvmfs.network.failure import ErrorKind, Outcome
 from pycvmfs.network.proxies import Direct, Proxy, ProxyChoice
 from pycvmfs.network.sink import Sink
-from pycvmfs.network.transport import BLOCK_BYTES, ERROR_BODY_BYTES, refused_length
+from pycvmfs.network.transport import (
+    BLOCK_BYTES,
+    ERROR_BODY_BYTES,
+    refused_length,
+    uses_tls,
+)
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -230,10 +235,6 @@ def _watched_tls_context() -> ssl.SSLContext:
     return context
 
 
-def _is_https(url: str) -> bool:
-    return url[:6].lower() == "https:"
-
-
 def _watched(pool: urllib3.PoolManager) -> urllib3.PoolManager:
     pool.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
     return pool
@@ -278,7 +279,7 @@ class Urllib3Transport:
         via_proxy = not isinstance(proxy, Direct)
         try:
             with _header_deadline(timeout):
-                tls = _is_https(url) or (isinstance(proxy, Proxy) and _is_https(proxy.url))
+                tls = uses_tls(url, proxy)
                 response = self._pool(proxy, tls).request(
                     "GET", url, headers=dict(headers), preload_content=False,
                     decode_content=False, retries=NO_RETRIES, redirect=False,

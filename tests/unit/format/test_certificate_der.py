@@ -37,9 +37,11 @@ PEM = certificate_pem(CERT)
 DER = CERT.public_bytes(serialization.Encoding.DER)
 
 
-def pem_of(der: bytes) -> bytes:
-    return b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + \
-        b"-----END CERTIFICATE-----\n"
+def pem_of(der: bytes, label: bytes = b"CERTIFICATE") -> bytes:
+    """A PEM block as `base64.encodebytes` writes it (76-character lines, unlike OpenSSL's
+    64: the reader must not care)."""
+    return b"-----BEGIN " + label + b"-----\n" + base64.encodebytes(der) + \
+        b"-----END " + label + b"-----\n"
 
 
 def test_the_same_bytes_key_and_fingerprint_as_the_package() -> None:
@@ -145,11 +147,6 @@ SPKI = KEY.public_key().public_bytes(serialization.Encoding.DER,
                                      serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def spki_pem(spki: bytes) -> bytes:
-    return b"-----BEGIN PUBLIC KEY-----\n" + base64.encodebytes(spki) + \
-        b"-----END PUBLIC KEY-----\n"
-
-
 def test_a_master_key_reads_as_the_package_reads_it() -> None:
     loaded = load_public_key(public_key_pem(KEY.public_key()))
     assert loaded.public_numbers() == KEY.public_key().public_numbers()
@@ -176,7 +173,7 @@ def test_keys_of_other_algorithms_and_broken_numbers_are_refused() -> None:
     ec_spki = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     with pytest.raises(ConfigError, match="not an RSA public key"):
-        load_public_key(spki_pem(ec_spki))
+        load_public_key(pem_of(ec_spki, b"PUBLIC KEY"))
     with pytest.raises(ValueError, match="not positive"):
         der._positive(b"\x80")
     with pytest.raises(ValueError, match="not minimally encoded"):
@@ -190,6 +187,6 @@ def test_keys_of_other_algorithms_and_broken_numbers_are_refused() -> None:
 def test_broken_master_keys_are_config_errors(where: int, flip: int, data: bytes) -> None:
     mutated = bytearray(SPKI)
     mutated[where] ^= flip
-    for pem in (spki_pem(bytes(mutated)), spki_pem(data), data):
+    for pem in (pem_of(bytes(mutated), b"PUBLIC KEY"), pem_of(data, b"PUBLIC KEY"), data):
         with contextlib.suppress(ConfigError):
             load_public_key(pem)
