@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from types import ModuleType
 
 import pytest
 from hypothesis import given
@@ -12,14 +13,25 @@ from hypothesis import strategies as st
 from pycvmfs.errors import DecompressionError, HashMismatchError, SizeMismatchError
 from pycvmfs.format.compression import (
     INFLATE_STEP_BYTES,
+    ISAL_ABOVE_BYTES,
     Compression,
     Inflater,
+    inflate_module,
     make_object,
     open_object,
     stored_size_bound,
 )
 from pycvmfs.format.hashes import Algorithm
 from tests.zlib_bomb import zlib_bomb
+
+isal_zlib = pytest.importorskip("isal.isal_zlib")
+INFLATING = [pytest.param(zlib, id="zlib"), pytest.param(isal_zlib, id="isal")]
+
+
+def test_isal_inflates_what_may_be_big_when_installed() -> None:
+    assert inflate_module() is isal_zlib
+    assert Inflater(Compression.ZLIB, ISAL_ABOVE_BYTES + 1).module is isal_zlib
+    assert Inflater(Compression.ZLIB, ISAL_ABOVE_BYTES).module is zlib  # a certificate
 
 
 def test_reference_vectors() -> None:
@@ -51,17 +63,19 @@ def test_size_mismatch() -> None:
         open_object(stored, h, expected_size=6)
 
 
-def test_zlib_bomb_is_bounded() -> None:
+@pytest.mark.parametrize("module", INFLATING)
+def test_zlib_bomb_is_bounded(module: ModuleType) -> None:
     bomb = zlib.compress(b"\0" * (64 << 20))
-    inflater = Inflater(Compression.ZLIB, max_output=1 << 20)
+    inflater = Inflater(Compression.ZLIB, max_output=1 << 20, module=module)
     with pytest.raises(DecompressionError, match="beyond"):
         inflater.decode(bomb)
 
 
 @pytest.mark.parametrize("stored", [zlib.compress(b"abc")[:-3], b"not zlib at all",
                                     zlib.compress(b"abc") + b"junk"])
-def test_truncated_garbage_trailing(stored: bytes) -> None:
-    inflater = Inflater(Compression.ZLIB, max_output=100)
+@pytest.mark.parametrize("module", INFLATING)
+def test_truncated_garbage_trailing(stored: bytes, module: ModuleType) -> None:
+    inflater = Inflater(Compression.ZLIB, max_output=100, module=module)
     with pytest.raises(DecompressionError):
         inflater.decode(stored)
         inflater.flush()
@@ -121,3 +135,34 @@ def test_feed_stops_one_byte_past_the_cap_with_tiny_steps() -> None:
             assert len(piece) <= 7
             total += len(piece)
     assert total <= 5001
+
+
+def _inflated(module: ModuleType, stored: bytes, limit: int, feed: int) -> bytes | str:
+    """What an Inflater over `module` makes of `stored` fed in `feed`-byte blocks: the
+    bytes, or "refused" (which check comes first, the cap or the stream's, may differ)."""
+    inflater = Inflater(Compression.ZLIB, max_output=limit, step=4096, module=module)
+    out = []
+    try:
+        for start in range(0, len(stored), feed):
+            out.extend(inflater.feed(stored[start:start + feed]))
+        inflater.finish()
+    except DecompressionError:
+        return "refused"
+    return b"".join(out)
+
+
+@given(st.binary(max_size=20_000), st.integers(min_value=0, max_value=9),
+       st.lists(st.tuples(st.integers(min_value=0), st.integers(min_value=1, max_value=255)),
+                max_size=3),
+       st.integers(min_value=0, max_value=40), st.integers(min_value=1, max_value=5000),
+       st.integers(min_value=1, max_value=30_000))
+def test_isal_and_zlib_agree(data: bytes, level: int, flips: list[tuple[int, int]], cut: int,
+                             feed: int, limit: int) -> None:
+    """ISA-L yields what zlib yields, and refuses what zlib refuses: flipped bytes, cut
+    streams, output caps, any feeding."""
+    stored = bytearray(zlib.compress(data, level))
+    for where, mask in flips:
+        stored[where % len(stored)] ^= mask
+    stored = stored[:len(stored) - cut] if cut < len(stored) else stored
+    expected = _inflated(zlib, bytes(stored), limit, feed)
+    assert _inflated(isal_zlib, bytes(stored), limit, feed) == expected
