@@ -29,7 +29,7 @@ from pycvmfs.network.failover import RouteState
 from pycvmfs.network.geo import order_hosts, proxy_label
 from pycvmfs.network.proxies import parse_proxies, parse_server_urls
 from pycvmfs.network.transport import Transport, default_transport
-from pycvmfs.repository.bundles import BundlePrefetcher
+from pycvmfs.repository.bundles import BundlePrefetcher, default_pool_size
 from pycvmfs.repository.network_source import NetworkSource
 from pycvmfs.repository.objects import cache_loader
 from pycvmfs.repository.open import RevisionSelector
@@ -212,7 +212,7 @@ def open_client(config: ClientConfig, transport: Transport | None = None) -> Cli
         # through it)
         bundles = BundlePrefetcher(lambda path: vfs.repository.pieces(path), loader.prefetch,
                                    lambda path: vfs.repository.read(path),
-                                   pool_size=config.bundle_pool_size)
+                                   pool_size=config.bundle_pool_size or default_pool_size())
     vfs = RepositoryVFS(repository, options, capacity=capacity, network=network,
                         cache=cache_info, revisions=watcher,
                         bundle_trigger=bundles.triggered if bundles is not None else None)

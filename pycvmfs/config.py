@@ -316,7 +316,7 @@ class ClientConfig:
     blacklist_files: tuple[Path, ...] = ()  # `<root>/blacklist` (the reference's /etc/cvmfs)
     max_catalog_mb: int = MAX_CATALOG_MB_DEFAULT  # inflated size cap of catalogs, histories
     prefetch_filebundles: bool = True  # CVMFS_PREFETCH_FILEBUNDLES (reference default: off)
-    bundle_pool_size: int = 8  # CVMFS_BUNDLE_POOL_SIZE: file bundle prefetch threads
+    bundle_pool_size: int | None = None  # CVMFS_BUNDLE_POOL_SIZE; None: bundles.default_pool_size()
     no_open: bool = True  # PYCVMFS_NO_OPEN: the kernel opens files without asking (no key
     # in the reference, which always answers OPEN)
     cpu_affinity: frozenset[int] | None = None  # CVMFS_CPU_AFFINITY: the serving CPUs
@@ -398,7 +398,7 @@ def resolve(merged: MergedSettings, *, trust: FileTrust | None = None) -> Client
         blacklist_files=(merged.config_root / "blacklist",),
         max_catalog_mb=typed.integer("PYCVMFS_MAX_CATALOG_MB"),
         prefetch_filebundles=typed.boolean("CVMFS_PREFETCH_FILEBUNDLES"),
-        bundle_pool_size=typed.integer("CVMFS_BUNDLE_POOL_SIZE"),
+        bundle_pool_size=typed.optional_integer("CVMFS_BUNDLE_POOL_SIZE"),
         no_open=typed.boolean("PYCVMFS_NO_OPEN"),
         cpu_affinity=typed.cpu_list("CVMFS_CPU_AFFINITY"),
         cpu_policy=typed.choice("PYCVMFS_CPU_POLICY", CPU_POLICIES) or CPU_POLICIES[0],

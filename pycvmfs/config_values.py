@@ -92,8 +92,9 @@ INTEGER_KEYS: Final = MappingProxyType({
     "CVMFS_QUOTA_LIMIT": IntegerKey(1024, 1, (2**63 - 1) >> 20, "MB", "-1: unmanaged",
                                     also=frozenset({-1})),
     "CVMFS_BUNDLE_POOL_SIZE": IntegerKey(
-        8, 1, 256, "threads", "file bundle prefetch threads (the reference ignores 0 or an "
-        "unparsable value and keeps 8)"),
+        None, 1, 256, "threads", "file bundle prefetch threads; unset: the reference's 8, "
+        "at most one per usable CPU (the reference ignores 0 or an unparsable value and "
+        "keeps 8)"),
 })
 
 BOOLEAN_KEYS: Final = MappingProxyType({

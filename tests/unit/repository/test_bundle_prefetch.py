@@ -209,3 +209,60 @@ def test_no_threads_until_a_trigger(repo: FakeRepository) -> None:
     p.close()
     with pytest.raises(ValueError):
         _prefetcher(repo, pool_size=0)
+
+
+def test_a_chunked_trigger_comes_first_after_its_first_chunk(repo: FakeRepository) -> None:
+    repo.add("/bin/python", pieces=4, size=4)
+    repo.add("/bin/.cvmfsbundle-python", data=render_spec(["/lib/dep1.so"]))
+    p = _prefetcher(repo, pool_size=1)
+    try:
+        p.triggered("/bin/python")
+        wait_until(lambda: p.idle() and p.counters.files == 1, 10, "the bundle")
+        chunks = [c.hash for c in repo.files["/bin/python"][1]]
+        assert [f[1] for f in repo.fetched[:3]] == chunks[1:]  # the opener reads the first
+        assert [f[0] for f in repo.fetched] == ["/bin/python"] * 3 + ["/lib/dep1.so"]
+        assert (p.counters.objects, p.counters.files) == (4, 1)  # the trigger is not listed
+    finally:
+        p.close()
+
+
+def test_a_big_files_chunks_are_fetched_side_by_side(repo: FakeRepository) -> None:
+    repo.add("/huge.bin", pieces=3, size=4)
+    repo.add("/.cvmfsbundle-huge.bin", data=render_spec(["/big.bin"]))
+    inside = threading.Semaphore(0)
+    original = repo.prefetch
+
+    def counted(*args: object, **kw: object) -> None:
+        inside.release()
+        original(*args, **kw)  # type: ignore[arg-type]
+    repo.prefetch = counted  # type: ignore[method-assign]
+    repo.gate.clear()
+    p = _prefetcher(repo, pool_size=4)
+    try:
+        p.triggered("/huge.bin")  # two chunks of the trigger, three of /big.bin
+        for n in range(4):  # four workers in four downloads at once
+            assert inside.acquire(timeout=10), f"only {n} downloads in flight"
+        repo.gate.set()
+        wait_until(lambda: p.idle() and p.counters.objects == 5, 10, "every chunk")
+        assert p.counters.files == 1
+    finally:
+        repo.gate.set()
+        p.close()
+
+
+def test_a_failed_chunk_fails_its_file_once(repo: FakeRepository) -> None:
+    big = repo.files["/big.bin"][1]
+    repo.fail.add(big[0].hash)
+    repo.gate.clear()
+    p = _prefetcher(repo, pool_size=1)
+    try:
+        p.triggered("/lib/tool")
+        wait_until(lambda: p.counters.triggered == 1, 10, "the expansion")
+        repo.gate.set()
+        wait_until(lambda: p.idle(), 10, "the bundle")
+        fetched = [f[1] for f in repo.fetched]
+        assert not {c.hash for c in big} & set(fetched)  # the rest skipped after the failure
+        assert (p.counters.files, p.counters.failures) == (2, 2)  # /big.bin once, /gone
+    finally:
+        repo.gate.set()
+        p.close()
