@@ -99,11 +99,13 @@ class Inflater:
         self._max = max_output
         self._step = step
         self._out = 0
-        self.module = module or (inflate_module() if max_output > ISAL_ABOVE_BYTES else zlib)
-        self._z: Any = None  # a zlib-API decompressor
-        self._error: type[Exception] = self.module.error
+        self.module: ModuleType | None = None  # the inflating library (None: stored as is)
+        self._z: Any = None  # its decompressor
+        self._error: type[Exception] = zlib.error
         if compression is Compression.ZLIB:
-            self._z = self.module.decompressobj()
+            self.module = module or (inflate_module() if max_output > ISAL_ABOVE_BYTES
+                                     else zlib)
+            self._z, self._error = self.module.decompressobj(), self.module.error
 
     @property
     def produced(self) -> int:

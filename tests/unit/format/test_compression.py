@@ -9,6 +9,7 @@ from types import ModuleType
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from isal import isal_zlib
 
 from pycvmfs.errors import DecompressionError, HashMismatchError, SizeMismatchError
 from pycvmfs.format.compression import (
@@ -24,7 +25,6 @@ from pycvmfs.format.compression import (
 from pycvmfs.format.hashes import Algorithm
 from tests.zlib_bomb import zlib_bomb
 
-isal_zlib = pytest.importorskip("isal.isal_zlib")
 INFLATING = [pytest.param(zlib, id="zlib"), pytest.param(isal_zlib, id="isal")]
 
 
@@ -32,6 +32,7 @@ def test_isal_inflates_what_may_be_big_when_installed() -> None:
     assert inflate_module() is isal_zlib
     assert Inflater(Compression.ZLIB, ISAL_ABOVE_BYTES + 1).module is isal_zlib
     assert Inflater(Compression.ZLIB, ISAL_ABOVE_BYTES).module is zlib  # a certificate
+    assert Inflater(Compression.NONE, ISAL_ABOVE_BYTES + 1).module is None  # nothing to load
 
 
 def test_reference_vectors() -> None:
